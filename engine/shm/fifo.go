@@ -1,0 +1,446 @@
+package shm
+
+import (
+	"fmt"
+	"io"
+	"math/bits"
+	"sync/atomic"
+)
+
+// Fifo header layout (offsets from the fifo's base, which is 64-byte aligned):
+//
+//	line 0, producer line (written only by the producer)
+//	  +0   tail        free-running count of bytes ever written
+//	  +8   eof         non-zero once the producer called CloseWrite
+//	line 1, consumer line (written only by the consumer)
+//	  +64  head        free-running count of bytes ever consumed
+//	  +72  rclosed     non-zero once the consumer called CloseRead
+//	line 2, shared line (config, written once by InitFifo; wake flags)
+//	  +128 magic       fifoMagic
+//	  +136 capacity    informational only: sides use their trusted copy
+//	  +144 rwait       reader waiting: set by the consumer, swapped to 0 by the producer
+//	  +152 wwait       writer waiting: set by the producer, swapped to 0 by the consumer
+//	+192  data, capacity bytes (a power of two); byte i of the stream is at
+//	      data[i & (capacity-1)].
+//
+// The wake flags are not on the index lines: the side that polls them after
+// every operation would otherwise miss in cache each time the peer moves its
+// index. They are written only around sleeping, so the line stays shared.
+const (
+	fifoOffTail     = 0
+	fifoOffEOF      = 8
+	fifoOffHead     = 64
+	fifoOffRClosed  = 72
+	fifoOffMagic    = 128
+	fifoOffCap      = 136
+	fifoOffRWait    = 144
+	fifoOffWWait    = 152
+	fifoHeaderSize  = 192
+	fifoMagic       = 0x3130_6f66_6966_7368 // "hsfifo01" little-endian
+	MinFifoCapacity = 64
+	MaxFifoCapacity = 1 << 40
+)
+
+// FifoFootprint returns the bytes a fifo of the given capacity occupies in a
+// segment (header + data), or -1 if capacity is not a valid power of two.
+func FifoFootprint(capacity int) int {
+	if !validCap(capacity, MinFifoCapacity, MaxFifoCapacity) {
+		return -1
+	}
+	return fifoHeaderSize + capacity
+}
+
+func validCap(c, lo, hi int) bool {
+	return c >= lo && c <= hi && bits.OnesCount64(uint64(c)) == 1
+}
+
+// Fifo is one handle on a single-producer/single-consumer byte ring in a
+// segment. The producer methods (Write, WriteVec, Free, CloseWrite,
+// SetWriterWaiting, ...) must be called by one goroutine at a time, and the
+// consumer methods (Read, Peek, Consume, Len, CloseRead, SetReaderWaiting,
+// ...) by one goroutine at a time; the two sides may run concurrently on the
+// same handle or on two handles (in two processes) of the same fifo.
+//
+// Trust: each side keeps its own index in private memory and only publishes
+// it; the peer's index is read once per refresh into a local, validated
+// (monotonic, never more than capacity apart) and only then used. The
+// capacity is the caller's trusted value, never re-read from the segment.
+// Any impossible value makes that side return ErrCorrupt from then on.
+type Fifo struct {
+	data     []byte // capacity bytes of the segment
+	mask     uint64
+	capacity uint64
+
+	tailW, eofW, headW, rclosedW, rwaitW, wwaitW *atomic.Uint64
+
+	_ [64]byte
+	// producer-private state
+	pTail      uint64 // our tail, authoritative
+	pHeadCache uint64 // last validated head
+	pErr       error
+	pClosed    bool
+
+	_ [64]byte
+	// consumer-private state
+	cHead      uint64 // our head, authoritative
+	cTailCache uint64 // last validated tail
+	cErr       error
+	_          [64]byte
+}
+
+// InitFifo formats a fifo at off (64-byte aligned) in seg: zero indices and
+// flags, magic, capacity. Engine side; the peer must not be using it yet.
+func InitFifo(seg *Segment, off, capacity int) (*Fifo, error) {
+	f, err := mapFifo(seg, off, capacity)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range []*atomic.Uint64{f.tailW, f.eofW, f.headW, f.rclosedW, f.rwaitW, f.wwaitW} {
+		w.Store(0)
+	}
+	b := seg.Bytes()
+	capW, _ := wordAt(b, off+fifoOffCap)
+	capW.Store(uint64(capacity))
+	magW, _ := wordAt(b, off+fifoOffMagic)
+	magW.Store(fifoMagic)
+	return f, nil
+}
+
+// OpenFifo attaches to a fifo formatted by InitFifo. off and capacity must
+// come from a trusted source (the engine's record, the engine's message);
+// they are checked against the segment. The header's magic and capacity
+// must agree, and the indices must be consistent, or ErrCorrupt.
+func OpenFifo(seg *Segment, off, capacity int) (*Fifo, error) {
+	f, err := mapFifo(seg, off, capacity)
+	if err != nil {
+		return nil, err
+	}
+	b := seg.Bytes()
+	magW, _ := wordAt(b, off+fifoOffMagic)
+	capW, _ := wordAt(b, off+fifoOffCap)
+	if magW.Load() != fifoMagic || capW.Load() != uint64(capacity) {
+		return nil, fmt.Errorf("%w: fifo header at %d", ErrCorrupt, off)
+	}
+	h, t := f.headW.Load(), f.tailW.Load()
+	if t-h > f.capacity {
+		return nil, fmt.Errorf("%w: fifo indices at %d", ErrCorrupt, off)
+	}
+	f.pTail, f.pHeadCache = t, h
+	f.cHead, f.cTailCache = h, t
+	return f, nil
+}
+
+func mapFifo(seg *Segment, off, capacity int) (*Fifo, error) {
+	if seg == nil {
+		return nil, fmt.Errorf("%w: nil segment", ErrInvalid)
+	}
+	b := seg.Bytes()
+	if b == nil {
+		return nil, ErrClosed
+	}
+	fp := FifoFootprint(capacity)
+	if fp < 0 {
+		return nil, fmt.Errorf("%w: fifo capacity %d (power of two in [%d, %d])",
+			ErrInvalid, capacity, MinFifoCapacity, MaxFifoCapacity)
+	}
+	if off < 0 || off%Align != 0 || off > len(b) || fp > len(b)-off || !addrAligned(b, off, Align) {
+		return nil, fmt.Errorf("%w: fifo at offset %d size %d in segment of %d (must be %d-byte aligned and fit)",
+			ErrInvalid, off, fp, len(b), Align)
+	}
+	f := &Fifo{
+		data:     b[off+fifoHeaderSize : off+fp : off+fp],
+		mask:     uint64(capacity) - 1,
+		capacity: uint64(capacity),
+	}
+	f.tailW, _ = wordAt(b, off+fifoOffTail)
+	f.eofW, _ = wordAt(b, off+fifoOffEOF)
+	f.headW, _ = wordAt(b, off+fifoOffHead)
+	f.rclosedW, _ = wordAt(b, off+fifoOffRClosed)
+	f.rwaitW, _ = wordAt(b, off+fifoOffRWait)
+	f.wwaitW, _ = wordAt(b, off+fifoOffWWait)
+	return f, nil
+}
+
+// Cap returns the capacity in bytes.
+func (f *Fifo) Cap() int { return int(f.capacity) }
+
+// ---- producer side ----
+
+// refreshHead reads the consumer's head once and validates it: it may only
+// move forward, and never past our tail.
+func (f *Fifo) refreshHead() error {
+	h := f.headW.Load()
+	if h-f.pHeadCache > f.pTail-f.pHeadCache {
+		f.pErr = ErrCorrupt
+		return ErrCorrupt
+	}
+	f.pHeadCache = h
+	return nil
+}
+
+// space returns the free bytes, refreshing the consumer's index only when
+// the cached one does not leave room for want bytes.
+func (f *Fifo) space(want int) (uint64, error) {
+	if f.pErr != nil {
+		return 0, f.pErr
+	}
+	if f.pClosed {
+		return 0, ErrClosed
+	}
+	free := f.capacity - (f.pTail - f.pHeadCache)
+	if free < uint64(want) {
+		if err := f.refreshHead(); err != nil {
+			return 0, err
+		}
+		free = f.capacity - (f.pTail - f.pHeadCache)
+	}
+	return free, nil
+}
+
+// put copies p (len(p) <= free) at the tail, wrapping around.
+func (f *Fifo) put(tail uint64, p []byte) {
+	pos := tail & f.mask
+	n := copy(f.data[pos:], p)
+	copy(f.data, p[n:])
+}
+
+// Write copies as much of p as fits and publishes it. It never blocks: a
+// full fifo returns (0, nil). After CloseWrite it returns ErrClosed.
+func (f *Fifo) Write(p []byte) (int, error) {
+	free, err := f.space(len(p))
+	if err != nil || free == 0 || len(p) == 0 {
+		return 0, err
+	}
+	n := len(p)
+	if uint64(n) > free {
+		n = int(free)
+	}
+	f.put(f.pTail, p[:n])
+	f.pTail += uint64(n)
+	f.tailW.Store(f.pTail)
+	return n, nil
+}
+
+// WriteVec copies the buffers in order, as much as fits, straight into the
+// ring (no intermediate buffer) and publishes them with one index store.
+func (f *Fifo) WriteVec(bufs [][]byte) (int, error) {
+	want := 0
+	for _, b := range bufs {
+		want += len(b)
+	}
+	free, err := f.space(want)
+	if err != nil || free == 0 || want == 0 {
+		return 0, err
+	}
+	t := f.pTail
+	left := free
+	for _, b := range bufs {
+		if left == 0 {
+			break
+		}
+		if uint64(len(b)) > left {
+			b = b[:left]
+		}
+		f.put(t, b)
+		t += uint64(len(b))
+		left -= uint64(len(b))
+	}
+	n := int(t - f.pTail)
+	f.pTail = t
+	f.tailW.Store(t)
+	return n, nil
+}
+
+// Free returns the bytes that can be written now (re-reading the consumer's
+// index).
+func (f *Fifo) Free() (int, error) {
+	if f.pErr != nil {
+		return 0, f.pErr
+	}
+	if err := f.refreshHead(); err != nil {
+		return 0, err
+	}
+	return int(f.capacity - (f.pTail - f.pHeadCache)), nil
+}
+
+// CloseWrite marks the end of the stream (half-close). The flag is stored
+// after the last tail store, so a reader that sees it and then re-reads the
+// tail sees all the data: it reports io.EOF only once drained. Idempotent.
+func (f *Fifo) CloseWrite() {
+	f.pClosed = true
+	f.eofW.Store(1)
+}
+
+// ReadClosed reports whether the consumer called CloseRead (producer view;
+// the peer may lie, it is a hint).
+func (f *Fifo) ReadClosed() bool { return f.rclosedW.Load() != 0 }
+
+// ---- consumer side ----
+
+// refreshTail reads the producer's tail once and validates it: it may only
+// move forward and never more than capacity ahead of our head.
+func (f *Fifo) refreshTail() error {
+	t := f.tailW.Load()
+	d := t - f.cHead
+	if d > f.capacity || d < f.cTailCache-f.cHead {
+		f.cErr = ErrCorrupt
+		return ErrCorrupt
+	}
+	f.cTailCache = t
+	return nil
+}
+
+// avail returns the readable bytes, refreshing the producer's index only if
+// the cached one shows fewer than want. At 0 it checks for end of stream.
+func (f *Fifo) avail(want int) (uint64, error) {
+	if f.cErr != nil {
+		return 0, f.cErr
+	}
+	n := f.cTailCache - f.cHead
+	if n < uint64(want) || n == 0 {
+		if err := f.refreshTail(); err != nil {
+			return 0, err
+		}
+		n = f.cTailCache - f.cHead
+		if n == 0 && f.eofW.Load() != 0 {
+			// EOF was stored after the final tail: re-read the tail so
+			// data written just before the close is not lost.
+			if err := f.refreshTail(); err != nil {
+				return 0, err
+			}
+			n = f.cTailCache - f.cHead
+			if n == 0 {
+				return 0, io.EOF
+			}
+		}
+	}
+	return n, nil
+}
+
+// Read copies up to len(p) bytes out and consumes them. Empty: (0, nil);
+// empty after CloseWrite: (0, io.EOF).
+func (f *Fifo) Read(p []byte) (int, error) {
+	n, err := f.avail(len(p))
+	if err != nil || n == 0 {
+		return 0, err
+	}
+	if uint64(len(p)) < n {
+		n = uint64(len(p))
+	}
+	pos := f.cHead & f.mask
+	c := copy(p[:n], f.data[pos:])
+	copy(p[c:n], f.data)
+	f.cHead += n
+	f.headW.Store(f.cHead)
+	return int(n), nil
+}
+
+// Peek returns the readable bytes as at most two slices of the ring (the
+// second non-empty only on wrap-around), without consuming them. The slices
+// alias shared memory that the peer can scribble on: copy or validate before
+// trusting the content. Commit with Consume. Empty: (nil, nil, nil); empty
+// after CloseWrite: io.EOF.
+func (f *Fifo) Peek() (a, b []byte, err error) {
+	n, err := f.avail(1)
+	if err != nil || n == 0 {
+		return nil, nil, err
+	}
+	pos := f.cHead & f.mask
+	end := pos + n
+	if end <= f.capacity {
+		return f.data[pos:end:end], nil, nil
+	}
+	return f.data[pos:f.capacity:f.capacity], f.data[: end-f.capacity : end-f.capacity], nil
+}
+
+// Consume drops n bytes returned by Peek. n larger than what Peek returned is
+// ErrInvalid (nothing consumed).
+func (f *Fifo) Consume(n int) error {
+	if f.cErr != nil {
+		return f.cErr
+	}
+	if n < 0 || uint64(n) > f.cTailCache-f.cHead {
+		return fmt.Errorf("%w: consume %d of %d readable", ErrInvalid, n, f.cTailCache-f.cHead)
+	}
+	if n == 0 {
+		return nil
+	}
+	f.cHead += uint64(n)
+	f.headW.Store(f.cHead)
+	return nil
+}
+
+// Len returns the readable bytes (re-reading the producer's index).
+func (f *Fifo) Len() (int, error) {
+	if f.cErr != nil {
+		return 0, f.cErr
+	}
+	if err := f.refreshTail(); err != nil {
+		return 0, err
+	}
+	return int(f.cTailCache - f.cHead), nil
+}
+
+// WriteClosed reports whether the producer called CloseWrite (consumer
+// view). Data may still be readable: Read/Peek return io.EOF once drained.
+func (f *Fifo) WriteClosed() bool { return f.eofW.Load() != 0 }
+
+// CloseRead tells the producer the consumer is gone (a hint; see ReadClosed).
+func (f *Fifo) CloseRead() { f.rclosedW.Store(1) }
+
+// ---- wake-up flags ----
+//
+// Protocol for a consumer that finds the fifo empty (symmetrically for a
+// producer that finds it full, with the writer flag and Free):
+//
+//	consumer                          producer
+//	SetReaderWaiting()                Write(...)        // stores tail
+//	Len()/Peek() again                if TakeReaderWaiting() {
+//	if data: ClearReaderWaiting()         signal the consumer's eventfd
+//	else: block on the eventfd        }
+//
+// No lost wake-up: sync/atomic operations are sequentially consistent (Go
+// memory model; on amd64 a Store is XCHG, a full barrier; the same
+// instructions order accesses to a MAP_SHARED page between processes as
+// between threads). Take the total order S of the consumer's flag store F,
+// its re-read of the tail R, the producer's tail store T and its flag load L.
+// F precedes R and T precedes L in program order, so they are in S that way.
+// If T precedes R in S, R sees the data and the consumer does not sleep.
+// Otherwise R precedes T, so F < R < T < L and L sees the flag set; the swap
+// then returns 1 (only the consumer clears it otherwise, and it does so only
+// when it does not sleep) and the producer signals. The eventfd counter
+// keeps a signal that arrives before the consumer blocks, so the block
+// returns at once. A signal can be spurious (the consumer cleared the flag
+// after the producer's swap); sleepers re-check after every wake-up.
+
+// SetReaderWaiting announces that the consumer is about to block.
+func (f *Fifo) SetReaderWaiting() { f.rwaitW.Store(1) }
+
+// ClearReaderWaiting clears the flag and reports whether it was set.
+func (f *Fifo) ClearReaderWaiting() bool { return f.rwaitW.Swap(0) != 0 }
+
+// ReaderWaiting reports whether the consumer announced it is blocking.
+func (f *Fifo) ReaderWaiting() bool { return f.rwaitW.Load() != 0 }
+
+// TakeReaderWaiting is the producer's check after publishing data: true at
+// most once per SetReaderWaiting, and then the caller must signal the
+// consumer. The plain load first keeps the common case (nobody waiting)
+// free of a locked read-modify-write on the shared line.
+func (f *Fifo) TakeReaderWaiting() bool {
+	return f.rwaitW.Load() != 0 && f.rwaitW.Swap(0) != 0
+}
+
+// SetWriterWaiting announces that the producer is about to block on a full fifo.
+func (f *Fifo) SetWriterWaiting() { f.wwaitW.Store(1) }
+
+// ClearWriterWaiting clears the flag and reports whether it was set.
+func (f *Fifo) ClearWriterWaiting() bool { return f.wwaitW.Swap(0) != 0 }
+
+// WriterWaiting reports whether the producer announced it is blocking.
+func (f *Fifo) WriterWaiting() bool { return f.wwaitW.Load() != 0 }
+
+// TakeWriterWaiting is the consumer's check after consuming: true at most
+// once per SetWriterWaiting, and then the caller must signal the producer.
+func (f *Fifo) TakeWriterWaiting() bool {
+	return f.wwaitW.Load() != 0 && f.wwaitW.Swap(0) != 0
+}
