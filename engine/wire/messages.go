@@ -1,0 +1,536 @@
+package wire
+
+// Attach flags.
+const (
+	// FlagSpin asks for nothing from the engine; it is recorded for stats.
+	FlagSpin   uint64 = 1 << iota
+	flagsKnown        = FlagSpin
+)
+
+// Attach is the first message of an app on the attach socket.
+type Attach struct {
+	Name       string // app name, for stats and logs
+	Namespace  string // "<namespace>/<name>"; empty = the only one the socket serves
+	Secret     string // optional shared secret of the app namespace
+	Flags      uint64
+	RxFifoSize uint32 // requested, 0 = the namespace default; clamped by the engine
+	TxFifoSize uint32
+}
+
+// WorkerInfo describes a worker's message queues: both live in the worker's
+// queue segment. Its file descriptors travel with the message, in this order:
+// queue segment memfd, the worker's wake eventfd (the app waits on it), the
+// engine's eventfd for the request queue (the app writes it).
+type WorkerInfo struct {
+	ID       uint32
+	MQSize   uint64 // size of the queue segment
+	EvqOff   uint64 // engine → app events
+	EvqSlots uint32
+	ReqOff   uint64 // app → engine requests
+	ReqSlots uint32
+}
+
+// WorkerFDs is the number of fds that come with a WorkerInfo.
+const WorkerFDs = 3
+
+// AttachReply answers Attach. On success the fds are WorkerInfo's three then
+// the app's own fifo segment memfd (AttachFDs in all).
+type AttachReply struct {
+	Code          Code
+	Msg           string
+	EngineVersion uint8
+	AppID         uint32
+	Worker        WorkerInfo
+	Segment       uint64 // handle of the app's own fifo segment
+	SegmentSize   uint64
+	RxFifoSize    uint32 // effective sizes
+	TxFifoSize    uint32
+	MaxSessions   uint32
+}
+
+// AttachFDs is the number of fds passed with a successful AttachReply.
+const AttachFDs = WorkerFDs + 1
+
+// WorkerAdd asks for one more worker (its own queue pair and wake eventfd).
+type WorkerAdd struct{ Ctx uint64 }
+
+// WorkerAddReply answers WorkerAdd; on success WorkerFDs fds come with it.
+type WorkerAddReply struct {
+	Ctx    uint64
+	Code   Code
+	Msg    string
+	Worker WorkerInfo
+}
+
+// WorkerDel removes a worker; its sessions and listeners are reaped.
+type WorkerDel struct {
+	Ctx    uint64
+	Worker uint32
+}
+
+// WorkerDelReply answers WorkerDel.
+type WorkerDelReply struct {
+	Ctx  uint64
+	Code Code
+	Msg  string
+}
+
+// Detach ends the attachment; everything the app holds is reaped.
+type Detach struct{}
+
+// DetachReply answers Detach; the engine closes the socket after it.
+type DetachReply struct{ Code Code }
+
+// AddSegment maps one more segment for a worker. Its fds: the segment memfd,
+// and, when HasPeerWake, the wake eventfd of the peer worker (cut-through
+// segments are shared by exactly two app workers).
+type AddSegment struct {
+	Segment     uint64
+	Size        uint64
+	Worker      uint32 // the local worker this segment serves
+	PeerApp     uint32
+	PeerWorker  uint32
+	HasPeerWake bool
+}
+
+// Notice tells the app something happened to its attachment (namespace
+// removed, engine shutting down); the socket closes after it.
+type Notice struct {
+	Code Code
+	Msg  string
+}
+
+// Listen asks for a listener.
+type Listen struct {
+	Ctx  uint64
+	Addr Addr
+}
+
+// Unlisten removes a listener.
+type Unlisten struct {
+	Ctx      uint64
+	Listener uint64
+}
+
+// Connect opens a session to Remote.
+type Connect struct {
+	Ctx    uint64
+	Remote Addr
+}
+
+// AcceptReply acknowledges an Accepted event; a non-OK code refuses the
+// session (the connecting peer sees a reset).
+type AcceptReply struct {
+	Session uint64
+	Code    Code
+}
+
+// Disconnect closes a session gracefully; the reply is Cleanup.
+type Disconnect struct{ Session uint64 }
+
+// Reset aborts a session; the reply is Cleanup.
+type Reset struct{ Session uint64 }
+
+// Shutdown half-closes a session (no more writes); the reply is Reply.
+type Shutdown struct{ Session uint64 }
+
+// FifoPair locates a session's fifos in a segment, from the receiving app's
+// point of view (Rx: it reads, Tx: it writes).
+type FifoPair struct {
+	Segment uint64
+	RxOff   uint64
+	TxOff   uint64
+	RxCap   uint32
+	TxCap   uint32
+}
+
+// Accepted tells a listening app about a new session.
+type Accepted struct {
+	Listener uint64
+	Session  uint64
+	Fifos    FifoPair
+	Local    Addr
+	Remote   Addr
+}
+
+// Connected answers Connect: a session, or an error.
+type Connected struct {
+	Ctx     uint64
+	Code    Code
+	Msg     string
+	Session uint64
+	Fifos   FifoPair
+	Local   Addr
+	Remote  Addr
+}
+
+// Bound answers Listen.
+type Bound struct {
+	Ctx      uint64
+	Code     Code
+	Msg      string
+	Listener uint64
+	Local    Addr
+}
+
+// UnlistenReply answers Unlisten.
+type UnlistenReply struct {
+	Ctx      uint64
+	Code     Code
+	Msg      string
+	Listener uint64
+}
+
+// Disconnected: the peer closed the session (after draining, reads see EOF).
+type Disconnected struct{ Session uint64 }
+
+// ResetEvt: the session was reset (peer reset or died, or the engine aborted
+// it); the reason is in Code and Msg. The app must still Disconnect or Reset
+// the session to release it.
+type ResetEvt struct {
+	Session uint64
+	Code    Code
+	Msg     string
+}
+
+// Migrated: the session now belongs to another worker of the app.
+type Migrated struct {
+	Session uint64
+	Worker  uint32
+}
+
+// Cleanup: the engine released the session; the app must drop its fifos.
+type Cleanup struct{ Session uint64 }
+
+// DelSegment: the segment holds no more sessions of this app and is removed;
+// unmap it once no local session refers to it.
+type DelSegment struct{ Segment uint64 }
+
+// Reply is the outcome of a request that has no dedicated reply.
+type Reply struct {
+	Ctx    uint64
+	Req    Type
+	Handle uint64
+	Code   Code
+	Msg    string
+}
+
+func strSize(max int) int { return 1 + max }
+
+func (*Attach) Type() Type { return TAttach }
+func (*Attach) size() int {
+	return strSize(MaxNameLen) + strSize(MaxNamespaceLen) + strSize(MaxSecretLen) + 8 + 4 + 4
+}
+func (m *Attach) encode(e *enc) {
+	e.str(m.Name, MaxNameLen, "app name")
+	e.str(m.Namespace, MaxNamespaceLen, "namespace")
+	e.str(m.Secret, MaxSecretLen, "secret")
+	e.u64(m.Flags)
+	e.u32(m.RxFifoSize)
+	e.u32(m.TxFifoSize)
+}
+func (m *Attach) decode(d *dec) {
+	m.Name = d.str(MaxNameLen, "app name")
+	m.Namespace = d.str(MaxNamespaceLen, "namespace")
+	m.Secret = d.str(MaxSecretLen, "secret")
+	m.Flags = d.u64()
+	if m.Flags&^flagsKnown != 0 {
+		d.fail("unknown attach flags %#x", m.Flags&^flagsKnown)
+	}
+	m.RxFifoSize = d.u32()
+	m.TxFifoSize = d.u32()
+}
+
+const workerInfoSize = 4 + 8 + 8 + 4 + 8 + 4
+
+func (e *enc) worker(w WorkerInfo) {
+	e.u32(w.ID)
+	e.u64(w.MQSize)
+	e.u64(w.EvqOff)
+	e.u32(w.EvqSlots)
+	e.u64(w.ReqOff)
+	e.u32(w.ReqSlots)
+}
+func (d *dec) worker() WorkerInfo {
+	return WorkerInfo{ID: d.u32(), MQSize: d.u64(), EvqOff: d.u64(), EvqSlots: d.u32(), ReqOff: d.u64(), ReqSlots: d.u32()}
+}
+
+func (*AttachReply) Type() Type { return TAttachReply }
+func (*AttachReply) size() int {
+	return 2 + strSize(MaxMessageLen) + 1 + 4 + workerInfoSize + 8 + 8 + 4 + 4 + 4
+}
+func (m *AttachReply) encode(e *enc) {
+	e.u16(uint16(m.Code))
+	e.str(m.Msg, MaxMessageLen, "message")
+	e.u8(m.EngineVersion)
+	e.u32(m.AppID)
+	e.worker(m.Worker)
+	e.u64(m.Segment)
+	e.u64(m.SegmentSize)
+	e.u32(m.RxFifoSize)
+	e.u32(m.TxFifoSize)
+	e.u32(m.MaxSessions)
+}
+func (m *AttachReply) decode(d *dec) {
+	m.Code = d.code("attach reply")
+	m.Msg = d.str(MaxMessageLen, "message")
+	m.EngineVersion = d.u8()
+	m.AppID = d.u32()
+	m.Worker = d.worker()
+	m.Segment = d.u64()
+	m.SegmentSize = d.u64()
+	m.RxFifoSize = d.u32()
+	m.TxFifoSize = d.u32()
+	m.MaxSessions = d.u32()
+}
+
+func (*WorkerAdd) Type() Type      { return TWorkerAdd }
+func (*WorkerAdd) size() int       { return 8 }
+func (m *WorkerAdd) encode(e *enc) { e.u64(m.Ctx) }
+func (m *WorkerAdd) decode(d *dec) { m.Ctx = d.u64() }
+func (*WorkerAddReply) Type() Type { return TWorkerAddReply }
+func (*WorkerAddReply) size() int  { return 8 + 2 + strSize(MaxMessageLen) + workerInfoSize }
+func (m *WorkerAddReply) encode(e *enc) {
+	e.u64(m.Ctx)
+	e.u16(uint16(m.Code))
+	e.str(m.Msg, MaxMessageLen, "message")
+	e.worker(m.Worker)
+}
+func (m *WorkerAddReply) decode(d *dec) {
+	m.Ctx = d.u64()
+	m.Code = d.code("worker-add reply")
+	m.Msg = d.str(MaxMessageLen, "message")
+	m.Worker = d.worker()
+}
+
+func (*WorkerDel) Type() Type      { return TWorkerDel }
+func (*WorkerDel) size() int       { return 12 }
+func (m *WorkerDel) encode(e *enc) { e.u64(m.Ctx); e.u32(m.Worker) }
+func (m *WorkerDel) decode(d *dec) { m.Ctx = d.u64(); m.Worker = d.u32() }
+func (*WorkerDelReply) Type() Type { return TWorkerDelReply }
+func (*WorkerDelReply) size() int  { return 8 + 2 + strSize(MaxMessageLen) }
+func (m *WorkerDelReply) encode(e *enc) {
+	e.u64(m.Ctx)
+	e.u16(uint16(m.Code))
+	e.str(m.Msg, MaxMessageLen, "message")
+}
+func (m *WorkerDelReply) decode(d *dec) {
+	m.Ctx = d.u64()
+	m.Code = d.code("worker-del reply")
+	m.Msg = d.str(MaxMessageLen, "message")
+}
+
+func (*Detach) Type() Type           { return TDetach }
+func (*Detach) size() int            { return 0 }
+func (*Detach) encode(*enc)          {}
+func (*Detach) decode(*dec)          {}
+func (*DetachReply) Type() Type      { return TDetachReply }
+func (*DetachReply) size() int       { return 2 }
+func (m *DetachReply) encode(e *enc) { e.u16(uint16(m.Code)) }
+func (m *DetachReply) decode(d *dec) { m.Code = d.code("detach reply") }
+
+func (*AddSegment) Type() Type { return TAddSegment }
+func (*AddSegment) size() int  { return 8 + 8 + 4 + 4 + 4 + 1 }
+func (m *AddSegment) encode(e *enc) {
+	e.u64(m.Segment)
+	e.u64(m.Size)
+	e.u32(m.Worker)
+	e.u32(m.PeerApp)
+	e.u32(m.PeerWorker)
+	e.boolean(m.HasPeerWake)
+}
+func (m *AddSegment) decode(d *dec) {
+	m.Segment = d.u64()
+	m.Size = d.u64()
+	m.Worker = d.u32()
+	m.PeerApp = d.u32()
+	m.PeerWorker = d.u32()
+	m.HasPeerWake = d.boolean("has-peer-wake")
+}
+
+func (*Notice) Type() Type { return TNotice }
+func (*Notice) size() int  { return 2 + strSize(MaxMessageLen) }
+func (m *Notice) encode(e *enc) {
+	e.u16(uint16(m.Code))
+	e.str(m.Msg, MaxMessageLen, "message")
+}
+func (m *Notice) decode(d *dec) {
+	m.Code = d.code("notice")
+	m.Msg = d.str(MaxMessageLen, "message")
+}
+
+func (*Listen) Type() Type        { return TListen }
+func (*Listen) size() int         { return 8 + addrSize }
+func (m *Listen) encode(e *enc)   { e.u64(m.Ctx); e.addr(m.Addr) }
+func (m *Listen) decode(d *dec)   { m.Ctx = d.u64(); m.Addr = d.addr("listen address", true) }
+func (*Unlisten) Type() Type      { return TUnlisten }
+func (*Unlisten) size() int       { return 16 }
+func (m *Unlisten) encode(e *enc) { e.u64(m.Ctx); e.u64(m.Listener) }
+func (m *Unlisten) decode(d *dec) { m.Ctx = d.u64(); m.Listener = d.u64() }
+func (*Connect) Type() Type       { return TConnect }
+func (*Connect) size() int        { return 8 + addrSize }
+func (m *Connect) encode(e *enc)  { e.u64(m.Ctx); e.addr(m.Remote) }
+func (m *Connect) decode(d *dec)  { m.Ctx = d.u64(); m.Remote = d.addr("remote address", true) }
+
+func (*AcceptReply) Type() Type       { return TAcceptReply }
+func (*AcceptReply) size() int        { return 10 }
+func (m *AcceptReply) encode(e *enc)  { e.u64(m.Session); e.u16(uint16(m.Code)) }
+func (m *AcceptReply) decode(d *dec)  { m.Session = d.u64(); m.Code = d.code("accept reply") }
+func (*Disconnect) Type() Type        { return TDisconnect }
+func (*Disconnect) size() int         { return 8 }
+func (m *Disconnect) encode(e *enc)   { e.u64(m.Session) }
+func (m *Disconnect) decode(d *dec)   { m.Session = d.u64() }
+func (*Reset) Type() Type             { return TReset }
+func (*Reset) size() int              { return 8 }
+func (m *Reset) encode(e *enc)        { e.u64(m.Session) }
+func (m *Reset) decode(d *dec)        { m.Session = d.u64() }
+func (*Shutdown) Type() Type          { return TShutdown }
+func (*Shutdown) size() int           { return 8 }
+func (m *Shutdown) encode(e *enc)     { e.u64(m.Session) }
+func (m *Shutdown) decode(d *dec)     { m.Session = d.u64() }
+func (*Disconnected) Type() Type      { return TDisconnected }
+func (*Disconnected) size() int       { return 8 }
+func (m *Disconnected) encode(e *enc) { e.u64(m.Session) }
+func (m *Disconnected) decode(d *dec) { m.Session = d.u64() }
+func (*Cleanup) Type() Type           { return TCleanup }
+func (*Cleanup) size() int            { return 8 }
+func (m *Cleanup) encode(e *enc)      { e.u64(m.Session) }
+func (m *Cleanup) decode(d *dec)      { m.Session = d.u64() }
+func (*DelSegment) Type() Type        { return TDelSegment }
+func (*DelSegment) size() int         { return 8 }
+func (m *DelSegment) encode(e *enc)   { e.u64(m.Segment) }
+func (m *DelSegment) decode(d *dec)   { m.Segment = d.u64() }
+func (*Migrated) Type() Type          { return TMigrated }
+func (*Migrated) size() int           { return 12 }
+func (m *Migrated) encode(e *enc)     { e.u64(m.Session); e.u32(m.Worker) }
+func (m *Migrated) decode(d *dec)     { m.Session = d.u64(); m.Worker = d.u32() }
+
+const fifoPairSize = 8 + 8 + 8 + 4 + 4
+
+func (e *enc) fifos(f FifoPair) {
+	e.u64(f.Segment)
+	e.u64(f.RxOff)
+	e.u64(f.TxOff)
+	e.u32(f.RxCap)
+	e.u32(f.TxCap)
+}
+func (d *dec) fifosRaw() FifoPair {
+	return FifoPair{Segment: d.u64(), RxOff: d.u64(), TxOff: d.u64(), RxCap: d.u32(), TxCap: d.u32()}
+}
+
+func (d *dec) fifos() FifoPair {
+	f := d.fifosRaw()
+	if f.RxCap == 0 || f.TxCap == 0 || f.RxCap&(f.RxCap-1) != 0 || f.TxCap&(f.TxCap-1) != 0 {
+		d.fail("fifo capacities %d/%d are not non-zero powers of two", f.RxCap, f.TxCap)
+	}
+	return f
+}
+
+func (*Accepted) Type() Type { return TAccepted }
+func (*Accepted) size() int  { return 16 + fifoPairSize + 2*addrSize }
+func (m *Accepted) encode(e *enc) {
+	e.u64(m.Listener)
+	e.u64(m.Session)
+	e.fifos(m.Fifos)
+	e.addr(m.Local)
+	e.addr(m.Remote)
+}
+func (m *Accepted) decode(d *dec) {
+	m.Listener = d.u64()
+	m.Session = d.u64()
+	m.Fifos = d.fifos()
+	m.Local = d.addr("local address", true)
+	m.Remote = d.addr("remote address", true)
+}
+
+func (*Connected) Type() Type { return TConnected }
+func (*Connected) size() int {
+	return 8 + 2 + strSize(MaxMessageLen) + 8 + fifoPairSize + 2*addrSize
+}
+func (m *Connected) encode(e *enc) {
+	e.u64(m.Ctx)
+	e.u16(uint16(m.Code))
+	e.str(m.Msg, MaxMessageLen, "message")
+	e.u64(m.Session)
+	e.fifos(m.Fifos)
+	e.addr(m.Local)
+	e.addr(m.Remote)
+}
+func (m *Connected) decode(d *dec) {
+	m.Ctx = d.u64()
+	m.Code = d.code("connected")
+	m.Msg = d.str(MaxMessageLen, "message")
+	m.Session = d.u64()
+	if m.Code == OK {
+		m.Fifos = d.fifos()
+	} else if m.Fifos = d.fifosRaw(); m.Fifos != (FifoPair{}) {
+		d.fail("failed connect carries fifos")
+	}
+	m.Local = d.addr("local address", m.Code == OK)
+	m.Remote = d.addr("remote address", false)
+}
+
+func (*Bound) Type() Type { return TBound }
+func (*Bound) size() int  { return 8 + 2 + strSize(MaxMessageLen) + 8 + addrSize }
+func (m *Bound) encode(e *enc) {
+	e.u64(m.Ctx)
+	e.u16(uint16(m.Code))
+	e.str(m.Msg, MaxMessageLen, "message")
+	e.u64(m.Listener)
+	e.addr(m.Local)
+}
+func (m *Bound) decode(d *dec) {
+	m.Ctx = d.u64()
+	m.Code = d.code("bound")
+	m.Msg = d.str(MaxMessageLen, "message")
+	m.Listener = d.u64()
+	m.Local = d.addr("local address", m.Code == OK)
+}
+
+func (*UnlistenReply) Type() Type { return TUnlistenReply }
+func (*UnlistenReply) size() int  { return 8 + 2 + strSize(MaxMessageLen) + 8 }
+func (m *UnlistenReply) encode(e *enc) {
+	e.u64(m.Ctx)
+	e.u16(uint16(m.Code))
+	e.str(m.Msg, MaxMessageLen, "message")
+	e.u64(m.Listener)
+}
+func (m *UnlistenReply) decode(d *dec) {
+	m.Ctx = d.u64()
+	m.Code = d.code("unlisten reply")
+	m.Msg = d.str(MaxMessageLen, "message")
+	m.Listener = d.u64()
+}
+
+func (*ResetEvt) Type() Type { return TResetEvt }
+func (*ResetEvt) size() int  { return 8 + 2 + strSize(MaxMessageLen) }
+func (m *ResetEvt) encode(e *enc) {
+	e.u64(m.Session)
+	e.u16(uint16(m.Code))
+	e.str(m.Msg, MaxMessageLen, "message")
+}
+func (m *ResetEvt) decode(d *dec) {
+	m.Session = d.u64()
+	m.Code = d.code("reset")
+	m.Msg = d.str(MaxMessageLen, "message")
+}
+
+func (*Reply) Type() Type { return TReply }
+func (*Reply) size() int  { return 8 + 1 + 8 + 2 + strSize(MaxMessageLen) }
+func (m *Reply) encode(e *enc) {
+	e.u64(m.Ctx)
+	e.u8(uint8(m.Req))
+	e.u64(m.Handle)
+	e.u16(uint16(m.Code))
+	e.str(m.Msg, MaxMessageLen, "message")
+}
+func (m *Reply) decode(d *dec) {
+	m.Ctx = d.u64()
+	m.Req = Type(d.u8())
+	if m.Req < TListen || m.Req > TShutdown {
+		d.fail("reply to %v, which is not a request", m.Req)
+	}
+	m.Handle = d.u64()
+	m.Code = d.code("reply")
+	m.Msg = d.str(MaxMessageLen, "message")
+}
