@@ -246,3 +246,7 @@ func TestQueueBasic(t *testing.T) {
 		t.Fatalf("recv on empty with deadline: %v", err)
 	}
 }
+
+func closeFD(fd int) { unix.Close(fd) }
+
+func writeFD(fd int, b []byte) (int, error) { return unix.Write(fd, b) }
