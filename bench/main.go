@@ -1,0 +1,221 @@
+// Command bench measures hoststack side by side with the kernel paths it
+// replaces, in one run on one machine, and reports ratios: absolute figures on
+// a shared 2-core machine are noisy, ratios measured back to back are not.
+//
+//	go run ./bench -out bench/results.json
+//
+// Every variant moves the same bytes through the same net.Conn code path
+// (writer goroutine → reader goroutine), so the difference is the transport.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Result is one measured figure.
+type Result struct {
+	Group   string  `json:"group"`   // e.g. "stream", "rr", "connect", "memory"
+	Case    string  `json:"case"`    // e.g. "64KiB"
+	Variant string  `json:"variant"` // e.g. "hoststack", "tcp-loopback"
+	Value   float64 `json:"value"`
+	Unit    string  `json:"unit"`
+}
+
+// Target is one acceptance target: Ratio = Num/Den (of two Results' values),
+// met when Ratio >= Min (or <= Max when Max is set).
+type Target struct {
+	Name  string  `json:"name"`
+	Ratio float64 `json:"ratio"`
+	Min   float64 `json:"min,omitempty"`
+	Max   float64 `json:"max,omitempty"`
+	Met   bool    `json:"met"`
+	Note  string  `json:"note,omitempty"`
+}
+
+// Report is what bench/results.json holds.
+type Report struct {
+	Time     time.Time `json:"time"`
+	GoVer    string    `json:"go"`
+	CPUs     int       `json:"cpus"`
+	Duration string    `json:"durationPerPoint"`
+	Results  []Result  `json:"results"`
+	Targets  []Target  `json:"targets"`
+}
+
+func (r *Report) add(group, cs, variant string, v float64, unit string) {
+	r.Results = append(r.Results, Result{group, cs, variant, v, unit})
+	fmt.Fprintf(os.Stderr, "  %-8s %-12s %-14s %12.3f %s\n", group, cs, variant, v, unit)
+}
+
+func (r *Report) get(group, cs, variant string) (float64, bool) {
+	for _, x := range r.Results {
+		if x.Group == group && x.Case == cs && x.Variant == variant {
+			return x.Value, true
+		}
+	}
+	return 0, false
+}
+
+// target records Num/Den against a bound; a missing figure is recorded as unmet.
+func (r *Report) target(name string, num, den [3]string, min, max float64) {
+	a, ok1 := r.get(num[0], num[1], num[2])
+	b, ok2 := r.get(den[0], den[1], den[2])
+	t := Target{Name: name, Min: min, Max: max}
+	if !ok1 || !ok2 || b == 0 {
+		t.Note = "not measured"
+		r.Targets = append(r.Targets, t)
+		return
+	}
+	t.Ratio = a / b
+	switch {
+	case max > 0:
+		t.Met = t.Ratio <= max
+	default:
+		t.Met = t.Ratio >= min
+	}
+	r.Targets = append(r.Targets, t)
+}
+
+func main() {
+	out := flag.String("out", "bench/results.json", "where to write the JSON report")
+	dur := flag.Duration("d", 700*time.Millisecond, "measuring time per point (each point is the median of -n runs)")
+	runs := flag.Int("n", 3, "runs per point")
+	only := flag.String("only", "", "comma-separated groups to run (stream,rr,connect,memory,rules); empty = all")
+	flag.Parse()
+
+	want := func(g string) bool {
+		if *only == "" {
+			return true
+		}
+		for _, x := range strings.Split(*only, ",") {
+			if x == g {
+				return true
+			}
+		}
+		return false
+	}
+
+	rep := &Report{Time: time.Now().UTC(), GoVer: runtime.Version(), CPUs: runtime.NumCPU(), Duration: dur.String()}
+	variants, cleanup, err := setupVariants()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	defer cleanup()
+
+	m := measurer{d: *dur, n: *runs}
+	if want("stream") {
+		fmt.Fprintln(os.Stderr, "stream throughput (one writer, one reader):")
+		for _, size := range []int{64, 1 << 10, 16 << 10, 64 << 10} {
+			cs := sizeName(size)
+			for _, v := range variants {
+				gbps, err := m.stream(v, size)
+				if err != nil {
+					fail(v.name, "stream", err)
+				}
+				rep.add("stream", cs, v.name, gbps, "GB/s")
+			}
+			rep.add("stream", cs, "memcpy", m.memcpy(size), "GB/s")
+		}
+	}
+	if want("rr") {
+		fmt.Fprintln(os.Stderr, "64 B request/response round trip:")
+		for _, v := range variants {
+			p50, p99, err := m.rr(v, 64)
+			if err != nil {
+				fail(v.name, "rr", err)
+			}
+			rep.add("rr", "p50", v.name, float64(p50.Nanoseconds())/1e3, "us")
+			rep.add("rr", "p99", v.name, float64(p99.Nanoseconds())/1e3, "us")
+		}
+	}
+	if want("connect") {
+		fmt.Fprintln(os.Stderr, "connect+accept+close:")
+		for _, v := range variants {
+			rate, err := m.connect(v)
+			if err != nil {
+				fail(v.name, "connect", err)
+			}
+			rep.add("connect", "rate", v.name, rate, "conn/s")
+		}
+	}
+	if want("memory") {
+		if bytes, ok, err := idleSessionMemory(); err != nil {
+			fail("hoststack", "memory", err)
+		} else if ok {
+			rep.add("memory", "idle-session", "hoststack", bytes, "bytes")
+		}
+	}
+
+	addTargets(rep)
+	printTable(rep)
+	data, _ := json.MarshalIndent(rep, "", "  ")
+	if err := os.WriteFile(*out, append(data, '\n'), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	fmt.Fprintln(os.Stderr, "wrote", *out)
+}
+
+func addTargets(r *Report) {
+	s := func(cs, v string) [3]string { return [3]string{"stream", cs, v} }
+	r.target("64KiB stream >= 8x TCP loopback", s("64KiB", "hoststack"), s("64KiB", "tcp-loopback"), 8, 0)
+	r.target("64KiB stream >= 0.5x memcpy", s("64KiB", "hoststack"), s("64KiB", "memcpy"), 0.5, 0)
+	r.target("64B stream >= 20x TCP loopback", s("64B", "hoststack"), s("64B", "tcp-loopback"), 20, 0)
+	r.target("64B RR p50 <= 1/5 TCP loopback (default mode)", [3]string{"rr", "p50", "hoststack"}, [3]string{"rr", "p50", "tcp-loopback"}, 0, 0.2)
+	r.target("64B RR p50 spin mode <= 2us (vs 1us)", [3]string{"rr", "p50", "hoststack-spin"}, [3]string{"rr", "p50", "unit-1us"}, 0, 2)
+	r.target("connect rate >= 2x TCP loopback", [3]string{"connect", "rate", "hoststack"}, [3]string{"connect", "rate", "tcp-loopback"}, 2, 0)
+	r.Results = append(r.Results, Result{"rr", "p50", "unit-1us", 1, "us"})
+}
+
+func printTable(r *Report) {
+	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "GROUP\tCASE\tVARIANT\tVALUE\tUNIT\tvs tcp-loopback")
+	rs := append([]Result(nil), r.Results...)
+	sort.SliceStable(rs, func(i, j int) bool { return rs[i].Group < rs[j].Group })
+	for _, x := range rs {
+		if x.Variant == "unit-1us" {
+			continue
+		}
+		ratio := ""
+		if base, ok := r.get(x.Group, x.Case, "tcp-loopback"); ok && base != 0 && x.Variant != "tcp-loopback" {
+			ratio = fmt.Sprintf("%.2fx", x.Value/base)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%.3f\t%s\t%s\n", x.Group, x.Case, x.Variant, x.Value, x.Unit, ratio)
+	}
+	w.Flush()
+	fmt.Println()
+	w = tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "TARGET\tRATIO\tMET")
+	for _, t := range r.Targets {
+		met := "yes"
+		if !t.Met {
+			met = "NO"
+		}
+		if t.Note != "" {
+			met += " (" + t.Note + ")"
+		}
+		fmt.Fprintf(w, "%s\t%.3f\t%s\n", t.Name, t.Ratio, met)
+	}
+	w.Flush()
+}
+
+func sizeName(n int) string {
+	if n >= 1<<10 {
+		return fmt.Sprintf("%dKiB", n>>10)
+	}
+	return fmt.Sprintf("%dB", n)
+}
+
+func fail(variant, what string, err error) {
+	fmt.Fprintf(os.Stderr, "bench: %s %s: %v\n", variant, what, err)
+	os.Exit(1)
+}
