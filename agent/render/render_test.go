@@ -1,0 +1,144 @@
+package render
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	hsv1 "github.com/hoststack/hoststack/api/v1alpha1"
+	"github.com/hoststack/hoststack/engine/session"
+)
+
+func appns(ns, name string, mut ...func(*hsv1.AppNamespace)) hsv1.AppNamespace {
+	a := hsv1.AppNamespace{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	a.Spec.Network.Mode = hsv1.NetworkModePodNetwork
+	for _, m := range mut {
+		m(&a)
+	}
+	return a
+}
+
+func q(s string) *resource.Quantity { v := resource.MustParse(s); return &v }
+
+func TestRender(t *testing.T) {
+	now := metav1.Now()
+	cases := []struct {
+		name      string
+		in        Input
+		wantKeys  []string
+		check     func(t *testing.T, out Output)
+		wantProbs []string // substrings, one per problem, in order
+	}{
+		{
+			name:     "sorted by key, defaults left to the engine",
+			in:       Input{AppNamespaces: []hsv1.AppNamespace{appns("b", "x"), appns("a", "y"), appns("a", "x")}},
+			wantKeys: []string{"a/x", "a/y", "b/x"},
+			check: func(t *testing.T, out Output) {
+				if got := out.Namespaces[0]; !reflect.DeepEqual(got, session.NamespaceConfig{Namespace: "a", Name: "x"}) {
+					t.Errorf("unset fields must stay zero for engine defaults, got %+v", got)
+				}
+			},
+		},
+		{
+			name: "sizes converted, fifos rounded up to powers of two, own segment counted",
+			in: Input{AppNamespaces: []hsv1.AppNamespace{appns("a", "x", func(a *hsv1.AppNamespace) {
+				a.Spec.Segments = hsv1.SegmentsSpec{SegmentSize: q("64Mi"), RxFifoSize: q("1Mi"), TxFifoSize: q("100Ki"), MaxSegmentsPerApp: ptr.To[int32](4)}
+				a.Spec.Quotas = hsv1.QuotasSpec{MaxApps: ptr.To[int32](3), MaxSessionsPerApp: ptr.To[int32](7)}
+			})}},
+			wantKeys: []string{"a/x"},
+			check: func(t *testing.T, out Output) {
+				want := session.NamespaceConfig{Namespace: "a", Name: "x", SegmentSize: 64 << 20, RxFifoSize: 1 << 20,
+					TxFifoSize: 128 << 10, MaxSegmentsPerApp: 5, MaxApps: 3, MaxSessionsPerApp: 7}
+				if got := out.Namespaces[0]; !reflect.DeepEqual(got, want) {
+					t.Errorf("got %+v\nwant %+v", got, want)
+				}
+			},
+		},
+		{
+			name: "node selector applies on a node, not in standalone",
+			in: Input{NodeLabels: map[string]string{"zone": "a"}, AppNamespaces: []hsv1.AppNamespace{
+				appns("n", "match", func(a *hsv1.AppNamespace) { a.Spec.NodeSelector = map[string]string{"zone": "a"} }),
+				appns("n", "other", func(a *hsv1.AppNamespace) { a.Spec.NodeSelector = map[string]string{"zone": "b"} }),
+			}},
+			wantKeys: []string{"n/match"},
+		},
+		{
+			name: "standalone ignores node selectors",
+			in: Input{AppNamespaces: []hsv1.AppNamespace{
+				appns("n", "other", func(a *hsv1.AppNamespace) { a.Spec.NodeSelector = map[string]string{"zone": "b"} }),
+			}},
+			wantKeys: []string{"n/other"},
+		},
+		{
+			name: "being deleted is not served",
+			in: Input{AppNamespaces: []hsv1.AppNamespace{
+				appns("n", "gone", func(a *hsv1.AppNamespace) { a.DeletionTimestamp = &now }),
+			}},
+		},
+		{
+			name: "secret resolved, missing and empty secrets are problems",
+			in: Input{
+				Secrets: map[string]string{"n/good": "s3cret", "n/empty": ""},
+				AppNamespaces: []hsv1.AppNamespace{
+					appns("n", "a", func(a *hsv1.AppNamespace) { a.Spec.SecretRef = &hsv1.SecretReference{Name: "good"} }),
+					appns("n", "b", func(a *hsv1.AppNamespace) { a.Spec.SecretRef = &hsv1.SecretReference{Name: "missing"} }),
+					appns("n", "c", func(a *hsv1.AppNamespace) { a.Spec.SecretRef = &hsv1.SecretReference{Name: "empty"} }),
+				}},
+			wantKeys:  []string{"n/a"},
+			check:     func(t *testing.T, out Output) { checkSecret(t, out, "s3cret") },
+			wantProbs: []string{"spec.secretRef.name: Secret n/missing", "spec.secretRef.name: Secret n/empty"},
+		},
+		{
+			name: "sizing the engine cannot serve is a problem naming spec.segments",
+			in: Input{AppNamespaces: []hsv1.AppNamespace{appns("a", "x", func(a *hsv1.AppNamespace) {
+				a.Spec.Segments = hsv1.SegmentsSpec{SegmentSize: q("1Mi"), RxFifoSize: q("1Mi"), TxFifoSize: q("1Mi")}
+			})}},
+			wantProbs: []string{"spec.segments"},
+		},
+		{
+			name: "Interface mode is reported, not silently served on the kernel",
+			in: Input{AppNamespaces: []hsv1.AppNamespace{appns("a", "x", func(a *hsv1.AppNamespace) {
+				a.Spec.Network = hsv1.AppNamespaceNetwork{Mode: hsv1.NetworkModeInterface, Interface: &hsv1.NetworkInterface{Name: "eth1", VRF: ptr.To[int64](0)}}
+			})}},
+			wantProbs: []string{"spec.network.mode"},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			out := Render(tc.in)
+			var keys []string
+			for _, n := range out.Namespaces {
+				keys = append(keys, n.Key())
+			}
+			if !reflect.DeepEqual(keys, tc.wantKeys) {
+				t.Fatalf("keys = %v, want %v", keys, tc.wantKeys)
+			}
+			if len(out.Problems) != len(tc.wantProbs) {
+				t.Fatalf("problems = %v, want %d", out.Problems, len(tc.wantProbs))
+			}
+			for i, w := range tc.wantProbs {
+				if !strings.Contains(out.Problems[i].String(), w) {
+					t.Errorf("problem %d = %q, want it to contain %q", i, out.Problems[i], w)
+				}
+			}
+			if tc.check != nil {
+				tc.check(t, out)
+			}
+			// Pure: rendering again gives the same output.
+			if again := Render(tc.in); !reflect.DeepEqual(again, out) {
+				t.Errorf("render is not deterministic")
+			}
+		})
+	}
+}
+
+func checkSecret(t *testing.T, out Output, want string) {
+	t.Helper()
+	if out.Namespaces[0].Secret != want {
+		t.Errorf("secret = %q, want %q", out.Namespaces[0].Secret, want)
+	}
+}
