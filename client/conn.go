@@ -1,0 +1,629 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hoststack/hoststack/engine/shm"
+	"github.com/hoststack/hoststack/engine/wire"
+)
+
+// Conn is a session: a net.Conn over a pair of shared-memory fifos. Reads
+// and writes do not enter the kernel unless the peer sleeps on the fifo
+// (then one eventfd write wakes it). Read, Write, Close, CloseWrite and the
+// deadline setters may be called concurrently from different goroutines.
+type Conn struct {
+	w        *worker
+	h        uint64
+	seg      *cseg
+	rx, tx   *shm.Fifo
+	peerWake int
+	laddr    *net.TCPAddr
+	raddr    *net.TCPAddr
+
+	rmu, wmu sync.Mutex // one reader, one writer at a time; Close takes both
+	rdl, wdl deadline
+
+	closed     atomic.Bool
+	closing    chan struct{}
+	wshut      atomic.Bool
+	peerClosed atomic.Bool
+	resetErr   atomic.Pointer[Error]
+
+	mu       sync.Mutex
+	refused  bool
+	released bool // engine sent cleanup
+	sentBye  bool
+}
+
+var _ net.Conn = (*Conn)(nil)
+
+func (c *Conn) opErr(op string, err error) error {
+	return &net.OpError{Op: op, Net: "tcp", Source: c.laddr, Addr: c.raddr, Err: err}
+}
+
+func (c *Conn) setReset(e *Error) {
+	c.resetErr.CompareAndSwap(nil, e)
+	c.w.wakeAll()
+}
+
+// LocalAddr returns the local address (*net.TCPAddr).
+func (c *Conn) LocalAddr() net.Addr { return c.laddr }
+
+// RemoteAddr returns the peer's address (*net.TCPAddr).
+func (c *Conn) RemoteAddr() net.Addr { return c.raddr }
+
+// SetDeadline sets both deadlines.
+func (c *Conn) SetDeadline(t time.Time) error {
+	c.rdl.set(t)
+	c.wdl.set(t)
+	return nil
+}
+
+// SetReadDeadline sets the read deadline; it also wakes a blocked Read.
+func (c *Conn) SetReadDeadline(t time.Time) error { c.rdl.set(t); return nil }
+
+// SetWriteDeadline sets the write deadline; it also wakes a blocked Write.
+func (c *Conn) SetWriteDeadline(t time.Time) error { c.wdl.set(t); return nil }
+
+// readErr reports why no read can proceed, nil if it may.
+func (c *Conn) readErr() error {
+	if c.closed.Load() {
+		return c.opErr("read", net.ErrClosed)
+	}
+	if e := c.resetErr.Load(); e != nil {
+		return c.opErr("read", e)
+	}
+	if c.rdl.expired() {
+		return c.opErr("read", os.ErrDeadlineExceeded)
+	}
+	return nil
+}
+
+func (c *Conn) writeErr() error {
+	if c.closed.Load() {
+		return c.opErr("write", net.ErrClosed)
+	}
+	if e := c.resetErr.Load(); e != nil {
+		return c.opErr("write", e)
+	}
+	if c.wshut.Load() {
+		return c.opErr("write", syscall.EPIPE)
+	}
+	if c.peerClosed.Load() {
+		return c.opErr("write", &Error{Code: wire.ErrReset, Msg: "peer closed the session: broken pipe", Errno: syscall.EPIPE})
+	}
+	if c.wdl.expired() {
+		return c.opErr("write", os.ErrDeadlineExceeded)
+	}
+	return nil
+}
+
+// Read reads what the fifo holds, waiting for at least one byte.
+func (c *Conn) Read(p []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	for {
+		if err := c.readErr(); err != nil {
+			return 0, err
+		}
+		if len(p) == 0 {
+			return 0, nil
+		}
+		n, err := c.rx.Read(p)
+		if n > 0 {
+			if c.rx.TakeWriterWaiting() {
+				_ = shm.Signal(c.peerWake)
+			}
+			return n, nil
+		}
+		if err == io.EOF {
+			return 0, io.EOF
+		}
+		if err != nil {
+			return 0, c.opErr("read", err)
+		}
+		if err := c.waitReadable(); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// readable: data, end of stream, or a state change to report.
+func (c *Conn) readable() bool {
+	if c.closed.Load() || c.resetErr.Load() != nil || c.rx.WriteClosed() {
+		return true
+	}
+	n, err := c.rx.Len()
+	return n > 0 || err != nil
+}
+
+func (c *Conn) writable() bool {
+	if c.closed.Load() || c.resetErr.Load() != nil || c.peerClosed.Load() {
+		return true
+	}
+	n, err := c.tx.Free()
+	return n > 0 || err != nil
+}
+
+func (c *Conn) waitReadable() error {
+	return c.wait(&c.rdl, c.readable, c.rx.SetReaderWaiting, c.rx.ClearReaderWaiting)
+}
+
+func (c *Conn) waitWritable() error {
+	return c.wait(&c.wdl, c.writable, c.tx.SetWriterWaiting, c.tx.ClearWriterWaiting)
+}
+
+// wait polls cond for a while (or forever in spin mode), then sleeps: it
+// registers with the worker's event loop, announces itself in the fifo's
+// waiting flag so the peer signals the worker's eventfd, re-checks, and
+// blocks until the loop sees cond, the deadline passes or the conn closes.
+// It returns nil to retry the operation; errors are reported by the caller's
+// next check.
+func (c *Conn) wait(dl *deadline, cond func() bool, set func(), clear func() bool) error {
+	a := c.w.app
+	if a.opts.Spin || a.spinFor > 0 {
+		start := time.Now()
+		for i := 0; ; i++ {
+			if cond() || dl.expired() {
+				return nil
+			}
+			if i&63 == 63 {
+				if !a.opts.Spin && time.Since(start) > a.spinFor {
+					break
+				}
+				runtime.Gosched()
+			}
+		}
+	}
+	w := c.w
+	wt := &waiter{ready: cond, ch: make(chan struct{})}
+	w.mu.Lock()
+	if w.dead != nil {
+		w.mu.Unlock()
+		return nil
+	}
+	set()
+	if cond() {
+		clear()
+		w.mu.Unlock()
+		return nil
+	}
+	w.waiters[wt] = struct{}{}
+	w.mu.Unlock()
+	select {
+	case <-wt.ch:
+	case <-dl.wait():
+	case <-c.closing:
+	}
+	w.mu.Lock()
+	delete(w.waiters, wt)
+	w.mu.Unlock()
+	return nil
+}
+
+// Write writes all of p unless an error or the deadline stops it.
+func (c *Conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	total := 0
+	for {
+		if err := c.writeErr(); err != nil {
+			return total, err
+		}
+		if total == len(p) {
+			return total, nil
+		}
+		n, err := c.tx.Write(p[total:])
+		if n > 0 {
+			total += n
+			if c.tx.TakeReaderWaiting() {
+				_ = shm.Signal(c.peerWake)
+			}
+			continue
+		}
+		if err != nil {
+			return total, c.opErr("write", err)
+		}
+		if err := c.waitWritable(); err != nil {
+			return total, err
+		}
+	}
+}
+
+// WriteBuffers writes the buffers in order, gathering straight into the fifo.
+func (c *Conn) WriteBuffers(bufs [][]byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	total := 0
+	for {
+		if err := c.writeErr(); err != nil {
+			return total, err
+		}
+		for len(bufs) > 0 && len(bufs[0]) == 0 {
+			bufs = bufs[1:]
+		}
+		if len(bufs) == 0 {
+			return total, nil
+		}
+		n, err := c.tx.WriteVec(bufs)
+		if n > 0 {
+			total += n
+			for n > 0 {
+				k := min(n, len(bufs[0]))
+				bufs[0] = bufs[0][k:]
+				n -= k
+				if len(bufs[0]) == 0 {
+					bufs = bufs[1:]
+				}
+			}
+			if c.tx.TakeReaderWaiting() {
+				_ = shm.Signal(c.peerWake)
+			}
+			continue
+		}
+		if err != nil {
+			return total, c.opErr("write", err)
+		}
+		if err := c.waitWritable(); err != nil {
+			return total, err
+		}
+	}
+}
+
+// Peek is the zero-copy read: it waits for data (honouring the read
+// deadline) and returns the readable bytes as up to two slices aliasing the
+// shared fifo. They stay valid until Consume, Close or the next Peek; the
+// peer can scribble on them, so validate what you parse. Use from a single
+// reading goroutine; io.EOF at end of stream.
+func (c *Conn) Peek() (a, b []byte, err error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	for {
+		if err := c.readErr(); err != nil {
+			return nil, nil, err
+		}
+		a, b, err := c.rx.Peek()
+		if len(a) > 0 || err != nil {
+			if err != nil && err != io.EOF {
+				err = c.opErr("read", err)
+			}
+			return a, b, err
+		}
+		if err := c.waitReadable(); err != nil {
+			return nil, nil, err
+		}
+	}
+}
+
+// Consume commits n bytes returned by Peek.
+func (c *Conn) Consume(n int) error {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if err := c.readErr(); err != nil {
+		return err
+	}
+	if err := c.rx.Consume(n); err != nil {
+		return c.opErr("read", err)
+	}
+	if c.rx.TakeWriterWaiting() {
+		_ = shm.Signal(c.peerWake)
+	}
+	return nil
+}
+
+// CloseWrite half-closes: the peer reads the remaining data then io.EOF;
+// this side can still read.
+func (c *Conn) CloseWrite() error {
+	if c.closed.Load() {
+		return c.opErr("close", net.ErrClosed)
+	}
+	c.wshut.Store(true)
+	c.wdl.set(time.Unix(1, 0)) // wake a blocked Write; it reports EPIPE
+	c.wmu.Lock()
+	c.wdl.set(time.Time{})
+	defer c.wmu.Unlock()
+	if c.closed.Load() {
+		return c.opErr("close", net.ErrClosed)
+	}
+	if c.resetErr.Load() == nil {
+		c.tx.CloseWrite()
+		if c.tx.TakeReaderWaiting() {
+			_ = shm.Signal(c.peerWake)
+		}
+	}
+	_ = c.w.request(&wire.Shutdown{Session: c.h})
+	return nil
+}
+
+// CloseRead tells the peer this side reads no more (a hint).
+func (c *Conn) CloseRead() error {
+	if c.closed.Load() {
+		return c.opErr("close", net.ErrClosed)
+	}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.rx.CloseRead()
+	return nil
+}
+
+// Close closes the session: blocked calls return net.ErrClosed, the peer
+// reads the remaining data then io.EOF, and the engine releases the fifos.
+func (c *Conn) Close() error {
+	if !c.closed.CompareAndSwap(false, true) {
+		return c.opErr("close", net.ErrClosed)
+	}
+	close(c.closing)
+	c.rmu.Lock()
+	c.wmu.Lock()
+	reset := c.resetErr.Load() != nil
+	if !reset {
+		c.tx.CloseWrite()
+		if c.tx.TakeReaderWaiting() {
+			_ = shm.Signal(c.peerWake)
+		}
+		c.rx.CloseRead()
+	}
+	c.wmu.Unlock()
+	c.rmu.Unlock()
+	c.mu.Lock()
+	send := !c.released && !c.sentBye
+	c.sentBye = true
+	c.mu.Unlock()
+	if send && c.w.deadErr() == nil {
+		_ = c.w.request(&wire.Disconnect{Session: c.h})
+	}
+	if c.w.deadErr() != nil {
+		c.cleanup()
+	}
+	return nil
+}
+
+// cleanup drops the segment reference once the engine released the session
+// (or the attachment is gone).
+func (c *Conn) cleanup() {
+	c.mu.Lock()
+	if c.released {
+		c.mu.Unlock()
+		return
+	}
+	c.released = true
+	c.mu.Unlock()
+	c.w.app.unref(c.seg)
+}
+
+// ---- deadlines ----
+
+// deadline is a resettable timer exposing a channel closed when it passes.
+type deadline struct {
+	mu    sync.Mutex
+	gen   uint64
+	timer *time.Timer
+	ch    chan struct{}
+	fired bool
+}
+
+func (d *deadline) init() { d.ch = make(chan struct{}) }
+
+func (d *deadline) set(t time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.gen++
+	if d.timer != nil {
+		d.timer.Stop()
+		d.timer = nil
+	}
+	if d.fired {
+		d.ch = make(chan struct{})
+		d.fired = false
+	}
+	if t.IsZero() {
+		return
+	}
+	dur := time.Until(t)
+	if dur <= 0 {
+		close(d.ch)
+		d.fired = true
+		return
+	}
+	gen := d.gen
+	d.timer = time.AfterFunc(dur, func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.gen == gen && !d.fired {
+			close(d.ch)
+			d.fired = true
+		}
+	})
+}
+
+func (d *deadline) wait() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ch
+}
+
+func (d *deadline) expired() bool {
+	select {
+	case <-d.wait():
+		return true
+	default:
+		return false
+	}
+}
+
+// ---- dial and listen ----
+
+// Dial connects to address ("host:port") over network "tcp", "tcp4" or
+// "tcp6". Today every session is cut-through to a listener of the same app
+// namespace on this node; nothing listening is ECONNREFUSED.
+func (a *App) Dial(ctx context.Context, network, address string) (net.Conn, error) {
+	if a.isClosed() {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: ErrAppClosed}
+	}
+	raddr, err := resolve(ctx, "dial", network, address, false)
+	if err != nil {
+		return nil, err
+	}
+	ra := wireAddr(raddr)
+	w := a.pick()
+	id := a.ctx.Add(1)
+	r, err := w.call(ctx, id, &wire.Connect{Ctx: id, Remote: ra})
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = os.ErrDeadlineExceeded
+		}
+		return nil, &net.OpError{Op: "dial", Net: network, Addr: raddr, Err: err}
+	}
+	switch r := r.(type) {
+	case *connResult:
+		return r.c, nil
+	case *wire.Connected:
+		return nil, &net.OpError{Op: "dial", Net: network, Addr: raddr, Err: engineError(r.Code, r.Msg)}
+	}
+	return nil, &net.OpError{Op: "dial", Net: network, Addr: raddr, Err: errors.New("unexpected reply")}
+}
+
+func (a *App) isClosed() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.closed || a.gone != nil
+}
+
+func wireAddr(t *net.TCPAddr) wire.Addr {
+	ap := t.AddrPort()
+	return wire.Addr{Proto: wire.TCP, IP: ap.Addr().Unmap(), Port: ap.Port()}
+}
+
+// Listen listens on address over "tcp", "tcp4" or "tcp6". An empty host
+// listens on the unspecified address ("tcp4": 0.0.0.0, else [::], which
+// also matches IPv4 destinations); port 0 picks a free port.
+func (a *App) Listen(network, address string) (net.Listener, error) {
+	if a.isClosed() {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: ErrAppClosed}
+	}
+	laddr, err := resolve(context.Background(), "listen", network, address, true)
+	if err != nil {
+		return nil, err
+	}
+	w := a.pick()
+	id := a.ctx.Add(1)
+	r, err := w.call(context.Background(), id, &wire.Listen{Ctx: id, Addr: wireAddr(laddr)})
+	if err != nil {
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: laddr, Err: err}
+	}
+	b, ok := r.(*wire.Bound)
+	if !ok {
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: laddr, Err: errors.New("unexpected reply")}
+	}
+	if b.Code != wire.OK {
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: laddr, Err: engineError(b.Code, b.Msg)}
+	}
+	l := &listener{w: w, h: b.Listener, addr: tcpAddr(b.Local), ch: make(chan *Conn, 4096), done: make(chan struct{})}
+	w.mu.Lock()
+	w.listeners[l.h] = l
+	w.mu.Unlock()
+	return l, nil
+}
+
+// listener is the net.Listener of the client.
+type listener struct {
+	w    *worker
+	h    uint64
+	addr *net.TCPAddr
+	ch   chan *Conn
+
+	mu     sync.Mutex
+	done   chan struct{}
+	err    error
+	closed bool
+}
+
+func (l *listener) push(c *Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	select {
+	case l.ch <- c:
+		return true
+	default:
+		return false
+	}
+}
+
+// Accept waits for the next session.
+func (l *listener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	default:
+	}
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		l.mu.Lock()
+		err := l.err
+		l.mu.Unlock()
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: err}
+	}
+}
+
+// fail closes the listener locally with err (no engine round trip).
+func (l *listener) fail(err error) bool {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return false
+	}
+	l.closed = true
+	l.err = err
+	close(l.done)
+	l.mu.Unlock()
+	l.w.mu.Lock()
+	delete(l.w.listeners, l.h)
+	l.w.mu.Unlock()
+	for {
+		select {
+		case c := <-l.ch:
+			c.Close()
+		default:
+			return true
+		}
+	}
+}
+
+// Close stops listening; queued sessions are closed.
+func (l *listener) Close() error {
+	if !l.fail(net.ErrClosed) {
+		return &net.OpError{Op: "close", Net: "tcp", Addr: l.addr, Err: net.ErrClosed}
+	}
+	if l.w.deadErr() != nil {
+		return nil
+	}
+	id := l.w.app.ctx.Add(1)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r, err := l.w.call(ctx, id, &wire.Unlisten{Ctx: id, Listener: l.h})
+	if err != nil {
+		return &net.OpError{Op: "close", Net: "tcp", Addr: l.addr, Err: err}
+	}
+	if u, ok := r.(*wire.UnlistenReply); ok && u.Code != wire.OK {
+		return &net.OpError{Op: "close", Net: "tcp", Addr: l.addr, Err: engineError(u.Code, u.Msg)}
+	}
+	return nil
+}
+
+// Addr returns the listening address (*net.TCPAddr), with the port the
+// engine picked for port 0.
+func (l *listener) Addr() net.Addr { return l.addr }

@@ -1,0 +1,398 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hoststack/hoststack/engine/shm"
+	"github.com/hoststack/hoststack/engine/wire"
+)
+
+// worker is one engine worker of the app: a queue pair, a wake eventfd and
+// an event loop goroutine (on its own OS thread) that drains the event queue
+// and wakes the Read/Write calls blocked on this worker's sessions.
+type worker struct {
+	app    *App
+	id     uint32
+	mq     *shm.Segment
+	evq    *shm.Queue
+	rq     *shm.Queue
+	wakeFD int
+	engFD  int
+
+	reqMu sync.Mutex // the request queue has one producer at a time
+
+	mu        sync.Mutex
+	pending   map[uint64]chan any
+	sessions  map[uint64]*Conn
+	listeners map[uint64]*listener
+	waiters   map[*waiter]struct{}
+	dead      error
+
+	stop atomic.Bool
+	done chan struct{}
+}
+
+// waiter is a Read or Write blocked on a fifo; the event loop checks its
+// condition after each wake-up of the worker's eventfd.
+type waiter struct {
+	ready func() bool // called with worker.mu held, the waiting goroutine parked
+	ch    chan struct{}
+}
+
+func (a *App) newWorker(info wire.WorkerInfo, fds []int) (*worker, error) {
+	mq, err := shm.OpenSegment(fds[0])
+	if err != nil {
+		closeFDs(fds[1:])
+		return nil, fmt.Errorf("queue segment: %w", err)
+	}
+	w := &worker{app: a, id: info.ID, mq: mq, wakeFD: fds[1], engFD: fds[2],
+		pending: map[uint64]chan any{}, sessions: map[uint64]*Conn{},
+		listeners: map[uint64]*listener{}, waiters: map[*waiter]struct{}{}, done: make(chan struct{})}
+	if info.EvqOff > uint64(mq.Size()) || info.ReqOff > uint64(mq.Size()) {
+		w.release()
+		return nil, errors.New("queue offsets outside the queue segment")
+	}
+	if w.evq, err = shm.OpenQueue(mq, int(info.EvqOff), int(info.EvqSlots), w.wakeFD); err != nil {
+		w.release()
+		return nil, fmt.Errorf("event queue: %w", err)
+	}
+	if w.rq, err = shm.OpenQueue(mq, int(info.ReqOff), int(info.ReqSlots), w.engFD); err != nil {
+		w.release()
+		return nil, fmt.Errorf("request queue: %w", err)
+	}
+	return w, nil
+}
+
+func (w *worker) release() {
+	w.mq.Close()
+	unix.Close(w.wakeFD)
+	unix.Close(w.engFD)
+}
+
+// loop is the worker's event loop.
+func (w *worker) loop() {
+	runtime.LockOSThread()
+	defer close(w.done)
+	buf := make([]byte, shm.MsgSize)
+	for !w.stop.Load() {
+		progress := false
+		for {
+			n, err := w.evq.TryRecv(buf)
+			if err != nil {
+				w.engineGone(fmt.Errorf("event queue of worker %d: %w", w.id, err))
+				return
+			}
+			if n == 0 {
+				break
+			}
+			progress = true
+			m, err := wire.Decode(buf[:n])
+			if err != nil {
+				continue // a malformed event: ignore it, never trust it
+			}
+			w.dispatch(m)
+		}
+		if w.checkWaiters() {
+			progress = true
+		}
+		if progress {
+			continue
+		}
+		// The engine signals the eventfd after every event, and fifo peers
+		// after making progress on a fifo whose waiting flag is set, so a
+		// wake-up that happens after the checks above is not lost: the
+		// counter stays readable.
+		_ = shm.WaitFD(w.wakeFD, time.Time{})
+	}
+}
+
+func (w *worker) stopLoop() {
+	w.stop.Store(true)
+	_ = shm.Signal(w.wakeFD)
+	<-w.done
+}
+
+// checkWaiters wakes the blocked calls whose condition holds.
+func (w *worker) checkWaiters() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	woke := false
+	for wt := range w.waiters {
+		if wt.ready() {
+			delete(w.waiters, wt)
+			close(wt.ch)
+			woke = true
+		}
+	}
+	return woke
+}
+
+// engineGone fails everything of this worker: the attachment ended.
+func (w *worker) engineGone(why error) {
+	w.mu.Lock()
+	if w.dead == nil {
+		w.dead = why
+	}
+	pend := w.pending
+	w.pending = map[uint64]chan any{}
+	conns := make([]*Conn, 0, len(w.sessions))
+	for _, c := range w.sessions {
+		conns = append(conns, c)
+	}
+	ls := make([]*listener, 0, len(w.listeners))
+	for _, l := range w.listeners {
+		ls = append(ls, l)
+	}
+	w.mu.Unlock()
+	for _, ch := range pend {
+		close(ch)
+	}
+	for _, c := range conns {
+		c.setReset(engineError(wire.ErrReset, "session ended: "+why.Error()))
+	}
+	for _, l := range ls {
+		l.fail(why)
+	}
+	w.wakeAll()
+}
+
+func (w *worker) wakeAll() {
+	w.mu.Lock()
+	for wt := range w.waiters {
+		delete(w.waiters, wt)
+		close(wt.ch)
+	}
+	w.mu.Unlock()
+}
+
+// closeAll closes every session and listener locally (App.Close).
+func (w *worker) closeAll() {
+	w.mu.Lock()
+	conns := make([]*Conn, 0, len(w.sessions))
+	for _, c := range w.sessions {
+		conns = append(conns, c)
+	}
+	ls := make([]*listener, 0, len(w.listeners))
+	for _, l := range w.listeners {
+		ls = append(ls, l)
+	}
+	w.mu.Unlock()
+	for _, l := range ls {
+		l.fail(ErrAppClosed)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// request sends one request to the engine. A full request queue means the
+// engine is momentarily behind: retry briefly.
+func (w *worker) request(m wire.Msg) error {
+	var b [wire.QueueMsgMax]byte
+	n, err := wire.Encode(b[:], m)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for i := 0; ; i++ {
+		w.reqMu.Lock()
+		err = w.rq.Send(b[:n])
+		w.reqMu.Unlock()
+		if err != shm.ErrQueueFull {
+			return err
+		}
+		if w.deadErr() != nil {
+			return w.deadErr()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("engine request queue full for 5s (%d slots)", w.rq.Slots())
+		}
+		if i < 100 {
+			runtime.Gosched()
+		} else {
+			time.Sleep(50 * time.Microsecond) // back-off, not synchronisation
+		}
+	}
+}
+
+func (w *worker) deadErr() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.dead
+}
+
+// call sends a request carrying ctx id and waits for the event answering it.
+func (w *worker) call(ctx context.Context, id uint64, m wire.Msg) (any, error) {
+	ch := make(chan any, 1)
+	w.mu.Lock()
+	if w.dead != nil {
+		err := w.dead
+		w.mu.Unlock()
+		return nil, err
+	}
+	w.pending[id] = ch
+	w.mu.Unlock()
+	if err := w.request(m); err != nil {
+		w.mu.Lock()
+		delete(w.pending, id)
+		w.mu.Unlock()
+		return nil, err
+	}
+	select {
+	case r, ok := <-ch:
+		if !ok {
+			return nil, w.deadErr()
+		}
+		return r, nil
+	case <-ctx.Done():
+		w.mu.Lock()
+		_, still := w.pending[id]
+		delete(w.pending, id)
+		w.mu.Unlock()
+		if !still { // the answer raced in: take it so nothing leaks
+			if r, ok := <-ch; ok {
+				return r, nil
+			}
+		}
+		return nil, ctx.Err()
+	}
+}
+
+func (w *worker) deliver(id uint64, m any) bool {
+	w.mu.Lock()
+	ch := w.pending[id]
+	delete(w.pending, id)
+	w.mu.Unlock()
+	if ch == nil {
+		return false
+	}
+	ch <- m
+	return true
+}
+
+func (w *worker) conn(h uint64) *Conn {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.sessions[h]
+}
+
+// dispatch handles one event (event loop goroutine).
+func (w *worker) dispatch(m wire.Msg) {
+	switch m := m.(type) {
+	case *wire.Connected:
+		if m.Code != wire.OK {
+			w.deliver(m.Ctx, m)
+			return
+		}
+		c, err := w.newConn(m.Session, m.Fifos, m.Local, m.Remote)
+		if err != nil {
+			_ = w.request(&wire.Reset{Session: m.Session})
+			w.deliver(m.Ctx, &wire.Connected{Ctx: m.Ctx, Code: wire.ErrInternal, Msg: err.Error()})
+			return
+		}
+		m.Session = 0
+		w.mu.Lock()
+		ch := w.pending[m.Ctx]
+		delete(w.pending, m.Ctx)
+		w.mu.Unlock()
+		if ch == nil { // the dial was abandoned
+			c.Close()
+			return
+		}
+		ch <- &connResult{c}
+	case *wire.Accepted:
+		w.mu.Lock()
+		l := w.listeners[m.Listener]
+		w.mu.Unlock()
+		if l == nil {
+			_ = w.request(&wire.AcceptReply{Session: m.Session, Code: wire.ErrRefused})
+			return
+		}
+		c, err := w.newConn(m.Session, m.Fifos, m.Local, m.Remote)
+		if err != nil {
+			_ = w.request(&wire.AcceptReply{Session: m.Session, Code: wire.ErrInternal})
+			return
+		}
+		if !l.push(c) {
+			c.mu.Lock()
+			c.refused = true
+			c.mu.Unlock()
+			_ = w.request(&wire.AcceptReply{Session: m.Session, Code: wire.ErrRefused})
+			return
+		}
+		_ = w.request(&wire.AcceptReply{Session: m.Session, Code: wire.OK})
+	case *wire.Bound:
+		w.deliver(m.Ctx, m)
+	case *wire.UnlistenReply:
+		w.deliver(m.Ctx, m)
+	case *wire.Disconnected:
+		if c := w.conn(m.Session); c != nil {
+			c.peerClosed.Store(true)
+		}
+	case *wire.ResetEvt:
+		if c := w.conn(m.Session); c != nil {
+			c.setReset(engineError(m.Code, m.Msg))
+		}
+	case *wire.Cleanup:
+		w.mu.Lock()
+		c := w.sessions[m.Session]
+		delete(w.sessions, m.Session)
+		w.mu.Unlock()
+		if c != nil {
+			c.cleanup()
+		}
+	case *wire.DelSegment:
+		w.app.delSegment(m.Segment)
+	case *wire.Reply:
+		if m.Ctx != 0 {
+			w.deliver(m.Ctx, m)
+		}
+	case *wire.Migrated:
+		// one worker per session today; nothing to move
+	}
+}
+
+// connResult is delivered to Dial in place of a successful Connected.
+type connResult struct{ c *Conn }
+
+func (w *worker) newConn(h uint64, f wire.FifoPair, local, remote wire.Addr) (*Conn, error) {
+	seg, err := w.app.segment(f.Segment)
+	if err != nil {
+		return nil, err
+	}
+	rx, err := shm.OpenFifo(seg.seg, int(min(f.RxOff, 1<<62)), int(f.RxCap))
+	if err != nil {
+		w.app.unref(seg)
+		return nil, fmt.Errorf("rx fifo: %w", err)
+	}
+	tx, err := shm.OpenFifo(seg.seg, int(min(f.TxOff, 1<<62)), int(f.TxCap))
+	if err != nil {
+		w.app.unref(seg)
+		return nil, fmt.Errorf("tx fifo: %w", err)
+	}
+	c := &Conn{w: w, h: h, seg: seg, rx: rx, tx: tx, peerWake: seg.peerWake,
+		laddr: tcpAddr(local), raddr: tcpAddr(remote), closing: make(chan struct{})}
+	c.rdl.init()
+	c.wdl.init()
+	w.mu.Lock()
+	w.sessions[h] = c
+	w.mu.Unlock()
+	return c, nil
+}
+
+func tcpAddr(a wire.Addr) *net.TCPAddr {
+	if !a.IP.IsValid() {
+		return &net.TCPAddr{}
+	}
+	return net.TCPAddrFromAddrPort(netip.AddrPortFrom(a.IP.Unmap(), a.Port))
+}

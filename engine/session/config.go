@@ -1,0 +1,159 @@
+// Package session is hoststack's session engine: the registry of app
+// namespaces, the attach sockets apps connect to, the apps and their workers,
+// the listener and session tables, cut-through sessions between apps of the
+// same app namespace, and the reaper that releases everything a detached or
+// dead app held. It imports nothing from Kubernetes: the agent renders its
+// custom resources into the plain structs of this file.
+package session
+
+import (
+	"fmt"
+	"math/bits"
+	"net/netip"
+
+	"github.com/hoststack/hoststack/engine/shm"
+	"github.com/hoststack/hoststack/engine/wire"
+)
+
+// NamespaceConfig is one app namespace as the engine enforces it: what a
+// render step produces from an AppNamespace object. Zero sizes and limits
+// take the defaults below.
+type NamespaceConfig struct {
+	Namespace string // Kubernetes namespace (or any grouping in standalone mode)
+	Name      string // AppNamespace name
+	Secret    string // optional; when set, Attach must present it
+
+	SegmentSize       int // bytes of each fifo segment (per app, and per cut-through worker pair)
+	RxFifoSize        int // default (and maximum) fifo capacities; powers of two
+	TxFifoSize        int
+	QueueSlots        int // slots of each worker's event and request queues
+	MaxSegmentsPerApp int // segments an app may have mapped, its own one included
+	MaxApps           int
+	MaxSessionsPerApp int
+	MaxWorkersPerApp  int
+}
+
+// Defaults for zero fields of NamespaceConfig.
+const (
+	DefaultSegmentSize       = 32 << 20
+	DefaultFifoSize          = 64 << 10
+	DefaultQueueSlots        = 1024
+	DefaultMaxSegmentsPerApp = 16
+	DefaultMaxApps           = 256
+	DefaultMaxSessionsPerApp = 4096
+	DefaultMaxWorkersPerApp  = 16
+)
+
+// Key returns "namespace/name", the identifier of the app namespace.
+func (c NamespaceConfig) Key() string { return c.Namespace + "/" + c.Name }
+
+func (c NamespaceConfig) withDefaults() NamespaceConfig {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.SegmentSize, DefaultSegmentSize)
+	def(&c.RxFifoSize, DefaultFifoSize)
+	def(&c.TxFifoSize, DefaultFifoSize)
+	def(&c.QueueSlots, DefaultQueueSlots)
+	def(&c.MaxSegmentsPerApp, DefaultMaxSegmentsPerApp)
+	def(&c.MaxApps, DefaultMaxApps)
+	def(&c.MaxSessionsPerApp, DefaultMaxSessionsPerApp)
+	def(&c.MaxWorkersPerApp, DefaultMaxWorkersPerApp)
+	return c
+}
+
+// Validate reports the first problem of c (after defaults), naming the field.
+func (c NamespaceConfig) Validate() error {
+	c = c.withDefaults()
+	pow2 := func(v int) bool { return v > 0 && bits.OnesCount(uint(v)) == 1 }
+	switch {
+	case c.Namespace == "" || c.Name == "":
+		return fmt.Errorf("namespace and name are required")
+	case len(c.Key()) > wire.MaxNamespaceLen:
+		return fmt.Errorf("%q: namespace/name longer than %d bytes", c.Key(), wire.MaxNamespaceLen)
+	case len(c.Secret) > wire.MaxSecretLen:
+		return fmt.Errorf("%s: secret longer than %d bytes", c.Key(), wire.MaxSecretLen)
+	case c.SegmentSize < 0 || c.RxFifoSize < 0 || c.TxFifoSize < 0 || c.QueueSlots < 0 ||
+		c.MaxSegmentsPerApp < 0 || c.MaxApps < 0 || c.MaxSessionsPerApp < 0 || c.MaxWorkersPerApp < 0:
+		return fmt.Errorf("%s: sizes and limits must not be negative", c.Key())
+	case !pow2(c.RxFifoSize) || c.RxFifoSize < shm.MinFifoCapacity:
+		return fmt.Errorf("%s: rxFifoSize %d must be a power of two >= %d", c.Key(), c.RxFifoSize, shm.MinFifoCapacity)
+	case !pow2(c.TxFifoSize) || c.TxFifoSize < shm.MinFifoCapacity:
+		return fmt.Errorf("%s: txFifoSize %d must be a power of two >= %d", c.Key(), c.TxFifoSize, shm.MinFifoCapacity)
+	case !pow2(c.QueueSlots) || c.QueueSlots > shm.MaxQueueSlot:
+		return fmt.Errorf("%s: queueSlots %d must be a power of two <= %d", c.Key(), c.QueueSlots, shm.MaxQueueSlot)
+	case shm.FifoFootprint(c.RxFifoSize)+shm.FifoFootprint(c.TxFifoSize) > c.SegmentSize:
+		return fmt.Errorf("%s: segmentSize %d cannot hold one fifo pair (rx %d + tx %d)", c.Key(), c.SegmentSize, c.RxFifoSize, c.TxFifoSize)
+	case c.MaxSegmentsPerApp < 2:
+		return fmt.Errorf("%s: maxSegmentsPerApp %d must be at least 2 (the app's own segment and one cut-through segment)", c.Key(), c.MaxSegmentsPerApp)
+	}
+	return nil
+}
+
+// Direction tells a rule lookup which side of a session asks.
+type Direction int
+
+// Directions.
+const (
+	Connect Direction = iota // an app connects to Remote
+	Accept                   // a listener is about to accept a session from Remote
+)
+
+// Action is a rule verdict.
+type Action int
+
+// Actions.
+const (
+	Allow Action = iota
+	Deny
+	Redirect
+)
+
+// RuleQuery is what a session rule lookup sees.
+type RuleQuery struct {
+	Namespace string // NamespaceConfig.Key()
+	App       string // name of the app asking
+	Dir       Direction
+	Proto     wire.Proto
+	Local     netip.AddrPort // may be invalid for a connect not yet bound
+	Remote    netip.AddrPort
+}
+
+// Verdict is the result of a rule lookup. Rule names the rule that decided,
+// for the error the app sees ("denied by session rule X").
+type Verdict struct {
+	Action Action
+	Rule   string
+	To     netip.AddrPort // Redirect target (Connect only)
+}
+
+// Rules is the seam for engine/rules: called on every connect and accept,
+// with no engine lock that the implementation could deadlock on (it must not
+// call back into the engine). Implementations must be fast and lock-free for
+// readers (whole-table swaps).
+type Rules interface {
+	Lookup(q RuleQuery) Verdict
+}
+
+// ConnectRequest is a connect the engine hands to a transport because no
+// local listener matches.
+type ConnectRequest struct {
+	Namespace string
+	App       string
+	Remote    wire.Addr
+}
+
+// Transport is the seam for engine/transport/*: sessions to the outside
+// world. Today no transport exists; a later issue extends this interface
+// (listen, fifo servicing). Connect returns a wire code and message when it
+// cannot even start.
+type Transport interface {
+	Name() string
+	// Local reports whether addr belongs to this node for the namespace (a
+	// connect to a local address with nothing listening is refused instead
+	// of going out).
+	Local(namespace string, addr netip.Addr) bool
+	Connect(req ConnectRequest) (wire.Code, string)
+}

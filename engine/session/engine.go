@@ -1,0 +1,446 @@
+package session
+
+import (
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config configures an Engine.
+type Config struct {
+	// RunDir holds the attach sockets AddNamespace creates (one per app
+	// namespace, named "<namespace>_<name>.sock").
+	RunDir string
+	// Rules, when set, is consulted on every connect and accept.
+	Rules Rules
+	// Transport, when set, receives connects to non-local addresses.
+	Transport Transport
+	// Logf logs engine events; nil uses the standard logger.
+	Logf func(format string, args ...any)
+}
+
+// Engine is the session engine of one node.
+type Engine struct {
+	cfg  Config
+	logf func(string, ...any)
+
+	mu         sync.Mutex
+	namespaces map[string]*namespace
+	sockets    map[*AttachSocket]struct{}
+	closed     bool
+
+	nextApp atomic.Uint32
+	wg      sync.WaitGroup
+	stop    chan struct{}
+}
+
+// New returns an engine. Call Close to stop it.
+func New(cfg Config) (*Engine, error) {
+	if cfg.RunDir != "" {
+		if err := os.MkdirAll(cfg.RunDir, 0o755); err != nil {
+			return nil, fmt.Errorf("session: run dir: %w", err)
+		}
+	}
+	e := &Engine{
+		cfg:        cfg,
+		logf:       cfg.Logf,
+		namespaces: map[string]*namespace{},
+		sockets:    map[*AttachSocket]struct{}{},
+		stop:       make(chan struct{}),
+	}
+	if e.logf == nil {
+		e.logf = log.Printf
+	}
+	e.wg.Add(1)
+	go e.flusher()
+	return e, nil
+}
+
+// namespace is an app namespace at run time. Its mutex guards every table
+// below it: all control operations of one namespace are serialised, and no
+// operation ever blocks while holding it (queue sends and socket writes are
+// non-blocking).
+type namespace struct {
+	e   *Engine
+	key string
+
+	mu        sync.Mutex
+	cfg       NamespaceConfig
+	removed   bool
+	apps      map[uint32]*app
+	listeners map[listenKey]*listener
+	handles   map[uint64]*listener // listener handle → listener
+	sessions  map[uint64]*session
+	segs      map[uint64]*segment
+	pairs     map[[2]*worker][]*segment // cut-through segments of a worker pair
+	nextH     uint64
+	ephemeral uint16
+	sock      *AttachSocket
+
+	stats counters
+}
+
+type counters struct {
+	sessionsOpened, sessionsClosed, connectsRefused, resets, appsAttached, appsReaped uint64
+}
+
+func (ns *namespace) handle() uint64 { ns.nextH++; return ns.nextH }
+
+// AddNamespace registers an app namespace and starts its attach socket in
+// RunDir; it returns the socket path.
+func (e *Engine) AddNamespace(cfg NamespaceConfig) (string, error) {
+	if err := cfg.Validate(); err != nil {
+		return "", err
+	}
+	cfg = cfg.withDefaults()
+	key := cfg.Key()
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return "", errors.New("session: engine closed")
+	}
+	if _, ok := e.namespaces[key]; ok {
+		e.mu.Unlock()
+		return "", fmt.Errorf("session: app namespace %s already exists", key)
+	}
+	ns := &namespace{
+		e: e, key: key, cfg: cfg,
+		apps:      map[uint32]*app{},
+		listeners: map[listenKey]*listener{},
+		handles:   map[uint64]*listener{},
+		sessions:  map[uint64]*session{},
+		segs:      map[uint64]*segment{},
+		pairs:     map[[2]*worker][]*segment{},
+		ephemeral: ephemeralLo,
+	}
+	e.namespaces[key] = ns
+	e.mu.Unlock()
+	if e.cfg.RunDir == "" {
+		return "", nil
+	}
+	path := filepath.Join(e.cfg.RunDir, socketName(cfg))
+	s, err := e.ServeAttach(path, key)
+	if err != nil {
+		e.mu.Lock()
+		delete(e.namespaces, key)
+		e.mu.Unlock()
+		return "", err
+	}
+	ns.mu.Lock()
+	ns.sock = s
+	ns.mu.Unlock()
+	return path, nil
+}
+
+func socketName(cfg NamespaceConfig) string {
+	clean := func(s string) string {
+		return strings.Map(func(r rune) rune {
+			if r == '/' || r == 0 {
+				return '_'
+			}
+			return r
+		}, s)
+	}
+	return clean(cfg.Namespace) + "_" + clean(cfg.Name) + ".sock"
+}
+
+// UpdateNamespace replaces the sizing, limits and secret of an app
+// namespace. Existing apps and sessions keep what they have; new attaches,
+// segments and sessions use the new values. Lowered limits do not evict.
+func (e *Engine) UpdateNamespace(cfg NamespaceConfig) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	cfg = cfg.withDefaults()
+	ns := e.ns(cfg.Key())
+	if ns == nil {
+		return fmt.Errorf("session: no app namespace %s", cfg.Key())
+	}
+	ns.mu.Lock()
+	ns.cfg = cfg
+	ns.mu.Unlock()
+	return nil
+}
+
+// RemoveNamespace tells every app of the namespace, reaps them (their peers
+// see resets), and removes its attach socket.
+func (e *Engine) RemoveNamespace(key string) error {
+	e.mu.Lock()
+	ns := e.namespaces[key]
+	delete(e.namespaces, key)
+	e.mu.Unlock()
+	if ns == nil {
+		return fmt.Errorf("session: no app namespace %s", key)
+	}
+	ns.shutdown("app namespace " + key + " was removed")
+	return nil
+}
+
+func (ns *namespace) shutdown(reason string) {
+	ns.mu.Lock()
+	ns.removed = true
+	s := ns.sock
+	apps := make([]*app, 0, len(ns.apps))
+	for _, a := range ns.apps {
+		apps = append(apps, a)
+	}
+	for _, a := range apps {
+		a.notice(codeShutdown, reason)
+		ns.reapLocked(a, reason)
+	}
+	ns.mu.Unlock()
+	if s != nil {
+		s.Close()
+	}
+}
+
+func (e *Engine) ns(key string) *namespace {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.namespaces[key]
+}
+
+// Namespaces returns the keys of the registered app namespaces.
+func (e *Engine) Namespaces() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []string
+	for k := range e.namespaces {
+		out = append(out, k)
+	}
+	return out
+}
+
+// Close tells every app the engine is stopping, reaps everything, closes the
+// attach sockets and removes their files.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	nss := e.namespaces
+	e.namespaces = map[string]*namespace{}
+	socks := e.sockets
+	e.sockets = map[*AttachSocket]struct{}{}
+	e.mu.Unlock()
+	for _, ns := range nss {
+		ns.shutdown("session engine is shutting down")
+	}
+	for s := range socks {
+		s.Close()
+	}
+	close(e.stop)
+	e.wg.Wait()
+	return nil
+}
+
+// flusher retries event deliveries that found an app's queue full.
+func (e *Engine) flusher() {
+	defer e.wg.Done()
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-t.C:
+		}
+		e.mu.Lock()
+		nss := make([]*namespace, 0, len(e.namespaces))
+		for _, ns := range e.namespaces {
+			nss = append(nss, ns)
+		}
+		e.mu.Unlock()
+		for _, ns := range nss {
+			ns.mu.Lock()
+			for _, a := range ns.apps {
+				for _, w := range a.workers {
+					if len(w.backlog) > 0 {
+						w.flushLocked()
+					}
+				}
+			}
+			ns.mu.Unlock()
+		}
+	}
+}
+
+// NamespaceStats is what the engine reports per app namespace, for metrics
+// and the node status.
+type NamespaceStats struct {
+	Namespace       string
+	Apps            int
+	Workers         int
+	Listeners       int
+	Sessions        int // session ends held by apps (a cut-through session counts twice)
+	Segments        int // fifo segments mapped by the engine (apps' own + cut-through)
+	SegmentBytes    int64
+	FifoBytesInUse  int64 // bytes of segments allocated to fifos
+	QueueBytes      int64 // bytes of the workers' queue segments
+	SessionsOpened  uint64
+	SessionsClosed  uint64
+	ConnectsRefused uint64
+	Resets          uint64
+	AppsAttached    uint64
+	AppsReaped      uint64
+}
+
+// Stats returns a snapshot per app namespace.
+func (e *Engine) Stats() []NamespaceStats {
+	e.mu.Lock()
+	nss := make([]*namespace, 0, len(e.namespaces))
+	for _, ns := range e.namespaces {
+		nss = append(nss, ns)
+	}
+	e.mu.Unlock()
+	out := make([]NamespaceStats, 0, len(nss))
+	for _, ns := range nss {
+		out = append(out, ns.snapshot())
+	}
+	return out
+}
+
+// NamespaceStats returns the snapshot of one app namespace.
+func (e *Engine) NamespaceStats(key string) (NamespaceStats, bool) {
+	ns := e.ns(key)
+	if ns == nil {
+		return NamespaceStats{}, false
+	}
+	return ns.snapshot(), true
+}
+
+func (ns *namespace) snapshot() NamespaceStats {
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	st := NamespaceStats{
+		Namespace: ns.key, Apps: len(ns.apps), Listeners: len(ns.handles), Sessions: len(ns.sessions),
+		Segments: len(ns.segs), SessionsOpened: ns.stats.sessionsOpened, SessionsClosed: ns.stats.sessionsClosed,
+		ConnectsRefused: ns.stats.connectsRefused, Resets: ns.stats.resets,
+		AppsAttached: ns.stats.appsAttached, AppsReaped: ns.stats.appsReaped,
+	}
+	for _, a := range ns.apps {
+		st.Workers += len(a.workers)
+		for _, w := range a.workers {
+			st.QueueBytes += int64(w.mq.Size())
+		}
+	}
+	for _, s := range ns.segs {
+		st.SegmentBytes += int64(s.seg.Size())
+		st.FifoBytesInUse += int64(s.alloc.InUse())
+	}
+	return st
+}
+
+// ---- attach sockets ----
+
+// AttachSocket is one listening SOCK_SEQPACKET unix socket. Which app
+// namespaces may attach through it is a property of the socket: the socket
+// of an app namespace allows only that one; a per-pod socket (later) allows
+// the namespace its pod was admitted to.
+type AttachSocket struct {
+	e       *Engine
+	path    string
+	ln      *net.UnixListener
+	allowed []string
+	once    sync.Once
+	done    chan struct{}
+}
+
+// ServeAttach listens on path and serves attaches to the given app
+// namespaces (keys "namespace/name"); an Attach that names no namespace
+// gets the first one.
+func (e *Engine) ServeAttach(path string, namespaces ...string) (*AttachSocket, error) {
+	if len(namespaces) == 0 {
+		return nil, errors.New("session: an attach socket must allow at least one app namespace")
+	}
+	_ = os.Remove(path)
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Net: "unixpacket", Name: path})
+	if err != nil {
+		return nil, fmt.Errorf("session: attach socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(true)
+	_ = os.Chmod(path, 0o666)
+	s := &AttachSocket{e: e, path: path, ln: ln, allowed: namespaces, done: make(chan struct{})}
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		ln.Close()
+		return nil, errors.New("session: engine closed")
+	}
+	e.sockets[s] = struct{}{}
+	e.mu.Unlock()
+	e.wg.Add(1)
+	go s.serve()
+	return s, nil
+}
+
+// Path returns the socket's file name.
+func (s *AttachSocket) Path() string { return s.path }
+
+// Close stops accepting attaches (attached apps stay) and removes the file.
+func (s *AttachSocket) Close() error {
+	s.once.Do(func() {
+		s.ln.Close()
+		s.e.mu.Lock()
+		delete(s.e.sockets, s)
+		s.e.mu.Unlock()
+	})
+	<-s.done
+	return nil
+}
+
+func (s *AttachSocket) serve() {
+	defer s.e.wg.Done()
+	defer close(s.done)
+	for {
+		c, err := s.ln.AcceptUnix()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			s.e.logf("session: attach socket %s: accept: %v", s.path, err)
+			time.Sleep(10 * time.Millisecond) // e.g. EMFILE: do not spin
+			continue
+		}
+		go s.e.handleConn(s, c)
+	}
+}
+
+// allows resolves the namespace an Attach asks for through this socket.
+func (s *AttachSocket) allows(name string) (string, bool) {
+	if name == "" {
+		return s.allowed[0], true
+	}
+	for _, k := range s.allowed {
+		if k == name {
+			return k, true
+		}
+	}
+	return name, false
+}
+
+// ephemeral ports for cut-through connects and listens on port 0.
+const (
+	ephemeralLo = 32768
+	ephemeralHi = 60999
+)
+
+type listenKey struct {
+	proto uint8
+	ip    netip.Addr
+	port  uint16
+}

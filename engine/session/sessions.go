@@ -1,0 +1,424 @@
+package session
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/hoststack/hoststack/engine/shm"
+	"github.com/hoststack/hoststack/engine/wire"
+)
+
+// segment is a fifo segment the engine created: an app's own segment, or a
+// cut-through segment shared by exactly two app workers (a and b; a == b when
+// an app connects to itself).
+type segment struct {
+	handle   uint64
+	seg      *shm.Segment
+	alloc    *shm.Allocator
+	a, b     *worker
+	sessions int  // fifo pairs allocated in it
+	orphan   bool // a worker of the pair is gone: drop it once empty
+}
+
+// listener is a listening endpoint. The key holds the transport protocol and
+// address so that transports can register the same table later.
+type listener struct {
+	handle uint64
+	key    listenKey
+	w      *worker
+}
+
+// session is one end of a session, held by one app worker. A cut-through
+// session is two of them, peers of each other, over one fifo pair.
+type session struct {
+	handle  uint64
+	w       *worker
+	peer    *session
+	seg     *segment
+	pairOff int // offset of the fifo pair (freed when both ends are done)
+	local   wire.Addr
+	remote  wire.Addr
+	pending bool // accepted, waiting for the app's accept-reply
+	done    bool
+}
+
+func (ns *namespace) newSegment(name string, size int) (*segment, error) {
+	seg, err := shm.CreateSegment(name, size)
+	if err != nil {
+		return nil, err
+	}
+	s := &segment{handle: ns.handle(), seg: seg, alloc: shm.NewAllocator(seg.Size())}
+	ns.segs[s.handle] = s
+	return s, nil
+}
+
+func (ns *namespace) dropSegment(s *segment) {
+	delete(ns.segs, s.handle)
+	s.seg.Close()
+}
+
+// dropCT removes an empty cut-through segment: the workers that are still
+// alive are told to unmap it.
+func (ns *namespace) dropCT(s *segment) {
+	k := [2]*worker{s.a, s.b}
+	segs := ns.pairs[k]
+	for i, x := range segs {
+		if x == s {
+			segs = append(segs[:i], segs[i+1:]...)
+			break
+		}
+	}
+	if len(segs) == 0 {
+		delete(ns.pairs, k)
+	} else {
+		ns.pairs[k] = segs
+	}
+	s.a.app.nsegs--
+	if s.b.app != s.a.app {
+		s.b.app.nsegs--
+	}
+	for _, w := range []*worker{s.a, s.b} {
+		if !w.dead {
+			w.send(&wire.DelSegment{Segment: s.handle})
+		}
+		if s.a == s.b {
+			break
+		}
+	}
+	ns.dropSegment(s)
+}
+
+// request handles one decoded request of worker w (ns.mu held).
+func (ns *namespace) request(w *worker, m wire.Msg) {
+	switch m := m.(type) {
+	case *wire.Listen:
+		ns.listen(w, m)
+	case *wire.Unlisten:
+		l := w.listeners[m.Listener]
+		if l == nil {
+			w.send(&wire.UnlistenReply{Ctx: m.Ctx, Listener: m.Listener, Code: wire.ErrNoSession,
+				Msg: wire.Msgf("worker %d has no listener %d", w.id, m.Listener)})
+			return
+		}
+		ns.unlistenLocked(l)
+		w.send(&wire.UnlistenReply{Ctx: m.Ctx, Listener: m.Listener})
+	case *wire.Connect:
+		ns.connect(w, m)
+	case *wire.AcceptReply:
+		s := w.sessions[m.Session]
+		if s == nil || !s.pending {
+			w.send(&wire.Reply{Req: wire.TAcceptReply, Handle: m.Session, Code: wire.ErrNoSession,
+				Msg: wire.Msgf("no session %d awaiting accept on worker %d", m.Session, w.id)})
+			return
+		}
+		s.pending = false
+		if m.Code != wire.OK {
+			ns.releaseLocked(s, true, fmt.Sprintf("app %s refused the session: %v", w.app.name, m.Code))
+			w.send(&wire.Cleanup{Session: s.handle})
+		}
+	case *wire.Disconnect:
+		ns.closeReq(w, m.Session, wire.TDisconnect, false)
+	case *wire.Reset:
+		ns.closeReq(w, m.Session, wire.TReset, true)
+	case *wire.Shutdown:
+		s := w.sessions[m.Session]
+		if s == nil {
+			w.send(&wire.Reply{Req: wire.TShutdown, Handle: m.Session, Code: wire.ErrNoSession,
+				Msg: wire.Msgf("worker %d has no session %d", w.id, m.Session)})
+			return
+		}
+		// Cut-through: the end of stream travels in the fifo itself; the
+		// engine only acknowledges. Transports will act on it.
+		w.send(&wire.Reply{Req: wire.TShutdown, Handle: m.Session})
+	default:
+		w.send(&wire.Reply{Req: 0, Code: wire.ErrInvalid, Msg: wire.Msgf("%v is not a queue request", m.Type())})
+	}
+}
+
+func (ns *namespace) closeReq(w *worker, h uint64, req wire.Type, reset bool) {
+	s := w.sessions[h]
+	if s == nil {
+		w.send(&wire.Reply{Req: req, Handle: h, Code: wire.ErrNoSession, Msg: wire.Msgf("worker %d has no session %d", w.id, h)})
+		return
+	}
+	reason := ""
+	if reset {
+		reason = "connection reset by peer app " + w.app.name
+	}
+	ns.releaseLocked(s, reset, reason)
+	w.send(&wire.Cleanup{Session: h})
+}
+
+// releaseLocked ends one side of a session. The peer is told (reset or
+// disconnected); the fifo pair is freed once both sides are done.
+func (ns *namespace) releaseLocked(s *session, reset bool, reason string) {
+	if s.done {
+		return
+	}
+	s.done = true
+	delete(ns.sessions, s.handle)
+	delete(s.w.sessions, s.handle)
+	s.w.app.nsessions--
+	ns.stats.sessionsClosed++
+	if p := s.peer; p != nil && !p.done {
+		if reset {
+			ns.stats.resets++
+			p.w.send(&wire.ResetEvt{Session: p.handle, Code: wire.ErrReset, Msg: wire.Truncate(reason, wire.MaxMessageLen)})
+		} else {
+			p.w.send(&wire.Disconnected{Session: p.handle})
+		}
+		return
+	}
+	if s.seg != nil {
+		s.seg.alloc.Free(s.pairOff)
+		s.seg.sessions--
+		if s.seg.sessions == 0 && (s.seg.orphan || s.seg.a.dead || s.seg.b.dead) {
+			ns.dropCT(s.seg)
+		}
+	}
+}
+
+func (ns *namespace) unlistenLocked(l *listener) {
+	delete(ns.listeners, l.key)
+	delete(ns.handles, l.handle)
+	delete(l.w.listeners, l.handle)
+}
+
+func (ns *namespace) listen(w *worker, m *wire.Listen) {
+	fail := func(code wire.Code, format string, args ...any) {
+		w.send(&wire.Bound{Ctx: m.Ctx, Code: code, Msg: wire.Msgf(format, args...)})
+	}
+	if m.Addr.Proto != wire.TCP {
+		fail(wire.ErrInvalid, "only tcp listeners are supported")
+		return
+	}
+	ip := m.Addr.IP.Unmap()
+	if ip.Is6() && ip.Zone() != "" {
+		ip = ip.WithZone("")
+	}
+	key := listenKey{proto: uint8(m.Addr.Proto), ip: ip, port: m.Addr.Port}
+	if key.port == 0 {
+		p, ok := ns.freePort(key)
+		if !ok {
+			fail(wire.ErrAddrInUse, "no free port for %s", ip)
+			return
+		}
+		key.port = p
+	}
+	if l, ok := ns.listeners[key]; ok {
+		fail(wire.ErrAddrInUse, "%s is already listened on by app %s in app namespace %s",
+			netip.AddrPortFrom(ip, key.port), l.w.app.name, ns.key)
+		return
+	}
+	l := &listener{handle: ns.handle(), key: key, w: w}
+	ns.listeners[key] = l
+	ns.handles[l.handle] = l
+	w.listeners[l.handle] = l
+	w.send(&wire.Bound{Ctx: m.Ctx, Listener: l.handle, Local: wire.Addr{Proto: wire.TCP, IP: ip, Port: key.port}})
+}
+
+func (ns *namespace) freePort(k listenKey) (uint16, bool) {
+	for i := 0; i <= ephemeralHi-ephemeralLo; i++ {
+		p := ns.nextEphemeral()
+		k.port = p
+		if _, used := ns.listeners[k]; !used {
+			return p, true
+		}
+	}
+	return 0, false
+}
+
+func (ns *namespace) nextEphemeral() uint16 {
+	p := ns.ephemeral
+	ns.ephemeral++
+	if ns.ephemeral > ephemeralHi {
+		ns.ephemeral = ephemeralLo
+	}
+	return p
+}
+
+// lookupListener finds the listener for a destination: exact address first,
+// then the unspecified address of its family, then [::] (dual stack).
+func (ns *namespace) lookupListener(proto wire.Proto, dst netip.AddrPort) *listener {
+	ip := dst.Addr().Unmap()
+	k := listenKey{proto: uint8(proto), ip: ip, port: dst.Port()}
+	if l := ns.listeners[k]; l != nil {
+		return l
+	}
+	if ip.Is4() {
+		k.ip = netip.IPv4Unspecified()
+		if l := ns.listeners[k]; l != nil {
+			return l
+		}
+	}
+	k.ip = netip.IPv6Unspecified()
+	return ns.listeners[k]
+}
+
+func (ns *namespace) connect(w *worker, m *wire.Connect) {
+	a := w.app
+	cfg := ns.cfg
+	fail := func(code wire.Code, format string, args ...any) {
+		if code == wire.ErrRefused {
+			ns.stats.connectsRefused++
+		}
+		w.send(&wire.Connected{Ctx: m.Ctx, Code: code, Msg: wire.Msgf(format, args...), Remote: m.Remote})
+	}
+	if m.Remote.Proto != wire.TCP {
+		fail(wire.ErrInvalid, "only tcp sessions are supported")
+		return
+	}
+	if a.nsessions >= cfg.MaxSessionsPerApp {
+		fail(wire.ErrQuota, "app %s reached maxSessionsPerApp (%d) of app namespace %s", a.name, cfg.MaxSessionsPerApp, ns.key)
+		return
+	}
+	dst := netip.AddrPortFrom(m.Remote.IP.Unmap(), m.Remote.Port)
+	if dst.Addr().IsUnspecified() {
+		if dst.Addr().Is4() {
+			dst = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), dst.Port())
+		} else {
+			dst = netip.AddrPortFrom(netip.IPv6Loopback(), dst.Port())
+		}
+	}
+	if r := ns.e.cfg.Rules; r != nil {
+		v := r.Lookup(RuleQuery{Namespace: ns.key, App: a.name, Dir: Connect, Proto: wire.TCP, Remote: dst})
+		switch v.Action {
+		case Deny:
+			fail(wire.ErrDenied, "connect to %s denied by session rule %q", dst, v.Rule)
+			return
+		case Redirect:
+			if v.To.IsValid() {
+				dst = v.To
+			}
+		}
+	}
+	l := ns.lookupListener(wire.TCP, dst)
+	if l == nil {
+		if t := ns.e.cfg.Transport; t != nil && !t.Local(ns.key, dst.Addr()) {
+			code, msg := t.Connect(ConnectRequest{Namespace: ns.key, App: a.name, Remote: m.Remote})
+			if code != wire.OK {
+				fail(code, "%s", msg)
+			}
+			return
+		}
+		if ns.e.cfg.Transport == nil && !dst.Addr().IsLoopback() {
+			fail(wire.ErrRefused, "connection refused: nothing listens on %s in app namespace %s, and no transport is configured for remote addresses", dst, ns.key)
+			return
+		}
+		fail(wire.ErrRefused, "connection refused: nothing listens on %s in app namespace %s", dst, ns.key)
+		return
+	}
+	srv := l.w
+	if srv.app.nsessions >= cfg.MaxSessionsPerApp {
+		fail(wire.ErrQuota, "listening app %s reached maxSessionsPerApp (%d) of app namespace %s", srv.app.name, cfg.MaxSessionsPerApp, ns.key)
+		return
+	}
+	local := netip.AddrPortFrom(dst.Addr(), ns.nextEphemeral())
+	if r := ns.e.cfg.Rules; r != nil {
+		v := r.Lookup(RuleQuery{Namespace: ns.key, App: srv.app.name, Dir: Accept, Proto: wire.TCP, Local: dst, Remote: local})
+		if v.Action == Deny {
+			fail(wire.ErrDenied, "session to %s denied by session rule %q", dst, v.Rule)
+			return
+		}
+	}
+	c2s, s2c := a.txFifo, a.rxFifo
+	fp1, fp2 := shm.FifoFootprint(c2s), shm.FifoFootprint(s2c)
+	seg, off, code, msg := ns.allocPair(w, srv, fp1+fp2)
+	if code != wire.OK {
+		fail(code, "%s", msg)
+		return
+	}
+	if _, err := shm.InitFifo(seg.seg, off, c2s); err != nil {
+		seg.alloc.Free(off)
+		fail(wire.ErrInternal, "fifo init: %v", err)
+		return
+	}
+	if _, err := shm.InitFifo(seg.seg, off+fp1, s2c); err != nil {
+		seg.alloc.Free(off)
+		fail(wire.ErrInternal, "fifo init: %v", err)
+		return
+	}
+	seg.sessions++
+	la := wire.Addr{Proto: wire.TCP, IP: local.Addr(), Port: local.Port()}
+	ra := wire.Addr{Proto: wire.TCP, IP: dst.Addr(), Port: dst.Port()}
+	cs := &session{handle: ns.handle(), w: w, seg: seg, pairOff: off, local: la, remote: ra}
+	ss := &session{handle: ns.handle(), w: srv, seg: seg, pairOff: off, local: ra, remote: la, pending: true}
+	cs.peer, ss.peer = ss, cs
+	// The listener must learn about it now, or the connect fails: never
+	// queue an accept behind a backlog the listener is not draining.
+	acc := &wire.Accepted{Listener: l.handle, Session: ss.handle, Local: ra, Remote: la,
+		Fifos: wire.FifoPair{Segment: seg.handle, RxOff: uint64(off), TxOff: uint64(off + fp1), RxCap: uint32(c2s), TxCap: uint32(s2c)}}
+	var b [wire.QueueMsgMax]byte
+	n, _ := wire.Encode(b[:], acc)
+	if len(srv.backlog) > 0 {
+		srv.flushLocked()
+	}
+	if len(srv.backlog) > 0 || !srv.trySend(b[:n]) {
+		seg.alloc.Free(off)
+		seg.sessions--
+		fail(wire.ErrQueueFull, "listening app %s is not keeping up: its event queue (%d slots, queueSlots of app namespace %s) is full",
+			srv.app.name, srv.evq.Slots(), ns.key)
+		return
+	}
+	for _, s := range []*session{cs, ss} {
+		ns.sessions[s.handle] = s
+		s.w.sessions[s.handle] = s
+		s.w.app.nsessions++
+		ns.stats.sessionsOpened++
+	}
+	w.send(&wire.Connected{Ctx: m.Ctx, Session: cs.handle, Local: la, Remote: ra,
+		Fifos: wire.FifoPair{Segment: seg.handle, RxOff: uint64(off + fp1), TxOff: uint64(off), RxCap: uint32(s2c), TxCap: uint32(c2s)}})
+}
+
+// allocPair finds room for a fifo pair in a cut-through segment of the two
+// workers, creating (and announcing) a new segment when needed.
+func (ns *namespace) allocPair(c, s *worker, n int) (*segment, int, wire.Code, string) {
+	k := [2]*worker{c, s}
+	if segs := ns.pairs[[2]*worker{s, c}]; len(segs) > 0 && c != s {
+		k = [2]*worker{s, c}
+	}
+	for _, seg := range ns.pairs[k] {
+		if off, err := seg.alloc.Alloc(n); err == nil {
+			return seg, off, wire.OK, ""
+		}
+	}
+	cfg := ns.cfg
+	if n > cfg.SegmentSize {
+		return nil, 0, wire.ErrQuota, fmt.Sprintf("fifo pair of %d bytes does not fit segmentSize %d of app namespace %s", n, cfg.SegmentSize, ns.key)
+	}
+	for _, a := range []*app{c.app, s.app} {
+		if a.nsegs >= cfg.MaxSegmentsPerApp {
+			return nil, 0, wire.ErrQuota, fmt.Sprintf("app %s reached maxSegmentsPerApp (%d) of app namespace %s (segmentSize %d)",
+				a.name, cfg.MaxSegmentsPerApp, ns.key, cfg.SegmentSize)
+		}
+	}
+	seg, err := ns.newSegment(fmt.Sprintf("hs-ct-%d-%d", c.app.id, s.app.id), cfg.SegmentSize)
+	if err != nil {
+		return nil, 0, wire.ErrInternal, fmt.Sprintf("cannot create cut-through segment: %v", err)
+	}
+	seg.a, seg.b = k[0], k[1]
+	// Announce it to both apps (fd + the peer worker's wake eventfd) before
+	// any event refers to it.
+	for _, pair := range [][2]*worker{{seg.a, seg.b}, {seg.b, seg.a}} {
+		me, peer := pair[0], pair[1]
+		err := me.app.sendSock(&wire.AddSegment{Segment: seg.handle, Size: uint64(seg.seg.Size()), Worker: me.id,
+			PeerApp: peer.app.id, PeerWorker: peer.id, HasPeerWake: true}, []int{seg.seg.FD(), peer.wakeFD})
+		if err != nil {
+			ns.dropSegment(seg)
+			return nil, 0, wire.ErrInternal, fmt.Sprintf("cannot pass segment to app %s: %v", me.app.name, err)
+		}
+		if seg.a == seg.b {
+			break
+		}
+	}
+	seg.a.app.nsegs++
+	if seg.b.app != seg.a.app {
+		seg.b.app.nsegs++
+	}
+	ns.pairs[k] = append(ns.pairs[k], seg)
+	off, err := seg.alloc.Alloc(n)
+	if err != nil {
+		return nil, 0, wire.ErrInternal, "fresh segment too small"
+	}
+	return seg, off, wire.OK, ""
+}
