@@ -108,22 +108,36 @@ func (e *endpoint) read(p []byte) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		ready := func() bool { l, err := e.f.Len(); return l > 0 || err != nil || e.f.WriteClosed() }
+		if err := e.waitReadable(); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// waitReadable returns once the fifo has data, is closed or corrupt (the
+// caller's next Read/Peek tells which), spinning first, then sleeping with
+// the set-flag / re-check / block protocol.
+func (e *endpoint) waitReadable() error {
+	ready := func() bool { l, err := e.f.Len(); return l > 0 || err != nil || e.f.WriteClosed() }
+	for {
 		if e.spin > 0 && spinFor(e.spin, ready) {
-			continue
+			return nil
 		}
 		e.f.SetReaderWaiting()
 		if ready() {
 			e.f.ClearReaderWaiting()
-			continue
+			return nil
 		}
 		if e.alive != nil {
 			if err := e.alive(); err != nil {
-				return 0, err
+				return err
 			}
 		}
 		if err := e.wait(e.readerEfd); err != nil {
-			return 0, fmt.Errorf("reader: %w", err)
+			return fmt.Errorf("reader: %w", err)
+		}
+		if ready() {
+			return nil
 		}
 	}
 }
@@ -144,4 +158,14 @@ func (r *stream) fill(p []byte) {
 			p[i+j] = byte(v >> (8 * j))
 		}
 	}
+}
+
+func sizeName(n int) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%dMiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%dKiB", n>>10)
+	}
+	return fmt.Sprintf("%dB", n)
 }

@@ -243,7 +243,7 @@ func (q *Queue) Recv(buf []byte, deadline time.Time) (int, error) {
 		if n, err := q.TryRecv(buf); n > 0 || err != nil {
 			return n, err
 		}
-		if q.Spin > 0 {
+		if q.Spin > 0 && (deadline.IsZero() || time.Now().Before(deadline)) {
 			start := time.Now()
 			for i := 0; ; i++ {
 				if n, err := q.TryRecv(buf); n > 0 || err != nil {
