@@ -206,7 +206,8 @@ type Cleanup struct{ Session uint64 }
 // unmap it once no local session refers to it.
 type DelSegment struct{ Segment uint64 }
 
-// Reply is the outcome of a request that has no dedicated reply.
+// Reply is the outcome of a request that has no dedicated reply. Req is 0
+// when the request could not even be decoded.
 type Reply struct {
 	Ctx    uint64
 	Req    Type
@@ -527,7 +528,7 @@ func (m *Reply) encode(e *enc) {
 func (m *Reply) decode(d *dec) {
 	m.Ctx = d.u64()
 	m.Req = Type(d.u8())
-	if m.Req < TListen || m.Req > TShutdown {
+	if m.Req != 0 && (m.Req < TListen || m.Req > TShutdown) {
 		d.fail("reply to %v, which is not a request", m.Req)
 	}
 	m.Handle = d.u64()
