@@ -1,0 +1,227 @@
+/*
+Copyright The hoststack Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package v1alpha1
+
+import (
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// NetworkMode says where an AppNamespace's sessions meet the network.
+// +kubebuilder:validation:Enum=PodNetwork;Interface
+type NetworkMode string
+
+const (
+	// NetworkModePodNetwork: the kernel transport opens sockets inside each
+	// pod's own network namespace. Works everywhere.
+	NetworkModePodNetwork NetworkMode = "PodNetwork"
+	// NetworkModeInterface: the userspace stack owns a node interface and
+	// a VRF table.
+	NetworkModeInterface NetworkMode = "Interface"
+)
+
+// AppNamespaceSpec is the desired state of an AppNamespace.
+type AppNamespaceSpec struct {
+	// podSelector selects the pods, in this Kubernetes namespace, that may
+	// attach to this AppNamespace. An empty selector selects every pod.
+	// +required
+	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'])",message="spec.podSelector.matchExpressions[].operator must be one of In, NotIn, Exists, DoesNotExist"
+	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, !(e.operator in ['In', 'NotIn']) || (has(e.values) && size(e.values) > 0))",message="spec.podSelector.matchExpressions[].values must be non-empty when operator is In or NotIn"
+	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, !(e.operator in ['Exists', 'DoesNotExist']) || !has(e.values) || size(e.values) == 0)",message="spec.podSelector.matchExpressions[].values must be empty when operator is Exists or DoesNotExist"
+	PodSelector metav1.LabelSelector `json:"podSelector"`
+
+	// nodeSelector restricts the nodes whose agents serve this
+	// AppNamespace; all nodes when empty. Same syntax as a pod's
+	// nodeSelector.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=32
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+
+	// network says where sessions meet the network.
+	// +optional
+	// +kubebuilder:default={mode: PodNetwork}
+	Network AppNamespaceNetwork `json:"network,omitzero"`
+
+	// segments sizes the shared-memory segments and FIFOs given to apps.
+	// These are defaults and limits: an app may ask for smaller FIFOs when
+	// it attaches, never larger ones.
+	// +optional
+	// +kubebuilder:default={segmentSize: "64Mi", rxFifoSize: "1Mi", txFifoSize: "1Mi", maxSegmentsPerApp: 32}
+	Segments SegmentsSpec `json:"segments,omitzero"`
+
+	// quotas bound what apps of this AppNamespace may hold on each node.
+	// +optional
+	// +kubebuilder:default={maxApps: 64, maxSessionsPerApp: 512}
+	Quotas QuotasSpec `json:"quotas,omitzero"`
+
+	// secretRef names a Secret, in this Kubernetes namespace, whose key
+	// `secret` apps must present when they attach (VPP-style namespace
+	// secret). Optional: which attach socket a pod is given already
+	// decides which AppNamespace it may use.
+	// +optional
+	SecretRef *SecretReference `json:"secretRef,omitempty"`
+}
+
+// AppNamespaceNetwork says where an AppNamespace's sessions meet the network.
+// +kubebuilder:validation:XValidation:rule="has(self.mode) && self.mode == 'Interface' ? has(self.interface) : !has(self.interface)",message="spec.network.interface is required when spec.network.mode is Interface, and forbidden otherwise",fieldPath=".interface"
+type AppNamespaceNetwork struct {
+	// mode is PodNetwork (kernel sockets in each pod's network namespace)
+	// or Interface (the userspace stack on a node interface).
+	// +optional
+	// +kubebuilder:default=PodNetwork
+	Mode NetworkMode `json:"mode,omitempty"`
+
+	// interface is the node interface and VRF used in Interface mode.
+	// +optional
+	Interface *NetworkInterface `json:"interface,omitempty"`
+}
+
+// NetworkInterface is a node network interface and the VRF table the
+// userspace stack uses on it.
+type NetworkInterface struct {
+	// name is the Linux interface name on each selected node.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=15
+	// +kubebuilder:validation:Pattern=`^[^/:\s]+$`
+	Name string `json:"name"`
+
+	// vrf is the routing table id (0 is the main table) for the
+	// AppNamespace's sessions.
+	// +required
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=4294967295
+	VRF *int64 `json:"vrf,omitempty"`
+}
+
+// SegmentsSpec sizes the shared-memory segments and FIFOs.
+// +kubebuilder:validation:XValidation:rule="!has(self.segmentSize) || !has(self.rxFifoSize) || !has(self.txFifoSize) || quantity(string(self.rxFifoSize)).add(quantity(string(self.txFifoSize))).compareTo(quantity(string(self.segmentSize))) <= 0",message="spec.segments.rxFifoSize + spec.segments.txFifoSize must fit in spec.segments.segmentSize (a session's two FIFOs share one segment)",fieldPath=".segmentSize"
+type SegmentsSpec struct {
+	// segmentSize is the size of each shared-memory segment, 1Mi to 4Gi.
+	// +optional
+	// +kubebuilder:default="64Mi"
+	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isInteger() && quantity(string(self)).compareTo(quantity('1Mi')) >= 0 && quantity(string(self)).compareTo(quantity('4Gi')) <= 0",message="spec.segments.segmentSize must be a whole number of bytes from 1Mi to 4Gi"
+	SegmentSize *resource.Quantity `json:"segmentSize,omitempty"`
+
+	// rxFifoSize is the default receive FIFO size per session, 4Ki to 1Gi.
+	// +optional
+	// +kubebuilder:default="1Mi"
+	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isInteger() && quantity(string(self)).compareTo(quantity('4Ki')) >= 0 && quantity(string(self)).compareTo(quantity('1Gi')) <= 0",message="spec.segments.rxFifoSize must be a whole number of bytes from 4Ki to 1Gi"
+	RxFifoSize *resource.Quantity `json:"rxFifoSize,omitempty"`
+
+	// txFifoSize is the default transmit FIFO size per session, 4Ki to 1Gi.
+	// +optional
+	// +kubebuilder:default="1Mi"
+	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isInteger() && quantity(string(self)).compareTo(quantity('4Ki')) >= 0 && quantity(string(self)).compareTo(quantity('1Gi')) <= 0",message="spec.segments.txFifoSize must be a whole number of bytes from 4Ki to 1Gi"
+	TxFifoSize *resource.Quantity `json:"txFifoSize,omitempty"`
+
+	// maxSegmentsPerApp bounds the FIFO segments one app may hold.
+	// +optional
+	// +kubebuilder:default=32
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1024
+	MaxSegmentsPerApp *int32 `json:"maxSegmentsPerApp,omitempty"`
+}
+
+// QuotasSpec bounds what apps of an AppNamespace hold on each node.
+type QuotasSpec struct {
+	// maxApps bounds the apps attached to this AppNamespace on one node.
+	// +optional
+	// +kubebuilder:default=64
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	MaxApps *int32 `json:"maxApps,omitempty"`
+
+	// maxSessionsPerApp bounds the open sessions of one app.
+	// +optional
+	// +kubebuilder:default=512
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1048576
+	MaxSessionsPerApp *int32 `json:"maxSessionsPerApp,omitempty"`
+}
+
+// SecretReference names a Secret in the referrer's namespace.
+type SecretReference struct {
+	// name of the Secret.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="!format.dns1123Subdomain().validate(self).hasValue()",message="spec.secretRef.name must be a valid Secret name (DNS subdomain)"
+	Name string `json:"name"`
+}
+
+// AppNamespaceStatus is the observed state of an AppNamespace, aggregated
+// from the SessionNodes of the nodes that serve it.
+type AppNamespaceStatus struct {
+	// conditions: Ready, Valid, NodesReady.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +patchStrategy=merge
+	// +patchMergeKey=type
+	// +kubebuilder:validation:MaxItems=8
+	Conditions []metav1.Condition `json:"conditions,omitempty" patchStrategy:"merge" patchMergeKey:"type"`
+
+	// observedGeneration is the generation this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// selectedNodes counts the nodes whose agent serves this AppNamespace.
+	// +optional
+	SelectedNodes int32 `json:"selectedNodes,omitempty"`
+
+	// readyNodes counts the selected nodes that report it ready at the
+	// current generation.
+	// +optional
+	ReadyNodes int32 `json:"readyNodes,omitempty"`
+
+	// apps counts the apps attached, over all nodes.
+	// +optional
+	Apps int32 `json:"apps,omitempty"`
+
+	// sessions counts the open sessions, over all nodes.
+	// +optional
+	Sessions int64 `json:"sessions,omitempty"`
+}
+
+// AppNamespace is an isolated session-layer namespace (VPP's app
+// namespace): which pods may attach, on which nodes, over which network,
+// with which segment sizes and quotas.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=appns,categories=hoststack
+// +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.spec.network.mode`
+// +kubebuilder:printcolumn:name="Ready Nodes",type=integer,JSONPath=`.status.readyNodes`
+// +kubebuilder:printcolumn:name="Selected",type=integer,JSONPath=`.status.selectedNodes`
+// +kubebuilder:printcolumn:name="Apps",type=integer,JSONPath=`.status.apps`
+// +kubebuilder:printcolumn:name="Sessions",type=integer,JSONPath=`.status.sessions`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type AppNamespace struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +required
+	Spec AppNamespaceSpec `json:"spec"`
+	// +optional
+	Status AppNamespaceStatus `json:"status,omitempty"`
+}
+
+// AppNamespaceList is a list of AppNamespaces.
+//
+// +kubebuilder:object:root=true
+type AppNamespaceList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []AppNamespace `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&AppNamespace{}, &AppNamespaceList{})
+}
