@@ -1,0 +1,204 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// agentBinary builds the agent once per test binary run.
+func agentBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "hoststack-agent")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("building agent: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func writeFile(t *testing.T, dir, name, body string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+const goodNS = `apiVersion: hoststack.dev/v1alpha1
+kind: AppNamespace
+metadata: {name: demo, namespace: team-a}
+spec:
+  podSelector: {}
+  secretRef: {name: attach}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: attach, namespace: team-a}
+stringData: {secret: s3cret}
+`
+
+// startAgent runs the agent and waits for its "ready" log line (an explicit
+// signal, not a sleep). It returns the command and the rest of its stderr.
+func startAgent(t *testing.T, bin string, args ...string) (*exec.Cmd, *bufio.Reader) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	r := bufio.NewReader(stderr)
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		for {
+			l, err := r.ReadString('\n')
+			if l != "" {
+				lines <- l
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	var seen []string
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("agent exited before ready:\n%s", strings.Join(seen, ""))
+			}
+			seen = append(seen, l)
+			if strings.Contains(l, "msg=ready") {
+				go func() { // keep draining so the agent never blocks on stderr
+					for range lines {
+					}
+				}()
+				return cmd, nil
+			}
+		case <-timeout:
+			t.Fatalf("agent not ready after 30s:\n%s", strings.Join(seen, ""))
+		}
+	}
+}
+
+func TestStandaloneServesAndStopsCleanly(t *testing.T) {
+	bin := agentBinary(t)
+	cfg, run := t.TempDir(), t.TempDir()
+	writeFile(t, cfg, "ns.yaml", goodNS)
+	cmd, _ := startAgent(t, bin, "--standalone", "--config", cfg, "--run-dir", run)
+
+	sock := filepath.Join(run, "team-a", "demo", "session.sock")
+	fi, err := os.Stat(sock)
+	if err != nil {
+		t.Fatalf("attach socket: %v", err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("%s is not a socket: %v", sock, fi.Mode())
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("agent did not exit 0 on SIGTERM: %v", err)
+	}
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket not removed on SIGTERM: %v", err)
+	}
+}
+
+func TestStandaloneRefusesInvalidConfig(t *testing.T) {
+	bin := agentBinary(t)
+	cases := []struct {
+		name  string
+		files map[string]string
+		want  []string
+	}{
+		{
+			name:  "bad YAML",
+			files: map[string]string{"broken.yaml": "apiVersion: [unclosed\n"},
+			want:  []string{"broken.yaml"},
+		},
+		{
+			name: "invalid field names file and field",
+			files: map[string]string{"good.yaml": goodNS, "bad.yaml": `apiVersion: hoststack.dev/v1alpha1
+kind: AppNamespace
+metadata: {name: other}
+spec:
+  podSelector: {}
+  segments: {rxFifoSize: 1Ki}
+`},
+			want: []string{"bad.yaml#1", "AppNamespace other", "spec.segments.rxFifoSize"},
+		},
+		{
+			name: "missing secret names the field",
+			files: map[string]string{"ns.yaml": `apiVersion: hoststack.dev/v1alpha1
+kind: AppNamespace
+metadata: {name: demo}
+spec:
+  podSelector: {}
+  secretRef: {name: nope}
+`},
+			want: []string{"spec.secretRef.name", "default/nope"},
+		},
+		{
+			name:  "duplicate object",
+			files: map[string]string{"a.yaml": goodNS, "b.yaml": goodNS},
+			want:  []string{"b.yaml#1", "also defined at", "a.yaml#1"},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, run := t.TempDir(), filepath.Join(t.TempDir(), "run")
+			for n, b := range tc.files {
+				writeFile(t, cfg, n, b)
+			}
+			cmd := exec.Command(bin, "--standalone", "--config", cfg, "--run-dir", run)
+			stderr, _ := cmd.StderrPipe()
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			msg, _ := io.ReadAll(stderr)
+			err := cmd.Wait()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+				t.Fatalf("want non-zero exit, got %v\n%s", err, msg)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(string(msg), w) {
+					t.Errorf("error output lacks %q:\n%s", w, msg)
+				}
+			}
+			// Nothing half-started: no run directory, no socket.
+			if _, err := os.Stat(run); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("run directory created despite invalid config: %v", err)
+			}
+		})
+	}
+}
+
+func TestFlagErrors(t *testing.T) {
+	if code := run([]string{"--log-format", "xml", "--standalone"}); code != 2 {
+		t.Errorf("bad --log-format: exit %d, want 2", code)
+	}
+	if code := run([]string{"--standalone"}); code != 1 {
+		t.Errorf("--standalone without --config: exit %d, want 1", code)
+	}
+}
