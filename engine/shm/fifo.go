@@ -390,28 +390,8 @@ func (f *Fifo) CloseRead() { f.rclosedW.Store(1) }
 
 // ---- wake-up flags ----
 //
-// Protocol for a consumer that finds the fifo empty (symmetrically for a
-// producer that finds it full, with the writer flag and Free):
-//
-//	consumer                          producer
-//	SetReaderWaiting()                Write(...)        // stores tail
-//	Len()/Peek() again                if TakeReaderWaiting() {
-//	if data: ClearReaderWaiting()         signal the consumer's eventfd
-//	else: block on the eventfd        }
-//
-// No lost wake-up: sync/atomic operations are sequentially consistent (Go
-// memory model; on amd64 a Store is XCHG, a full barrier; the same
-// instructions order accesses to a MAP_SHARED page between processes as
-// between threads). Take the total order S of the consumer's flag store F,
-// its re-read of the tail R, the producer's tail store T and its flag load L.
-// F precedes R and T precedes L in program order, so they are in S that way.
-// If T precedes R in S, R sees the data and the consumer does not sleep.
-// Otherwise R precedes T, so F < R < T < L and L sees the flag set; the swap
-// then returns 1 (only the consumer clears it otherwise, and it does so only
-// when it does not sleep) and the producer signals. The eventfd counter
-// keeps a signal that arrives before the consumer blocks, so the block
-// returns at once. A signal can be spurious (the consumer cleared the flag
-// after the producer's swap); sleepers re-check after every wake-up.
+// See the package documentation for the protocol and why it cannot lose a
+// wake-up.
 
 // SetReaderWaiting announces that the consumer is about to block.
 func (f *Fifo) SetReaderWaiting() { f.rwaitW.Store(1) }

@@ -30,8 +30,8 @@ func spinFor(d time.Duration, cond func() bool) bool {
 // endpoint is one side of a fifo with the two wake eventfds.
 type endpoint struct {
 	f         *Fifo
-	readerEfd int          // signalled when data arrives for a waiting reader
-	writerEfd int          // signalled when space frees up for a waiting writer
+	readerEfd int // signalled when data arrives for a waiting reader
+	writerEfd int // signalled when space frees up for a waiting writer
 	spin      time.Duration
 	alive     func() error // optional: checked before sleeping
 }

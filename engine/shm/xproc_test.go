@@ -61,6 +61,30 @@ var childRoles = map[string]func(seg *Segment, rEfd, wEfd int, a childArgs, out 
 	"fifo-consumer": childFifoConsumer,
 	"fifo-producer": childFifoProducer,
 	"queue-echo":    childQueueEcho,
+	"efd-echo":      childEfdEcho,
+}
+
+// childEfdEcho answers every wake-up on the reader eventfd with one on the
+// writer eventfd, a["n"] times, waiting with WaitFD (netpoller=0) or by
+// reading through an os.File (netpoller=1).
+func childEfdEcho(_ *Segment, rEfd, wEfd int, a childArgs, out io.Writer) error {
+	wait := func() error { return WaitFD(rEfd, time.Now().Add(stallTimeout)) }
+	if a["netpoller"] != 0 {
+		unix.SetNonblock(rEfd, true)
+		f := os.NewFile(uintptr(rEfd), "efd")
+		wait = func() error { var b [8]byte; _, err := f.Read(b[:]); return err }
+	}
+	fmt.Fprintln(out, "READY")
+	out.(*bufio.Writer).Flush()
+	for i := 0; i < a["n"]; i++ {
+		if err := wait(); err != nil {
+			return err
+		}
+		if err := Signal(wEfd); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // TestShmChild is the entry point of child processes; it is skipped in a
@@ -226,7 +250,11 @@ func startChild(t testing.TB, role string, seg *Segment, rEfd, wEfd int, a child
 		}
 		files = append(files, os.NewFile(uintptr(d), "shm"))
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestShmChild$", "-test.count=1")
+	args := []string{"-test.run=^TestShmChild$", "-test.count=1"}
+	if p := os.Getenv("HOSTSTACK_SHM_CHILD_CPUPROFILE"); p != "" {
+		args = append(args, "-test.cpuprofile="+p)
+	}
+	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), childEnv+"="+role, argsEnv+"="+a.String())
 	cmd.ExtraFiles = files
 	c := &child{cmd: cmd, done: make(chan struct{})}
@@ -522,6 +550,10 @@ func TestCrossProcessQueuePingPong(t *testing.T) {
 
 // benchCrossFifo streams b.N writes of size bytes to a child consumer.
 func benchCrossFifo(b *testing.B, size int, vec bool) {
+	peek := 0
+	if os.Getenv("HOSTSTACK_SHM_BENCH_PEEK") != "" {
+		peek = 1
+	}
 	const capacity = 4 << 20
 	seg := newSeg(b, FifoFootprint(capacity))
 	f, err := InitFifo(seg, 0, capacity)
@@ -530,7 +562,7 @@ func benchCrossFifo(b *testing.B, size int, vec bool) {
 	}
 	rEfd, wEfd := mustEventFD(b), mustEventFD(b)
 	c := startChild(b, "fifo-consumer", seg, rEfd, wEfd,
-		childArgs{"off": 0, "cap": capacity, "rbuf": 256 << 10, "spin": 50000}, func() { Signal(wEfd) })
+		childArgs{"off": 0, "cap": capacity, "rbuf": 256 << 10, "spin": 50000, "peek": peek}, func() { Signal(wEfd) })
 	prod := &endpoint{f: f, readerEfd: rEfd, writerEfd: wEfd, spin: 50 * time.Microsecond}
 	c.line(b, "READY")
 	buf := make([]byte, size)
@@ -607,6 +639,29 @@ func BenchmarkQueueRoundTripCrossProcess(b *testing.B) {
 			}
 			b.StopTimer()
 			ab.send.Send([]byte{0})
+			c.wait(b)
+		})
+	}
+}
+
+// BenchmarkEventfdPingPongCrossProcess: one op = an eventfd wake-up to a
+// child process and back; the child waits with poll(2) (WaitFD) or through
+// Go's netpoller; the parent always with WaitFD.
+func BenchmarkEventfdPingPongCrossProcess(b *testing.B) {
+	for _, np := range []int{0, 1} {
+		b.Run(map[int]string{0: "poll", 1: "netpoller"}[np], func(b *testing.B) {
+			seg := newSeg(b, 4096)
+			a2b, b2a := mustEventFD(b), mustEventFD(b)
+			c := startChild(b, "efd-echo", seg, a2b, b2a, childArgs{"n": b.N, "netpoller": np}, nil)
+			c.line(b, "READY")
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				Signal(a2b)
+				if err := WaitFD(b2a, time.Now().Add(stallTimeout)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
 			c.wait(b)
 		})
 	}
