@@ -63,8 +63,6 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.watchNamespaces, "watch-namespaces", "", "Comma-separated namespaces to reconcile; all when empty.")
 	fs.IntVar(&c.maxConcurrentReconcile, "max-concurrent-reconciles", 2, "Reconciles each controller runs in parallel.")
 	c.zap.BindFlags(fs)
-	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(klogFlags)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

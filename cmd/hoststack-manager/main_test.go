@@ -1,0 +1,45 @@
+/*
+Copyright The hoststack Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseFlags(t *testing.T) {
+	c, err := parseFlags(nil)
+	if err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	if c.leaderElect || !c.metricsSecure || c.metricsAddr != ":8443" || c.probeAddr != ":8081" ||
+		c.gracefulShutdown != 30*time.Second || c.maxConcurrentReconcile != 2 {
+		t.Errorf("unexpected defaults: %+v", c)
+	}
+
+	c, err = parseFlags([]string{"--leader-elect", "--leader-election-namespace=hs", "--watch-namespaces=a,b",
+		"--metrics-bind-address=0", "--zap-log-level=debug", "--leader-election-lease-duration=30s"})
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	if !c.leaderElect || c.leaderElectionNS != "hs" || c.watchNamespaces != "a,b" || c.metricsAddr != "0" || c.leaseDuration != 30*time.Second {
+		t.Errorf("flags not applied: %+v", c)
+	}
+
+	for _, bad := range [][]string{
+		{"--max-concurrent-reconciles=0"},
+		{"--no-such-flag"},
+		{"stray"},
+	} {
+		if _, err := parseFlags(bad); err == nil {
+			t.Errorf("%v accepted", bad)
+		} else if strings.TrimSpace(err.Error()) == "" {
+			t.Errorf("%v: empty error", bad)
+		}
+	}
+}
