@@ -131,6 +131,12 @@
 // can be used from a goroutine that called runtime.LockOSThread. OpenQueue
 // and InitQueue switch the eventfd they are given to non-blocking mode.
 //
+// WaitFD resets the counter, so an eventfd must have a single waiter: one
+// eventfd per waiting thread (an app worker's wake eventfd can serve its
+// event queue and all its FIFOs, and the engine can hand a cut-through peer
+// the other app's wake eventfd), and the waiter re-checks everything it
+// serves after each wake-up.
+//
 // # Testing
 //
 // Cross-process tests and benchmarks (the test binary re-executes itself as
