@@ -76,9 +76,10 @@ func TestCertKeyPairController(t *testing.T) {
 	g.Expect(k8s.Create(ctx, pair)).To(gomega.Succeed())
 
 	t.Run("Secret missing", func(t *testing.T) {
-		c := wantCondition(newG(t), pair, hsv1.ConditionReady, metav1.ConditionFalse, hsv1.ReasonSecretNotFound)
+		g := newG(t)
+		c := wantCondition(g, pair, hsv1.ConditionReady, metav1.ConditionFalse, hsv1.ReasonSecretNotFound)
 		g.Expect(c.Message).To(gomega.ContainSubstring(`no Secret "web-tls" of type kubernetes.io/tls`))
-		wantCondition(newG(t), pair, hsv1.ConditionSecretValid, metav1.ConditionFalse, hsv1.ReasonSecretNotFound)
+		wantCondition(g, pair, hsv1.ConditionSecretValid, metav1.ConditionFalse, hsv1.ReasonSecretNotFound)
 	})
 
 	first := newTestCert(t, certOpts{cn: "web.example", dnsNames: []string{"web.example", "www.web.example"}})
@@ -92,7 +93,9 @@ func TestCertKeyPairController(t *testing.T) {
 		g.Expect(pair.Status.DNSNames).To(gomega.Equal([]string{"web.example", "www.web.example"}))
 		g.Expect(pair.Status.FingerprintSHA256).To(gomega.Equal(fingerprintSHA256(first.cert)))
 		g.Expect(pair.Status.NotAfter.Time.Unix()).To(gomega.Equal(first.cert.NotAfter.Unix()))
-		g.Expect(exportedNotAfter(t, ns, "web")).To(gomega.BeEquivalentTo(float64(first.cert.NotAfter.Unix())))
+		exported, ok := exportedNotAfter(t, ns, "web")
+		g.Expect(ok).To(gomega.BeTrue(), "expiry gauge exported")
+		g.Expect(exported).To(gomega.BeEquivalentTo(float64(first.cert.NotAfter.Unix())))
 	})
 
 	t.Run("Secret rotated", func(t *testing.T) {

@@ -99,24 +99,24 @@ type NetworkInterface struct {
 }
 
 // SegmentsSpec sizes the shared-memory segments and FIFOs.
-// +kubebuilder:validation:XValidation:rule="!has(self.segmentSize) || !has(self.rxFifoSize) || !has(self.txFifoSize) || quantity(string(self.rxFifoSize)).add(quantity(string(self.txFifoSize))).compareTo(quantity(string(self.segmentSize))) <= 0",message="spec.segments.rxFifoSize + spec.segments.txFifoSize must fit in spec.segments.segmentSize (a session's two FIFOs share one segment)",fieldPath=".segmentSize"
+// +kubebuilder:validation:XValidation:rule="!has(self.segmentSize) || !has(self.rxFifoSize) || !has(self.txFifoSize) || !isQuantity(string(self.segmentSize)) || !isQuantity(string(self.rxFifoSize)) || !isQuantity(string(self.txFifoSize)) || quantity(string(self.rxFifoSize)).add(quantity(string(self.txFifoSize))).compareTo(quantity(string(self.segmentSize))) <= 0",message="spec.segments.rxFifoSize + spec.segments.txFifoSize must fit in spec.segments.segmentSize (a session's two FIFOs share one segment)",fieldPath=".segmentSize"
 type SegmentsSpec struct {
 	// segmentSize is the size of each shared-memory segment, 1Mi to 4Gi.
 	// +optional
 	// +kubebuilder:default="64Mi"
-	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isInteger() && quantity(string(self)).compareTo(quantity('1Mi')) >= 0 && quantity(string(self)).compareTo(quantity('4Gi')) <= 0",message="spec.segments.segmentSize must be a whole number of bytes from 1Mi to 4Gi"
+	// +kubebuilder:validation:XValidation:rule="!isQuantity(string(self)) || quantity(string(self)).isInteger() && quantity(string(self)).compareTo(quantity('1Mi')) >= 0 && quantity(string(self)).compareTo(quantity('4Gi')) <= 0",message="spec.segments.segmentSize must be a whole number of bytes from 1Mi to 4Gi"
 	SegmentSize *resource.Quantity `json:"segmentSize,omitempty"`
 
 	// rxFifoSize is the default receive FIFO size per session, 4Ki to 1Gi.
 	// +optional
 	// +kubebuilder:default="1Mi"
-	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isInteger() && quantity(string(self)).compareTo(quantity('4Ki')) >= 0 && quantity(string(self)).compareTo(quantity('1Gi')) <= 0",message="spec.segments.rxFifoSize must be a whole number of bytes from 4Ki to 1Gi"
+	// +kubebuilder:validation:XValidation:rule="!isQuantity(string(self)) || quantity(string(self)).isInteger() && quantity(string(self)).compareTo(quantity('4Ki')) >= 0 && quantity(string(self)).compareTo(quantity('1Gi')) <= 0",message="spec.segments.rxFifoSize must be a whole number of bytes from 4Ki to 1Gi"
 	RxFifoSize *resource.Quantity `json:"rxFifoSize,omitempty"`
 
 	// txFifoSize is the default transmit FIFO size per session, 4Ki to 1Gi.
 	// +optional
 	// +kubebuilder:default="1Mi"
-	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isInteger() && quantity(string(self)).compareTo(quantity('4Ki')) >= 0 && quantity(string(self)).compareTo(quantity('1Gi')) <= 0",message="spec.segments.txFifoSize must be a whole number of bytes from 4Ki to 1Gi"
+	// +kubebuilder:validation:XValidation:rule="!isQuantity(string(self)) || quantity(string(self)).isInteger() && quantity(string(self)).compareTo(quantity('4Ki')) >= 0 && quantity(string(self)).compareTo(quantity('1Gi')) <= 0",message="spec.segments.txFifoSize must be a whole number of bytes from 4Ki to 1Gi"
 	TxFifoSize *resource.Quantity `json:"txFifoSize,omitempty"`
 
 	// maxSegmentsPerApp bounds the FIFO segments one app may hold.
