@@ -21,7 +21,7 @@ import (
 func main() {
 	assets := flag.String("assets", os.Getenv("KUBEBUILDER_ASSETS"), "directory with etcd, kube-apiserver and kubectl (default $KUBEBUILDER_ASSETS)")
 	crds := flag.String("crds", "config/crd/bases", "directory of CRD manifests to install")
-	kubeconfig := flag.String("kubeconfig", "", "where to write the admin kubeconfig (required)")
+	kubeconfig := flag.String("write-kubeconfig", "", "where to write the admin kubeconfig (required)")
 	ready := flag.String("ready-file", "", "file created once the control plane serves and the CRDs are established")
 	startTimeout := flag.Duration("start-timeout", 2*time.Minute, "how long each component may take to start")
 	flag.Parse()
@@ -36,7 +36,7 @@ func run(assets, crds, kubeconfig, ready string, startTimeout time.Duration) err
 		return fmt.Errorf("no assets directory: pass --assets or set KUBEBUILDER_ASSETS (hack/envtest-assets.sh prints it)")
 	}
 	if kubeconfig == "" {
-		return fmt.Errorf("--kubeconfig is required")
+		return fmt.Errorf("--write-kubeconfig is required")
 	}
 	env := &envtest.Environment{
 		BinaryAssetsDirectory:    assets,
