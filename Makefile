@@ -53,8 +53,10 @@ verify: ## Fail when generated code, CRDs, RBAC or go.mod are stale, or lint fai
 ##@ Build
 
 .PHONY: build
-build: ## Build every binary into bin/.
+build: ## Build every binary (and the echo example) into bin/.
 	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/echo-server ./examples/echo/server
+	$(GO) build -o $(BIN)/echo-client ./examples/echo/client
 
 ##@ Test
 
