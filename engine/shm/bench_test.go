@@ -189,3 +189,23 @@ func BenchmarkEventfdPingPong(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkMemcpy is the baseline: one copy of size bytes within a 4 MiB
+// buffer (the ring size of the cross-process benchmarks), walking through it.
+func BenchmarkMemcpy(b *testing.B) {
+	for _, size := range []int{64, 1 << 10, 16 << 10, 64 << 10} {
+		b.Run(sizeName(size), func(b *testing.B) {
+			ring := make([]byte, 4<<20)
+			src := make([]byte, size)
+			b.SetBytes(int64(size))
+			pos := 0
+			for i := 0; i < b.N; i++ {
+				if pos+size > len(ring) {
+					pos = 0
+				}
+				copy(ring[pos:], src)
+				pos += size
+			}
+		})
+	}
+}
