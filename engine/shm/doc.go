@@ -47,12 +47,14 @@
 //
 // Each side keeps its own index in private memory (the shared copy is only
 // published, never read back) and caches the peer's index, re-reading it only
-// when the cached value does not allow the operation (the writer runs out of
-// space, the reader out of data). Write and WriteVec copy straight into the
-// ring (WriteVec gathers several buffers with one index publication); Read
-// copies out; Peek returns the readable bytes as at most two slices of the
-// ring (two on wrap-around) and Consume commits, for zero-copy readers.
-// Nothing blocks: blocking is built on the wake flags (below).
+// when the cached value does not allow the operation (Write/WriteVec when the
+// cached free space is smaller than the request, Read when the cached data is
+// shorter than the buffer); Peek, Len and Free always re-read, as they report
+// what is there. Write and WriteVec copy straight into the ring (WriteVec
+// gathers several buffers with one index publication); Read copies out; Peek
+// returns all readable bytes as at most two slices of the ring (two on
+// wrap-around) and Consume commits, for zero-copy readers. Nothing blocks:
+// blocking is built on the wake flags (below).
 //
 // End of stream: CloseWrite stores the eof word after the last tail store. A
 // reader that finds the FIFO empty loads eof and, if set, loads the tail once

@@ -335,13 +335,16 @@ func (f *Fifo) Read(p []byte) (int, error) {
 	return int(n), nil
 }
 
-// Peek returns the readable bytes as at most two slices of the ring (the
+// Peek returns all readable bytes as at most two slices of the ring (the
 // second non-empty only on wrap-around), without consuming them. The slices
 // alias shared memory that the peer can scribble on: copy or validate before
 // trusting the content. Commit with Consume. Empty: (nil, nil, nil); empty
 // after CloseWrite: io.EOF.
 func (f *Fifo) Peek() (a, b []byte, err error) {
-	n, err := f.avail(1)
+	// Always re-read the tail (one load): a reader that needs more bytes
+	// than the cached view shows (a partial frame) must see everything
+	// already written, or it would wait for a wake-up that never comes.
+	n, err := f.avail(int(f.capacity) + 1)
 	if err != nil || n == 0 {
 		return nil, nil, err
 	}

@@ -305,3 +305,21 @@ func mustEventFD(t testing.TB) int {
 	t.Cleanup(func() { closeFD(fd) })
 	return fd
 }
+
+// TestFifoPeekSeesNewData: after a partial Consume, Peek shows data written
+// since the previous Peek (a frame parser waiting for the rest of a frame
+// must not be stuck on a stale cached tail).
+func TestFifoPeekSeesNewData(t *testing.T) {
+	p, c, _ := newFifoPair(t, 256)
+	p.Write([]byte("0123456789"))
+	a, _, _ := c.Peek()
+	if string(a) != "0123456789" {
+		t.Fatalf("peek %q", a)
+	}
+	c.Consume(4)
+	p.Write([]byte("abc"))
+	a, b, err := c.Peek()
+	if got := string(a) + string(b); got != "456789abc" || err != nil {
+		t.Fatalf("peek after partial consume: %q %v", got, err)
+	}
+}
