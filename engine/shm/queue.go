@@ -161,8 +161,10 @@ func (q *Queue) slotLen(i uint64) *atomic.Uint64 {
 	return w
 }
 
-// Send copies msg (1..MsgSize bytes) into the next slot, publishes it and, if the receiver
-// announced it is sleeping, signals its eventfd. Full: ErrQueueFull.
+// Send copies msg (1..MsgSize bytes) into the next slot, publishes it and,
+// if the receiver announced it is sleeping, signals its eventfd. Full:
+// ErrQueueFull, nothing queued. An error from the eventfd write (only a bad
+// fd causes one) is returned although the message was queued.
 func (q *Queue) Send(msg []byte) error {
 	if q.sErr != nil {
 		return q.sErr
