@@ -185,7 +185,7 @@ func (c *Conn) wait(dl *deadline, cond func() bool, set func(), clear func() boo
 		}
 	}
 	w := c.w
-	wt := &waiter{ready: cond, ch: make(chan struct{})}
+	wt := &waiter{ready: cond, arm: set, ch: make(chan struct{})}
 	w.mu.Lock()
 	if w.dead != nil {
 		w.mu.Unlock()

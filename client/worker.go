@@ -46,6 +46,7 @@ type worker struct {
 // condition after each wake-up of the worker's eventfd.
 type waiter struct {
 	ready func() bool // called with worker.mu held, the waiting goroutine parked
+	arm   func()      // sets the fifo's waiting flag again
 	ch    chan struct{}
 }
 
@@ -128,11 +129,19 @@ func (w *worker) checkWaiters() bool {
 	defer w.mu.Unlock()
 	woke := false
 	for wt := range w.waiters {
-		if wt.ready() {
-			delete(w.waiters, wt)
-			close(wt.ch)
-			woke = true
+		if !wt.ready() {
+			// The wake-up may have been for progress the waiter had already
+			// seen (the peer's flag check-and-clear can lag behind its
+			// index update), and it consumed the flag: set it again and
+			// re-check, or the next progress would not signal.
+			wt.arm()
+			if !wt.ready() {
+				continue
+			}
 		}
+		delete(w.waiters, wt)
+		close(wt.ch)
+		woke = true
 	}
 	return woke
 }

@@ -1,0 +1,135 @@
+package client_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"testing"
+
+	"github.com/hoststack/hoststack/client"
+)
+
+// Child processes: the test binary re-executed with HS_TEST_CHILD naming a
+// role. Roles talk to the parent over stdout lines ("ready ...") and to the
+// engine over the attach socket in HS_TEST_SOCKET.
+const (
+	envChild  = "HS_TEST_CHILD"
+	envSocket = "HS_TEST_SOCKET"
+	envAddr   = "HS_TEST_ADDR"
+)
+
+func TestMain(m *testing.M) {
+	if role := os.Getenv(envChild); role != "" {
+		if err := runChild(role); err != nil {
+			fmt.Fprintf(os.Stderr, "child %s: %v\n", role, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func runChild(role string) error {
+	ctx := context.Background()
+	app, err := client.Attach(ctx, client.Options{Socket: os.Getenv(envSocket), Name: "child-" + role})
+	if err != nil {
+		return err
+	}
+	defer app.Close()
+	switch role {
+	case "hash-server":
+		// accept one session, hash everything until EOF, answer the digest
+		ln, err := app.Listen("tcp", os.Getenv(envAddr))
+		if err != nil {
+			return err
+		}
+		fmt.Println("ready", ln.Addr())
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		h := sha256.New()
+		n, err := io.Copy(h, c)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c, "%d %x", n, h.Sum(nil))
+		return c.Close()
+	case "echo-server":
+		ln, err := app.Listen("tcp", os.Getenv(envAddr))
+		if err != nil {
+			return err
+		}
+		fmt.Println("ready", ln.Addr())
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return err
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	case "endless-writer":
+		// dial the parent and write until killed
+		c, err := app.Dial(ctx, "tcp", os.Getenv(envAddr))
+		if err != nil {
+			return err
+		}
+		fmt.Println("ready", c.LocalAddr())
+		buf := make([]byte, 32<<10)
+		for {
+			if _, err := c.Write(buf); err != nil {
+				return err
+			}
+		}
+	}
+	return fmt.Errorf("unknown role %q", role)
+}
+
+// child is a running child process.
+type child struct {
+	cmd   *exec.Cmd
+	lines *bufio.Scanner
+}
+
+func startChild(t testing.TB, role, sock, addr string) (*child, string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envChild+"="+role, envSocket+"="+sock, envAddr+"="+addr)
+	cmd.Stderr = childStderr()
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ch := &child{cmd: cmd, lines: bufio.NewScanner(out)}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	if !ch.lines.Scan() {
+		t.Fatalf("child %s exited before it was ready", role)
+	}
+	var word, info string
+	fmt.Sscan(ch.lines.Text(), &word, &info)
+	if word != "ready" {
+		t.Fatalf("child %s said %q", role, ch.lines.Text())
+	}
+	return ch, info
+}
+
+// childStderr is where children's diagnostics go: $HS_TEST_CHILD_LOG if set
+// (a file, appended), else the test's stderr.
+func childStderr() io.Writer {
+	if p := os.Getenv("HS_TEST_CHILD_LOG"); p != "" {
+		if f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
+			return f
+		}
+	}
+	return os.Stderr
+}
