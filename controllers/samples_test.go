@@ -53,4 +53,9 @@ func TestSamplesBecomeReady(t *testing.T) {
 	pair := &hsv1.CertKeyPair{ObjectMeta: meta("demo-tls")}
 	wantCondition(g, pair, hsv1.ConditionReady, metav1.ConditionTrue, hsv1.ReasonValid)
 	g.Expect(pair.Status.DNSNames).To(gomega.ContainElement("demo.hoststack.example"))
+
+	// Counters read 0, not blank, in `kubectl get`.
+	out, err = kubectl(t, "get", "-n", ns, "appnamespace", "demo", "-o", "jsonpath={.status.selectedNodes}/{.status.readyNodes}/{.status.apps}/{.status.sessions}")
+	g.Expect(err).NotTo(gomega.HaveOccurred(), out)
+	g.Expect(out).To(gomega.Equal("0/0/0/0"))
 }

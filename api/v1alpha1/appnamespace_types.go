@@ -172,19 +172,27 @@ type AppNamespaceStatus struct {
 
 	// selectedNodes counts the nodes whose agent serves this AppNamespace.
 	// +optional
+	// +kubebuilder:default=0
+	// +kubebuilder:validation:Minimum=0
 	SelectedNodes int32 `json:"selectedNodes,omitempty"`
 
 	// readyNodes counts the selected nodes that report it ready at the
 	// current generation.
 	// +optional
+	// +kubebuilder:default=0
+	// +kubebuilder:validation:Minimum=0
 	ReadyNodes int32 `json:"readyNodes,omitempty"`
 
 	// apps counts the apps attached, over all nodes.
 	// +optional
+	// +kubebuilder:default=0
+	// +kubebuilder:validation:Minimum=0
 	Apps int32 `json:"apps,omitempty"`
 
 	// sessions counts the open sessions, over all nodes.
 	// +optional
+	// +kubebuilder:default=0
+	// +kubebuilder:validation:Minimum=0
 	Sessions int64 `json:"sessions,omitempty"`
 }
 
