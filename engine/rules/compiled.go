@@ -102,9 +102,7 @@ const (
 // fam is the compiled table of one (namespace, scope, transport, family).
 type fam struct {
 	rules   []Rule // Dump order; entry.rule indexes it
-	rlens   []uint8
-	root    int32 // node of the zero-length remote prefix, -1 if none
-	remote  hashIndex
+	remote  trie   // remote address → node of its longest remote prefix
 	nodes   []node
 	entries []entry
 	lens    []uint8
@@ -126,7 +124,7 @@ func buildFam(rs []Rule) *fam {
 		sorted[i] = rs[p]
 	}
 	rs = sorted
-	f := &fam{rules: rs, root: -1}
+	f := &fam{rules: rs}
 
 	// Group rule indexes by remote prefix.
 	byRemote := make(map[netip.Prefix]int32, len(rs))
@@ -145,21 +143,32 @@ func buildFam(rs []Rule) *fam {
 	}
 	f.nodes = make([]node, len(members))
 	f.entries = make([]entry, 0, len(rs))
-	f.remote.init(len(members))
+	// Build-time index of the remote prefixes, for the parent links.
+	var byLen hashIndex
+	byLen.init(len(members))
+	var rlens []uint8 // distinct non-zero remote lengths, longest first
+	root := int32(-1)
 	seenLen := [129]bool{}
+	tps := make([]tprefix, len(remotes))
 	for ni, p := range remotes {
 		hi, lo, n := prefixWords(p)
+		tps[ni] = tprefix{hi: hi, lo: lo, bits: n, node: int32(ni)}
 		if n == 0 {
-			f.root = int32(ni)
+			root = int32(ni)
 		} else {
-			f.remote.put(hi, lo, uint32(n)+1, int32(ni))
+			byLen.put(hi, lo, uint32(n)+1, int32(ni))
 			if !seenLen[n] {
 				seenLen[n] = true
-				f.rlens = append(f.rlens, n)
+				rlens = append(rlens, n)
 			}
 		}
 	}
-	slices.SortFunc(f.rlens, func(a, b uint8) int { return cmp.Compare(b, a) })
+	slices.SortFunc(rlens, func(a, b uint8) int { return cmp.Compare(b, a) })
+	maxDepth := uint8(16)
+	if rs[0].Remote.Addr().Is4() {
+		maxDepth = 4
+	}
+	f.remote = buildTrie(tps, maxDepth)
 
 	var nbig, ngroups int
 	for ni, m := range members {
@@ -224,13 +233,13 @@ func buildFam(rs []Rule) *fam {
 		if n == 0 {
 			continue
 		}
-		nd.parent = f.root
-		for _, l := range f.rlens {
+		nd.parent = root
+		for _, l := range rlens {
 			if l >= n {
 				continue
 			}
 			mh, ml := maskWords(hi, lo, l)
-			if v := f.remote.get(mh, ml, uint32(l)+1); v >= 0 {
+			if v := byLen.get(mh, ml, uint32(l)+1); v >= 0 {
 				nd.parent = v
 				break
 			}
@@ -242,14 +251,7 @@ func buildFam(rs []Rule) *fam {
 // lookup returns the index in f.rules of the best rule for the tuple, -1
 // if none matches.
 func (f *fam) lookup(lhi, llo, rhi, rlo uint64, lport, rport uint16) int32 {
-	ni := f.root
-	for _, l := range f.rlens {
-		mh, ml := maskWords(rhi, rlo, l)
-		if v := f.remote.get(mh, ml, uint32(l)+1); v >= 0 {
-			ni = v
-			break
-		}
-	}
+	ni := f.remote.lookup(rhi, rlo)
 	for ni >= 0 {
 		nd := &f.nodes[ni]
 		if nd.lensAt < 0 {
