@@ -81,6 +81,14 @@ func (e *Engine) handleConn(s *AttachSocket, c *net.UnixConn) {
 	_ = c.SetReadDeadline(time.Now().Add(attachTimeout))
 	m, err := readMsg(c, buf, oob)
 	if err != nil {
+		var we *wire.Error
+		if errors.As(err, &we) {
+			code := wire.ErrInvalid
+			if n := len(buf); n > 0 && buf[0] != wire.Version {
+				code = wire.ErrVersion
+			}
+			a.sendSock(&wire.AttachReply{Code: code, Msg: wire.Msgf("bad attach message (engine speaks wire version %d): %s", wire.Version, we.Reason), EngineVersion: wire.Version}, nil)
+		}
 		c.Close()
 		return
 	}
@@ -452,8 +460,8 @@ func (ns *namespace) sockRequest(a *app, m wire.Msg) bool {
 		delete(a.workers, w.id)
 		a.sendSock(&wire.WorkerDelReply{Ctx: m.Ctx}, nil)
 	case *wire.Detach:
-		ns.reapLocked(a, "app "+a.name+" detached")
 		a.sendSock(&wire.DetachReply{}, nil)
+		ns.reapLocked(a, "app "+a.name+" detached")
 		return true
 	default:
 		a.sendSock(&wire.Notice{Code: wire.ErrInvalid, Msg: wire.Msgf("%v is not an attach-socket request", m.Type())}, nil)
