@@ -82,7 +82,10 @@ func (w *worker) release() {
 
 // loop is the worker's event loop.
 func (w *worker) loop() {
-	runtime.LockOSThread()
+	// Not LockOSThread: a goroutine blocked in poll(2) keeps its thread
+	// anyway, and an unlocked loop can yield its P to the goroutines it
+	// just woke (below) instead of leaving them queued behind a P that
+	// sits in a syscall until sysmon retakes it.
 	defer close(w.done)
 	buf := make([]byte, shm.MsgSize)
 	for !w.stop.Load() {
@@ -107,6 +110,8 @@ func (w *worker) loop() {
 			progress = true
 		}
 		if progress {
+			// let the goroutines just readied run now, on this P
+			runtime.Gosched()
 			continue
 		}
 		// The engine signals the eventfd after every event, and fifo peers
