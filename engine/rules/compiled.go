@@ -65,31 +65,42 @@ func precedence(a, b *Rule) int {
 }
 
 // entry is one rule in the local side of a remote node: the masked local
-// prefix and the ports, in the order they are tried.
+// prefix and the ports. The entries of a remote node follow its header
+// entry (see header) and are sorted by local length (longest first), local
+// address, port class, remote port, local port, so that the first entry
+// matching a tuple is the best of the node.
 type entry struct {
 	lhi, llo     uint64
-	rule         int32 // index into fam.rules
+	rule         int32 // index into fam.rules; in a header: the entry count
 	lport, rport uint16
 	llen         uint8
 	class        uint8
 }
 
-// node holds the rules of one distinct remote prefix. entries[first:first+n]
-// are sorted by local length (longest first), local address, port class,
-// remote port, local port, so the first entry that matches a tuple is the
-// best of the node. Nodes with more than smallNode entries also get their
-// distinct local lengths (lens[lensAt:lensAt+nlens], longest first) and one
-// local-hash key per distinct local prefix pointing at its group.
-type node struct {
-	parent int32 // nearest shorter remote prefix containing this one, -1 if none
-	first  int32
-	n      int32
-	lensAt int32 // -1 for small nodes
-	nlens  int32
+// A remote node is stored in fam.entries as a header entry followed by its
+// entries, so that the trie's answer leads straight to the rules (one
+// memory access, usually one cache line, for a small node). In a header:
+//
+//	rule             number of entries that follow
+//	lhi low 32 bits  header of the parent node (nearest shorter remote
+//	                 prefix containing this one), -1 if none
+//	lhi high 32 bits -1 for a small node; for a big node (more than
+//	                 smallNode entries), where its distinct local lengths
+//	                 start in fam.lens
+//	llo low 32 bits  number of those lengths
+//
+// A big node also has one key in fam.local per distinct local prefix,
+// tagged with the node's header index, pointing at its group.
+func header(n, parent, lensAt, nlens int32) entry {
+	return entry{
+		rule: n,
+		lhi:  uint64(uint32(parent)) | uint64(uint32(lensAt))<<32,
+		llo:  uint64(uint32(nlens)),
+	}
 }
 
-// group is the entries of one (node, local prefix), sorted by port class,
-// then remote port, then local port.
+// group is the entries of one (big node, local prefix), sorted by port
+// class, then remote port, then local port.
 type group struct {
 	first, n int32
 }
@@ -101,12 +112,11 @@ const (
 
 // fam is the compiled table of one (namespace, scope, transport, family).
 type fam struct {
-	rules   []Rule // Dump order; entry.rule indexes it
-	remote  trie   // remote address → node of its longest remote prefix
-	nodes   []node
-	entries []entry
+	rules   []Rule  // Dump order; entry.rule indexes it
+	remote  trie    // remote address → header of its longest remote prefix
+	entries []entry // headers and entries of every remote node
 	lens    []uint8
-	local   hashIndex // (node, masked local, len) → group
+	local   hashIndex // (header, masked local, len) → group
 	groups  []group
 }
 
@@ -141,36 +151,11 @@ func buildFam(rs []Rule) *fam {
 		}
 		members[ni] = append(members[ni], int32(i))
 	}
-	f.nodes = make([]node, len(members))
-	f.entries = make([]entry, 0, len(rs))
-	// Build-time index of the remote prefixes, for the parent links.
-	var byLen hashIndex
-	byLen.init(len(members))
-	var rlens []uint8 // distinct non-zero remote lengths, longest first
-	root := int32(-1)
-	seenLen := [129]bool{}
-	tps := make([]tprefix, len(remotes))
-	for ni, p := range remotes {
-		hi, lo, n := prefixWords(p)
-		tps[ni] = tprefix{hi: hi, lo: lo, bits: n, node: int32(ni)}
-		if n == 0 {
-			root = int32(ni)
-		} else {
-			byLen.put(hi, lo, uint32(n)+1, int32(ni))
-			if !seenLen[n] {
-				seenLen[n] = true
-				rlens = append(rlens, n)
-			}
-		}
-	}
-	slices.SortFunc(rlens, func(a, b uint8) int { return cmp.Compare(b, a) })
-	maxDepth := uint8(16)
-	if rs[0].Remote.Addr().Is4() {
-		maxDepth = 4
-	}
-	f.remote = buildTrie(tps, maxDepth)
 
-	var nbig, ngroups int
+	// Headers and entries.
+	hdr := make([]int32, len(members))
+	f.entries = make([]entry, 0, len(rs)+len(members))
+	var nbig int
 	for ni, m := range members {
 		slices.SortFunc(m, func(a, b int32) int {
 			ra, rb := &rs[a], &rs[b]
@@ -182,10 +167,8 @@ func buildFam(rs []Rule) *fam {
 				cmp.Compare(ra.LocalPort, rb.LocalPort),
 			)
 		})
-		nd := &f.nodes[ni]
-		nd.first = int32(len(f.entries))
-		nd.n = int32(len(m))
-		nd.lensAt = -1
+		hdr[ni] = int32(len(f.entries))
+		f.entries = append(f.entries, entry{}) // filled below
 		for _, ri := range m {
 			r := &rs[ri]
 			hi, lo, n := prefixWords(r.Local)
@@ -200,62 +183,92 @@ func buildFam(rs []Rule) *fam {
 			nbig += len(m)
 		}
 	}
-	f.local.init(nbig)
-	for ni := range f.nodes {
-		nd := &f.nodes[ni]
-		if nd.n <= smallNode {
-			continue
-		}
-		nd.lensAt = int32(len(f.lens))
-		es := f.entries[nd.first : nd.first+nd.n]
-		for i := 0; i < len(es); {
-			j := i + 1
-			for j < len(es) && es[j].llen == es[i].llen && es[j].lhi == es[i].lhi && es[j].llo == es[i].llo {
-				j++
-			}
-			if len(f.lens) == int(nd.lensAt) || f.lens[len(f.lens)-1] != es[i].llen {
-				f.lens = append(f.lens, es[i].llen)
-			}
-			f.local.put(es[i].lhi, es[i].llo, uint32(ni)<<8|uint32(es[i].llen)+1, int32(len(f.groups)))
-			f.groups = append(f.groups, group{first: nd.first + int32(i), n: int32(j - i)})
-			ngroups++
-			i = j
-		}
-		nd.nlens = int32(len(f.lens)) - nd.lensAt
-	}
 
 	// Parents: the longest shorter remote prefix present that contains the
-	// node's prefix; the root for everything else.
+	// node's prefix, else the zero-length one if present. A build-time hash
+	// of the remote prefixes answers "is this masked prefix present".
+	var byLen hashIndex
+	byLen.init(len(members))
+	var rlens []uint8 // distinct non-zero remote lengths, longest first
+	root := int32(-1)
+	seenLen := [129]bool{}
+	tps := make([]tprefix, len(remotes))
 	for ni, p := range remotes {
-		nd := &f.nodes[ni]
-		nd.parent = -1
+		hi, lo, n := prefixWords(p)
+		tps[ni] = tprefix{hi: hi, lo: lo, bits: n, node: hdr[ni]}
+		if n == 0 {
+			root = hdr[ni]
+		} else {
+			byLen.put(hi, lo, uint32(n)+1, hdr[ni])
+			if !seenLen[n] {
+				seenLen[n] = true
+				rlens = append(rlens, n)
+			}
+		}
+	}
+	slices.SortFunc(rlens, func(a, b uint8) int { return cmp.Compare(b, a) })
+	parent := make([]int32, len(members))
+	for ni, p := range remotes {
+		parent[ni] = -1
 		hi, lo, n := prefixWords(p)
 		if n == 0 {
 			continue
 		}
-		nd.parent = root
+		parent[ni] = root
 		for _, l := range rlens {
 			if l >= n {
 				continue
 			}
 			mh, ml := maskWords(hi, lo, l)
 			if v := byLen.get(mh, ml, uint32(l)+1); v >= 0 {
-				nd.parent = v
+				parent[ni] = v
 				break
 			}
 		}
 	}
+
+	// Big nodes: distinct local lengths and groups.
+	f.local.init(nbig)
+	for ni, m := range members {
+		h := hdr[ni]
+		if len(m) <= smallNode {
+			f.entries[h] = header(int32(len(m)), parent[ni], -1, 0)
+			continue
+		}
+		lensAt := int32(len(f.lens))
+		es := f.entries[h+1 : h+1+int32(len(m))]
+		for i := 0; i < len(es); {
+			j := i + 1
+			for j < len(es) && es[j].llen == es[i].llen && es[j].lhi == es[i].lhi && es[j].llo == es[i].llo {
+				j++
+			}
+			if len(f.lens) == int(lensAt) || f.lens[len(f.lens)-1] != es[i].llen {
+				f.lens = append(f.lens, es[i].llen)
+			}
+			f.local.put(es[i].lhi, es[i].llo, uint32(h)<<8|uint32(es[i].llen)+1, int32(len(f.groups)))
+			f.groups = append(f.groups, group{first: h + 1 + int32(i), n: int32(j - i)})
+			i = j
+		}
+		f.entries[h] = header(int32(len(m)), parent[ni], lensAt, int32(len(f.lens))-lensAt)
+	}
+
+	maxDepth := uint8(16)
+	if rs[0].Remote.Addr().Is4() {
+		maxDepth = 4
+	}
+	f.remote = buildTrie(tps, maxDepth)
 	return f
 }
 
 // lookup returns the index in f.rules of the best rule for the tuple, -1
-// if none matches.
+// if none matches: the node of the longest remote prefix first, then its
+// ancestors, the first match winning.
 func (f *fam) lookup(lhi, llo, rhi, rlo uint64, lport, rport uint16) int32 {
-	ni := f.remote.lookup(rhi, rlo)
-	for ni >= 0 {
-		nd := &f.nodes[ni]
-		if nd.lensAt < 0 {
-			es := f.entries[nd.first : nd.first+nd.n]
+	h := f.remote.lookup(rhi, rlo)
+	for h >= 0 {
+		hd := &f.entries[h]
+		if lensAt := int32(hd.lhi >> 32); lensAt < 0 {
+			es := f.entries[h+1 : h+1+hd.rule]
 			for i := range es {
 				e := &es[i]
 				if (e.lport == 0 || e.lport == lport) && (e.rport == 0 || e.rport == rport) {
@@ -265,9 +278,9 @@ func (f *fam) lookup(lhi, llo, rhi, rlo uint64, lport, rport uint16) int32 {
 				}
 			}
 		} else {
-			for _, l := range f.lens[nd.lensAt : nd.lensAt+nd.nlens] {
+			for _, l := range f.lens[lensAt : lensAt+int32(uint32(hd.llo))] {
 				mh, ml := maskWords(lhi, llo, l)
-				gi := f.local.get(mh, ml, uint32(ni)<<8|uint32(l)+1)
+				gi := f.local.get(mh, ml, uint32(h)<<8|uint32(l)+1)
 				if gi < 0 {
 					continue
 				}
@@ -276,7 +289,7 @@ func (f *fam) lookup(lhi, llo, rhi, rlo uint64, lport, rport uint16) int32 {
 				}
 			}
 		}
-		ni = nd.parent
+		h = int32(uint32(hd.lhi))
 	}
 	return -1
 }
@@ -302,11 +315,21 @@ func (f *fam) matchGroup(g group, lport, rport uint16) int32 {
 		if c == 0 || c == 2 {
 			lp = lport
 		}
-		i, found := slices.BinarySearchFunc(es, c, func(e entry, c uint8) int {
-			return cmp.Or(cmp.Compare(e.class, c), cmp.Compare(e.rport, rp), cmp.Compare(e.lport, lp))
-		})
-		if found {
-			return es[i].rule
+		want := uint64(c)<<32 | uint64(rp)<<16 | uint64(lp)
+		lo, hi := 0, len(es)
+		for lo < hi {
+			m := int(uint(lo+hi) >> 1)
+			e := &es[m]
+			if uint64(e.class)<<32|uint64(e.rport)<<16|uint64(e.lport) < want {
+				lo = m + 1
+			} else {
+				hi = m
+			}
+		}
+		if lo < len(es) {
+			if e := &es[lo]; e.class == c && e.rport == rp && e.lport == lp {
+				return e.rule
+			}
 		}
 	}
 	return -1

@@ -20,14 +20,21 @@ type trie struct {
 
 // tnode indexes byte depth of the address. The fields a lookup reads first
 // share the first cache line.
+//
+// A node is 128 bytes: the first cache line has what every visit reads,
+// the second the leaf runs, inline when there are at most four (the common
+// case at the deepest levels) so that the answer needs no further access.
 type tnode struct {
 	khi, klo uint64    // address bytes [0, depth) every address reaching this node must have
-	depth    uint8     // byte of the address this node indexes
-	inherit  int32     // answer for an address that fails the key check
-	childAt  int32     // index in trie.nodes of the child of the lowest child slot
-	leafAt   int32     // index in trie.leaves of the first leaf run
 	child    [4]uint64 // bit s: slot s has a child
+	childAt  int32     // index in trie.nodes of the child of the lowest child slot
+	inherit  int32     // answer for an address that fails the key check
+	depth    uint8     // byte of the address this node indexes
+	nruns    uint8     // number of leaf runs if ≤ len(lv), else 0
+	leafAt   int32     // index in trie.leaves of the first leaf run when nruns == 0
 	leaf     [4]uint64 // bit s: a leaf run starts at slot s (bit 0 always set)
+	lv       [4]int32  // the leaf runs when nruns > 0
+	_        [16]byte
 }
 
 type tprefix struct {
@@ -165,7 +172,7 @@ func (t *trie) build(d uint8, ps []tprefix, inh int32, maxDepth uint8) tnode {
 		t.nodes[int(n.childAt)+k] = c
 	}
 	// Leaf runs; slots with a child repeat the previous run (never read).
-	n.leafAt = int32(len(t.leaves))
+	var runs []int32
 	prev := int32(0)
 	for s := range 256 {
 		v := best[s]
@@ -174,9 +181,16 @@ func (t *trie) build(d uint8, ps []tprefix, inh int32, maxDepth uint8) tnode {
 		}
 		if s == 0 || v != prev {
 			n.leaf[s/64] |= 1 << (s % 64)
-			t.leaves = append(t.leaves, v)
+			runs = append(runs, v)
 		}
 		prev = v
+	}
+	if len(runs) <= len(n.lv) {
+		n.nruns = uint8(len(runs))
+		copy(n.lv[:], runs)
+	} else {
+		n.leafAt = int32(len(t.leaves))
+		t.leaves = append(t.leaves, runs...)
 	}
 	return n
 }
@@ -194,6 +208,10 @@ func (t *trie) lookup(hi, lo uint64) int32 {
 			n = &t.nodes[n.childAt+rank(&n.child, s)]
 			continue
 		}
-		return t.leaves[n.leafAt+rank(&n.leaf, s+1)-1]
+		r := rank(&n.leaf, s+1) - 1
+		if n.nruns != 0 {
+			return n.lv[r&3]
+		}
+		return t.leaves[n.leafAt+r]
 	}
 }
