@@ -61,7 +61,7 @@ func (r *CertKeyPairReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	}
 	setKeyPairStatus(pair, v)
 	if v.Leaf != nil {
-		certNotAfter.WithLabelValues(pair.Namespace, pair.Name).Set(float64(v.Leaf.NotAfter.Unix()))
+		certNotAfter.WithLabelValues(pair.Namespace, pair.Name).Set(float64(v.NotAfter.Unix()))
 	} else {
 		certNotAfter.DeleteLabelValues(pair.Namespace, pair.Name)
 	}
@@ -99,13 +99,11 @@ func (r *CertKeyPairReconciler) now() time.Time {
 // else changing: at notBefore or just after notAfter. This is a deadline,
 // not polling: zero (no requeue) when time cannot change the verdict.
 func nextValidityChange(v keyPairVerdict, now time.Time) time.Duration {
-	switch {
-	case v.Leaf == nil:
-		return 0
-	case v.Reason == hsv1.ReasonNotYetValid:
-		return v.Leaf.NotBefore.Sub(now) + time.Second
-	case v.Valid():
-		return v.Leaf.NotAfter.Sub(now) + time.Second
+	switch v.Reason {
+	case hsv1.ReasonNotYetValid:
+		return v.NotBefore.Sub(now) + time.Second
+	case hsv1.ReasonValid:
+		return v.NotAfter.Sub(now) + time.Second
 	default:
 		return 0
 	}

@@ -36,6 +36,9 @@ type keyPairVerdict struct {
 	// pair is otherwise unusable (an expired certificate still has facts
 	// worth showing).
 	Leaf *x509.Certificate
+	// NotBefore and NotAfter bound when the whole chain is valid: the
+	// latest NotBefore and the earliest NotAfter of its certificates.
+	NotBefore, NotAfter time.Time
 }
 
 // Valid reports whether the pair is usable.
@@ -44,7 +47,8 @@ func (v keyPairVerdict) Valid() bool { return v.Reason == hsv1.ReasonValid }
 // evaluateKeyPair judges PEM material from a kubernetes.io/tls Secret at
 // time now: sizes, the certificate chain (leaf first, each certificate
 // signed by the next), the private key, that the key belongs to the leaf,
-// and the leaf's validity period. It is pure: no I/O, no clock.
+// and the validity period of every certificate of the chain. It is pure:
+// no I/O, no clock.
 func evaluateKeyPair(certPEM, keyPEM []byte, now time.Time) keyPairVerdict {
 	if len(certPEM) > MaxPEMBytes {
 		return keyPairVerdict{Reason: hsv1.ReasonTooLarge,
@@ -59,25 +63,64 @@ func evaluateKeyPair(certPEM, keyPEM []byte, now time.Time) keyPairVerdict {
 		return keyPairVerdict{Reason: hsv1.ReasonInvalidCertificate, Message: "tls.crt: " + err.Error()}
 	}
 	leaf := chain[0]
+	firstIdx, first := latestNotBefore(chain)
+	lastIdx, last := earliestNotAfter(chain)
+	// Facts known from here on, whatever the verdict.
+	facts := keyPairVerdict{Leaf: leaf, NotBefore: first.NotBefore, NotAfter: last.NotAfter}
+	verdict := func(reason, msg string) keyPairVerdict {
+		v := facts
+		v.Reason, v.Message = reason, msg
+		return v
+	}
+
 	key, err := parsePrivateKey(keyPEM)
 	if err != nil {
-		return keyPairVerdict{Reason: hsv1.ReasonInvalidKey, Message: "tls.key: " + err.Error(), Leaf: leaf}
+		return verdict(hsv1.ReasonInvalidKey, "tls.key: "+err.Error())
 	}
 	if !publicKeyMatches(key, leaf.PublicKey) {
-		return keyPairVerdict{Reason: hsv1.ReasonKeyMismatch,
-			Message: "tls.key is not the private key of the first certificate in tls.crt", Leaf: leaf}
+		return verdict(hsv1.ReasonKeyMismatch, "tls.key is not the private key of the first certificate in tls.crt")
 	}
-	if now.Before(leaf.NotBefore) {
-		return keyPairVerdict{Reason: hsv1.ReasonNotYetValid,
-			Message: "certificate is valid from " + leaf.NotBefore.UTC().Format(time.RFC3339), Leaf: leaf}
+	if now.Before(first.NotBefore) {
+		return verdict(hsv1.ReasonNotYetValid,
+			fmt.Sprintf("%s is valid from %s", describe(firstIdx, first), first.NotBefore.UTC().Format(time.RFC3339)))
 	}
-	if now.After(leaf.NotAfter) {
-		return keyPairVerdict{Reason: hsv1.ReasonExpired,
-			Message: "certificate expired at " + leaf.NotAfter.UTC().Format(time.RFC3339), Leaf: leaf}
+	if now.After(last.NotAfter) {
+		return verdict(hsv1.ReasonExpired,
+			fmt.Sprintf("%s expired at %s", describe(lastIdx, last), last.NotAfter.UTC().Format(time.RFC3339)))
 	}
-	return keyPairVerdict{Reason: hsv1.ReasonValid,
-		Message: fmt.Sprintf("certificate for %q valid until %s", leaf.Subject.String(), leaf.NotAfter.UTC().Format(time.RFC3339)),
-		Leaf:    leaf}
+	return verdict(hsv1.ReasonValid,
+		fmt.Sprintf("certificate for %q valid until %s", leaf.Subject.String(), last.NotAfter.UTC().Format(time.RFC3339)))
+}
+
+// describe names certificate i of a chain for a message.
+func describe(i int, c *x509.Certificate) string {
+	if i == 0 {
+		return "certificate"
+	}
+	return fmt.Sprintf("chain certificate %d (%s)", i, c.Subject.String())
+}
+
+// latestNotBefore and earliestNotAfter find the certificate of the chain
+// that starts its validity last and the one that ends it first: an expired
+// intermediate breaks the chain as surely as an expired leaf.
+func latestNotBefore(chain []*x509.Certificate) (int, *x509.Certificate) {
+	at := 0
+	for i, c := range chain {
+		if c.NotBefore.After(chain[at].NotBefore) {
+			at = i
+		}
+	}
+	return at, chain[at]
+}
+
+func earliestNotAfter(chain []*x509.Certificate) (int, *x509.Certificate) {
+	at := 0
+	for i, c := range chain {
+		if c.NotAfter.Before(chain[at].NotAfter) {
+			at = i
+		}
+	}
+	return at, chain[at]
 }
 
 // parseChain decodes every PEM block of tls.crt. Only CERTIFICATE blocks

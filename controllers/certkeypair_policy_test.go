@@ -28,6 +28,17 @@ func TestEvaluateKeyPair(t *testing.T) {
 	issued := newTestCert(t, certOpts{cn: "issued.example", parent: ca})
 	expired := newTestCert(t, certOpts{cn: "old", notBefore: now.Add(-48 * time.Hour), notAfter: now.Add(-time.Hour)})
 	future := newTestCert(t, certOpts{cn: "future", notBefore: now.Add(time.Hour), notAfter: now.Add(48 * time.Hour)})
+	oldCA := newTestCert(t, certOpts{cn: "old-ca", isCA: true, notBefore: now.Add(-48 * time.Hour), notAfter: now.Add(-time.Minute)})
+	issuedByOld := newTestCert(t, certOpts{cn: "issued-by-old", parent: oldCA})
+	futureCA := newTestCert(t, certOpts{cn: "future-ca", isCA: true, notBefore: now.Add(time.Hour), notAfter: now.Add(48 * time.Hour)})
+	issuedByFuture := newTestCert(t, certOpts{cn: "issued-by-future", parent: futureCA})
+	chain := func(certs ...*testCert) []byte {
+		var b []byte
+		for _, c := range certs {
+			b = append(b, c.certPEM...)
+		}
+		return b
+	}
 
 	pkcs1 := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY",
 		Bytes: x509.MarshalPKCS1PrivateKey(leafRSA.key.(*rsa.PrivateKey))})
@@ -37,6 +48,13 @@ func TestEvaluateKeyPair(t *testing.T) {
 	}
 	sec1 := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: sec1DER})
 	huge := bytes.Repeat([]byte("A"), MaxPEMBytes+1)
+
+	// A valid chain expires with its earliest certificate.
+	shortCA := newTestCert(t, certOpts{cn: "short-ca", isCA: true, notAfter: now.Add(time.Hour)})
+	longLeaf := newTestCert(t, certOpts{cn: "long-leaf", parent: shortCA, notAfter: now.Add(100 * time.Hour)})
+	if v := evaluateKeyPair(chain(longLeaf, shortCA), longLeaf.keyPEM, now); !v.Valid() || !v.NotAfter.Equal(shortCA.cert.NotAfter) {
+		t.Errorf("chain validity ends %v (%s), want the CA's %v", v.NotAfter, v.Message, shortCA.cert.NotAfter)
+	}
 
 	tests := []struct {
 		name       string
@@ -61,6 +79,8 @@ func TestEvaluateKeyPair(t *testing.T) {
 		{"key of another certificate", leafECDSA.certPEM, other.keyPEM, hsv1.ReasonKeyMismatch, "not the private key", "svc.example"},
 		{"expired", expired.certPEM, expired.keyPEM, hsv1.ReasonExpired, "expired at", "old"},
 		{"not yet valid", future.certPEM, future.keyPEM, hsv1.ReasonNotYetValid, "valid from", "future"},
+		{"expired intermediate", chain(issuedByOld, oldCA), issuedByOld.keyPEM, hsv1.ReasonExpired, "chain certificate 1 (CN=old-ca,O=hoststack test) expired at", "issued-by-old"},
+		{"intermediate not yet valid", chain(issuedByFuture, futureCA), issuedByFuture.keyPEM, hsv1.ReasonNotYetValid, "chain certificate 1 (CN=future-ca,O=hoststack test) is valid from", "issued-by-future"},
 		{"certificate too large", huge, leafECDSA.keyPEM, hsv1.ReasonTooLarge, "tls.crt is 65537 bytes", ""},
 		{"key too large", leafECDSA.certPEM, huge, hsv1.ReasonTooLarge, "tls.key is 65537 bytes", ""},
 	}
@@ -85,16 +105,16 @@ func TestEvaluateKeyPair(t *testing.T) {
 
 func TestNextValidityChange(t *testing.T) {
 	now := time.Now()
-	c := newTestCert(t, certOpts{cn: "x", notBefore: now.Add(-time.Hour), notAfter: now.Add(time.Hour)})
+	from, until := now.Add(-time.Hour), now.Add(time.Hour)
 	tests := []struct {
 		name string
 		v    keyPairVerdict
 		want time.Duration
 	}{
-		{"valid: wake just after expiry", keyPairVerdict{Reason: hsv1.ReasonValid, Leaf: c.cert}, c.cert.NotAfter.Sub(now) + time.Second},
-		{"not yet valid: wake at notBefore", keyPairVerdict{Reason: hsv1.ReasonNotYetValid, Leaf: c.cert}, c.cert.NotBefore.Sub(now) + time.Second},
-		{"expired: nothing to wait for", keyPairVerdict{Reason: hsv1.ReasonExpired, Leaf: c.cert}, 0},
-		{"mismatch: only a Secret change helps", keyPairVerdict{Reason: hsv1.ReasonKeyMismatch, Leaf: c.cert}, 0},
+		{"valid: wake just after the chain expires", keyPairVerdict{Reason: hsv1.ReasonValid, NotBefore: from, NotAfter: until}, time.Hour + time.Second},
+		{"not yet valid: wake when it starts", keyPairVerdict{Reason: hsv1.ReasonNotYetValid, NotBefore: until}, time.Hour + time.Second},
+		{"expired: nothing to wait for", keyPairVerdict{Reason: hsv1.ReasonExpired, NotAfter: from}, 0},
+		{"mismatch: only a Secret change helps", keyPairVerdict{Reason: hsv1.ReasonKeyMismatch}, 0},
 		{"no certificate", keyPairVerdict{Reason: hsv1.ReasonSecretNotFound}, 0},
 	}
 	for _, tt := range tests {

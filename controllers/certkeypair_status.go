@@ -22,7 +22,7 @@ func setKeyPairStatus(pair *hsv1.CertKeyPair, v keyPairVerdict) {
 	if leaf := v.Leaf; leaf != nil {
 		st.Subject = leaf.Subject.String()
 		st.DNSNames = append([]string(nil), leaf.DNSNames...)
-		notAfter := metav1.NewTime(leaf.NotAfter.UTC())
+		notAfter := metav1.NewTime(v.NotAfter.UTC())
 		st.NotAfter = &notAfter
 		st.FingerprintSHA256 = fingerprintSHA256(leaf)
 	} else {

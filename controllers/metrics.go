@@ -19,7 +19,7 @@ var certNotAfter = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 	Namespace: "hoststack",
 	Subsystem: "certkeypair",
 	Name:      "not_after_timestamp_seconds",
-	Help:      "Expiry of the leaf certificate of a CertKeyPair, as a Unix time.",
+	Help:      "When the certificate chain of a CertKeyPair expires (its earliest notAfter), as a Unix time.",
 }, []string{"namespace", "name"})
 
 func init() {

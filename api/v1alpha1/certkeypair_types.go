@@ -21,7 +21,8 @@ type CertKeyPairSpec struct {
 }
 
 // CertKeyPairStatus is the observed state of a CertKeyPair: facts about the
-// leaf certificate while the Secret is valid, none otherwise.
+// leaf certificate whenever tls.crt parses (even if the pair is unusable,
+// e.g. expired), none otherwise.
 type CertKeyPairStatus struct {
 	// conditions: Ready, SecretValid.
 	// +optional
@@ -48,7 +49,8 @@ type CertKeyPairStatus struct {
 	// +kubebuilder:validation:items:MaxLength=253
 	DNSNames []string `json:"dnsNames,omitempty"`
 
-	// notAfter is when the leaf certificate expires.
+	// notAfter is when the certificate chain stops being valid: the
+	// earliest expiry of its certificates, normally the leaf's.
 	// +optional
 	NotAfter *metav1.Time `json:"notAfter,omitempty"`
 
