@@ -203,9 +203,10 @@ type NodeError struct {
 }
 
 // SessionNode is the session engine on one node, reported by that node's
-// agent (with server-side apply). It is cluster-scoped and named after the
-// node; the AppNamespace controller aggregates these into AppNamespace
-// status.
+// agent with server-side apply (create the object, then apply status). It
+// is cluster-scoped and named after the node, and should carry an owner
+// reference to its Node so it is garbage-collected with it. The
+// AppNamespace controller aggregates these into AppNamespace status.
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
