@@ -15,26 +15,33 @@ import (
 // node per branching level and one leaf read; it never backtracks.
 type trie struct {
 	nodes  []tnode
-	leaves []int32 // remote node indexes (fam.nodes), -1 for none
+	ext    []tleaf // leaf runs of full nodes
+	leaves []int32 // run values: headers in fam.entries, -1 for none
 }
 
-// tnode indexes byte depth of the address. The fields a lookup reads first
-// share the first cache line.
-//
-// A node is 128 bytes: the first cache line has what every visit reads,
-// the second the leaf runs, inline when there are at most four (the common
-// case at the deepest levels) so that the answer needs no further access.
+// tnode indexes byte depth of the address; it is one 64-byte cache line.
+// A full node has a child bitmap and its leaf runs in ext; a list node
+// (nlist > 0: no children, at most four slot ranges whose answer is not
+// the inherited one, the usual shape at the deepest levels) has the ranges
+// inline, so the answer needs no further memory access.
 type tnode struct {
-	khi, klo uint64    // address bytes [0, depth) every address reaching this node must have
-	child    [4]uint64 // bit s: slot s has a child
-	childAt  int32     // index in trie.nodes of the child of the lowest child slot
-	inherit  int32     // answer for an address that fails the key check
-	depth    uint8     // byte of the address this node indexes
-	nruns    uint8     // number of leaf runs if ≤ len(lv), else 0
-	leafAt   int32     // index in trie.leaves of the first leaf run when nruns == 0
-	leaf     [4]uint64 // bit s: a leaf run starts at slot s (bit 0 always set)
-	lv       [4]int32  // the leaf runs when nruns > 0
-	_        [16]byte
+	khi, klo uint64 // address bytes [0, depth) every address reaching this node must have
+	// full node: bit s set when slot s has a child; list node: nlist ranges,
+	// each first slot | last slot<<8 | uint32(answer)<<32.
+	bits    [4]uint64
+	childAt int32 // full node: index in trie.nodes of the child of the lowest child slot
+	inherit int32 // answer for an address that fails the key check (and a list node's default)
+	leafAt  int32 // full node: index in trie.ext
+	depth   uint8 // byte of the address this node indexes
+	nlist   uint8
+	_       [2]byte
+}
+
+// tleaf are a full node's leaf runs: bit s set when a run starts at slot s
+// (bit 0 always set), values at trie.leaves[at:].
+type tleaf struct {
+	bits [4]uint64
+	at   int32
 }
 
 type tprefix struct {
@@ -164,34 +171,48 @@ func (t *trie) build(d uint8, ps []tprefix, inh int32, maxDepth uint8) tnode {
 	}
 	n.childAt = int32(len(t.nodes))
 	for _, g := range groups {
-		n.child[g.slot/64] |= 1 << (g.slot % 64)
+		n.bits[g.slot/64] |= 1 << (g.slot % 64)
 	}
 	t.nodes = append(t.nodes, make([]tnode, len(groups))...)
 	for k, g := range groups {
 		c := t.build(d+1, g.ps, best[g.slot], maxDepth)
 		t.nodes[int(n.childAt)+k] = c
 	}
+	if len(groups) == 0 {
+		// List node if few enough ranges differ from the inherited answer.
+		var ranges []uint64
+		for i := 0; i < 256; {
+			j := i + 1
+			for j < 256 && best[j] == best[i] {
+				j++
+			}
+			if best[i] != inh {
+				ranges = append(ranges, uint64(i)|uint64(j-1)<<8|uint64(uint32(best[i]))<<32)
+			}
+			i = j
+		}
+		if len(ranges) > 0 && len(ranges) <= len(n.bits) {
+			n.nlist = uint8(len(ranges))
+			copy(n.bits[:], ranges)
+			return n
+		}
+	}
 	// Leaf runs; slots with a child repeat the previous run (never read).
-	var runs []int32
+	lf := tleaf{at: int32(len(t.leaves))}
 	prev := int32(0)
 	for s := range 256 {
 		v := best[s]
-		if s > 0 && n.child[s/64]&(1<<(s%64)) != 0 {
+		if s > 0 && n.bits[s/64]&(1<<(s%64)) != 0 {
 			v = prev
 		}
 		if s == 0 || v != prev {
-			n.leaf[s/64] |= 1 << (s % 64)
-			runs = append(runs, v)
+			lf.bits[s/64] |= 1 << (s % 64)
+			t.leaves = append(t.leaves, v)
 		}
 		prev = v
 	}
-	if len(runs) <= len(n.lv) {
-		n.nruns = uint8(len(runs))
-		copy(n.lv[:], runs)
-	} else {
-		n.leafAt = int32(len(t.leaves))
-		t.leaves = append(t.leaves, runs...)
-	}
+	n.leafAt = int32(len(t.ext))
+	t.ext = append(t.ext, lf)
 	return n
 }
 
@@ -204,14 +225,19 @@ func (t *trie) lookup(hi, lo uint64) int32 {
 			return n.inherit
 		}
 		s := uint(byteAt(hi, lo, n.depth))
-		if n.child[s/64]&(1<<(s%64)) != 0 {
-			n = &t.nodes[n.childAt+rank(&n.child, s)]
+		if n.nlist != 0 {
+			for _, r := range n.bits[:n.nlist] {
+				if s >= uint(uint8(r)) && s <= uint(uint8(r>>8)) {
+					return int32(uint32(r >> 32))
+				}
+			}
+			return n.inherit
+		}
+		if n.bits[s/64]&(1<<(s%64)) != 0 {
+			n = &t.nodes[n.childAt+rank(&n.bits, s)]
 			continue
 		}
-		r := rank(&n.leaf, s+1) - 1
-		if n.nruns != 0 {
-			return n.lv[r&3]
-		}
-		return t.leaves[n.leafAt+r]
+		lf := &t.ext[n.leafAt]
+		return t.leaves[lf.at+rank(&lf.bits, s+1)-1]
 	}
 }
