@@ -402,6 +402,10 @@ func (w *worker) send(m wire.Msg) {
 		return
 	}
 	w.backlog = append(w.backlog, append([]byte(nil), b[:n]...))
+	select {
+	case w.app.ns.e.kick <- struct{}{}:
+	default:
+	}
 }
 
 // trySend sends without backlog; false when the queue is full. The wake

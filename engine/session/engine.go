@@ -40,6 +40,7 @@ type Engine struct {
 	nextApp atomic.Uint32
 	wg      sync.WaitGroup
 	stop    chan struct{}
+	kick    chan struct{} // an event went to a backlog: the flusher retries
 }
 
 // New returns an engine. Call Close to stop it.
@@ -55,6 +56,7 @@ func New(cfg Config) (*Engine, error) {
 		namespaces: map[string]*namespace{},
 		sockets:    map[*AttachSocket]struct{}{},
 		stop:       make(chan struct{}),
+		kick:       make(chan struct{}, 1),
 	}
 	if e.logf == nil {
 		e.logf = log.Printf
@@ -244,7 +246,8 @@ func (e *Engine) Close() error {
 	return nil
 }
 
-// flusher retries event deliveries that found an app's queue full.
+// flusher retries event deliveries that found an app's queue full. It
+// sleeps until a backlog appears, then retries every 2 ms while any remains.
 func (e *Engine) flusher() {
 	defer e.wg.Done()
 	t := time.NewTicker(2 * time.Millisecond)
@@ -253,24 +256,33 @@ func (e *Engine) flusher() {
 		select {
 		case <-e.stop:
 			return
-		case <-t.C:
+		case <-e.kick:
 		}
-		e.mu.Lock()
-		nss := make([]*namespace, 0, len(e.namespaces))
-		for _, ns := range e.namespaces {
-			nss = append(nss, ns)
-		}
-		e.mu.Unlock()
-		for _, ns := range nss {
-			ns.mu.Lock()
-			for _, a := range ns.apps {
-				for _, w := range a.workers {
-					if len(w.backlog) > 0 {
-						w.flushLocked()
+		for pending := true; pending; {
+			select {
+			case <-e.stop:
+				return
+			case <-t.C:
+			}
+			pending = false
+			e.mu.Lock()
+			nss := make([]*namespace, 0, len(e.namespaces))
+			for _, ns := range e.namespaces {
+				nss = append(nss, ns)
+			}
+			e.mu.Unlock()
+			for _, ns := range nss {
+				ns.mu.Lock()
+				for _, a := range ns.apps {
+					for _, w := range a.workers {
+						if len(w.backlog) > 0 {
+							w.flushLocked()
+							pending = pending || len(w.backlog) > 0
+						}
 					}
 				}
+				ns.mu.Unlock()
 			}
-			ns.mu.Unlock()
 		}
 	}
 }

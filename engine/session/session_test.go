@@ -460,3 +460,29 @@ func TestPerPodSocket(t *testing.T) {
 		t.Fatalf("%+v", st)
 	}
 }
+
+// TestBacklogFlushed: events that find the app's queue full wait in a
+// bounded backlog and arrive, in order, once the app catches up.
+func TestBacklogFlushed(t *testing.T) {
+	_, path := newEngine(t, testCfg)
+	a := attachRaw(t, path, "a")
+	const n = 40 // queue has 16 slots; backlog allows 4×16
+	for i := 1; i <= n; i++ {
+		for {
+			b := make([]byte, wire.QueueMsgMax)
+			k, _ := wire.Encode(b, &wire.Unlisten{Ctx: uint64(i), Listener: 12345})
+			if err := a.rq.Send(b[:k]); err == nil {
+				break
+			} else if err != shm.ErrQueueFull {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Microsecond) // back-off while the engine drains requests
+		}
+	}
+	for i := 1; i <= n; i++ {
+		r, ok := a.event().(*wire.UnlistenReply)
+		if !ok || r.Ctx != uint64(i) || r.Code != wire.ErrNoSession {
+			t.Fatalf("event %d: %#v", i, r)
+		}
+	}
+}
