@@ -404,11 +404,12 @@ func (c *Conn) cleanup() {
 
 // deadline is a resettable timer exposing a channel closed when it passes.
 type deadline struct {
-	mu    sync.Mutex
-	gen   uint64
-	timer *time.Timer
-	ch    chan struct{}
-	fired bool
+	mu     sync.Mutex
+	gen    uint64
+	timer  *time.Timer
+	ch     chan struct{}
+	fired  bool
+	firedA atomic.Bool // fired, readable without the lock (hot path)
 }
 
 func (d *deadline) init() { d.ch = make(chan struct{}) }
@@ -424,6 +425,7 @@ func (d *deadline) set(t time.Time) {
 	if d.fired {
 		d.ch = make(chan struct{})
 		d.fired = false
+		d.firedA.Store(false)
 	}
 	if t.IsZero() {
 		return
@@ -432,6 +434,7 @@ func (d *deadline) set(t time.Time) {
 	if dur <= 0 {
 		close(d.ch)
 		d.fired = true
+		d.firedA.Store(true)
 		return
 	}
 	gen := d.gen
@@ -441,6 +444,7 @@ func (d *deadline) set(t time.Time) {
 		if d.gen == gen && !d.fired {
 			close(d.ch)
 			d.fired = true
+			d.firedA.Store(true)
 		}
 	})
 }
@@ -451,14 +455,7 @@ func (d *deadline) wait() <-chan struct{} {
 	return d.ch
 }
 
-func (d *deadline) expired() bool {
-	select {
-	case <-d.wait():
-		return true
-	default:
-		return false
-	}
-}
+func (d *deadline) expired() bool { return d.firedA.Load() }
 
 // ---- dial and listen ----
 
