@@ -10,9 +10,10 @@ import (
 )
 
 type benchSet struct {
-	rs  []rules.Rule
-	set *rules.Set
-	ts  []rulesbench.Tuple
+	rs      []rules.Rule
+	set     *rules.Set
+	zipf    rulesbench.Workload
+	uniform rulesbench.Workload
 }
 
 var (
@@ -31,20 +32,32 @@ func getBenchSet(b *testing.B, n int) *benchSet {
 	if err != nil {
 		b.Fatal(err)
 	}
-	bs := &benchSet{rs: rs, set: s, ts: rulesbench.Tuples(rs, rulesbench.TupleCount, 2)}
+	bs := &benchSet{rs: rs, set: s, zipf: rulesbench.ZipfWorkload(rs, 2)}
+	if testing.Short() {
+		bs.uniform = bs.zipf
+	} else {
+		bs.uniform = rulesbench.UniformWorkload(rs, 3)
+	}
 	benchSets[n] = bs
 	return bs
 }
 
-// BenchmarkLookup: ns per lookup at each set size (see package rulesbench
-// for the rule and tuple mix).
+// BenchmarkLookup: ns per lookup at each set size, for the Zipf and the
+// uniform (cold) workloads (see package rulesbench for the rule and tuple
+// mix). Wall time: on a shared machine prefer rulesbench.Run's CPU time.
 func BenchmarkLookup(b *testing.B) {
-	for _, n := range rulesbench.Sizes {
-		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			bs := getBenchSet(b, n)
-			b.ReportAllocs()
-			rulesbench.LookupLoop(b, bs.set, bs.ts)
-		})
+	for _, wl := range []string{"zipf", "uniform"} {
+		for _, n := range rulesbench.Sizes {
+			b.Run(fmt.Sprintf("%s/%d", wl, n), func(b *testing.B) {
+				bs := getBenchSet(b, n)
+				w := bs.zipf
+				if wl == "uniform" {
+					w = bs.uniform
+				}
+				b.ReportAllocs()
+				rulesbench.LookupLoop(b, bs.set, w)
+			})
+		}
 	}
 }
 

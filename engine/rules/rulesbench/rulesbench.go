@@ -214,18 +214,48 @@ func Tuples(rs []rules.Rule, n int, seed uint64) []Tuple {
 	return out
 }
 
-// TupleCount is how many distinct tuples a lookup benchmark cycles
-// through: far more than fit in the L1/L2 caches' worth of rule state, so
-// big sets pay their cache misses.
-const TupleCount = 1 << 16
+// Workload is a sequence of lookups, materialised so that the loop reads
+// it sequentially (len a power of two; loops wrap around): only the rule
+// state a lookup touches decides what is in cache.
+type Workload []Tuple
 
-// LookupLoop runs b.N lookups over ts (len a power of two) against s.
-func LookupLoop(b *testing.B, s *rules.Set, ts []Tuple) {
-	mask := len(ts) - 1
+const (
+	// ZipfTuples distinct tuples, picked with a Zipf(s = ZipfS) law over
+	// SeqLen draws: a few flows are looked up very often, most rarely, as
+	// when peers connect to popular services. This is the main figure.
+	ZipfTuples = 1 << 16
+	ZipfS      = 1.1
+	// UniformTuples distinct tuples looked up in turn, each once per pass:
+	// every lookup is cold (the rule state it needs is rarely in cache), so
+	// at large sizes this measures the memory latency of the machine times
+	// the dependent misses of a lookup.
+	UniformTuples = 1 << 20
+	SeqLen        = 1 << 20
+)
+
+// ZipfWorkload draws the main workload for rs.
+func ZipfWorkload(rs []rules.Rule, seed uint64) Workload {
+	pool := Tuples(rs, ZipfTuples, seed)
+	z := rand.NewZipf(rand.New(rand.NewPCG(seed, 99)), ZipfS, 1, ZipfTuples-1)
+	w := make(Workload, SeqLen)
+	for i := range w {
+		w[i] = pool[z.Uint64()]
+	}
+	return w
+}
+
+// UniformWorkload draws the cold workload for rs.
+func UniformWorkload(rs []rules.Rule, seed uint64) Workload {
+	return Workload(Tuples(rs, UniformTuples, seed))
+}
+
+// LookupLoop runs b.N lookups of w against s.
+func LookupLoop(b *testing.B, s *rules.Set, w Workload) {
+	mask := len(w) - 1
 	var hits int
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		t := &ts[i&mask]
+		t := &w[i&mask]
 		if _, ok := s.Lookup(Namespace, Scope, Proto, t.Local, t.Remote); ok {
 			hits++
 		}
@@ -260,23 +290,26 @@ type Result struct {
 // Sizes are the rule counts of the lookup cases.
 var Sizes = []int{10, 1_000, 100_000, 1_000_000}
 
-// Run measures every case, spending about d on each timed one (at least
-// one compile for compile-100000). Cases: lookup-10, lookup-1000,
-// lookup-100000, lookup-1000000 (ns/op), compile-100000 (ms: compile and
-// atomic swap of a 100,000-rule set), bytes-per-rule (bytes, at 100,000
-// rules).
+// Run measures every case, spending about d of CPU time on each lookup
+// case and at least d (and one compile) on compile-100000. Cases:
+// lookup-10, lookup-1000, lookup-100000, lookup-1000000 (ns/op, the Zipf
+// workload), lookup-uniform-10 … lookup-uniform-1000000 (ns/op, the cold
+// workload), compile-100000 (ms: compile and atomic swap of a
+// 100,000-rule set), bytes-per-rule (bytes, heap held by the compiled
+// 100,000-rule set per rule). Lookup times are CPU time of the measuring
+// thread.
 func Run(d time.Duration) ([]Result, error) {
-	var out []Result
+	var out, uniform []Result
 	for _, n := range Sizes {
 		rs := Rules(n, 1)
 		s, _, err := rules.Compile(rs)
 		if err != nil {
 			return nil, err
 		}
-		ts := Tuples(rs, TupleCount, 2)
-		ns := timeLookups(s, ts, d)
-		out = append(out, Result{fmt.Sprintf("lookup-%d", n), ns, "ns/op"})
+		out = append(out, Result{fmt.Sprintf("lookup-%d", n), timeLookups(s, ZipfWorkload(rs, 2), d), "ns/op"})
+		uniform = append(uniform, Result{fmt.Sprintf("lookup-uniform-%d", n), timeLookups(s, UniformWorkload(rs, 3), d), "ns/op"})
 	}
+	out = append(out, uniform...)
 	rs := Rules(100_000, 1)
 	var tab rules.Table
 	var total time.Duration
@@ -299,18 +332,18 @@ func Run(d time.Duration) ([]Result, error) {
 	return out, nil
 }
 
-// timeLookups cycles through ts for about d of thread CPU time and returns
+// timeLookups runs w against s for about d of thread CPU time and returns
 // CPU ns per lookup. CPU time of the locked OS thread (RUSAGE_THREAD), not
 // wall time, so that time spent descheduled on a shared machine does not
 // count; cache pollution by neighbours still does.
-func timeLookups(s *rules.Set, ts []Tuple, d time.Duration) float64 {
+func timeLookups(s *rules.Set, w Workload, d time.Duration) float64 {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	mask := len(ts) - 1
+	mask := len(w) - 1
 	hits := 0
-	// Warm up once over every tuple.
-	for i := range ts {
-		if _, ok := s.Lookup(Namespace, Scope, Proto, ts[i].Local, ts[i].Remote); ok {
+	// Warm up: one pass over the sequence.
+	for i := range w {
+		if _, ok := s.Lookup(Namespace, Scope, Proto, w[i].Local, w[i].Remote); ok {
 			hits++
 		}
 	}
@@ -319,7 +352,7 @@ func timeLookups(s *rules.Set, ts []Tuple, d time.Duration) float64 {
 	start := ThreadCPU()
 	for ThreadCPU()-start < d {
 		for i := 0; i < batch; i++ {
-			t := &ts[(n+i)&mask]
+			t := &w[(n+i)&mask]
 			if _, ok := s.Lookup(Namespace, Scope, Proto, t.Local, t.Remote); ok {
 				hits++
 			}

@@ -24,7 +24,9 @@ func TestRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"lookup-10", "lookup-1000", "lookup-100000", "lookup-1000000", "compile-100000", "bytes-per-rule"}
+	want := []string{"lookup-10", "lookup-1000", "lookup-100000", "lookup-1000000",
+		"lookup-uniform-10", "lookup-uniform-1000", "lookup-uniform-100000", "lookup-uniform-1000000",
+		"compile-100000", "bytes-per-rule"}
 	if len(rs) != len(want) {
 		t.Fatalf("got %d results, want %d", len(rs), len(want))
 	}
