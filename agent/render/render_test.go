@@ -142,3 +142,66 @@ func checkSecret(t *testing.T, out Output, want string) {
 		t.Errorf("secret = %q, want %q", out.Namespaces[0].Secret, want)
 	}
 }
+
+func rule(ns, name, appns string, mut ...func(*hsv1.SessionRule)) hsv1.SessionRule {
+	r := hsv1.SessionRule{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	r.Spec = hsv1.SessionRuleSpec{
+		AppNamespaceRef: hsv1.AppNamespaceReference{Name: appns},
+		Scope:           hsv1.RuleScopeLocal, Transport: hsv1.TransportTCP,
+		Local:  hsv1.RuleEndpoint{CIDR: "0.0.0.0/0"},
+		Remote: hsv1.RuleEndpoint{CIDR: "10.0.0.0/8", Port: 80},
+		Action: hsv1.RuleAction{Type: hsv1.RuleActionDeny},
+	}
+	for _, m := range mut {
+		m(&r)
+	}
+	return r
+}
+
+func TestRenderRules(t *testing.T) {
+	created := metav1.NewTime(metav1.Now().Rfc3339Copy().Time)
+	in := Input{
+		AppNamespaces: []hsv1.AppNamespace{appns("team", "web")},
+		SessionRules: []hsv1.SessionRule{
+			rule("team", "z-deny", "web", func(r *hsv1.SessionRule) { r.CreationTimestamp = created; r.Spec.Tag = "t" }),
+			rule("team", "a-redirect", "web", func(r *hsv1.SessionRule) {
+				r.Spec.Scope = hsv1.RuleScopeGlobal
+				r.Spec.Local = hsv1.RuleEndpoint{CIDR: "fd00::/64", Port: 8080}
+				r.Spec.Remote = hsv1.RuleEndpoint{CIDR: "::/0"}
+				r.Spec.Action = hsv1.RuleAction{Type: hsv1.RuleActionRedirect, Redirect: &hsv1.RedirectAction{App: "proxy"}}
+			}),
+			rule("team", "orphan", "missing"),
+			rule("other", "wrong-namespace", "web"), // AppNamespaces are per Kubernetes namespace
+			rule("team", "gone", "web", func(r *hsv1.SessionRule) { n := metav1.Now(); r.DeletionTimestamp = &n }),
+		},
+	}
+	out := Render(in)
+	if len(out.Rules) != 2 {
+		t.Fatalf("rules = %v, want 2", out.Rules)
+	}
+	red, deny := out.Rules[0], out.Rules[1]
+	if red.Name != "team/a-redirect" || red.Namespace != "team/web" || red.Action.String() != "Redirect" ||
+		red.RedirectApp != "proxy" || red.LocalPort != 8080 || red.Local.String() != "fd00::/64" || red.Scope.String() != "Global" {
+		t.Errorf("redirect rule rendered as %+v", red)
+	}
+	if deny.Name != "team/z-deny" || deny.Tag != "t" || !deny.Created.Equal(created.Time) || deny.RemotePort != 80 || deny.Action.String() != "Deny" {
+		t.Errorf("deny rule rendered as %+v", deny)
+	}
+	want := []string{"SessionRule team/orphan: spec.appNamespaceRef.name: AppNamespace team/missing not found",
+		"SessionRule other/wrong-namespace: spec.appNamespaceRef.name: AppNamespace other/web not found"}
+	if len(out.Problems) != len(want) {
+		t.Fatalf("problems = %v", out.Problems)
+	}
+	for i, w := range want {
+		if !strings.Contains(out.Problems[i].String(), w) {
+			t.Errorf("problem %d = %q, want %q", i, out.Problems[i], w)
+		}
+	}
+
+	// On a node, a rule of an app namespace this node does not serve is
+	// simply not rendered (the controller reports missing ones).
+	in.NodeLabels = map[string]string{}
+	if out := Render(in); len(out.Problems) != 0 || len(out.Rules) != 2 {
+		t.Errorf("on a node: rules %d problems %v", len(out.Rules), out.Problems)
+	}
+}
