@@ -8,9 +8,9 @@ import (
 	"os"
 	"path/filepath"
 
-	hsschema "github.com/hoststack/hoststack/api/schema"
 	"github.com/hoststack/hoststack/agent/apply"
 	"github.com/hoststack/hoststack/agent/render"
+	hsschema "github.com/hoststack/hoststack/api/schema"
 	"github.com/hoststack/hoststack/engine/session"
 )
 
