@@ -166,3 +166,60 @@ func BenchmarkConnectHoststack(b *testing.B) {
 		return c
 	}, ln)
 }
+
+// Cross-process variants: the peer is an app in a child process.
+
+func hsChildPair(role string, spin bool) pairFn {
+	return func(b *testing.B) (net.Conn, net.Conn) {
+		cfg := testNS
+		cfg.RxFifoSize, cfg.TxFifoSize = 1<<20, 1<<20
+		_, sock := startEngine(b, cfg)
+		if spin {
+			b.Setenv("HS_TEST_SPIN", "1")
+		}
+		a := attach(b, sock, "a", func(o *client.Options) { o.Spin = spin })
+		_, addr := startChild(b, role, sock, "127.0.0.1:0")
+		c, err := a.Dial(context.Background(), "tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { c.Close() })
+		return c, nil
+	}
+}
+
+func benchStreamChild(b *testing.B, size int) {
+	c, _ := hsChildPair("sink-server", false)(b)
+	buf := make([]byte, size)
+	b.SetBytes(int64(size))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := c.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func benchRTTChild(b *testing.B, spin bool) {
+	c, _ := hsChildPair("echo-server", spin)(b)
+	buf := make([]byte, 64)
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		c.Write(buf)
+		if _, err := io.ReadFull(c, buf); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
+}
+
+func BenchmarkXProcStream64Hoststack(b *testing.B)  { benchStreamChild(b, 64) }
+func BenchmarkXProcStream64KHoststack(b *testing.B) { benchStreamChild(b, 64<<10) }
+func BenchmarkXProcRTT64Hoststack(b *testing.B)     { benchRTTChild(b, false) }
+func BenchmarkXProcRTT64HoststackSpin(b *testing.B) { benchRTTChild(b, true) }

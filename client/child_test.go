@@ -35,7 +35,8 @@ func TestMain(m *testing.M) {
 
 func runChild(role string) error {
 	ctx := context.Background()
-	app, err := client.Attach(ctx, client.Options{Socket: os.Getenv(envSocket), Name: "child-" + role})
+	app, err := client.Attach(ctx, client.Options{Socket: os.Getenv(envSocket), Name: "child-" + role,
+		Spin: os.Getenv("HS_TEST_SPIN") == "1"})
 	if err != nil {
 		return err
 	}
@@ -71,6 +72,27 @@ func runChild(role string) error {
 				return err
 			}
 			go func() { io.Copy(c, c); c.Close() }()
+		}
+	case "sink-server":
+		ln, err := app.Listen("tcp", os.Getenv(envAddr))
+		if err != nil {
+			return err
+		}
+		fmt.Println("ready", ln.Addr())
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return err
+			}
+			go func() {
+				b := make([]byte, 256<<10)
+				for {
+					if _, err := c.Read(b); err != nil {
+						break
+					}
+				}
+				c.Close()
+			}()
 		}
 	case "endless-writer":
 		// dial the parent and write until killed

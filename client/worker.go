@@ -344,7 +344,8 @@ func (w *worker) dispatch(m wire.Msg) {
 			_ = w.request(&wire.AcceptReply{Session: m.Session, Code: wire.ErrRefused})
 			return
 		}
-		_ = w.request(&wire.AcceptReply{Session: m.Session, Code: wire.OK})
+		// Accepting is the default: an accept-reply is sent only to refuse,
+		// which saves a request per session.
 	case *wire.Bound:
 		w.deliver(m.Ctx, m)
 	case *wire.UnlistenReply:

@@ -344,22 +344,20 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 	cs := &session{handle: ns.handle(), w: w, seg: seg, pairOff: off, local: la, remote: ra}
 	ss := &session{handle: ns.handle(), w: srv, seg: seg, pairOff: off, local: ra, remote: la, pending: true}
 	cs.peer, ss.peer = ss, cs
-	// The listener must learn about it now, or the connect fails: never
-	// queue an accept behind a backlog the listener is not draining.
-	acc := &wire.Accepted{Listener: l.handle, Session: ss.handle, Local: ra, Remote: la,
-		Fifos: wire.FifoPair{Segment: seg.handle, RxOff: uint64(off), TxOff: uint64(off + fp1), RxCap: uint32(c2s), TxCap: uint32(s2c)}}
-	var b [wire.QueueMsgMax]byte
-	n, _ := wire.Encode(b[:], acc)
-	if len(srv.backlog) > 0 {
-		srv.flushLocked()
-	}
-	if len(srv.backlog) > 0 || !srv.trySend(b[:n]) {
+	// The listener learns about it through its event queue; when that is
+	// full the event waits in the worker's backlog (delivered in order by
+	// the flusher), but a connect storm never grows the backlog past one
+	// queue's worth: then the connect is refused, like a full listen
+	// backlog, and the listener is not punished.
+	if len(srv.backlog) >= srv.evq.Slots() {
 		seg.alloc.Free(off)
 		seg.sessions--
-		fail(wire.ErrQueueFull, "listening app %s is not keeping up: its event queue (%d slots, queueSlots of app namespace %s) is full",
+		fail(wire.ErrQueueFull, "listening app %s is not keeping up: its event queue (%d slots, queueSlots of app namespace %s) and backlog are full",
 			srv.app.name, srv.evq.Slots(), ns.key)
 		return
 	}
+	srv.send(&wire.Accepted{Listener: l.handle, Session: ss.handle, Local: ra, Remote: la,
+		Fifos: wire.FifoPair{Segment: seg.handle, RxOff: uint64(off), TxOff: uint64(off + fp1), RxCap: uint32(c2s), TxCap: uint32(s2c)}})
 	for _, s := range []*session{cs, ss} {
 		ns.sessions[s.handle] = s
 		s.w.sessions[s.handle] = s

@@ -118,8 +118,9 @@ type Connect struct {
 	Remote Addr
 }
 
-// AcceptReply acknowledges an Accepted event; a non-OK code refuses the
-// session (the connecting peer sees a reset).
+// AcceptReply answers an Accepted event. A session is accepted unless the
+// app refuses it with a non-OK code (the connecting peer then sees a reset);
+// sending OK is allowed but not needed.
 type AcceptReply struct {
 	Session uint64
 	Code    Code
