@@ -100,10 +100,18 @@ func header(n, parent, lensAt, nlens int32) entry {
 }
 
 // group is the entries of one (big node, local prefix), sorted by port
-// class, then remote port, then local port.
+// class, then remote port, then local port. A group of more than
+// smallGroup entries has one key per entry in fam.local, (remote port,
+// local port) tagged with the group index, and the set of port classes
+// present, so that finding its best entry is at most four probes.
 type group struct {
 	first, n int32
+	classes  uint8 // bit c: some entry has port class c
 }
+
+// portTag is the fam.local tag of a port key of group gi; its low byte
+// (255) is never that of a local-prefix key (prefix length + 1 ≤ 129).
+func portTag(gi int32) uint32 { return uint32(gi)<<8 | 0xff }
 
 const (
 	smallNode  = 8 // linear scan up to this many entries per node
@@ -228,7 +236,7 @@ func buildFam(rs []Rule) *fam {
 	}
 
 	// Big nodes: distinct local lengths and groups.
-	f.local.init(nbig)
+	f.local.init(2 * nbig)
 	for ni, m := range members {
 		h := hdr[ni]
 		if len(m) <= smallNode {
@@ -245,8 +253,16 @@ func buildFam(rs []Rule) *fam {
 			if len(f.lens) == int(lensAt) || f.lens[len(f.lens)-1] != es[i].llen {
 				f.lens = append(f.lens, es[i].llen)
 			}
-			f.local.put(es[i].lhi, es[i].llo, uint32(h)<<8|uint32(es[i].llen)+1, int32(len(f.groups)))
-			f.groups = append(f.groups, group{first: h + 1 + int32(i), n: int32(j - i)})
+			gi := int32(len(f.groups))
+			f.local.put(es[i].lhi, es[i].llo, uint32(h)<<8|uint32(es[i].llen)+1, gi)
+			g := group{first: h + 1 + int32(i), n: int32(j - i)}
+			for k := i; k < j; k++ {
+				g.classes |= 1 << es[k].class
+				if j-i > smallGroup {
+					f.local.put(uint64(es[k].rport)<<16|uint64(es[k].lport), 0, portTag(gi), g.first+int32(k-i))
+				}
+			}
+			f.groups = append(f.groups, g)
 			i = j
 		}
 		f.entries[h] = header(int32(len(m)), parent[ni], lensAt, int32(len(f.lens))-lensAt)
@@ -284,7 +300,7 @@ func (f *fam) lookup(lhi, llo, rhi, rlo uint64, lport, rport uint16) int32 {
 				if gi < 0 {
 					continue
 				}
-				if r := f.matchGroup(f.groups[gi], lport, rport); r >= 0 {
+				if r := f.matchGroup(gi, lport, rport); r >= 0 {
 					return r
 				}
 			}
@@ -294,20 +310,22 @@ func (f *fam) lookup(lhi, llo, rhi, rlo uint64, lport, rport uint16) int32 {
 	return -1
 }
 
-func (f *fam) matchGroup(g group, lport, rport uint16) int32 {
-	es := f.entries[g.first : g.first+g.n]
-	if len(es) <= smallGroup {
-		for i := range es {
-			e := &es[i]
+func (f *fam) matchGroup(gi int32, lport, rport uint16) int32 {
+	g := &f.groups[gi]
+	if g.n <= smallGroup {
+		for i := range f.entries[g.first : g.first+g.n] {
+			e := &f.entries[g.first+int32(i)]
 			if (e.lport == 0 || e.lport == lport) && (e.rport == 0 || e.rport == rport) {
 				return e.rule
 			}
 		}
 		return -1
 	}
-	// Sorted by (class, rport, lport): binary search the one candidate of
-	// each class, most specific class first.
+	// One probe per port class present, most specific first.
 	for c := uint8(0); c < 4; c++ {
+		if g.classes&(1<<c) == 0 {
+			continue
+		}
 		var rp, lp uint16
 		if c <= 1 {
 			rp = rport
@@ -315,21 +333,8 @@ func (f *fam) matchGroup(g group, lport, rport uint16) int32 {
 		if c == 0 || c == 2 {
 			lp = lport
 		}
-		want := uint64(c)<<32 | uint64(rp)<<16 | uint64(lp)
-		lo, hi := 0, len(es)
-		for lo < hi {
-			m := int(uint(lo+hi) >> 1)
-			e := &es[m]
-			if uint64(e.class)<<32|uint64(e.rport)<<16|uint64(e.lport) < want {
-				lo = m + 1
-			} else {
-				hi = m
-			}
-		}
-		if lo < len(es) {
-			if e := &es[lo]; e.class == c && e.rport == rp && e.lport == lp {
-				return e.rule
-			}
+		if ei := f.local.get(uint64(rp)<<16|uint64(lp), 0, portTag(gi)); ei >= 0 {
+			return f.entries[ei].rule
 		}
 	}
 	return -1
