@@ -99,19 +99,19 @@ func header(n, parent, lensAt, nlens int32) entry {
 	}
 }
 
-// group is the entries of one (big node, local prefix), sorted by port
-// class, then remote port, then local port. A group of more than
-// smallGroup entries has one key per entry in fam.local, (remote port,
-// local port) tagged with the group index, and the set of port classes
-// present, so that finding its best entry is at most four probes.
-type group struct {
-	first, n int32
-	classes  uint8 // bit c: some entry has port class c
-}
+// A group is the entries of one (big node, local prefix), sorted by port
+// class, then remote port, then local port. Its fam.local key carries the
+// index of its first entry as value and, in aux, its size and the set of
+// port classes present (bit c: some entry has class c): groupAux. A group
+// of more than smallGroup entries also has one key per entry, (remote
+// port, local port) tagged with portTag(first entry), so that finding its
+// best entry is at most four probes.
+func groupAux(n int, classes uint8) uint32 { return uint32(n) | uint32(classes)<<24 }
 
-// portTag is the fam.local tag of a port key of group gi; its low byte
-// (255) is never that of a local-prefix key (prefix length + 1 ≤ 129).
-func portTag(gi int32) uint32 { return uint32(gi)<<8 | 0xff }
+// portTag is the fam.local tag of the port keys of the group starting at
+// entry first; its low byte (255) is never that of a local-prefix key
+// (prefix length + 1 ≤ 129).
+func portTag(first int32) uint32 { return uint32(first)<<8 | 0xff }
 
 const (
 	smallNode  = 8 // linear scan up to this many entries per node
@@ -124,8 +124,7 @@ type fam struct {
 	remote  trie    // remote address → header of its longest remote prefix
 	entries []entry // headers and entries of every remote node
 	lens    []uint8
-	local   hashIndex // (header, masked local, len) → group
-	groups  []group
+	local   hashIndex // (header, masked local, len) → group; (group, ports) → entry
 }
 
 func buildFam(rs []Rule) *fam {
@@ -175,6 +174,10 @@ func buildFam(rs []Rule) *fam {
 				cmp.Compare(ra.LocalPort, rb.LocalPort),
 			)
 		})
+		if len(f.entries)%2 == 1 && len(m) == 1 {
+			// Keep a one-rule node in one 64-byte line.
+			f.entries = append(f.entries, entry{})
+		}
 		hdr[ni] = int32(len(f.entries))
 		f.entries = append(f.entries, entry{}) // filled below
 		for _, ri := range m {
@@ -207,7 +210,7 @@ func buildFam(rs []Rule) *fam {
 		if n == 0 {
 			root = hdr[ni]
 		} else {
-			byLen.put(hi, lo, uint32(n)+1, hdr[ni])
+			byLen.put(hi, lo, uint32(n)+1, hdr[ni], 0)
 			if !seenLen[n] {
 				seenLen[n] = true
 				rlens = append(rlens, n)
@@ -253,16 +256,15 @@ func buildFam(rs []Rule) *fam {
 			if len(f.lens) == int(lensAt) || f.lens[len(f.lens)-1] != es[i].llen {
 				f.lens = append(f.lens, es[i].llen)
 			}
-			gi := int32(len(f.groups))
-			f.local.put(es[i].lhi, es[i].llo, uint32(h)<<8|uint32(es[i].llen)+1, gi)
-			g := group{first: h + 1 + int32(i), n: int32(j - i)}
+			first := h + 1 + int32(i)
+			var classes uint8
 			for k := i; k < j; k++ {
-				g.classes |= 1 << es[k].class
+				classes |= 1 << es[k].class
 				if j-i > smallGroup {
-					f.local.put(uint64(es[k].rport)<<16|uint64(es[k].lport), 0, portTag(gi), g.first+int32(k-i))
+					f.local.put(uint64(es[k].rport)<<16|uint64(es[k].lport), 0, portTag(first), first+int32(k-i), 0)
 				}
 			}
-			f.groups = append(f.groups, g)
+			f.local.put(es[i].lhi, es[i].llo, uint32(h)<<8|uint32(es[i].llen)+1, first, groupAux(j-i, classes))
 			i = j
 		}
 		f.entries[h] = header(int32(len(m)), parent[ni], lensAt, int32(len(f.lens))-lensAt)
@@ -296,11 +298,11 @@ func (f *fam) lookup(lhi, llo, rhi, rlo uint64, lport, rport uint16) int32 {
 		} else {
 			for _, l := range f.lens[lensAt : lensAt+int32(uint32(hd.llo))] {
 				mh, ml := maskWords(lhi, llo, l)
-				gi := f.local.get(mh, ml, uint32(h)<<8|uint32(l)+1)
-				if gi < 0 {
+				first, aux := f.local.get2(mh, ml, uint32(h)<<8|uint32(l)+1)
+				if first < 0 {
 					continue
 				}
-				if r := f.matchGroup(gi, lport, rport); r >= 0 {
+				if r := f.matchGroup(first, aux, lport, rport); r >= 0 {
 					return r
 				}
 			}
@@ -310,11 +312,12 @@ func (f *fam) lookup(lhi, llo, rhi, rlo uint64, lport, rport uint16) int32 {
 	return -1
 }
 
-func (f *fam) matchGroup(gi int32, lport, rport uint16) int32 {
-	g := &f.groups[gi]
-	if g.n <= smallGroup {
-		for i := range f.entries[g.first : g.first+g.n] {
-			e := &f.entries[g.first+int32(i)]
+func (f *fam) matchGroup(first int32, aux uint32, lport, rport uint16) int32 {
+	n, classes := int32(aux&(1<<24-1)), uint8(aux>>24)
+	if n <= smallGroup {
+		es := f.entries[first : first+n]
+		for i := range es {
+			e := &es[i]
 			if (e.lport == 0 || e.lport == lport) && (e.rport == 0 || e.rport == rport) {
 				return e.rule
 			}
@@ -323,7 +326,7 @@ func (f *fam) matchGroup(gi int32, lport, rport uint16) int32 {
 	}
 	// One probe per port class present, most specific first.
 	for c := uint8(0); c < 4; c++ {
-		if g.classes&(1<<c) == 0 {
+		if classes&(1<<c) == 0 {
 			continue
 		}
 		var rp, lp uint16
@@ -333,7 +336,7 @@ func (f *fam) matchGroup(gi int32, lport, rport uint16) int32 {
 		if c == 0 || c == 2 {
 			lp = lport
 		}
-		if ei := f.local.get(uint64(rp)<<16|uint64(lp), 0, portTag(gi)); ei >= 0 {
+		if ei := f.local.get(uint64(rp)<<16|uint64(lp), 0, portTag(first)); ei >= 0 {
 			return f.entries[ei].rule
 		}
 	}
@@ -353,6 +356,8 @@ type slot struct {
 	hi, lo uint64
 	tag    uint32
 	val    int32
+	aux    uint32
+	_      uint32
 }
 
 func (h *hashIndex) init(n int) {
@@ -370,12 +375,12 @@ func hashKey(hi, lo uint64, tag uint32) uint64 {
 	return x * 0x9E3779B97F4A7C15
 }
 
-func (h *hashIndex) put(hi, lo uint64, tag uint32, val int32) {
+func (h *hashIndex) put(hi, lo uint64, tag uint32, val int32, aux uint32) {
 	i := hashKey(hi, lo, tag) >> h.shift
 	for {
 		s := &h.slots[i]
 		if s.tag == 0 {
-			*s = slot{hi: hi, lo: lo, tag: tag, val: val}
+			*s = slot{hi: hi, lo: lo, tag: tag, val: val, aux: aux}
 			return
 		}
 		i = (i + 1) & h.mask
@@ -383,17 +388,23 @@ func (h *hashIndex) put(hi, lo uint64, tag uint32, val int32) {
 }
 
 func (h *hashIndex) get(hi, lo uint64, tag uint32) int32 {
+	v, _ := h.get2(hi, lo, tag)
+	return v
+}
+
+// get2 returns the value and aux of the key, -1 and 0 if absent.
+func (h *hashIndex) get2(hi, lo uint64, tag uint32) (int32, uint32) {
 	if len(h.slots) == 0 {
-		return -1
+		return -1, 0
 	}
 	i := hashKey(hi, lo, tag) >> h.shift
 	for {
 		s := &h.slots[i&h.mask]
 		if s.tag == tag && s.hi == hi && s.lo == lo {
-			return s.val
+			return s.val, s.aux
 		}
 		if s.tag == 0 {
-			return -1
+			return -1, 0
 		}
 		i++
 	}
