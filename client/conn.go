@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/hoststack/hoststack/engine/shm"
 	"github.com/hoststack/hoststack/engine/wire"
 )
@@ -180,7 +182,13 @@ func (c *Conn) wait(dl *deadline, cond func() bool, set func(), clear func() boo
 				if !a.opts.Spin && time.Since(start) > a.spinFor {
 					break
 				}
-				runtime.Gosched()
+				if a.opts.Spin && i&4095 == 4095 {
+					// a long spin: give the CPU to other threads (the
+					// peer may be waiting for this core)
+					unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+				} else {
+					runtime.Gosched()
+				}
 			}
 		}
 	}
