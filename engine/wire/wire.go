@@ -9,6 +9,25 @@
 // in fixed-size fields with a length byte. Queue messages fit in one queue slot
 // (QueueMsgMax bytes); attach-socket messages fit in SocketMsgMax bytes.
 //
+// The conversation:
+//
+//	app → engine (socket)  Attach{name, namespace, secret, fifo sizes}
+//	engine → app (socket)  AttachReply{ids, queue layout, sizes} + fds: queue
+//	                       segment, wake eventfd, engine eventfd, fifo segment
+//	app → engine (socket)  WorkerAdd / WorkerDel / Detach     (replies + fds)
+//	engine → app (socket)  AddSegment + fds: segment, peer worker's wake eventfd
+//	                       (always before any event that refers to the segment)
+//	engine → app (socket)  Notice{code, reason} before the engine closes it
+//	app → engine (queue)   Listen, Unlisten, Connect, AcceptReply, Disconnect,
+//	                       Reset, Shutdown
+//	engine → app (queue)   Bound, UnlistenReply, Connected, Accepted,
+//	                       Disconnected, ResetEvt, Migrated, Cleanup,
+//	                       DelSegment, Reply
+//
+// Requests carry a context (Ctx) echoed by their reply; sessions and
+// listeners are named by engine-assigned 64-bit handles. Results are a Code
+// (mapped to an errno by the client) plus a message meant for humans.
+//
 // Decode treats its input as hostile: wrong version, unknown type, a body
 // length that does not match the type, out-of-range lengths, non-canonical
 // padding, invalid UTF-8, bad address families and unknown enum values are all

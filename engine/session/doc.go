@@ -1,0 +1,73 @@
+package session
+
+// Design notes (the engine side of the protocol in engine/wire).
+//
+// # Attach
+//
+// Each app namespace gets a SOCK_SEQPACKET unix socket (AddNamespace), and
+// more can be served with ServeAttach: the set of app namespaces a socket
+// admits is a property of the listening socket, so the agent can serve one
+// socket per pod restricted to the namespace the pod was admitted to. An app
+// connects and sends wire.Attach (name, namespace, optional secret, fifo size
+// wishes). The engine checks the socket's namespaces, the secret (constant
+// time) and maxApps, records SO_PEERCRED, creates the app's worker 0 and its
+// own fifo segment, and answers wire.AttachReply with SCM_RIGHTS: the queue
+// segment memfd, the worker's wake eventfd, the engine's request eventfd and
+// the fifo segment memfd. Any error is an AttachReply with a code and a
+// message that names the cause ("wrong secret for app namespace X",
+// "app namespace X: maxApps (N) reached"). Descriptors sent by apps are
+// closed unread.
+//
+// # Workers and queues
+//
+// A worker owns one queue segment with two wire-encoded message queues
+// (engine→app events, app→engine requests), one wake eventfd the app sleeps
+// on and one eventfd the engine sleeps on. The engine runs one goroutine per
+// worker that blocks in shm.Queue.Recv (spin, then poll(2) on its own thread,
+// not the netpoller) and handles each request under the namespace mutex.
+// WorkerAdd/WorkerDel travel over the attach socket because they carry
+// descriptors.
+//
+// The engine never blocks on an app: queue sends are non-blocking; an event
+// that finds the queue full waits in the worker's backlog, retried by the
+// flusher in order; an app that lets the backlog grow past four queues is
+// detached with a notice naming the queue size. Accepts take the backlog only
+// up to one queue's worth; past that the connect is refused (like a full
+// listen backlog). Socket writes use MSG_DONTWAIT.
+//
+// Every request gets an answer: its own reply event (bound, unlisten-reply,
+// connected, cleanup for disconnect/reset) or wire.Reply with a code, also
+// for requests that cannot be decoded. Accept-reply is answered only when it
+// is wrong; sessions are accepted unless the app refuses them.
+//
+// # Cut-through sessions
+//
+// A connect looks up the listener table of the namespace (exact address,
+// then 0.0.0.0 for IPv4, then [::] which matches both families); the table
+// is keyed by protocol, address and port so transports can register there
+// later. Rules (Config.Rules) are consulted for the connect and the accept;
+// with no listener a connect to a non-local address goes to
+// Config.Transport, and with no transport it is refused (ECONNREFUSED in the
+// client) with a message saying so.
+//
+// The fifo pair lives in a cut-through segment that belongs to exactly the
+// two app workers involved (created on first use, announced to both apps
+// over their attach sockets — before any event refers to it — together with
+// the peer worker's wake eventfd, and reused for later sessions of the same
+// pair). No app ever maps another app's own segment or queues. The engine
+// formats the fifos (shm.InitFifo), sends Accepted to the listener and
+// Connected to the connecting app, and steps out of the data path: the apps
+// move bytes through the fifos and wake each other directly by writing the
+// peer's wake eventfd when the peer's waiting flag is set.
+//
+// # Close, reset and reaping
+//
+// Disconnect/Reset end one side; the peer gets Disconnected (it reads the
+// rest, then EOF, which travels in the fifo itself) or ResetEvt with the
+// reason. The fifo pair is freed when both sides are done, so an app never
+// sees its fifo memory reused under it. A detached or dead app (its attach
+// socket closed: exit, SIGKILL) is reaped: listeners removed, sessions
+// released with a reset to every peer ("app X closed its attach socket"),
+// workers stopped, its own segment dropped; a cut-through segment is dropped
+// (del-segment to the surviving app) once it holds no session. Stats report
+// apps, workers, listeners, sessions, segments and their bytes per namespace.
