@@ -227,12 +227,19 @@ type Subset struct {
 	v4, v6 *fam
 }
 
+// MaxRules is the most rules Compile accepts (the compiled structure
+// indexes entries, up to three per rule, with 24 bits).
+const MaxRules = 1 << 22
+
 // Compile validates rules, resolves conflicts and builds a Set. It fails on
 // the first invalid rule (the error names it) and on duplicate rule names.
 // Rules with the same match in the same table conflict: the oldest wins
 // (earlier Created, then smaller Name) and each other one is returned as a
 // Conflict naming it. The input slice is not modified or retained.
 func Compile(rules []Rule) (*Set, []Conflict, error) {
+	if len(rules) > MaxRules {
+		return nil, nil, fmt.Errorf("rules: %d rules, at most %d supported", len(rules), MaxRules)
+	}
 	names := make(map[string]struct{}, len(rules))
 	for i := range rules {
 		if err := rules[i].Validate(); err != nil {
