@@ -1,10 +1,12 @@
 package client_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -126,4 +128,49 @@ func TestCancelAndClose(t *testing.T) {
 	if _, err := srv.Dial(context.Background(), "udp", "127.0.0.1:1"); err == nil {
 		t.Fatal("udp dial accepted")
 	}
+}
+
+func TestLingerResetAndWriteTo(t *testing.T) {
+	_, sock := startEngine(t, testNS)
+	srv := attach(t, sock, "server")
+	cli := attach(t, sock, "client")
+	ln, err := srv.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	acc := make(chan net.Conn, 2)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			acc <- c
+		}
+	}()
+	// WriteTo: io.Copy out of the fifo
+	c, err := cli.Dial(context.Background(), "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-acc
+	payload := bytes.Repeat([]byte("abc"), 100000)
+	go func() { c.Write(payload); c.Close() }()
+	var got bytes.Buffer
+	if n, err := io.Copy(&got, s); err != nil || n != int64(len(payload)) || !bytes.Equal(got.Bytes(), payload) {
+		t.Fatalf("WriteTo: %d %v", n, err)
+	}
+	s.Close()
+	// SetLinger(0): an abortive close is a reset for the peer
+	c, err = cli.Dial(context.Background(), "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s = <-acc
+	c.(*client.Conn).SetLinger(0)
+	c.Close()
+	if _, err := s.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) || !strings.Contains(err.Error(), "reset by peer app client") {
+		t.Fatalf("read after peer's abortive close: %v", err)
+	}
+	s.Close()
 }

@@ -35,6 +35,7 @@ type Conn struct {
 	rdl, wdl deadline
 
 	closed     atomic.Bool
+	abort      atomic.Bool // SetLinger(0): Close resets
 	closing    chan struct{}
 	wshut      atomic.Bool
 	peerClosed atomic.Bool
@@ -328,6 +329,56 @@ func (c *Conn) Consume(n int) error {
 	return nil
 }
 
+// WriteTo copies the session's data to w straight out of the shared fifo
+// (no intermediate buffer) until end of stream; io.Copy uses it.
+func (c *Conn) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		a, b, err := c.Peek()
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+		n := 0
+		for _, p := range [][]byte{a, b} {
+			if len(p) == 0 {
+				continue
+			}
+			k, werr := w.Write(p)
+			n += k
+			if werr != nil {
+				total += int64(n)
+				_ = c.Consume(n)
+				return total, werr
+			}
+		}
+		total += int64(n)
+		if err := c.Consume(n); err != nil {
+			return total, err
+		}
+	}
+}
+
+// SetLinger(0) makes Close abort the session (the peer sees a reset)
+// instead of ending it gracefully; other values restore the default.
+func (c *Conn) SetLinger(sec int) error {
+	c.abort.Store(sec == 0)
+	return nil
+}
+
+// SetNoDelay is accepted for compatibility with *net.TCPConn; writes are
+// never delayed.
+func (c *Conn) SetNoDelay(bool) error { return nil }
+
+// SetKeepAlive is accepted for compatibility; the engine knows when a peer
+// dies, so no keep-alive probes exist.
+func (c *Conn) SetKeepAlive(bool) error { return nil }
+
+// SetKeepAlivePeriod is accepted for compatibility (see SetKeepAlive).
+func (c *Conn) SetKeepAlivePeriod(time.Duration) error { return nil }
+
 // CloseWrite half-closes: the peer reads the remaining data then io.EOF;
 // this side can still read.
 func (c *Conn) CloseWrite() error {
@@ -373,7 +424,7 @@ func (c *Conn) Close() error {
 	c.rmu.Lock()
 	c.wmu.Lock()
 	reset := c.resetErr.Load() != nil
-	if !reset {
+	if !reset && !c.abort.Load() {
 		c.tx.CloseWrite()
 		if c.tx.TakeReaderWaiting() {
 			_ = shm.Signal(c.peerWake)
@@ -387,7 +438,11 @@ func (c *Conn) Close() error {
 	c.sentBye = true
 	c.mu.Unlock()
 	if send && c.w.deadErr() == nil {
-		_ = c.w.request(&wire.Disconnect{Session: c.h})
+		if c.abort.Load() {
+			_ = c.w.request(&wire.Reset{Session: c.h})
+		} else {
+			_ = c.w.request(&wire.Disconnect{Session: c.h})
+		}
 	}
 	if c.w.deadErr() != nil {
 		c.cleanup()
