@@ -102,6 +102,12 @@
 // remote hosts and subnets, some /28, /20, /16, /8, wildcards and other
 // lengths; 10% IPv6; local mostly wildcard or a pod address; ports mixed)
 // and measures lookups at 10 to 1,000,000 rules, compile time and memory
-// per rule; its documentation and the benchmark results describe the
-// workloads and the figures measured on the project's machine.
+// per rule; its documentation describes the workloads and has the figures
+// measured on the project's machine: about 45 ns per lookup at 10 rules,
+// 80 ns at 1,000 and 130–155 ns at 100,000 with a Zipf workload (300 ns
+// when every lookup is a cache miss), a 100,000-rule set compiled and
+// swapped in 250–370 ms, about 310 bytes per rule. The work per lookup
+// hardly grows with the set (at 100,000 rules about 3 trie nodes, 1.2
+// remote nodes and 0.5 hash probes on average); what grows is the share of
+// it that misses the caches.
 package rules
