@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 var t0 = time.Unix(1_700_000_000, 0)
@@ -436,4 +437,17 @@ func (g *gen) fixedTuple(n int) (netip.AddrPort, netip.AddrPort) {
 	a := netip.AddrFrom4([4]byte{10, byte(n % 3), byte(n % 4), byte(n % 8)})
 	b := netip.AddrFrom4([4]byte{10, byte(n % 2), byte(n % 4), byte(n % 7)})
 	return netip.AddrPortFrom(a, uint16(n%3)), netip.AddrPortFrom(b, uint16(n%4))
+}
+
+// TestLayout pins the sizes the lookup's cache behaviour relies on.
+func TestLayout(t *testing.T) {
+	if s := unsafe.Sizeof(tnode{}); s != 64 {
+		t.Errorf("tnode is %d bytes, want 64 (one cache line)", s)
+	}
+	if s := unsafe.Sizeof(entry{}); s != 32 {
+		t.Errorf("entry is %d bytes, want 32", s)
+	}
+	if s := unsafe.Sizeof(slot{}); s != 32 {
+		t.Errorf("slot is %d bytes, want 32", s)
+	}
 }
