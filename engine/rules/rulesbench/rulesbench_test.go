@@ -10,8 +10,8 @@ import (
 // 10ms) and logs the figures; skipped with -short (it builds a 1,000,000-rule
 // set).
 func TestRun(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds a 1,000,000-rule set")
+	if testing.Short() || raceEnabled {
+		t.Skip("builds a 1,000,000-rule set (skipped with -short and -race)")
 	}
 	d := 10 * time.Millisecond
 	if s := os.Getenv("RULESBENCH_DURATION"); s != "" {

@@ -1,0 +1,5 @@
+//go:build race
+
+package rulesbench
+
+const raceEnabled = true
