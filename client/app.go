@@ -554,6 +554,11 @@ func (a *App) Close() error {
 	for _, w := range ws {
 		w.stopLoop()
 	}
+	// Sessions the loops created after the first pass (a dial answered
+	// while closing) are closed too before their memory goes away.
+	for _, w := range ws {
+		w.closeAll()
+	}
 	a.mu.Lock()
 	segs := a.segs
 	a.segs = map[uint64]*cseg{}

@@ -545,6 +545,10 @@ func (a *App) Dial(ctx context.Context, network, address string) (net.Conn, erro
 	}
 	switch r := r.(type) {
 	case *connResult:
+		if a.isClosed() {
+			r.c.Close()
+			return nil, &net.OpError{Op: "dial", Net: network, Addr: raddr, Err: ErrAppClosed}
+		}
 		return r.c, nil
 	case *wire.Connected:
 		return nil, &net.OpError{Op: "dial", Net: network, Addr: raddr, Err: engineError(r.Code, r.Msg)}

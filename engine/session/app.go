@@ -251,6 +251,7 @@ func (ns *namespace) attach(a *app, at *wire.Attach) bool {
 	}
 	if err := a.sendSock(reply, []int{w.mq.FD(), w.wakeFD, w.engFD, own.seg.FD()}); err != nil {
 		w.stopLocked()
+		go w.serve() // returns at once (stopped) and releases the worker's fds
 		ns.dropSegment(own)
 		return false
 	}
