@@ -39,16 +39,16 @@
 // # Figures on the project machine
 //
 // 2-core AMD EPYC VM (1 MiB L2 per core, 32 MiB L3 shared), load average
-// 5–11 from other work during the runs; two runs of Run(2s), CPU ns per
+// 4–11 from other work during the runs; three runs of Run(2s), CPU ns per
 // lookup:
 //
-//	rules       Zipf      uniform (cold)
-//	10          46, 46    41, 51
-//	1,000       80, 84    90, 94
-//	100,000     134, 155  327, 301
-//	1,000,000   247, 199  679, 495
+//	rules       Zipf           uniform (cold)
+//	10          46, 46, 42     41, 51, 42
+//	1,000       80, 84, 76     90, 94, 82
+//	100,000     134, 155, 137  327, 301, 275
+//	1,000,000   247, 199, 184  679, 495, 525
 //
-// compile-100000: 372 and 250 ms; bytes-per-rule: 309 (of which about 160
+// compile-100000: 372, 250 and 266 ms; bytes-per-rule: 309 (of which about 160
 // are the Rule values the set keeps for Lookup and Dump). A dependent
 // random read on this VM, measured with a pointer chase in CPU time, costs
 // 19 ns within 1 MiB, 99 ns at 4 MiB, 157 ns at 8 MiB, 210 ns at 16 MiB
