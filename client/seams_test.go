@@ -22,6 +22,8 @@ func (testRules) Lookup(q session.RuleQuery) session.Verdict {
 		return session.Verdict{Action: session.Deny, Rule: "no-telnet"}
 	case q.Dir == session.Connect && q.Remote.Port() == 8081:
 		return session.Verdict{Action: session.Redirect, Rule: "to-8080", To: netip.MustParseAddrPort("127.0.0.1:8080")}
+	case q.Dir == session.Connect && q.Remote.Port() == 8082:
+		return session.Verdict{Action: session.Redirect, Rule: "to-guard-app", App: "server"}
 	case q.Dir == session.Accept && q.App == "guarded":
 		return session.Verdict{Action: session.Deny, Rule: "guarded-inbound"}
 	}
@@ -70,6 +72,11 @@ func TestRulesAndTransportSeams(t *testing.T) {
 	}
 	if c.RemoteAddr().String() != "127.0.0.1:8080" {
 		t.Fatalf("redirected to %v", c.RemoteAddr())
+	}
+	c.Close()
+	c, err = cli.Dial(ctx, "tcp", "127.0.0.1:8082")
+	if err != nil || c.RemoteAddr().String() != "127.0.0.1:8080" {
+		t.Fatalf("redirect to app: %v", err)
 	}
 	c.Close()
 	_, err = cli.Dial(ctx, "tcp", "127.0.0.1:9000")

@@ -126,7 +126,11 @@ type RuleQuery struct {
 type Verdict struct {
 	Action Action
 	Rule   string
-	To     netip.AddrPort // Redirect target (Connect only)
+	// Redirect targets (Connect only): App names an app of the namespace
+	// (its listener on the destination port, else its first listener); To
+	// is an address. App wins when both are set.
+	App string
+	To  netip.AddrPort
 }
 
 // Rules is the seam for engine/rules: called on every connect and accept,

@@ -237,6 +237,24 @@ func (ns *namespace) nextEphemeral() uint16 {
 	return p
 }
 
+// appListener finds a listener of the named app: on port if it has one,
+// else its first (lowest handle).
+func (ns *namespace) appListener(name string, port uint16) *listener {
+	var best *listener
+	for _, l := range ns.handles {
+		if l.w.app.name != name {
+			continue
+		}
+		if l.key.port == port {
+			return l
+		}
+		if best == nil || l.handle < best.handle {
+			best = l
+		}
+	}
+	return best
+}
+
 // lookupListener finds the listener for a destination: exact address first,
 // then the unspecified address of its family, then [::] (dual stack).
 func (ns *namespace) lookupListener(proto wire.Proto, dst netip.AddrPort) *listener {
@@ -280,19 +298,31 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 			dst = netip.AddrPortFrom(netip.IPv6Loopback(), dst.Port())
 		}
 	}
+	local := netip.AddrPortFrom(dst.Addr(), ns.nextEphemeral())
+	var l *listener
 	if r := ns.e.cfg.Rules; r != nil {
-		v := r.Lookup(RuleQuery{Namespace: ns.key, App: a.name, Dir: Connect, Proto: wire.TCP, Remote: dst})
+		v := r.Lookup(RuleQuery{Namespace: ns.key, App: a.name, Dir: Connect, Proto: wire.TCP, Local: local, Remote: dst})
 		switch v.Action {
 		case Deny:
 			fail(wire.ErrDenied, "connect to %s denied by session rule %q", dst, v.Rule)
 			return
 		case Redirect:
-			if v.To.IsValid() {
+			switch {
+			case v.App != "":
+				if l = ns.appListener(v.App, dst.Port()); l == nil {
+					fail(wire.ErrRefused, "connection refused: session rule %q redirects to app %s, which does not listen", v.Rule, v.App)
+					return
+				}
+				dst = netip.AddrPortFrom(dst.Addr(), l.key.port)
+			case v.To.IsValid():
 				dst = v.To
+				local = netip.AddrPortFrom(dst.Addr(), local.Port())
 			}
 		}
 	}
-	l := ns.lookupListener(wire.TCP, dst)
+	if l == nil {
+		l = ns.lookupListener(wire.TCP, dst)
+	}
 	if l == nil {
 		if t := ns.e.cfg.Transport; t != nil && !t.Local(ns.key, dst.Addr()) {
 			code, msg := t.Connect(ConnectRequest{Namespace: ns.key, App: a.name, Remote: m.Remote})
@@ -313,7 +343,6 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 		fail(wire.ErrQuota, "listening app %s reached maxSessionsPerApp (%d) of app namespace %s", srv.app.name, cfg.MaxSessionsPerApp, ns.key)
 		return
 	}
-	local := netip.AddrPortFrom(dst.Addr(), ns.nextEphemeral())
 	if r := ns.e.cfg.Rules; r != nil {
 		v := r.Lookup(RuleQuery{Namespace: ns.key, App: srv.app.name, Dir: Accept, Proto: wire.TCP, Local: dst, Remote: local})
 		if v.Action == Deny {
