@@ -18,6 +18,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/hoststack/hoststack/engine/rules/rulesbench"
 )
 
 // Result is one measured figure.
@@ -155,6 +157,17 @@ func main() {
 		}
 	}
 
+	if want("rules") {
+		fmt.Fprintln(os.Stderr, "session rule lookups (engine/rules):")
+		res, err := rulesbench.Run(*dur)
+		if err != nil {
+			fail("rules", "lookup", err)
+		}
+		for _, x := range res {
+			rep.add("rules", x.Case, "hoststack", x.Value, x.Unit)
+		}
+	}
+
 	addTargets(rep)
 	printTable(rep)
 	data, _ := json.MarshalIndent(rep, "", "  ")
@@ -175,6 +188,11 @@ func addTargets(r *Report) {
 	r.target("64B RR p50 <= 1/5 TCP loopback (default mode)", [3]string{"rr", "p50", "hoststack"}, [3]string{"rr", "p50", "tcp-loopback"}, 0, 0.2)
 	r.target("64B RR p50 spin mode <= 2us (vs 1us)", [3]string{"rr", "p50", "hoststack-spin"}, [3]string{"rr", "p50", "unit-1us"}, 0, 2)
 	r.target("connect rate >= 2x TCP loopback", [3]string{"connect", "rate", "hoststack"}, [3]string{"connect", "rate", "tcp-loopback"}, 2, 0)
+	rl := func(cs string) [3]string { return [3]string{"rules", cs, "hoststack"} }
+	r.Results = append(r.Results, Result{"rules", "ref-100ns", "hoststack", 100, "ns/op"}, Result{"rules", "ref-1s", "hoststack", 1000, "ms"})
+	r.target("rule lookup at 100k <= 3x lookup at 10", rl("lookup-100000"), rl("lookup-10"), 0, 3)
+	r.target("rule lookup at 100k <= 100 ns", rl("lookup-100000"), rl("ref-100ns"), 0, 1)
+	r.target("compile+swap 100k rules < 1 s", rl("compile-100000"), rl("ref-1s"), 0, 1)
 }
 
 func printTable(r *Report) {
@@ -183,8 +201,8 @@ func printTable(r *Report) {
 	rs := append([]Result(nil), r.Results...)
 	sort.SliceStable(rs, func(i, j int) bool { return rs[i].Group < rs[j].Group })
 	for _, x := range rs {
-		if x.Variant == "unit-1us" {
-			continue
+		if x.Variant == "unit-1us" || strings.HasPrefix(x.Case, "ref-") {
+			continue // fixed references for absolute targets
 		}
 		ratio := ""
 		if base, ok := r.get(x.Group, x.Case, "tcp-loopback"); ok && base != 0 && x.Variant != "tcp-loopback" {
