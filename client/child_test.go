@@ -94,6 +94,20 @@ func runChild(role string) error {
 				c.Close()
 			}()
 		}
+	case "write-close-exit":
+		// dial, write, close the session and exit at once, without
+		// App.Close: the engine must still deliver the data and the end of
+		// stream (TCP's close-then-exit)
+		c, err := app.Dial(ctx, "tcp", os.Getenv(envAddr))
+		if err != nil {
+			return err
+		}
+		fmt.Println("ready", c.LocalAddr())
+		if _, err := c.Write([]byte("last words")); err != nil {
+			return err
+		}
+		c.Close()
+		os.Exit(0)
 	case "endless-writer":
 		// dial the parent and write until killed
 		c, err := app.Dial(ctx, "tcp", os.Getenv(envAddr))

@@ -134,3 +134,29 @@ func TestKilledPeer(t *testing.T) {
 		t.Fatalf("echo after kill: %q %v", got, err)
 	}
 }
+
+// TestCloseThenExit: a child closes its session and exits without detaching;
+// the peer reads the data and a clean EOF (the engine processes the dead
+// app's queued disconnect before reaping it).
+func TestCloseThenExit(t *testing.T) {
+	_, sock := startEngine(t, testNS)
+	app := attach(t, sock, "reader")
+	ln, err := app.Listen("tcp", "127.0.0.1:7200")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		ch, _ := startChild(t, "write-close-exit", sock, "127.0.0.1:7200")
+		c, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ch.cmd.Wait()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != "last words" {
+			t.Fatalf("run %d: %q %v", i, got, err)
+		}
+		c.Close()
+	}
+}

@@ -60,6 +60,8 @@ type worker struct {
 	listeners map[uint64]*listener
 	backlog   [][]byte
 	dead      bool
+	drainDone chan struct{} // set by reapGracefully; closed by serve once drained
+	drained   bool
 	done      chan struct{}
 }
 
@@ -126,9 +128,11 @@ func (e *Engine) handleConn(s *AttachSocket, c *net.UnixConn) {
 				ns.mu.Unlock()
 				break
 			}
-			ns.mu.Lock()
-			ns.reapLocked(a, "app "+a.name+" closed its attach socket (exited or killed)")
-			ns.mu.Unlock()
+			ns.reapGracefully(a, "app "+a.name+" closed its attach socket (exited or killed)", false)
+			break
+		}
+		if _, ok := m.(*wire.Detach); ok {
+			ns.reapGracefully(a, "app "+a.name+" detached", true)
 			break
 		}
 		ns.mu.Lock()
@@ -361,6 +365,9 @@ func (w *worker) serve() {
 		}
 		switch {
 		case errors.Is(err, shm.ErrInterrupted):
+			if w.drainDone != nil && !w.drained {
+				w.drainLocked(buf)
+			}
 		case err != nil:
 			w.app.notice(wire.ErrInvalid, fmt.Sprintf("worker %d request queue: %v", w.id, err))
 			ns.reapLocked(w.app, fmt.Sprintf("app %s corrupted its request queue", w.app.name))
@@ -464,14 +471,62 @@ func (ns *namespace) sockRequest(a *app, m wire.Msg) bool {
 		ns.reapWorkerLocked(w, fmt.Sprintf("worker %d of app %s was removed", w.id, a.name))
 		delete(a.workers, w.id)
 		a.sendSock(&wire.WorkerDelReply{Ctx: m.Ctx}, nil)
-	case *wire.Detach:
-		a.sendSock(&wire.DetachReply{}, nil)
-		ns.reapLocked(a, "app "+a.name+" detached")
-		return true
 	default:
 		a.sendSock(&wire.Notice{Code: wire.ErrInvalid, Msg: wire.Msgf("%v is not an attach-socket request", m.Type())}, nil)
 	}
 	return false
+}
+
+// reapGracefully reaps an app that detached or whose socket closed: the
+// requests it queued before going away (the disconnects of a process that
+// closed its sessions and exited) are processed first, so its peers see the
+// end of stream rather than a reset; what it left open is then reset.
+func (ns *namespace) reapGracefully(a *app, reason string, detach bool) {
+	ns.mu.Lock()
+	if a.dead {
+		ns.mu.Unlock()
+		return
+	}
+	var drained []chan struct{}
+	for _, w := range a.workers {
+		if w.drainDone == nil {
+			w.drainDone = make(chan struct{})
+			_ = w.rq.Wake()
+		}
+		drained = append(drained, w.drainDone)
+	}
+	ns.mu.Unlock()
+	timeout := time.NewTimer(2 * time.Second)
+	defer timeout.Stop()
+	for _, ch := range drained {
+		select {
+		case <-ch:
+		case <-timeout.C:
+		}
+	}
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	if detach && !a.dead {
+		a.sendSock(&wire.DetachReply{}, nil)
+	}
+	ns.reapLocked(a, reason)
+}
+
+// drainLocked processes what is left in the request queue (bounded: a
+// detaching app cannot keep the engine busy), for reapGracefully.
+func (w *worker) drainLocked(buf []byte) {
+	ns := w.app.ns
+	for i := 0; i < w.rq.Slots() && !w.dead; i++ {
+		n, err := w.rq.TryRecv(buf)
+		if n == 0 || err != nil {
+			break
+		}
+		if m, err := wire.Decode(buf[:n]); err == nil {
+			ns.request(w, m)
+		}
+	}
+	close(w.drainDone)
+	w.drained = true
 }
 
 // reapLocked releases everything the app holds: its sessions (peers see a
