@@ -438,7 +438,9 @@ func (s *AttachSocket) allows(name string) (string, bool) {
 		return s.allowed[0], true
 	}
 	for _, k := range s.allowed {
-		if k == name {
+		// "namespace/name", or just the AppNamespace name (as the pod
+		// webhook may inject it) when the socket serves it
+		if k == name || (!strings.Contains(name, "/") && strings.HasSuffix(k, "/"+name)) {
 			return k, true
 		}
 	}

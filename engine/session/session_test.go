@@ -454,11 +454,22 @@ func TestPerPodSocket(t *testing.T) {
 	if m, _ := recv(t, c); m.(*wire.AttachReply).Code != wire.ErrNoNamespace {
 		t.Fatalf("%#v", m)
 	}
+	c = dialRaw(t, s.Path())
+	send(t, c, &wire.Attach{Name: "y", Namespace: cfg2.Name}) // bare AppNamespace name
+	if m, fds := recv(t, c); m.(*wire.AttachReply).Code != wire.OK {
+		t.Fatalf("%#v", m)
+	} else {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}
+	c.Close()
 	a := attachRaw(t, s.Path(), "pod-app") // empty namespace: the socket's
 	_ = a
-	if st, _ := e.NamespaceStats(cfg2.Key()); st.Apps != 1 {
-		t.Fatalf("%+v", st)
-	}
+	waitFor(t, "one app attached through the pod socket", func() bool {
+		st, _ := e.NamespaceStats(cfg2.Key())
+		return st.Apps == 1
+	})
 }
 
 // TestBacklogFlushed: events that find the app's queue full wait in a
