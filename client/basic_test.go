@@ -55,7 +55,9 @@ func TestDialAcceptEcho(t *testing.T) {
 	if _, ok := c.LocalAddr().(*net.TCPAddr); !ok {
 		t.Fatal("local addr type")
 	}
-	waitStats(t, e, testNS.Key(), "sessions released", func(st session.NamespaceStats) bool { return st.Sessions == 0 })
+	waitStats(t, e, testNS.Key(), "sessions released and bytes counted", func(st session.NamespaceStats) bool {
+		return st.Sessions == 0 && st.Bytes == 2*uint64(len(msg))
+	})
 	// nothing listening
 	_, err = cli.Dial(ctx, "tcp", "127.0.0.1:1")
 	if !errors.Is(err, syscall.ECONNREFUSED) {

@@ -63,7 +63,10 @@ func TestGiBTransfer(t *testing.T) {
 	}
 	t.Logf("1 GiB with SHA-256 on both sides in %v (%.2f GB/s)", el, float64(total)/el.Seconds()/1e9)
 	c.Close()
-	waitStats(t, e, cfg.Key(), "session released", func(st session.NamespaceStats) bool { return st.FifoBytesInUse == 0 })
+	st := waitStats(t, e, cfg.Key(), "session released", func(st session.NamespaceStats) bool { return st.FifoBytesInUse == 0 })
+	if st.Bytes < total+uint64(len(want)) {
+		t.Fatalf("engine counted %d bytes, want >= %d", st.Bytes, total+len(want))
+	}
 }
 
 // TestKilledPeer: an app in a child process is SIGKILLed mid-transfer; the

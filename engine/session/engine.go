@@ -92,6 +92,7 @@ type namespace struct {
 
 type counters struct {
 	sessionsOpened, sessionsClosed, connectsRefused, resets, appsAttached, appsReaped uint64
+	bytes                                                                             uint64 // through freed fifo pairs
 }
 
 func (ns *namespace) handle() uint64 { ns.nextH++; return ns.nextH }
@@ -290,15 +291,19 @@ func (e *Engine) flusher() {
 // NamespaceStats is what the engine reports per app namespace, for metrics
 // and the node status.
 type NamespaceStats struct {
-	Namespace       string
-	Apps            int
-	Workers         int
-	Listeners       int
-	Sessions        int // session ends held by apps (a cut-through session counts twice)
-	Segments        int // fifo segments mapped by the engine (apps' own + cut-through)
-	SegmentBytes    int64
-	FifoBytesInUse  int64 // bytes of segments allocated to fifos
-	QueueBytes      int64 // bytes of the workers' queue segments
+	Namespace      string
+	Apps           int
+	Workers        int
+	Listeners      int
+	Sessions       int // session ends held by apps (a cut-through session counts twice)
+	Segments       int // fifo segments mapped by the engine (apps' own + cut-through)
+	SegmentBytes   int64
+	FifoBytesInUse int64 // bytes of segments allocated to fifos
+	QueueBytes     int64 // bytes of the workers' queue segments
+	// Bytes is the data moved through cut-through sessions, both directions,
+	// closed and open (read from fifo indices the apps publish: statistics
+	// only, a hostile app can inflate its own).
+	Bytes           uint64
 	SessionsOpened  uint64
 	SessionsClosed  uint64
 	ConnectsRefused uint64
@@ -344,6 +349,12 @@ func (ns *namespace) snapshot() NamespaceStats {
 		st.Workers += len(a.workers)
 		for _, w := range a.workers {
 			st.QueueBytes += int64(w.mq.Size())
+		}
+	}
+	st.Bytes = ns.stats.bytes
+	for _, s := range ns.sessions {
+		if s.seg != nil && (s.client || s.peer == nil || s.peer.done) {
+			st.Bytes += pairBytes(s)
 		}
 	}
 	for _, s := range ns.segs {

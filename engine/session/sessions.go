@@ -1,6 +1,7 @@
 package session
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 
@@ -36,6 +37,8 @@ type session struct {
 	peer    *session
 	seg     *segment
 	pairOff int // offset of the fifo pair (freed when both ends are done)
+	s2cOff  int // offset of the second fifo of the pair
+	client  bool
 	local   wire.Addr
 	remote  wire.Addr
 	pending bool // accepted, waiting for the app's accept-reply
@@ -170,6 +173,7 @@ func (ns *namespace) releaseLocked(s *session, reset bool, reason string) {
 		return
 	}
 	if s.seg != nil {
+		ns.stats.bytes += pairBytes(s)
 		s.seg.alloc.Free(s.pairOff)
 		s.seg.sessions--
 		if s.seg.sessions == 0 && (s.seg.orphan || s.seg.a.dead || s.seg.b.dead) {
@@ -370,8 +374,8 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 	seg.sessions++
 	la := wire.Addr{Proto: wire.TCP, IP: local.Addr(), Port: local.Port()}
 	ra := wire.Addr{Proto: wire.TCP, IP: dst.Addr(), Port: dst.Port()}
-	cs := &session{handle: ns.handle(), w: w, seg: seg, pairOff: off, local: la, remote: ra}
-	ss := &session{handle: ns.handle(), w: srv, seg: seg, pairOff: off, local: ra, remote: la, pending: true}
+	cs := &session{handle: ns.handle(), w: w, seg: seg, pairOff: off, s2cOff: off + fp1, client: true, local: la, remote: ra}
+	ss := &session{handle: ns.handle(), w: srv, seg: seg, pairOff: off, s2cOff: off + fp1, local: ra, remote: la, pending: true}
 	cs.peer, ss.peer = ss, cs
 	// The listener learns about it through its event queue; when that is
 	// full the event waits in the worker's backlog (delivered in order by
@@ -448,4 +452,18 @@ func (ns *namespace) allocPair(c, s *worker, n int) (*segment, int, wire.Code, s
 		return nil, 0, wire.ErrInternal, "fresh segment too small"
 	}
 	return seg, off, wire.OK, ""
+}
+
+// pairBytes reads how many bytes went through a fifo pair: the free-running
+// tail of each fifo (word 0 of the header in engine/shm's documented layout).
+// The apps write these words, so the value is for statistics only.
+func pairBytes(s *session) uint64 {
+	b := s.seg.seg.Bytes()
+	var n uint64
+	for _, off := range []int{s.pairOff, s.s2cOff} {
+		if off >= 0 && off+8 <= len(b) {
+			n += binary.LittleEndian.Uint64(b[off:])
+		}
+	}
+	return n
 }
