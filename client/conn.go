@@ -225,6 +225,11 @@ func (c *Conn) Write(p []byte) (int, error) {
 	defer c.wmu.Unlock()
 	total := 0
 	for {
+		if total == len(p) && total > 0 {
+			// done: a peer that closed right after reading this must
+			// not turn a completed write into an error
+			return total, nil
+		}
 		if err := c.writeErr(); err != nil {
 			return total, err
 		}
@@ -254,11 +259,14 @@ func (c *Conn) WriteBuffers(bufs [][]byte) (int, error) {
 	defer c.wmu.Unlock()
 	total := 0
 	for {
-		if err := c.writeErr(); err != nil {
-			return total, err
-		}
 		for len(bufs) > 0 && len(bufs[0]) == 0 {
 			bufs = bufs[1:]
+		}
+		if len(bufs) == 0 && total > 0 {
+			return total, nil
+		}
+		if err := c.writeErr(); err != nil {
+			return total, err
 		}
 		if len(bufs) == 0 {
 			return total, nil
