@@ -16,6 +16,9 @@ import (
 // Benchmarks compare hoststack cut-through sessions with kernel TCP over
 // loopback, same process, same code: go test -run '^$' -bench . ./client
 
+// benchFifo is the fifo capacity of the benchmarks.
+const benchFifo = 4 << 20
+
 type pairFn func(b *testing.B) (c1, c2 net.Conn)
 
 func tcpPair(b *testing.B) (net.Conn, net.Conn) {
@@ -38,7 +41,8 @@ func tcpPair(b *testing.B) (net.Conn, net.Conn) {
 func hsPair(spin bool) pairFn {
 	return func(b *testing.B) (net.Conn, net.Conn) {
 		cfg := testNS
-		cfg.RxFifoSize, cfg.TxFifoSize = 1<<20, 1<<20
+		cfg.RxFifoSize, cfg.TxFifoSize = benchFifo, benchFifo
+		cfg.SegmentSize = 4 * benchFifo
 		_, sock := startEngine(b, cfg)
 		mod := func(o *client.Options) { o.Spin = spin }
 		a1 := attach(b, sock, "a", mod)
@@ -172,7 +176,8 @@ func BenchmarkConnectHoststack(b *testing.B) {
 func hsChildPair(role string, spin bool) pairFn {
 	return func(b *testing.B) (net.Conn, net.Conn) {
 		cfg := testNS
-		cfg.RxFifoSize, cfg.TxFifoSize = 1<<20, 1<<20
+		cfg.RxFifoSize, cfg.TxFifoSize = benchFifo, benchFifo
+		cfg.SegmentSize = 4 * benchFifo
 		_, sock := startEngine(b, cfg)
 		if spin {
 			b.Setenv("HS_TEST_SPIN", "1")
