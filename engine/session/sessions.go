@@ -308,7 +308,7 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 		v := r.Lookup(RuleQuery{Namespace: ns.key, App: a.name, Dir: Connect, Proto: wire.TCP, Local: local, Remote: dst})
 		switch v.Action {
 		case Deny:
-			fail(wire.ErrDenied, "connect to %s denied by session rule %q", dst, v.Rule)
+			fail(wire.ErrDenied, "connect to %s denied by SessionRule %s", dst, v.Rule)
 			return
 		case Redirect:
 			switch {
@@ -350,7 +350,7 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 	if r := ns.e.cfg.Rules; r != nil {
 		v := r.Lookup(RuleQuery{Namespace: ns.key, App: srv.app.name, Dir: Accept, Proto: wire.TCP, Local: dst, Remote: local})
 		if v.Action == Deny {
-			fail(wire.ErrDenied, "session to %s denied by session rule %q", dst, v.Rule)
+			fail(wire.ErrDenied, "session to %s denied by SessionRule %s", dst, v.Rule)
 			return
 		}
 	}
