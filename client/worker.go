@@ -28,6 +28,9 @@ type worker struct {
 	rq     *shm.Queue
 	wakeFD int
 	engFD  int
+	// sleeping is this loop's flag in the worker's control line: set before
+	// sleeping so the engine writes the wake eventfd for new events
+	sleeping *atomic.Uint64
 
 	reqMu sync.Mutex // the request queue has one producer at a time
 
@@ -71,6 +74,14 @@ func (a *App) newWorker(info wire.WorkerInfo, fds []int) (*worker, error) {
 		w.release()
 		return nil, fmt.Errorf("request queue: %w", err)
 	}
+	if info.CtlOff > uint64(mq.Size()) {
+		w.release()
+		return nil, errors.New("control line outside the queue segment")
+	}
+	if w.sleeping, err = wire.Word(mq.Bytes(), int(info.CtlOff)+wire.CtlSleeping); err != nil {
+		w.release()
+		return nil, err
+	}
 	return w, nil
 }
 
@@ -88,6 +99,7 @@ func (w *worker) loop() {
 	// sits in a syscall until sysmon retakes it.
 	defer close(w.done)
 	buf := make([]byte, shm.MsgSize)
+	armed := false
 	for !w.stop.Load() {
 		progress := false
 		for {
@@ -110,15 +122,28 @@ func (w *worker) loop() {
 			progress = true
 		}
 		if progress {
+			if armed {
+				w.sleeping.Store(0)
+				armed = false
+			}
 			// let the goroutines just readied run now, on this P
 			runtime.Gosched()
 			continue
 		}
-		// The engine signals the eventfd after every event, and fifo peers
-		// after making progress on a fifo whose waiting flag is set, so a
-		// wake-up that happens after the checks above is not lost: the
-		// counter stays readable.
+		if !armed {
+			// Announce the sleep, then look once more: an event queued
+			// before the engine could see the flag did not signal.
+			w.sleeping.Store(1)
+			armed = true
+			continue
+		}
+		// The engine signals the eventfd for events queued while the flag
+		// is set, and fifo peers after making progress on a fifo whose
+		// waiting flag is set, so a wake-up after the checks above is not
+		// lost: the counter stays readable.
 		_ = shm.WaitFD(w.wakeFD, time.Time{})
+		w.sleeping.Store(0)
+		armed = false
 	}
 }
 

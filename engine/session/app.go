@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -54,6 +55,9 @@ type worker struct {
 	rq     *shm.Queue // app → engine
 	wakeFD int        // the app waits on it; the engine and cut-through peers signal it
 	engFD  int        // the engine waits on it; the app signals it
+	// sleeping is the app loop's flag in the worker's control line (shared,
+	// written by the app: only ever decides whether to signal)
+	sleeping *atomic.Uint64
 	info   wire.WorkerInfo
 
 	sessions  map[uint64]*session
@@ -294,7 +298,7 @@ func clampFifo(req, max int) int {
 func (ns *namespace) newWorker(a *app) (*worker, error) {
 	slots := ns.cfg.QueueSlots
 	qfp := shm.QueueFootprint(slots)
-	seg, err := shm.CreateSegment(fmt.Sprintf("hs-mq-%d-%d", a.id, a.nextWrk), 2*qfp)
+	seg, err := shm.CreateSegment(fmt.Sprintf("hs-mq-%d-%d", a.id, a.nextWrk), 2*qfp+wire.CtlSize)
 	if err != nil {
 		return nil, err
 	}
@@ -322,9 +326,13 @@ func (ns *namespace) newWorker(a *app) (*worker, error) {
 	if w.rq, err = shm.InitQueue(seg, qfp, slots, w.engFD); err != nil {
 		return fail(err)
 	}
+	if w.sleeping, err = wire.Word(seg.Bytes(), 2*qfp+wire.CtlSleeping); err != nil {
+		return fail(err)
+	}
+	w.sleeping.Store(0)
 	a.nextWrk++
 	w.info = wire.WorkerInfo{ID: w.id, MQSize: uint64(seg.Size()), EvqOff: 0, EvqSlots: uint32(slots),
-		ReqOff: uint64(qfp), ReqSlots: uint32(slots)}
+		ReqOff: uint64(qfp), ReqSlots: uint32(slots), CtlOff: uint64(2 * qfp)}
 	return w, nil
 }
 
@@ -417,13 +425,16 @@ func (w *worker) send(m wire.Msg) {
 }
 
 // trySend sends without backlog; false when the queue is full. The wake
-// eventfd is signalled after every event: the app's event loop shares it
-// with cut-through wake-ups and sleeps on it directly.
+// eventfd is written only when the app's event loop announced it sleeps
+// (wire's control line; the loop shares the eventfd with cut-through
+// wake-ups, so the queue's own waiting flag is not used).
 func (w *worker) trySend(msg []byte) bool {
 	if err := w.evq.Send(msg); err != nil {
 		return false
 	}
-	_ = shm.Signal(w.wakeFD)
+	if w.sleeping.Load() != 0 && w.sleeping.Swap(0) != 0 {
+		_ = shm.Signal(w.wakeFD)
+	}
 	return true
 }
 

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -50,6 +51,7 @@ type rawApp struct {
 	evq  *shm.Queue
 	rq   *shm.Queue
 	wake int
+	slp  *atomic.Uint64
 }
 
 func dialRaw(t *testing.T, path string) *net.UnixConn {
@@ -122,6 +124,9 @@ func attachRaw(t *testing.T, path, name string) *rawApp {
 	if a.rq, err = shm.OpenQueue(a.mq, int(rep.Worker.ReqOff), int(rep.Worker.ReqSlots), fds[2]); err != nil {
 		t.Fatal(err)
 	}
+	if a.slp, err = wire.Word(a.mq.Bytes(), int(rep.Worker.CtlOff)); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		a.mq.Close()
 		unix.Close(fds[1])
@@ -159,7 +164,17 @@ func (a *rawApp) event() wire.Msg {
 		if time.Now().After(deadline) {
 			a.t.Fatal("no event")
 		}
-		shm.WaitFD(a.wake, time.Now().Add(100*time.Millisecond))
+		a.slp.Store(1)
+		if n, _ := a.evq.TryRecv(b); n > 0 {
+			a.slp.Store(0)
+			m, err := wire.Decode(b[:n])
+			if err != nil {
+				a.t.Fatal(err)
+			}
+			return m
+		}
+		shm.WaitFD(a.wake, time.Now().Add(time.Second))
+		a.slp.Store(0)
 	}
 }
 

@@ -28,6 +28,7 @@ type WorkerInfo struct {
 	EvqSlots uint32
 	ReqOff   uint64 // app → engine requests
 	ReqSlots uint32
+	CtlOff   uint64 // the worker's control line (see CtlSize)
 }
 
 // WorkerFDs is the number of fds that come with a WorkerInfo.
@@ -243,7 +244,7 @@ func (m *Attach) decode(d *dec) {
 	m.TxFifoSize = d.u32()
 }
 
-const workerInfoSize = 4 + 8 + 8 + 4 + 8 + 4
+const workerInfoSize = 4 + 8 + 8 + 4 + 8 + 4 + 8
 
 func (e *enc) worker(w WorkerInfo) {
 	e.u32(w.ID)
@@ -252,9 +253,10 @@ func (e *enc) worker(w WorkerInfo) {
 	e.u32(w.EvqSlots)
 	e.u64(w.ReqOff)
 	e.u32(w.ReqSlots)
+	e.u64(w.CtlOff)
 }
 func (d *dec) worker() WorkerInfo {
-	return WorkerInfo{ID: d.u32(), MQSize: d.u64(), EvqOff: d.u64(), EvqSlots: d.u32(), ReqOff: d.u64(), ReqSlots: d.u32()}
+	return WorkerInfo{ID: d.u32(), MQSize: d.u64(), EvqOff: d.u64(), EvqSlots: d.u32(), ReqOff: d.u64(), ReqSlots: d.u32(), CtlOff: d.u64()}
 }
 
 func (*AttachReply) Type() Type { return TAttachReply }
