@@ -63,7 +63,7 @@ func TestRulesAndTransportSeams(t *testing.T) {
 	ctx := context.Background()
 
 	_, err = cli.Dial(ctx, "tcp", "127.0.0.1:23")
-	if err == nil || !strings.Contains(err.Error(), `session rule "no-telnet"`) || !errors.Is(err, syscall.EACCES) {
+	if err == nil || !strings.Contains(err.Error(), "SessionRule no-telnet") || !errors.Is(err, syscall.EACCES) {
 		t.Fatalf("deny: %v", err)
 	}
 	c, err := cli.Dial(ctx, "tcp", "127.0.0.1:8081")

@@ -58,7 +58,7 @@ type worker struct {
 	// sleeping is the app loop's flag in the worker's control line (shared,
 	// written by the app: only ever decides whether to signal)
 	sleeping *atomic.Uint64
-	info   wire.WorkerInfo
+	info     wire.WorkerInfo
 
 	sessions  map[uint64]*session
 	listeners map[uint64]*listener

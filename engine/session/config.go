@@ -122,7 +122,7 @@ type RuleQuery struct {
 }
 
 // Verdict is the result of a rule lookup. Rule names the rule that decided,
-// for the error the app sees ("denied by session rule X").
+// for the error the app sees ("denied by SessionRule X").
 type Verdict struct {
 	Action Action
 	Rule   string
