@@ -13,14 +13,16 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
+	"github.com/hoststack/hoststack/agent/render"
 	hsschema "github.com/hoststack/hoststack/api/schema"
 	hsv1 "github.com/hoststack/hoststack/api/v1alpha1"
-	"github.com/hoststack/hoststack/agent/render"
 )
 
 // Load reads every *.yaml, *.yml and *.json file of dir (not recursive, in
@@ -82,8 +84,20 @@ func Load(ctx context.Context, v *hsschema.Validator, dir string) (render.Input,
 					continue
 				}
 				in.AppNamespaces = append(in.AppNamespaces, an)
+			case hsv1.GroupVersion.WithKind("SessionRule"):
+				var sr hsv1.SessionRule
+				if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, &sr); err != nil {
+					problems = append(problems, fmt.Sprintf("%s: %s: %v", o.Source, id, err))
+					continue
+				}
+				// No API server stamps creation times here: earlier in the
+				// directory (file name, then document order) counts as older,
+				// which decides conflicts the way creation time does in a
+				// cluster.
+				sr.CreationTimestamp = metav1.NewTime(orderEpoch.Add(time.Duration(len(in.SessionRules)) * time.Second))
+				in.SessionRules = append(in.SessionRules, sr)
 			default:
-				problems = append(problems, fmt.Sprintf("%s: %s: kind %s is not used in standalone mode yet", o.Source, id, o.GetKind()))
+				problems = append(problems, fmt.Sprintf("%s: %s: kind %s is not used in standalone mode", o.Source, id, o.GetKind()))
 			}
 		}
 	}
@@ -92,6 +106,9 @@ func Load(ctx context.Context, v *hsschema.Validator, dir string) (render.Input,
 	}
 	return in, nil
 }
+
+// orderEpoch is the synthetic creation time of the first SessionRule read.
+var orderEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
 var secretGVK = schema.GroupVersionKind{Version: "v1", Kind: "Secret"}
 

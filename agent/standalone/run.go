@@ -11,6 +11,7 @@ import (
 	"github.com/hoststack/hoststack/agent/apply"
 	"github.com/hoststack/hoststack/agent/render"
 	hsschema "github.com/hoststack/hoststack/api/schema"
+	"github.com/hoststack/hoststack/engine/rules"
 	"github.com/hoststack/hoststack/engine/session"
 )
 
@@ -20,11 +21,15 @@ type Options struct {
 	RunDir    string // attach sockets: <run-dir>/<namespace>/<name>/session.sock
 	Log       *slog.Logger
 	// Reload delivers a value whenever the configuration should be read
-	// again (SIGHUP, file change). May be nil.
+	// again (SIGHUP). May be nil.
 	Reload <-chan struct{}
+	// Watch reloads when a file of ConfigDir changes (inotify).
+	Watch bool
 	// Ready, if set, is called once the initial configuration is served,
 	// with the socket path of every app namespace.
 	Ready func(sockets map[string]string)
+	// Reloaded, if set, is called after every reload attempt with its error.
+	Reloaded func(error)
 }
 
 // SocketPath is where standalone mode serves an app namespace's attach socket.
@@ -32,10 +37,21 @@ func SocketPath(runDir string, cfg session.NamespaceConfig) string {
 	return filepath.Join(runDir, cfg.Namespace, cfg.Name, "session.sock")
 }
 
+// AdminSocketPath is where standalone mode serves its admin API (rules dump).
+func AdminSocketPath(runDir string) string { return filepath.Join(runDir, "admin.sock") }
+
+// desired is a loaded, rendered and compiled configuration.
+type desired struct {
+	out       render.Output
+	set       *rules.Set
+	conflicts []rules.Conflict
+}
+
 // Run serves the configuration until ctx ends, then tells every app, removes
 // the sockets and returns nil. An invalid initial configuration is an error
 // before anything starts; an invalid reload is logged and the running
-// configuration kept.
+// configuration kept. Rule changes apply to new sessions; open sessions are
+// never cut by a reload.
 func Run(ctx context.Context, o Options) error {
 	log := o.Log
 	if log == nil {
@@ -48,24 +64,43 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("compiling CRD schemas: %w", err)
 	}
-	out, err := load(ctx, v, o.ConfigDir)
+	d, err := load(ctx, v, o.ConfigDir)
 	if err != nil {
 		return err
+	}
+	logConflicts(log, d.conflicts)
+	var changes <-chan struct{}
+	if o.Watch {
+		w, err := watchDir(ctx, o.ConfigDir)
+		if err != nil {
+			return err
+		}
+		changes = w
 	}
 	if err := os.MkdirAll(o.RunDir, 0o755); err != nil {
 		return fmt.Errorf("creating run directory: %w", err)
 	}
-	eng, err := session.New(session.Config{Logf: func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...)) }})
+	var table rules.Table
+	table.Store(d.set)
+	eng, err := session.New(session.Config{
+		Rules: apply.RuleLookup{Table: &table},
+		Logf:  func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...)) },
+	})
 	if err != nil {
 		return fmt.Errorf("starting engine: %w", err)
 	}
 	ap := apply.New(eng, func(cfg session.NamespaceConfig) string { return SocketPath(o.RunDir, cfg) })
+	admin, err := serveAdmin(AdminSocketPath(o.RunDir), &table, log)
+	if err != nil {
+		return errors.Join(err, eng.Close())
+	}
 	shutdown := func() error {
+		errS := admin.Close()
 		errA := ap.Close()
 		errE := eng.Close()
-		return errors.Join(errA, errE)
+		return errors.Join(errS, errA, errE)
 	}
-	if _, err := ap.Apply(out.Namespaces); err != nil {
+	if _, err := ap.Apply(d.out.Namespaces); err != nil {
 		// Nothing half-started: undo what did start.
 		return errors.Join(fmt.Errorf("applying configuration: %w", err), shutdown())
 	}
@@ -74,38 +109,62 @@ func Run(ctx context.Context, o Options) error {
 		sockets[key] = ap.SocketOf(key)
 		log.Info("serving app namespace", "appNamespace", key, "socket", ap.SocketOf(key))
 	}
+	log.Info("session rules loaded", "rules", d.set.Len(), "conflicts", len(d.conflicts))
 	if o.Ready != nil {
 		o.Ready(sockets)
 	}
 
+	reload := func(why string) {
+		next, err := load(ctx, v, o.ConfigDir)
+		if err != nil {
+			log.Error("reload refused; keeping the running configuration", "trigger", why, "err", err)
+			if o.Reloaded != nil {
+				o.Reloaded(err)
+			}
+			return
+		}
+		logConflicts(log, next.conflicts)
+		// Rules first: a namespace added by this reload starts with its rules.
+		table.Store(next.set)
+		changes, err := ap.Apply(next.out.Namespaces)
+		for _, c := range changes {
+			log.Info("reloaded", "op", c.Op, "appNamespace", c.Key)
+		}
+		log.Info("reloaded", "trigger", why, "rules", next.set.Len(), "conflicts", len(next.conflicts))
+		if err != nil {
+			log.Error("reload partly failed", "err", err)
+		}
+		if o.Reloaded != nil {
+			o.Reloaded(err)
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			log.Info("stopping: telling apps and removing sockets")
 			return shutdown()
 		case <-o.Reload:
-			next, err := load(ctx, v, o.ConfigDir)
-			if err != nil {
-				log.Error("reload refused; keeping the running configuration", "err", err)
-				continue
-			}
-			changes, err := ap.Apply(next.Namespaces)
-			for _, c := range changes {
-				log.Info("reloaded", "op", c.Op, "appNamespace", c.Key)
-			}
-			if err != nil {
-				log.Error("reload partly failed", "err", err)
-			}
+			reload("SIGHUP")
+		case <-changes:
+			reload("file change")
 		}
 	}
 }
 
-// load reads and renders the directory; problems that only rendering finds
-// (a missing secret, say) are errors too.
-func load(ctx context.Context, v *hsschema.Validator, dir string) (render.Output, error) {
+func logConflicts(log *slog.Logger, cs []rules.Conflict) {
+	for _, c := range cs {
+		log.Warn("SessionRule not applied: same match as an older rule, which wins",
+			"rule", c.Loser.Name, "olderRule", c.Winner.Name, "detail", c.String())
+	}
+}
+
+// load reads, renders and compiles the directory; problems that only
+// rendering or compiling finds (a missing secret, an unknown AppNamespace)
+// are errors too.
+func load(ctx context.Context, v *hsschema.Validator, dir string) (desired, error) {
 	in, err := Load(ctx, v, dir)
 	if err != nil {
-		return render.Output{}, err
+		return desired{}, err
 	}
 	out := render.Render(in)
 	if len(out.Problems) > 0 {
@@ -113,7 +172,11 @@ func load(ctx context.Context, v *hsschema.Validator, dir string) (render.Output
 		for _, p := range out.Problems {
 			lines = append(lines, p.String())
 		}
-		return render.Output{}, &hsschema.InvalidError{Problems: lines}
+		return desired{}, &hsschema.InvalidError{Problems: lines}
 	}
-	return out, nil
+	set, conflicts, err := rules.Compile(out.Rules)
+	if err != nil {
+		return desired{}, fmt.Errorf("compiling session rules: %w", err)
+	}
+	return desired{out: out, set: set, conflicts: conflicts}, nil
 }

@@ -202,3 +202,45 @@ func TestFlagErrors(t *testing.T) {
 		t.Errorf("--standalone without --config: exit %d, want 1", code)
 	}
 }
+
+func TestRulesSubcommandPrintsTheEnginesTable(t *testing.T) {
+	bin := agentBinary(t)
+	cfg, run := t.TempDir(), t.TempDir()
+	writeFile(t, cfg, "ns.yaml", goodNS)
+	writeFile(t, cfg, "rule.yaml", `apiVersion: hoststack.dev/v1alpha1
+kind: SessionRule
+metadata: {name: no-db, namespace: team-a}
+spec:
+  appNamespaceRef: {name: demo}
+  scope: Local
+  transport: TCP
+  local: {cidr: 0.0.0.0/0}
+  remote: {cidr: 10.0.0.0/8, port: 5432}
+  action: {type: Deny}
+  tag: databases
+`)
+	cmd, _ := startAgent(t, bin, "--standalone", "--config", cfg, "--run-dir", run)
+	out, err := exec.Command(bin, "rules", "--run-dir", run).CombinedOutput()
+	if err != nil {
+		t.Fatalf("rules: %v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "NAMESPACE") {
+		t.Fatalf("want a header and one rule, got:\n%s", out)
+	}
+	for _, f := range []string{"team-a/demo", "Local", "TCP", "10.0.0.0/8", "5432", "Deny", "team-a/no-db", "databases"} {
+		if !strings.Contains(lines[1], f) {
+			t.Errorf("rule line lacks %q: %s", f, lines[1])
+		}
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+	// With no agent running, a clear error and exit 1.
+	out, err = exec.Command(bin, "rules", "--run-dir", run).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "no standalone agent answers") {
+		t.Errorf("rules without agent: %v\n%s", err, out)
+	}
+}
