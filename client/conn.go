@@ -32,6 +32,7 @@ type Conn struct {
 	raddr    *net.TCPAddr
 
 	rmu, wmu sync.Mutex // one reader, one writer at a time; Close takes both
+	closeMu  sync.Mutex // serialises Close
 	rdl, wdl deadline
 
 	closed     atomic.Bool
@@ -418,6 +419,9 @@ func (c *Conn) CloseRead() error {
 	}
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
+	if c.closed.Load() {
+		return c.opErr("close", net.ErrClosed)
+	}
 	c.rx.CloseRead()
 	return nil
 }
@@ -425,6 +429,10 @@ func (c *Conn) CloseRead() error {
 // Close closes the session: blocked calls return net.ErrClosed, the peer
 // reads the remaining data then io.EOF, and the engine releases the fifos.
 func (c *Conn) Close() error {
+	// A second Close waits for the first to finish: App.Close relies on
+	// every Close having returned before it unmaps the segments.
+	c.closeMu.Lock()
+	defer c.closeMu.Unlock()
 	if !c.closed.CompareAndSwap(false, true) {
 		return c.opErr("close", net.ErrClosed)
 	}
