@@ -99,3 +99,10 @@ bin/echo-client -to 127.0.0.1:7000 -msg "hello through shared memory" | sed 's/^
 bin/echo-client -to 127.0.0.1:7000 -bytes $((8<<20)) | sed 's/^/    /'
 if bin/echo-client -to 127.0.0.1:7001 2>"$work/refused.log"; then die "dial to a port nobody listens on succeeded"; fi
 echo "    nothing on :7001 -> $(cat "$work/refused.log")"
+bin/echo-server -listen 127.0.0.1:7002 >"$work/server2.log" 2>&1 &
+pids+=($!)
+wait_for_line "$work/server2.log" "listening on" 30
+if bin/echo-client -to 127.0.0.1:7002 2>"$work/denied.log"; then die "dial to :7002 succeeded despite the Deny rule"; fi
+echo "    a server on :7002, but a SessionRule denies it -> $(cat "$work/denied.log")"
+echo "    the rules the engine enforces (hoststack-agent rules):"
+bin/hoststack-agent rules --run-dir "$run" | sed 's/^/      /'

@@ -1,50 +1,77 @@
-// Command client sends its arguments (or stdin) to an echo server over
-// hoststack and prints what comes back.
+// Command client is the echo client of the hoststack example: it attaches,
+// dials the echo server, sends a message (or -bytes of random data, checked
+// by hash), half-closes, and prints what came back.
+//
+//	HOSTSTACK_SOCKET=/run/hoststack/default/echo/session.sock client -to 127.0.0.1:7000 -msg hello
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"flag"
+	"fmt"
 	"io"
 	"log"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/hoststack/hoststack/client"
 )
 
 func main() {
-	socket := flag.String("socket", "", "engine attach socket (default $HOSTSTACK_SOCKET)")
-	addr := flag.String("connect", "127.0.0.1:7007", "echo server address")
-	secret := flag.String("secret", os.Getenv("HOSTSTACK_SECRET"), "app namespace secret, if any")
-	timeout := flag.Duration("timeout", 10*time.Second, "overall timeout")
+	socket := flag.String("socket", os.Getenv(client.EnvSocket), "engine attach socket (default $HOSTSTACK_SOCKET)")
+	to := flag.String("to", "127.0.0.1:7000", "echo server address")
+	msg := flag.String("msg", "hello through shared memory", "message to send")
+	size := flag.Int("bytes", 0, "send this many random bytes instead of -msg, and verify the echo by SHA-256")
 	flag.Parse()
+	log.SetFlags(0)
+	log.SetPrefix("echo-client: ")
 
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	app, err := client.Attach(ctx, client.Options{Socket: *socket, Name: "echo-client", Secret: *secret})
+	app, err := client.Attach(ctx, client.Options{Socket: *socket, Name: "echo-client"})
 	if err != nil {
-		log.Fatal(err)
+		log.Fatalf("attach: %v", err)
 	}
 	defer app.Close()
-	c, err := app.Dial(ctx, "tcp", *addr)
+	c, err := app.Dial(ctx, "tcp", *to)
 	if err != nil {
-		log.Fatal(err)
+		log.Fatalf("dial: %v", err)
 	}
 	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
+
+	payload := []byte(*msg)
+	if *size > 0 {
+		payload = make([]byte, *size)
+		rand.Read(payload)
 	}
-	var in io.Reader = os.Stdin
-	if flag.NArg() > 0 {
-		in = strings.NewReader(strings.Join(flag.Args(), " ") + "\n")
-	}
+	start := time.Now()
+	werr := make(chan error, 1)
 	go func() {
-		io.Copy(c, in)
-		c.(interface{ CloseWrite() error }).CloseWrite()
+		_, err := c.Write(payload)
+		if err == nil {
+			err = c.(interface{ CloseWrite() error }).CloseWrite()
+		}
+		werr <- err
 	}()
-	if _, err := io.Copy(os.Stdout, c); err != nil {
-		log.Fatal(err)
+	got, err := io.ReadAll(c)
+	if err != nil {
+		log.Fatalf("read: %v", err)
 	}
+	if err := <-werr; err != nil {
+		log.Fatalf("write: %v", err)
+	}
+	el := time.Since(start)
+	if !bytes.Equal(got, payload) {
+		log.Fatalf("echo differs: sent %d bytes (sha256 %x), got %d (sha256 %x)",
+			len(payload), sha256.Sum256(payload), len(got), sha256.Sum256(got))
+	}
+	if *size > 0 {
+		fmt.Printf("echoed %d bytes intact (sha256 %x) in %v, %s -> %s\n",
+			len(got), sha256.Sum256(got), el.Round(time.Microsecond), c.LocalAddr(), c.RemoteAddr())
+		return
+	}
+	fmt.Printf("%s -> %s: sent %q, got %q back in %v\n", c.LocalAddr(), c.RemoteAddr(), payload, got, el.Round(time.Microsecond))
 }

@@ -1,12 +1,19 @@
-// Command server is an echo server on hoststack: it attaches to the engine
-// ($HOSTSTACK_SOCKET or -socket), listens, and echoes every session back.
+// Command server is the echo server of the hoststack example: it attaches to
+// the engine, listens, and echoes every byte back. Peers on the same node in
+// the same app namespace reach it through a cut-through session: the bytes
+// move through shared-memory FIFOs, not the kernel.
+//
+//	HOSTSTACK_SOCKET=/run/hoststack/default/echo/session.sock server -listen 127.0.0.1:7000
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"log"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -15,39 +22,46 @@ import (
 )
 
 func main() {
-	socket := flag.String("socket", "", "engine attach socket (default $HOSTSTACK_SOCKET)")
-	addr := flag.String("listen", ":7007", "address to listen on")
-	secret := flag.String("secret", os.Getenv("HOSTSTACK_SECRET"), "app namespace secret, if any")
+	socket := flag.String("socket", os.Getenv(client.EnvSocket), "engine attach socket (default $HOSTSTACK_SOCKET)")
+	listen := flag.String("listen", "127.0.0.1:7000", "address to listen on")
 	flag.Parse()
+	log.SetFlags(0)
+	log.SetPrefix("echo-server: ")
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	app, err := client.Attach(ctx, client.Options{Socket: *socket, Name: "echo-server", Secret: *secret})
+	app, err := client.Attach(ctx, client.Options{Socket: *socket, Name: "echo-server"})
 	if err != nil {
-		log.Fatal(err)
+		log.Fatalf("attach: %v", err)
 	}
 	defer app.Close()
-	ln, err := app.Listen("tcp", *addr)
+	ln, err := app.Listen("tcp", *listen)
 	if err != nil {
-		log.Fatal(err)
+		log.Fatalf("listen: %v", err)
 	}
-	log.Printf("echo server listening on %v", ln.Addr())
-	go func() {
-		<-ctx.Done()
-		ln.Close()
-	}()
+	// The line a supervisor (or `make demo`) waits for.
+	fmt.Printf("listening on %s\n", ln.Addr())
+	go func() { <-ctx.Done(); ln.Close() }()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			if ctx.Err() != nil {
+			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			log.Fatal(err)
+			log.Printf("accept: %v", err)
+			return
 		}
 		go func() {
 			defer c.Close()
 			n, err := io.Copy(c, c)
-			log.Printf("%v: echoed %d bytes (%v)", c.RemoteAddr(), n, err)
+			log.Printf("session from %s: echoed %d bytes (%v)", c.RemoteAddr(), n, errOrEOF(err))
 		}()
 	}
+}
+
+func errOrEOF(err error) any {
+	if err == nil {
+		return "EOF"
+	}
+	return err
 }
