@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -91,7 +92,21 @@ func main() {
 	dur := flag.Duration("d", 700*time.Millisecond, "measuring time per point (each point is the median of -n runs)")
 	runs := flag.Int("n", 3, "runs per point")
 	only := flag.String("only", "", "comma-separated groups to run (stream,rr,connect,memory,rules); empty = all")
+	onlyVariants := flag.String("variants", "", "comma-separated variants to run (e.g. hoststack,tcp-loopback); empty = all")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 
 	want := func(g string) bool {
 		if *only == "" {
@@ -112,6 +127,15 @@ func main() {
 		os.Exit(1)
 	}
 	defer cleanup()
+	if *onlyVariants != "" {
+		var keep []variant
+		for _, v := range variants {
+			if strings.Contains(","+*onlyVariants+",", ","+v.name+",") {
+				keep = append(keep, v)
+			}
+		}
+		variants = keep
+	}
 
 	m := measurer{d: *dur, n: *runs}
 	if want("stream") {
@@ -150,11 +174,13 @@ func main() {
 		}
 	}
 	if want("memory") {
-		if bytes, ok, err := idleSessionMemory(); err != nil {
+		fmt.Fprintln(os.Stderr, "memory per idle session (1,000 sessions):")
+		resident, reserved, err := idleSessionMemory()
+		if err != nil {
 			fail("hoststack", "memory", err)
-		} else if ok {
-			rep.add("memory", "idle-session", "hoststack", bytes, "bytes")
 		}
+		rep.add("memory", "idle-session-resident", "hoststack", resident, "bytes")
+		rep.add("memory", "idle-session-fifo-reserved", "hoststack", reserved, "bytes")
 	}
 
 	if want("rules") {
@@ -184,6 +210,8 @@ func addTargets(r *Report) {
 	s := func(cs, v string) [3]string { return [3]string{"stream", cs, v} }
 	r.target("64KiB stream >= 8x TCP loopback", s("64KiB", "hoststack"), s("64KiB", "tcp-loopback"), 8, 0)
 	r.target("64KiB stream >= 0.5x memcpy", s("64KiB", "hoststack"), s("64KiB", "memcpy"), 0.5, 0)
+	r.target("64KiB stream >= 8x TCP loopback, 4 MiB FIFOs", s("64KiB", "hoststack-4MiB"), s("64KiB", "tcp-loopback"), 8, 0)
+	r.target("64KiB stream >= 0.5x memcpy, 4 MiB FIFOs", s("64KiB", "hoststack-4MiB"), s("64KiB", "memcpy"), 0.5, 0)
 	r.target("64B stream >= 20x TCP loopback", s("64B", "hoststack"), s("64B", "tcp-loopback"), 20, 0)
 	r.target("64B RR p50 <= 1/5 TCP loopback (default mode)", [3]string{"rr", "p50", "hoststack"}, [3]string{"rr", "p50", "tcp-loopback"}, 0, 0.2)
 	r.target("64B RR p50 spin mode <= 2us (vs 1us)", [3]string{"rr", "p50", "hoststack-spin"}, [3]string{"rr", "p50", "unit-1us"}, 0, 2)
