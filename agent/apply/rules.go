@@ -8,9 +8,10 @@ import (
 	"github.com/hoststack/hoststack/engine/wire"
 )
 
-// RuleLookup adapts a rules.Table to the engine's rule seam. Sessions the
-// engine cuts through between two apps of one app namespace are looked up in
-// the namespace's Local tables.
+// RuleLookup adapts a rules.Table to the engine's rule seam: sessions the
+// engine cuts through between two apps of one app namespace are judged by
+// the namespace's Local tables, sessions leaving through a transport by its
+// Local and then its Global tables (the engine asks once per scope).
 type RuleLookup struct{ Table *rules.Table }
 
 var _ session.Rules = RuleLookup{}
@@ -36,7 +37,11 @@ func (l RuleLookup) Lookup(q session.RuleQuery) session.Verdict {
 		// address of the remote's family, any port.
 		local = netip.AddrPortFrom(unspecified(remote.Addr()), 0)
 	}
-	r, ok := l.Table.Lookup(q.Namespace, rules.Local, proto, local, remote)
+	scope := rules.Local
+	if q.Scope == session.GlobalScope {
+		scope = rules.Global
+	}
+	r, ok := l.Table.Lookup(q.Namespace, scope, proto, local, remote)
 	if !ok {
 		return session.Verdict{Action: session.Allow}
 	}

@@ -111,10 +111,22 @@ const (
 	Redirect
 )
 
+// Scope says which rule tables a lookup consults.
+type Scope int
+
+// Scopes, as in the SessionRule API.
+const (
+	// LocalScope: sessions between apps of the app namespace (cut-through).
+	LocalScope Scope = iota
+	// GlobalScope: sessions through a transport to the outside world.
+	GlobalScope
+)
+
 // RuleQuery is what a session rule lookup sees.
 type RuleQuery struct {
 	Namespace string // NamespaceConfig.Key()
 	App       string // name of the app asking
+	Scope     Scope
 	Dir       Direction
 	Proto     wire.Proto
 	Local     netip.AddrPort // may be invalid for a connect not yet bound

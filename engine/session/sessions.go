@@ -305,7 +305,7 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 	local := netip.AddrPortFrom(dst.Addr(), ns.nextEphemeral())
 	var l *listener
 	if r := ns.e.cfg.Rules; r != nil {
-		v := r.Lookup(RuleQuery{Namespace: ns.key, App: a.name, Dir: Connect, Proto: wire.TCP, Local: local, Remote: dst})
+		v := r.Lookup(RuleQuery{Namespace: ns.key, App: a.name, Scope: LocalScope, Dir: Connect, Proto: wire.TCP, Local: local, Remote: dst})
 		switch v.Action {
 		case Deny:
 			fail(wire.ErrDenied, "connect to %s denied by SessionRule %s", dst, v.Rule)
@@ -314,7 +314,7 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 			switch {
 			case v.App != "":
 				if l = ns.appListener(v.App, dst.Port()); l == nil {
-					fail(wire.ErrRefused, "connection refused: session rule %q redirects to app %s, which does not listen", v.Rule, v.App)
+					fail(wire.ErrRefused, "connection refused: SessionRule %s redirects to app %s, which does not listen", v.Rule, v.App)
 					return
 				}
 				dst = netip.AddrPortFrom(dst.Addr(), l.key.port)
@@ -327,14 +327,32 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 	if l == nil {
 		l = ns.lookupListener(wire.TCP, dst)
 	}
-	if l == nil {
-		if t := ns.e.cfg.Transport; t != nil && !t.Local(ns.key, dst.Addr()) {
+	if t := ns.e.cfg.Transport; l == nil && t != nil && !t.Local(ns.key, dst.Addr()) {
+		// The session would leave through the transport: the namespace's
+		// global-scope rules decide too.
+		if r := ns.e.cfg.Rules; r != nil {
+			v := r.Lookup(RuleQuery{Namespace: ns.key, App: a.name, Scope: GlobalScope, Dir: Connect, Proto: wire.TCP, Remote: dst})
+			switch {
+			case v.Action == Deny:
+				fail(wire.ErrDenied, "connect to %s denied by SessionRule %s", dst, v.Rule)
+				return
+			case v.Action == Redirect && v.App != "":
+				if l = ns.appListener(v.App, dst.Port()); l == nil {
+					fail(wire.ErrRefused, "connection refused: SessionRule %s redirects to app %s, which does not listen", v.Rule, v.App)
+					return
+				}
+				dst = netip.AddrPortFrom(dst.Addr(), l.key.port)
+			}
+		}
+		if l == nil {
 			code, msg := t.Connect(ConnectRequest{Namespace: ns.key, App: a.name, Remote: m.Remote})
 			if code != wire.OK {
 				fail(code, "%s", msg)
 			}
 			return
 		}
+	}
+	if l == nil {
 		if ns.e.cfg.Transport == nil && !dst.Addr().IsLoopback() {
 			fail(wire.ErrRefused, "connection refused: nothing listens on %s in app namespace %s, and no transport is configured for remote addresses", dst, ns.key)
 			return
@@ -348,7 +366,7 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 		return
 	}
 	if r := ns.e.cfg.Rules; r != nil {
-		v := r.Lookup(RuleQuery{Namespace: ns.key, App: srv.app.name, Dir: Accept, Proto: wire.TCP, Local: dst, Remote: local})
+		v := r.Lookup(RuleQuery{Namespace: ns.key, App: srv.app.name, Scope: LocalScope, Dir: Accept, Proto: wire.TCP, Local: dst, Remote: local})
 		if v.Action == Deny {
 			fail(wire.ErrDenied, "session to %s denied by SessionRule %s", dst, v.Rule)
 			return
