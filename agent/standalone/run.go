@@ -94,11 +94,10 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return errors.Join(err, eng.Close())
 	}
+	// Closing the engine tells every app it is shutting down, reaps them and
+	// removes the attach sockets.
 	shutdown := func() error {
-		errS := admin.Close()
-		errA := ap.Close()
-		errE := eng.Close()
-		return errors.Join(errS, errA, errE)
+		return errors.Join(admin.Close(), eng.Close())
 	}
 	if _, err := ap.Apply(d.out.Namespaces); err != nil {
 		// Nothing half-started: undo what did start.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"io"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hoststack/hoststack/client"
 )
 
 // agentBinary builds the agent once per test binary run.
@@ -242,5 +245,41 @@ spec:
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "no standalone agent answers") {
 		t.Errorf("rules without agent: %v\n%s", err, out)
+	}
+}
+
+func TestSIGTERMTellsAttachedApps(t *testing.T) {
+	bin := agentBinary(t)
+	cfg, run := t.TempDir(), t.TempDir()
+	writeFile(t, cfg, "ns.yaml", goodNS)
+	cmd, _ := startAgent(t, bin, "--standalone", "--config", cfg, "--run-dir", run)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	app, err := client.Attach(ctx, client.Options{Socket: filepath.Join(run, "team-a", "demo", "session.sock"), Name: "app", Secret: "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	ln, err := app.Listen("tcp", "127.0.0.1:7000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan error, 1)
+	go func() { _, err := ln.Accept(); accepted <- err }()
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-accepted:
+		if !errors.Is(err, syscall.ESHUTDOWN) || !strings.Contains(err.Error(), "shutting down") {
+			t.Errorf("Accept after SIGTERM: want ESHUTDOWN saying the engine is shutting down, got %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the app was not told of the shutdown")
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v", err)
 	}
 }
