@@ -121,14 +121,3 @@ func (a *Applier) remove(key string) error {
 	delete(a.applied, key)
 	return err
 }
-
-// Close removes every applied namespace: apps are told, sockets removed.
-func (a *Applier) Close() error {
-	var errs []error
-	for key := range a.applied {
-		if err := a.remove(key); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
