@@ -1,0 +1,18 @@
+// Package csi is the node agent's CSI node plugin for the inline ephemeral
+// volume driver csi.hoststack.dev: the way a pod gets its own attach socket.
+//
+// Kubelet registers the plugin through the plugin-registration socket
+// (pluginregistration/v1) and calls NodePublishVolume when a pod that mounts
+// the volume starts. The volume context names the pod (the CSIDriver object
+// sets podInfoOnMount); the plugin asks a PodSockets implementation to serve
+// one listening attach socket for that pod, session.sock, inside the volume's
+// target directory. Which socket an app connects through is who it is: the
+// socket allows only the AppNamespaces that select the pod.
+// NodeUnpublishVolume closes the socket and removes the directory.
+//
+// HostPathSockets is the fallback for clusters without CSI: the same per-pod
+// sockets under <dir>/<pod-namespace>/<pod-name>/session.sock.
+//
+// Nothing here keeps global state: everything hangs off a Server, an
+// EngineSockets or a HostPathSockets value.
+package csi

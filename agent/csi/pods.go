@@ -1,0 +1,284 @@
+package csi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/hoststack/hoststack/engine/session"
+)
+
+// SocketName is the attach socket's file name inside a pod's volume. The pod
+// webhook mounts the volume at /var/run/hoststack and sets
+// HOSTSTACK_SOCKET=/var/run/hoststack/session.sock.
+const SocketName = "session.sock"
+
+// PodRef identifies the pod a socket belongs to.
+type PodRef struct {
+	Namespace string
+	Name      string
+	UID       string
+}
+
+// String returns "namespace/name (uid)", as logs and errors name a pod.
+func (p PodRef) String() string { return p.Namespace + "/" + p.Name + " (uid " + p.UID + ")" }
+
+// validate checks p can name a pod (and a directory, for the hostPath mode).
+func (p PodRef) validate() error {
+	if errs := validation.IsDNS1123Label(p.Namespace); len(errs) > 0 {
+		return fmt.Errorf("pod namespace %q: %s", p.Namespace, strings.Join(errs, "; "))
+	}
+	if errs := validation.IsDNS1123Subdomain(p.Name); len(errs) > 0 {
+		return fmt.Errorf("pod name %q: %s", p.Name, strings.Join(errs, "; "))
+	}
+	if p.UID == "" || strings.ContainsAny(p.UID, "/\x00") || len(p.UID) > 128 {
+		return fmt.Errorf("pod uid %q is not a Kubernetes UID", p.UID)
+	}
+	return nil
+}
+
+// PodSockets serves per-pod attach sockets. The CSI node service and the
+// hostPath fallback drive it; the agent implements it with EngineSockets.
+type PodSockets interface {
+	// Publish serves the pod's attach socket in dir (which exists) and
+	// returns its path. Publishing the same pod in the same dir again
+	// returns the same socket (and re-serves it if its file disappeared or
+	// the pod's AppNamespaces changed). Errors wrap ErrNotSelected when no
+	// AppNamespace selects the pod, ErrConflict when dir serves another pod.
+	Publish(ctx context.Context, pod PodRef, dir string) (socketPath string, err error)
+	// Unpublish stops serving the socket in dir and removes its file. A dir
+	// that serves nothing is not an error. (Kubelet's NodeUnpublishVolume
+	// names only the volume and its target path, not the pod.)
+	Unpublish(ctx context.Context, dir string) error
+}
+
+// Resolver returns the keys ("namespace/name") of the AppNamespaces whose
+// podSelector selects the pod: the agent's pod cache and AppNamespace
+// informers decide. None (and a nil error) means the pod may not attach.
+type Resolver func(ctx context.Context, pod PodRef) (appNamespaces []string, err error)
+
+var (
+	// ErrNotSelected: no AppNamespace selects the pod.
+	ErrNotSelected = errors.New("not selected by any AppNamespace")
+	// ErrConflict: the directory already serves another pod.
+	ErrConflict = errors.New("directory already serves another pod")
+)
+
+// EngineSocketsOptions configures NewEngineSockets.
+type EngineSocketsOptions struct {
+	Engine  *session.Engine // required
+	Resolve Resolver        // required
+	Log     *slog.Logger    // nil: slog.Default()
+	// ReapApps, when set, is called after a pod's socket is closed, to
+	// detach the apps that attached through it. The engine has no such
+	// operation yet (AttachSocket.Close leaves attached apps running); until
+	// it does, the apps of a pod are reaped when they exit, which kubelet
+	// makes them do before it unpublishes the volume of a deleted pod.
+	ReapApps func(sock *session.AttachSocket, reason string) error
+}
+
+// EngineSockets serves per-pod attach sockets from a session engine. Safe for
+// concurrent use.
+type EngineSockets struct {
+	engine  *session.Engine
+	resolve Resolver
+	reap    func(*session.AttachSocket, string) error
+	log     *slog.Logger
+
+	mu     sync.Mutex
+	byDir  map[string]*podSocket
+	closed bool
+}
+
+// podSocket is one served per-pod socket.
+type podSocket struct {
+	pod  PodRef
+	dir  string
+	path string   // dir/session.sock
+	keys []string // AppNamespaces it allows
+	sock *session.AttachSocket
+	dirf *os.File // held while the socket was bound through /proc/self/fd
+}
+
+// NewEngineSockets returns an EngineSockets. Close it to close its sockets.
+func NewEngineSockets(o EngineSocketsOptions) (*EngineSockets, error) {
+	if o.Engine == nil || o.Resolve == nil {
+		return nil, errors.New("csi: EngineSockets needs an engine and a resolver")
+	}
+	log := o.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	return &EngineSockets{engine: o.Engine, resolve: o.Resolve, reap: o.ReapApps, log: log, byDir: map[string]*podSocket{}}, nil
+}
+
+// Publish implements PodSockets.
+func (s *EngineSockets) Publish(ctx context.Context, pod PodRef, dir string) (string, error) {
+	if err := pod.validate(); err != nil {
+		return "", err
+	}
+	dir = filepath.Clean(dir)
+	keys, err := s.resolve(ctx, pod)
+	if err != nil {
+		return "", fmt.Errorf("resolving the AppNamespaces of pod %s: %w", pod, err)
+	}
+	if len(keys) == 0 {
+		return "", fmt.Errorf("pod %s is %w: no AppNamespace's podSelector selects it on this node, so it may not attach (label the pod or fix the AppNamespace; kubelet retries the mount)", pod, ErrNotSelected)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return "", errors.New("csi: pod sockets closed (agent stopping)")
+	}
+	if cur := s.byDir[dir]; cur != nil {
+		if cur.pod.UID != pod.UID {
+			return "", fmt.Errorf("%s: %w %s (asked for %s)", dir, ErrConflict, cur.pod, pod)
+		}
+		if slices.Equal(cur.keys, keys) && socketExists(cur.path) {
+			return cur.path, nil
+		}
+		s.log.Info("re-serving pod attach socket", "pod", pod.String(), "path", cur.path, "appNamespaces", keys, "previous", cur.keys)
+		s.closeLocked(cur, "its pod's AppNamespaces changed")
+	}
+	ps, err := s.serve(pod, dir, keys)
+	if err != nil {
+		return "", err
+	}
+	s.byDir[dir] = ps
+	s.log.Info("serving pod attach socket", "pod", pod.String(), "podNamespace", pod.Namespace, "podName", pod.Name, "podUID", pod.UID, "path", ps.path, "appNamespaces", keys)
+	return ps.path, nil
+}
+
+// Unpublish implements PodSockets.
+func (s *EngineSockets) Unpublish(ctx context.Context, dir string) error {
+	dir = filepath.Clean(dir)
+	s.mu.Lock()
+	cur := s.byDir[dir]
+	if cur != nil {
+		delete(s.byDir, dir)
+		s.closeLocked(cur, "its volume was unpublished")
+	}
+	s.mu.Unlock()
+	if cur != nil {
+		s.log.Info("closed pod attach socket", "pod", cur.pod.String(), "podNamespace", cur.pod.Namespace, "podName", cur.pod.Name, "podUID", cur.pod.UID, "path", cur.path)
+	}
+	// a socket left by an earlier agent process (nothing serves it)
+	return removeSocket(filepath.Join(dir, SocketName))
+}
+
+// ForgetPod closes every socket of the pod with this UID (the agent calls it
+// when the pod is deleted; kubelet's unpublish then only removes the
+// directory). It returns how many sockets it closed.
+func (s *EngineSockets) ForgetPod(uid string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for dir, ps := range s.byDir {
+		if ps.pod.UID == uid {
+			delete(s.byDir, dir)
+			s.closeLocked(ps, "its pod was deleted")
+			s.log.Info("closed pod attach socket", "pod", ps.pod.String(), "path", ps.path, "reason", "pod deleted")
+			n++
+		}
+	}
+	return n
+}
+
+// Sockets returns the socket path of every served pod socket, by pod.
+func (s *EngineSockets) Sockets() map[PodRef][]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := map[PodRef][]string{}
+	for _, ps := range s.byDir {
+		m[ps.pod] = append(m[ps.pod], ps.path)
+	}
+	return m
+}
+
+// Close closes every pod socket (their files go; the volume directories
+// stay for kubelet to unpublish). Publish fails afterwards.
+func (s *EngineSockets) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for dir, ps := range s.byDir {
+		delete(s.byDir, dir)
+		s.closeLocked(ps, "the agent is stopping")
+	}
+	return nil
+}
+
+func (s *EngineSockets) closeLocked(ps *podSocket, reason string) {
+	_ = ps.sock.Close()
+	if ps.dirf != nil {
+		ps.dirf.Close()
+	}
+	if s.reap != nil {
+		if err := s.reap(ps.sock, "pod "+ps.pod.String()+": "+reason); err != nil {
+			s.log.Warn("reaping the apps of a pod attach socket", "pod", ps.pod.String(), "path", ps.path, "err", err)
+		}
+	}
+}
+
+// serve listens on dir/session.sock. A unix socket address holds at most 107
+// bytes and kubelet's volume paths
+// (/var/lib/kubelet/pods/<uid>/volumes/kubernetes.io~csi/<volume>/mount) are
+// often longer: then the socket is bound through /proc/self/fd/<dir fd>,
+// which stays open as long as the socket (the engine removes the file
+// through that name on Close).
+func (s *EngineSockets) serve(pod PodRef, dir string, keys []string) (*podSocket, error) {
+	path := filepath.Join(dir, SocketName)
+	ps := &podSocket{pod: pod, dir: dir, path: path, keys: slices.Clone(keys)}
+	bind := path
+	if len(path) > maxSocketPath {
+		f, err := os.OpenFile(dir, os.O_RDONLY|oPath|oDirectory, 0)
+		if err != nil {
+			return nil, fmt.Errorf("opening pod %s volume directory: %w", pod, err)
+		}
+		ps.dirf = f
+		bind = fmt.Sprintf("/proc/self/fd/%d/%s", f.Fd(), SocketName)
+	}
+	sock, err := s.engine.ServeAttach(bind, keys...)
+	if err != nil {
+		if ps.dirf != nil {
+			ps.dirf.Close()
+		}
+		return nil, fmt.Errorf("serving the attach socket of pod %s at %s: %w", pod, path, err)
+	}
+	ps.sock = sock
+	return ps, nil
+}
+
+// maxSocketPath is the longest path a sockaddr_un holds with its NUL.
+const maxSocketPath = 107
+
+func socketExists(path string) bool {
+	fi, err := os.Lstat(path)
+	return err == nil && fi.Mode()&os.ModeSocket != 0
+}
+
+// removeSocket removes path if it is a socket; anything else is left alone.
+func removeSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("stat %s: %w", path, err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return nil
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing stale socket: %w", err)
+	}
+	return nil
+}
