@@ -37,7 +37,9 @@ func NewHostPathSockets(dir string, pods PodSockets, log *slog.Logger) (*HostPat
 }
 
 // Dir returns the directory of a pod's socket.
-func (h *HostPathSockets) Dir(pod PodRef) string { return filepath.Join(h.dir, pod.Namespace, pod.Name) }
+func (h *HostPathSockets) Dir(pod PodRef) string {
+	return filepath.Join(h.dir, pod.Namespace, pod.Name)
+}
 
 // AddPod serves the pod's socket and returns its path. A pod that replaces
 // one of the same namespace and name (another UID) takes its directory over.
@@ -99,11 +101,14 @@ func (h *HostPathSockets) Sync(ctx context.Context, pods []PodRef) error {
 	want := map[string]bool{}
 	var errs []error
 	for _, p := range pods {
-		want[p.Namespace+"/"+p.Name+"/"+p.UID] = true
 		if _, err := h.AddPod(ctx, p); err != nil {
 			errs = append(errs, err)
 			h.log.Warn("hostPath pod socket", "pod", p.String(), "err", err)
+			if errors.Is(err, ErrNotSelected) {
+				continue // no longer selected: its socket goes below
+			}
 		}
+		want[p.Namespace+"/"+p.Name+"/"+p.UID] = true
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
