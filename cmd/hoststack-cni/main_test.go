@@ -1,0 +1,431 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	hcni "github.com/hoststack/hoststack/agent/cni"
+	"github.com/hoststack/hoststack/internal/testreq"
+)
+
+// The plugin runs as a binary, exactly as a runtime runs it: environment,
+// netconf on stdin, result or error on stdout. TestMain builds it once.
+var pluginBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "hoststack-cni-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	pluginBin = filepath.Join(dir, "hoststack-cni")
+	out, err := exec.Command("go", "build", "-o", pluginBin, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "go build hoststack-cni: %v\n%s", err, out)
+		_ = os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+var seq atomic.Int32
+
+// pod is a real network namespace with a veth pair: eth0 (with an IPv4
+// address) inside, the peer on the host.
+type pod struct {
+	netns, nsPath    string
+	hostIf, hostMac  string
+	podMac, addrCIDR string
+	gw               string
+	uid, name        string
+}
+
+func run(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func linkMac(t *testing.T, netns, dev string) string {
+	t.Helper()
+	args := []string{"ip", "-j", "link", "show", "dev", dev}
+	if netns != "" {
+		args = append([]string{"ip", "-n", netns}, args[1:]...)
+	}
+	var links []struct {
+		Address string `json:"address"`
+	}
+	if err := json.Unmarshal([]byte(run(t, args...)), &links); err != nil || len(links) != 1 {
+		t.Fatalf("ip link show %s: %v %v", dev, links, err)
+	}
+	return links[0].Address
+}
+
+func newPod(t *testing.T) *pod {
+	t.Helper()
+	testreq.NetNS(t)
+	n := seq.Add(1)
+	id := fmt.Sprintf("%d-%d", os.Getpid()%100000, n)
+	p := &pod{
+		netns:    "hs-cni-" + id,
+		hostIf:   fmt.Sprintf("hsc%05d%d", os.Getpid()%100000, n), // ≤ 15 chars
+		addrCIDR: fmt.Sprintf("10.213.%d.2/24", n),
+		gw:       fmt.Sprintf("10.213.%d.1", n),
+		uid:      fmt.Sprintf("0c0ffee0-0000-4000-8000-%012d", n),
+		name:     "web-" + id,
+	}
+	p.nsPath = "/run/netns/" + p.netns
+	run(t, "ip", "netns", "add", p.netns)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", p.netns).Run() })
+	run(t, "ip", "link", "add", p.hostIf, "type", "veth", "peer", "name", "eth0", "netns", p.netns)
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", p.hostIf).Run() }) // gone with the netns already, usually
+	run(t, "ip", "-n", p.netns, "addr", "add", p.addrCIDR, "dev", "eth0")
+	run(t, "ip", "-n", p.netns, "link", "set", "eth0", "up")
+	run(t, "ip", "link", "set", p.hostIf, "up")
+	p.hostMac = linkMac(t, "", p.hostIf)
+	p.podMac = linkMac(t, p.netns, "eth0")
+	return p
+}
+
+// prevResult is what the main plugin would have returned for p, in ver.
+func (p *pod) prevResult(t *testing.T, ver string) map[string]any {
+	t.Helper()
+	ip, ipnet, err := net.ParseCIDR(p.addrCIDR)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ipnet.IP = ip
+	res := &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{
+			{Name: p.hostIf, Mac: p.hostMac},
+			{Name: "eth0", Mac: p.podMac, Sandbox: p.nsPath},
+		},
+		IPs: []*current.IPConfig{{Interface: current.Int(1), Address: *ipnet, Gateway: net.ParseIP(p.gw)}},
+	}
+	conv, err := res.GetAsVersion(ver)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := conv.PrintTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+type agent struct {
+	dir, socket, pending string
+	reg                  *hcni.Registry
+	srv                  *hcni.Server
+}
+
+// startAgent starts the agent side on dir's state (a restart when called
+// again on the same dir).
+func startAgent(t *testing.T, dir string) *agent {
+	t.Helper()
+	a := &agent{dir: dir, socket: filepath.Join(dir, "cni.sock"), pending: filepath.Join(dir, "pending")}
+	reg, err := hcni.OpenRegistry(filepath.Join(dir, "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.reg = reg
+	a.srv = hcni.NewServer(reg, hcni.ServerConfig{Socket: a.socket, PendingDir: a.pending})
+	if err := a.srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.srv.Close() })
+	return a
+}
+
+func (a *agent) stop(t *testing.T) {
+	t.Helper()
+	if err := a.srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type invocation struct {
+	cmd, containerID, netns, ifname, args string
+	conf                                  map[string]any
+}
+
+type outcome struct {
+	code           int
+	stdout, stderr string
+}
+
+func (o outcome) cniError(t *testing.T) (code uint, msg string) {
+	t.Helper()
+	var e struct {
+		Code uint   `json:"code"`
+		Msg  string `json:"msg"`
+	}
+	if err := json.Unmarshal([]byte(o.stdout), &e); err != nil {
+		t.Fatalf("error output is not a CNI error: %v\n%s", err, o.stdout)
+	}
+	return e.Code, e.Msg
+}
+
+func exec1(t *testing.T, in invocation) outcome {
+	t.Helper()
+	stdin, err := json.Marshal(in.conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := exec.Command(pluginBin)
+	c.Env = []string{
+		"CNI_COMMAND=" + in.cmd,
+		"CNI_CONTAINERID=" + in.containerID,
+		"CNI_NETNS=" + in.netns,
+		"CNI_IFNAME=" + in.ifname,
+		"CNI_ARGS=" + in.args,
+		"CNI_PATH=" + filepath.Dir(pluginBin),
+	}
+	c.Stdin = bytes.NewReader(stdin)
+	var so, se bytes.Buffer
+	c.Stdout, c.Stderr = &so, &se
+	err = c.Run()
+	o := outcome{stdout: so.String(), stderr: se.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		o.code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run plugin: %v", err)
+	}
+	return o
+}
+
+func (p *pod) cniArgs() string {
+	return "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=" + p.name + ";K8S_POD_INFRA_CONTAINER_ID=x;K8S_POD_UID=" + p.uid
+}
+
+func netconf(a *agent, ver string, prev map[string]any) map[string]any {
+	m := map[string]any{
+		"cniVersion":  ver,
+		"name":        "podnet",
+		"type":        "hoststack-cni",
+		"agentSocket": a.socket,
+		"pendingDir":  a.pending,
+	}
+	if prev != nil {
+		m["prevResult"] = prev
+	}
+	return m
+}
+
+func mustOK(t *testing.T, what string, o outcome) {
+	t.Helper()
+	if o.code != 0 {
+		t.Fatalf("%s: exit %d\nstdout: %s\nstderr: %s", what, o.code, o.stdout, o.stderr)
+	}
+}
+
+func pendingFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+var specVersions = []string{"0.4.0", "1.0.0", "1.1.0"}
+
+func TestPluginLifecycle(t *testing.T) {
+	for _, ver := range specVersions {
+		t.Run(ver, func(t *testing.T) {
+			p := newPod(t)
+			a := startAgent(t, t.TempDir())
+			prev := p.prevResult(t, ver)
+			cid := "sandbox" + strings.ReplaceAll(ver, ".", "")
+			add := invocation{cmd: "ADD", containerID: cid, netns: p.nsPath, ifname: "eth0", args: p.cniArgs(), conf: netconf(a, ver, prev)}
+
+			o := exec1(t, add)
+			mustOK(t, "ADD", o)
+			var got map[string]any
+			if err := json.Unmarshal([]byte(o.stdout), &got); err != nil {
+				t.Fatalf("ADD output: %v\n%s", err, o.stdout)
+			}
+			if !reflect.DeepEqual(got, prev) {
+				t.Fatalf("ADD changed prevResult\n got: %v\nwant: %v", got, prev)
+			}
+			att, ok := a.reg.Lookup(p.uid)
+			if !ok {
+				t.Fatalf("agent does not know pod %s after ADD", p.uid)
+			}
+			if att.ContainerID != cid || att.IfName != "eth0" || att.Netns != p.nsPath || att.Network != "podnet" ||
+				att.Pod != (hcni.PodRef{Namespace: "shop", Name: p.name, UID: p.uid}) {
+				t.Fatalf("attachment = %+v", att)
+			}
+			if len(att.IPs) != 1 || att.IPs[0].Address != p.addrCIDR || att.IPs[0].Gateway != p.gw ||
+				att.IPs[0].Interface == nil || att.Interfaces[*att.IPs[0].Interface].Name != "eth0" {
+				t.Fatalf("attachment IPs = %+v, interfaces %+v", att.IPs, att.Interfaces)
+			}
+			if len(att.Interfaces) != 2 || att.Interfaces[1].Sandbox != p.nsPath || att.Interfaces[1].Mac != p.podMac || att.Interfaces[0].Mac != p.hostMac {
+				t.Fatalf("attachment interfaces = %+v", att.Interfaces)
+			}
+
+			chk := add
+			chk.cmd = "CHECK"
+			mustOK(t, "CHECK", exec1(t, chk))
+			chk.containerID = "unknown"
+			if o := exec1(t, chk); o.code == 0 {
+				t.Fatal("CHECK of an unknown attachment succeeded")
+			} else if code, _ := o.cniError(t); code != hcni.CodeUnknownContainer {
+				t.Fatalf("CHECK unknown: code %d, want %d", code, hcni.CodeUnknownContainer)
+			}
+
+			noPrev := add
+			noPrev.conf = netconf(a, ver, nil)
+			if o := exec1(t, noPrev); o.code == 0 {
+				t.Fatal("ADD without prevResult succeeded")
+			} else if code, msg := o.cniError(t); code != 7 || !strings.Contains(msg, "prevResult") {
+				t.Fatalf("ADD without prevResult: code %d %q", code, msg)
+			}
+
+			status := invocation{cmd: "STATUS", conf: netconf(a, ver, nil)}
+			gc := invocation{cmd: "GC", conf: netconf(a, ver, nil)}
+			if ver == "1.1.0" {
+				mustOK(t, "STATUS", exec1(t, status))
+				// A second attachment (another sandbox) and one of another
+				// network: GC of "podnet" keeping only the first removes
+				// the second and leaves the other network alone.
+				add2 := add
+				add2.containerID = cid + "b"
+				mustOK(t, "ADD 2", exec1(t, add2))
+				other := add
+				other.containerID = cid + "c"
+				other.conf = netconf(a, ver, prev)
+				other.conf["name"] = "othernet"
+				mustOK(t, "ADD other network", exec1(t, other))
+				if n := len(a.reg.ForPod(p.uid)); n != 3 {
+					t.Fatalf("%d attachments before GC, want 3", n)
+				}
+				gc.conf["cni.dev/valid-attachments"] = []map[string]string{{"containerID": cid, "ifname": "eth0"}}
+				mustOK(t, "GC", exec1(t, gc))
+				var left []string
+				for _, at := range a.reg.ForPod(p.uid) {
+					left = append(left, at.ContainerID)
+				}
+				if strings.Join(left, ",") != cid+"c,"+cid && strings.Join(left, ",") != cid+","+cid+"c" {
+					t.Fatalf("after GC: %v, want %s and %sc", left, cid, cid)
+				}
+			} else {
+				for _, inv := range []invocation{status, gc} {
+					if o := exec1(t, inv); o.code == 0 {
+						t.Fatalf("%s succeeded on spec %s", inv.cmd, ver)
+					} else if code, _ := o.cniError(t); code != 1 {
+						t.Fatalf("%s on %s: code %d, want 1 (incompatible version)", inv.cmd, ver, code)
+					}
+				}
+			}
+
+			del := add
+			del.cmd = "DEL"
+			mustOK(t, "DEL", exec1(t, del))
+			if at, ok := a.reg.Get(hcni.AttachmentKey{ContainerID: cid, IfName: "eth0"}); ok {
+				t.Fatalf("attachment still known after DEL: %+v", at)
+			}
+			mustOK(t, "DEL again", exec1(t, del))
+			if files := pendingFiles(t, a.pending); len(files) != 0 {
+				t.Fatalf("pending files after DELs the agent took: %v", files)
+			}
+		})
+	}
+}
+
+func TestDelWithAgentStopped(t *testing.T) {
+	for _, ver := range specVersions {
+		t.Run(ver, func(t *testing.T) {
+			p := newPod(t)
+			dir := t.TempDir()
+			a := startAgent(t, dir)
+			add := invocation{cmd: "ADD", containerID: "sbx", netns: p.nsPath, ifname: "eth0", args: p.cniArgs(), conf: netconf(a, ver, p.prevResult(t, ver))}
+			mustOK(t, "ADD", exec1(t, add))
+			a.stop(t)
+
+			if ver == "1.1.0" {
+				o := exec1(t, invocation{cmd: "STATUS", conf: netconf(a, ver, nil)})
+				if o.code == 0 {
+					t.Fatal("STATUS succeeded with the agent stopped")
+				}
+				if code, msg := o.cniError(t); code != 50 || msg != "plugin not available" {
+					t.Fatalf("STATUS with the agent stopped: code %d %q, want 50 \"plugin not available\"", code, msg)
+				}
+			}
+			if o := exec1(t, add); o.code == 0 {
+				t.Fatal("ADD succeeded with the agent stopped")
+			} else if code, _ := o.cniError(t); code != 11 {
+				t.Fatalf("ADD with the agent stopped: code %d, want 11", code)
+			}
+
+			del := add
+			del.cmd = "DEL"
+			del.netns = "" // the runtime may have removed the netns already
+			mustOK(t, "DEL with the agent stopped", exec1(t, del))
+			files := pendingFiles(t, a.pending)
+			if want := hcni.PendingFileName(hcni.AttachmentKey{ContainerID: "sbx", IfName: "eth0"}); len(files) != 1 || files[0] != want {
+				t.Fatalf("pending dir = %v, want [%s]", files, want)
+			}
+
+			// A restart: the persisted state still has the pod until the
+			// queued DEL is applied, which Start does before serving.
+			reg, err := hcni.OpenRegistry(filepath.Join(dir, "state"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := reg.Lookup(p.uid); !ok {
+				t.Fatal("persisted state lost the pod")
+			}
+			b := startAgent(t, dir)
+			if at, ok := b.reg.Lookup(p.uid); ok {
+				t.Fatalf("queued DEL not applied: %+v", at)
+			}
+			if files := pendingFiles(t, a.pending); len(files) != 0 {
+				t.Fatalf("pending dir after restart = %v", files)
+			}
+		})
+	}
+}
+
+func TestStateSurvivesRestart(t *testing.T) {
+	p := newPod(t)
+	dir := t.TempDir()
+	a := startAgent(t, dir)
+	add := invocation{cmd: "ADD", containerID: "keep", netns: p.nsPath, ifname: "eth0", args: p.cniArgs(), conf: netconf(a, "1.1.0", p.prevResult(t, "1.1.0"))}
+	mustOK(t, "ADD", exec1(t, add))
+	want, _ := a.reg.Lookup(p.uid)
+	a.stop(t)
+	b := startAgent(t, dir)
+	got, ok := b.reg.Lookup(p.uid)
+	if !ok || !reflect.DeepEqual(got, want) {
+		t.Fatalf("after restart: %+v %v, want %+v", got, ok, want)
+	}
+	chk := add
+	chk.cmd = "CHECK"
+	mustOK(t, "CHECK after restart", exec1(t, chk))
+}
