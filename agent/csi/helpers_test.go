@@ -207,10 +207,10 @@ func publishReq(pod csi.PodRef, target string) *csispec.NodePublishVolumeRequest
 			AccessMode: &csispec.VolumeCapability_AccessMode{Mode: csispec.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
 		},
 		VolumeContext: map[string]string{
-			"csi.storage.k8s.io/ephemeral":     "true",
-			"csi.storage.k8s.io/pod.name":      pod.Name,
-			"csi.storage.k8s.io/pod.namespace": pod.Namespace,
-			"csi.storage.k8s.io/pod.uid":       pod.UID,
+			"csi.storage.k8s.io/ephemeral":           "true",
+			"csi.storage.k8s.io/pod.name":            pod.Name,
+			"csi.storage.k8s.io/pod.namespace":       pod.Namespace,
+			"csi.storage.k8s.io/pod.uid":             pod.UID,
 			"csi.storage.k8s.io/serviceAccount.name": "default",
 		},
 	}

@@ -62,6 +62,11 @@ func (h *HostPathSockets) AddPod(ctx context.Context, pod PodRef) (string, error
 	}
 	path, err := h.pods.Publish(ctx, pod, dir)
 	if err != nil {
+		if _, ok := h.served[key]; !ok {
+			// leave no empty directories behind a refused pod
+			_ = os.Remove(dir)
+			_ = os.Remove(filepath.Dir(dir))
+		}
 		return "", err
 	}
 	h.served[key] = pod

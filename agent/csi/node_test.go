@@ -155,7 +155,9 @@ func TestPublishRefusesBadRequests(t *testing.T) {
 			codes.InvalidArgument, []string{"lacks csi.storage.k8s.io/pod.namespace"}},
 		{"no pod uid", edit(func(r *csispec.NodePublishVolumeRequest) { r.VolumeContext["csi.storage.k8s.io/pod.uid"] = "" }),
 			codes.InvalidArgument, []string{"lacks csi.storage.k8s.io/pod.uid"}},
-		{"bad pod namespace", edit(func(r *csispec.NodePublishVolumeRequest) { r.VolumeContext["csi.storage.k8s.io/pod.namespace"] = "../etc" }),
+		{"bad pod namespace", edit(func(r *csispec.NodePublishVolumeRequest) {
+			r.VolumeContext["csi.storage.k8s.io/pod.namespace"] = "../etc"
+		}),
 			codes.InvalidArgument, []string{`pod namespace "../etc"`}},
 		{"bad pod name", edit(func(r *csispec.NodePublishVolumeRequest) { r.VolumeContext["csi.storage.k8s.io/pod.name"] = "a/b" }),
 			codes.InvalidArgument, []string{`pod name "a/b"`}},

@@ -131,7 +131,7 @@ func (s *EngineSockets) Publish(ctx context.Context, pod PodRef, dir string) (st
 		return "", fmt.Errorf("resolving the AppNamespaces of pod %s: %w", pod, err)
 	}
 	if len(keys) == 0 {
-		return "", fmt.Errorf("pod %s is %w: no AppNamespace's podSelector selects it on this node, so it may not attach (label the pod or fix the AppNamespace; kubelet retries the mount)", pod, ErrNotSelected)
+		return "", fmt.Errorf("pod %s is %w on this node, so it may not attach (label the pod or fix the AppNamespace's podSelector; kubelet retries the mount)", pod, ErrNotSelected)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -25,7 +25,7 @@ type registration struct {
 var supportedVersions = []string{"1.0.0"}
 
 func (r *registration) GetInfo(context.Context, *registerapi.InfoRequest) (*registerapi.PluginInfo, error) {
-	r.log.Info("kubelet asked for plugin info", "driver", r.name, "endpoint", r.endpoint)
+	r.log.Info("kubelet asked for plugin info", "endpoint", r.endpoint)
 	return &registerapi.PluginInfo{
 		Type:              registerapi.CSIPlugin,
 		Name:              r.name,
@@ -37,14 +37,14 @@ func (r *registration) GetInfo(context.Context, *registerapi.InfoRequest) (*regi
 func (r *registration) NotifyRegistrationStatus(_ context.Context, st *registerapi.RegistrationStatus) (*registerapi.RegistrationStatusResponse, error) {
 	var err error
 	if st.GetPluginRegistered() {
-		r.log.Info("kubelet registered the CSI plugin", "driver", r.name)
+		r.log.Info("kubelet registered the CSI plugin")
 	} else {
 		msg := st.GetError()
 		if msg == "" {
 			msg = "no reason given"
 		}
 		err = fmt.Errorf("%w: kubelet did not register CSI driver %s: %s", ErrRegistration, r.name, msg)
-		r.log.Error("kubelet refused the CSI plugin", "driver", r.name, "err", msg)
+		r.log.Error("kubelet refused the CSI plugin", "err", msg)
 	}
 	if r.notify != nil {
 		r.notify(err)
