@@ -104,13 +104,13 @@ func TestInjectPod(t *testing.T) {
 		{name: "opt-in annotation is the default",
 			pod:        pod(func(p *corev1.Pod) { p.Annotations = map[string]string{InjectAnnotation: "true"} }),
 			candidates: []hsv1.AppNamespace{appNS("web", t0, web)},
-			want: injected(pod(func(p *corev1.Pod) { p.Annotations = map[string]string{InjectAnnotation: "true"} }), "web"),
-			wantAN: "web"},
+			want:       injected(pod(func(p *corev1.Pod) { p.Annotations = map[string]string{InjectAnnotation: "true"} }), "web"),
+			wantAN:     "web"},
 		{name: "bad opt-out value warns and injects",
 			pod:        pod(func(p *corev1.Pod) { p.Annotations = map[string]string{InjectAnnotation: "nope"} }),
 			candidates: []hsv1.AppNamespace{appNS("web", t0, web)},
-			want: injected(pod(func(p *corev1.Pod) { p.Annotations = map[string]string{InjectAnnotation: "nope"} }), "web"),
-			wantAN: "web", wantWarnings: []string{`hoststack.dev/inject="nope" is not a boolean`}},
+			want:       injected(pod(func(p *corev1.Pod) { p.Annotations = map[string]string{InjectAnnotation: "nope"} }), "web"),
+			wantAN:     "web", wantWarnings: []string{`hoststack.dev/inject="nope" is not a boolean`}},
 		{name: "user's env kept, not duplicated", pod: pod(func(p *corev1.Pod) {
 			p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: EnvSocket, Value: "/elsewhere.sock"}}
 		}), candidates: []hsv1.AppNamespace{appNS("web", t0, web)},

@@ -59,9 +59,13 @@ type Options struct {
 	// MaxConcurrentReconciles per controller; 0 means controller-runtime's
 	// default of 1.
 	MaxConcurrentReconciles int
+	// PodWebhook registers the pod injector (PodWebhookPath) with the
+	// manager's webhook server.
+	PodWebhook bool
 }
 
-// Setup registers the field indexes and every reconciler with mgr.
+// Setup registers the field indexes, every reconciler and, when asked,
+// the pod webhook with mgr.
 func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 	if err := setupIndexes(ctx, mgr); err != nil {
 		return err
@@ -76,6 +80,9 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 	}
 	if err := (&AppNamespaceReconciler{Client: c}).SetupWithManager(mgr, ctrlOpts); err != nil {
 		return fmt.Errorf("set up AppNamespace controller: %w", err)
+	}
+	if opts.PodWebhook {
+		setupPodWebhook(mgr)
 	}
 	return nil
 }

@@ -25,13 +25,15 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	hsv1 "github.com/hoststack/hoststack/api/v1alpha1"
 	"github.com/hoststack/hoststack/internal/testreq"
 )
 
 // The suite runs a real etcd and kube-apiserver with the CRDs of
-// config/crd/bases, and the reconcilers in a real manager, configured as
+// config/crd/bases and the webhook configuration of config/webhook, and the
+// reconcilers and the pod webhook in a real manager, configured as
 // cmd/hoststack-manager configures them. Tests talk to the API server
 // directly (not through the manager's cache) and wait for conditions with
 // Eventually.
@@ -60,6 +62,11 @@ func runSuite(m *testing.M) int {
 		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 		BinaryAssetsDirectory: dir,
+		// The generated webhook configuration, pointed by envtest at the
+		// manager's webhook server below with certificates of its own.
+		WebhookInstallOptions: envtest.WebhookInstallOptions{
+			Paths: []string{filepath.Join("..", "config", "webhook")},
+		},
 	}
 	cfg, err := testEnv.Start()
 	if err != nil {
@@ -86,13 +93,18 @@ func runSuite(m *testing.M) int {
 		Cache:                  CacheOptions(),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
+		WebhookServer: webhook.NewServer(webhook.Options{
+			Host:    testEnv.WebhookInstallOptions.LocalServingHost,
+			Port:    testEnv.WebhookInstallOptions.LocalServingPort,
+			CertDir: testEnv.WebhookInstallOptions.LocalServingCertDir,
+		}),
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL: manager:", err)
 		return 1
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := Setup(ctx, mgr, Options{MaxConcurrentReconciles: 2}); err != nil {
+	if err := Setup(ctx, mgr, Options{MaxConcurrentReconciles: 2, PodWebhook: true}); err != nil {
 		cancel()
 		fmt.Fprintln(os.Stderr, "FAIL: setup:", err)
 		return 1
