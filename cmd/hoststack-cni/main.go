@@ -23,7 +23,8 @@
 //     UID (K8S_POD_* in CNI_ARGS) and prevResult's interfaces and IPs go to
 //     the agent; its refusal, or the agent being unreachable (code 11, try
 //     again later), fails the ADD. On success prevResult is printed back
-//     unchanged, in the configuration's version.
+//     unchanged: byte for byte when it carries the configuration's
+//     cniVersion, else converted to that version by the CNI library.
 //   - CHECK: prevResult is required; the agent must know the attachment.
 //   - DEL never fails: when the agent cannot be reached within 2 s, or
 //     refuses, the DEL is written to pendingDir (<containerID>:<ifname>.json,
@@ -183,6 +184,25 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}
 	if err := call(conf.AgentSocket, hcni.PathAdd, req, callTimeout, types.ErrTryAgainLater, "hoststack-cni: agent unreachable"); err != nil {
 		return err
+	}
+	return printPrev(args.StdinData, conf)
+}
+
+// printPrev prints prevResult as the ADD's result. When it already is in
+// the configuration's version it is printed byte for byte, so keys the CNI
+// library does not know survive; otherwise the library converts it.
+func printPrev(stdin []byte, conf *netConf) error {
+	var raw struct {
+		Prev json.RawMessage `json:"prevResult"`
+	}
+	var ver struct {
+		CNIVersion string `json:"cniVersion"`
+	}
+	if json.Unmarshal(stdin, &raw) == nil && json.Unmarshal(raw.Prev, &ver) == nil && ver.CNIVersion == conf.CNIVersion {
+		if _, err := os.Stdout.Write(append(raw.Prev, '\n')); err != nil {
+			return types.NewError(types.ErrIOFailure, "hoststack-cni: cannot print the result", err.Error())
+		}
+		return nil
 	}
 	return types.PrintResult(conf.PrevResult, conf.CNIVersion)
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
 
@@ -261,6 +262,7 @@ func TestPluginLifecycle(t *testing.T) {
 			p := newPod(t)
 			a := startAgent(t, t.TempDir())
 			prev := p.prevResult(t, ver)
+			prev["hoststack.test/unknown-key"] = map[string]any{"kept": true} // not in any result type
 			cid := "sandbox" + strings.ReplaceAll(ver, ".", "")
 			add := invocation{cmd: "ADD", containerID: cid, netns: p.nsPath, ifname: "eth0", args: p.cniArgs(), conf: netconf(a, ver, prev)}
 
@@ -288,6 +290,29 @@ func TestPluginLifecycle(t *testing.T) {
 			if len(att.Interfaces) != 2 || att.Interfaces[1].Sandbox != p.nsPath || att.Interfaces[1].Mac != p.podMac || att.Interfaces[0].Mac != p.hostMac {
 				t.Fatalf("attachment interfaces = %+v", att.Interfaces)
 			}
+
+			// A prevResult without cniVersion (allowed before 1.0.0) goes
+			// through the library's conversion: same content, version set.
+			conv := add
+			conv.containerID = cid + "v"
+			pv := p.prevResult(t, ver)
+			delete(pv, "cniVersion")
+			conv.conf = netconf(a, ver, pv)
+			o = exec1(t, conv)
+			mustOK(t, "ADD without prevResult.cniVersion", o)
+			var got2 map[string]any
+			if err := json.Unmarshal([]byte(o.stdout), &got2); err != nil {
+				t.Fatalf("ADD output: %v\n%s", err, o.stdout)
+			}
+			if got2["cniVersion"] != ver {
+				t.Fatalf("converted result has cniVersion %v, want %s", got2["cniVersion"], ver)
+			}
+			delete(got2, "cniVersion")
+			if !reflect.DeepEqual(got2, pv) {
+				t.Fatalf("converted result changed\n got: %v\nwant: %v", got2, pv)
+			}
+			conv.cmd = "DEL"
+			mustOK(t, "DEL", exec1(t, conv))
 
 			chk := add
 			chk.cmd = "CHECK"
@@ -428,4 +453,43 @@ func TestStateSurvivesRestart(t *testing.T) {
 	chk := add
 	chk.cmd = "CHECK"
 	mustOK(t, "CHECK after restart", exec1(t, chk))
+}
+
+// An agent that accepts but never answers: DEL gives up after its short
+// timeout, queues, and succeeds.
+func TestDelWithAgentHung(t *testing.T) {
+	p := newPod(t)
+	dir := t.TempDir()
+	a := &agent{dir: dir, socket: filepath.Join(dir, "cni.sock"), pending: filepath.Join(dir, "pending")}
+	ln, err := net.Listen("unix", a.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	accepted := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c // held open, never answered
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		for c := range accepted {
+			_ = c.Close()
+		}
+	})
+	del := invocation{cmd: "DEL", containerID: "hung", netns: p.nsPath, ifname: "eth0", args: p.cniArgs(), conf: netconf(a, "1.1.0", nil)}
+	start := time.Now()
+	mustOK(t, "DEL with a hung agent", exec1(t, del))
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("DEL took %v", d)
+	}
+	if files := pendingFiles(t, a.pending); len(files) != 1 {
+		t.Fatalf("pending dir = %v, want one queued DEL", files)
+	}
 }
