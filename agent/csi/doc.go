@@ -13,6 +13,24 @@
 // HostPathSockets is the fallback for clusters without CSI: the same per-pod
 // sockets under <dir>/<pod-namespace>/<pod-name>/session.sock.
 //
+// What the deployment must provide (not in this package):
+//
+//   - a CSIDriver object csi.hoststack.dev with attachRequired: false,
+//     podInfoOnMount: true (the pod's name, namespace and UID reach
+//     NodePublishVolume), volumeLifecycleModes: [Ephemeral],
+//     fsGroupPolicy: None (kubelet must not chown the socket's directory)
+//     and requiresRepublish: true (kubelet calls NodePublishVolume again
+//     periodically, which serves the sockets anew after an agent restart;
+//     Publish is idempotent);
+//   - the agent's DaemonSet mounts /var/lib/kubelet/plugins/csi.hoststack.dev,
+//     /var/lib/kubelet/plugins_registry and /var/lib/kubelet/pods (the
+//     volumes' target directories) at the same paths, or sets
+//     Options.KubeletEndpoint to the CSI socket's path on the host.
+//
+// Kubelet's target paths are usually longer than a unix socket address
+// holds; the socket is then bound through /proc/self/fd (see
+// EngineSockets).
+//
 // Nothing here keeps global state: everything hangs off a Server, an
 // EngineSockets or a HostPathSockets value.
 package csi

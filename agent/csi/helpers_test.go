@@ -231,6 +231,12 @@ func (ev *env) unpublish(pod csi.PodRef, target string) {
 	}
 }
 
+func (ev *env) reapCalls() int {
+	ev.reapMu.Lock()
+	defer ev.reapMu.Unlock()
+	return len(ev.reaps)
+}
+
 func (ev *env) apps(ns session.NamespaceConfig) int {
 	st, ok := ev.engine.NamespaceStats(ns.Key())
 	if !ok {

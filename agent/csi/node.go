@@ -94,6 +94,8 @@ func (n *node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 		return nil, status.Errorf(codes.InvalidArgument, "volume context: %v", err)
 	}
 	log := n.log.With("pod", pod.String(), "podNamespace", pod.Namespace, "podName", pod.Name, "podUID", pod.UID, "volumeID", req.GetVolumeId(), "targetPath", target)
+	_, statErr := os.Lstat(target)
+	created := errors.Is(statErr, os.ErrNotExist)
 	if err := os.MkdirAll(target, 0o755); err != nil {
 		return nil, status.Errorf(codes.Internal, "creating target path: %v", err)
 	}
@@ -103,6 +105,9 @@ func (n *node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 	path, err := n.pods.Publish(ctx, pod, target)
 	if err != nil {
 		log.Warn("NodePublishVolume refused", "err", err)
+		if created {
+			_ = os.Remove(target) // as it was: kubelet retries
+		}
 		return nil, publishStatus(err)
 	}
 	log.Info("NodePublishVolume: pod attach socket served", "socket", path)

@@ -117,8 +117,8 @@ func TestPublishPodNotSelected(t *testing.T) {
 	target := ev.target(lonelyPod, "hoststack")
 	_, err := ev.node.NodePublishVolume(ctxT(t), publishReq(lonelyPod, target))
 	wantCode(t, err, codes.FailedPrecondition, "team/lonely", lonelyPod.UID, "not selected by any AppNamespace")
-	if isSocket(filepath.Join(target, csi.SocketName)) {
-		t.Error("a socket was served for a pod nothing selects")
+	if _, err := os.Lstat(target); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a refused publish left its target %s (%v)", target, err)
 	}
 	// the pod's labels change; kubelet retries and succeeds
 	ev.res.set(lonelyPod.UID, batchNS.Key())
@@ -254,6 +254,9 @@ func TestPublishIsIdempotent(t *testing.T) {
 	if _, err := attach(t, sock, "third", ""); err != nil {
 		t.Fatalf("attach after republish of a removed socket: %v", err)
 	}
+	if n := ev.reapCalls(); n != 0 {
+		t.Errorf("re-serving a removed socket reaped apps (%d ReapApps calls)", n)
+	}
 	// the pod's AppNamespace changed: the socket now serves the new one only
 	ev.res.set(webPod.UID, batchNS.Key())
 	ev.publish(webPod, target)
@@ -262,6 +265,9 @@ func TestPublishIsIdempotent(t *testing.T) {
 	}
 	if n := ev.apps(batchNS); n != 1 {
 		t.Errorf("%s has %d apps, want 1", batchNS.Key(), n)
+	}
+	if n := ev.reapCalls(); n != 1 {
+		t.Errorf("the pod left %s: %d ReapApps calls, want 1", webNS.Key(), n)
 	}
 	if _, err := attach(t, sock, "old", webNS.Key()); err == nil {
 		t.Errorf("attach to %s after the pod left it succeeded", webNS.Key())
@@ -284,6 +290,20 @@ func TestPublishIsIdempotent(t *testing.T) {
 		t.Errorf("stale target %s after unpublish: %v", stale, err)
 	}
 	ev.unpublish(batchPod, ev.target(batchPod, "never")) // nothing there at all
+
+	// the agent restarted: kubelet republishes (requiresRepublish) a volume
+	// whose directory holds the previous agent's dead socket
+	restarted := ev.target(batchPod, "restarted")
+	if err := os.MkdirAll(restarted, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	leaveSocket(t, filepath.Join(restarted, csi.SocketName))
+	if _, err := attach(t, filepath.Join(restarted, csi.SocketName), "before", ""); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("attach through a dead socket = %v, want ECONNREFUSED", err)
+	}
+	if _, err := attach(t, ev.publish(batchPod, restarted), "after", ""); err != nil {
+		t.Fatalf("attach after republish over a dead socket: %v", err)
+	}
 }
 
 // leaveSocket creates a socket file nothing serves.

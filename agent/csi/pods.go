@@ -145,8 +145,11 @@ func (s *EngineSockets) Publish(ctx context.Context, pod PodRef, dir string) (st
 		if slices.Equal(cur.keys, keys) && socketExists(cur.path) {
 			return cur.path, nil
 		}
-		s.log.Info("re-serving pod attach socket", "pod", pod.String(), "path", cur.path, "appNamespaces", keys, "previous", cur.keys)
-		s.closeLocked(cur, "its pod's AppNamespaces changed")
+		// its AppNamespaces changed (the apps attached to the others must
+		// go), or its file disappeared (the apps are still the pod's)
+		changed := !slices.Equal(cur.keys, keys)
+		s.log.Info("re-serving pod attach socket", "pod", pod.String(), "path", cur.path, "appNamespaces", keys, "previous", cur.keys, "appNamespacesChanged", changed)
+		s.closeLocked(cur, "its pod's AppNamespaces changed", changed)
 	}
 	ps, err := s.serve(pod, dir, keys)
 	if err != nil {
@@ -164,7 +167,7 @@ func (s *EngineSockets) Unpublish(ctx context.Context, dir string) error {
 	cur := s.byDir[dir]
 	if cur != nil {
 		delete(s.byDir, dir)
-		s.closeLocked(cur, "its volume was unpublished")
+		s.closeLocked(cur, "its volume was unpublished", true)
 	}
 	s.mu.Unlock()
 	if cur != nil {
@@ -184,7 +187,7 @@ func (s *EngineSockets) ForgetPod(uid string) int {
 	for dir, ps := range s.byDir {
 		if ps.pod.UID == uid {
 			delete(s.byDir, dir)
-			s.closeLocked(ps, "its pod was deleted")
+			s.closeLocked(ps, "its pod was deleted", true)
 			s.log.Info("closed pod attach socket", "pod", ps.pod.String(), "path", ps.path, "reason", "pod deleted")
 			n++
 		}
@@ -204,24 +207,27 @@ func (s *EngineSockets) Sockets() map[PodRef][]string {
 }
 
 // Close closes every pod socket (their files go; the volume directories
-// stay for kubelet to unpublish). Publish fails afterwards.
+// stay for kubelet to unpublish; attached apps are left to the engine's
+// Close). Publish fails afterwards.
 func (s *EngineSockets) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
 	for dir, ps := range s.byDir {
 		delete(s.byDir, dir)
-		s.closeLocked(ps, "the agent is stopping")
+		s.closeLocked(ps, "the agent is stopping", false)
 	}
 	return nil
 }
 
-func (s *EngineSockets) closeLocked(ps *podSocket, reason string) {
+// closeLocked closes a pod socket and, with reap, has the apps that
+// attached through it reaped.
+func (s *EngineSockets) closeLocked(ps *podSocket, reason string, reap bool) {
 	_ = ps.sock.Close()
 	if ps.dirf != nil {
 		ps.dirf.Close()
 	}
-	if s.reap != nil {
+	if reap && s.reap != nil {
 		if err := s.reap(ps.sock, "pod "+ps.pod.String()+": "+reason); err != nil {
 			s.log.Warn("reaping the apps of a pod attach socket", "pod", ps.pod.String(), "path", ps.path, "err", err)
 		}
