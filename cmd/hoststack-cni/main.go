@@ -281,7 +281,12 @@ func cmdGC(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	req := &hcni.Request{Network: conf.Name, CNIVersion: conf.CNIVersion, ValidAttachments: []hcni.AttachmentKey{}}
+	if conf.ValidAttachments == nil {
+		// An empty list is a valid answer (nothing is left); no list at
+		// all is a broken runtime, and would wipe the network's pods.
+		return types.NewError(types.ErrInvalidNetworkConfig, "hoststack-cni: GC without cni.dev/valid-attachments", "")
+	}
+	req := &hcni.Request{Network: conf.Name, CNIVersion: conf.CNIVersion}
 	for _, a := range conf.ValidAttachments {
 		req.ValidAttachments = append(req.ValidAttachments, hcni.AttachmentKey{ContainerID: a.ContainerID, IfName: a.IfName})
 	}

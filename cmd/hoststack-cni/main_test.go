@@ -350,6 +350,14 @@ func TestPluginLifecycle(t *testing.T) {
 				if n := len(a.reg.ForPod(p.uid)); n != 3 {
 					t.Fatalf("%d attachments before GC, want 3", n)
 				}
+				if o := exec1(t, gc); o.code == 0 {
+					t.Fatal("GC without cni.dev/valid-attachments succeeded")
+				} else if code, _ := o.cniError(t); code != 7 {
+					t.Fatalf("GC without cni.dev/valid-attachments: code %d, want 7", code)
+				}
+				if n := len(a.reg.ForPod(p.uid)); n != 3 {
+					t.Fatalf("a refused GC removed attachments: %d left", n)
+				}
 				gc.conf["cni.dev/valid-attachments"] = []map[string]string{{"containerID": cid, "ifname": "eth0"}}
 				mustOK(t, "GC", exec1(t, gc))
 				var left []string
