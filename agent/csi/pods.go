@@ -149,6 +149,7 @@ func (s *EngineSockets) Publish(ctx context.Context, pod PodRef, dir string) (st
 		// go), or its file disappeared (the apps are still the pod's)
 		changed := !slices.Equal(cur.keys, keys)
 		s.log.Info("re-serving pod attach socket", "pod", pod.String(), "path", cur.path, "appNamespaces", keys, "previous", cur.keys, "appNamespacesChanged", changed)
+		delete(s.byDir, dir)
 		s.closeLocked(cur, "its pod's AppNamespaces changed", changed)
 	}
 	ps, err := s.serve(pod, dir, keys)
