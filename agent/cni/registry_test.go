@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -254,5 +255,47 @@ func TestStartRefusesNonSocket(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(path); string(b) != "precious" {
 		t.Fatal("file changed")
+	}
+}
+
+// Concurrent ADDs and DELs through the socket: every event reaches the
+// subscriber, in an order that replays to the registry's final state.
+func TestConcurrentCalls(t *testing.T) {
+	r, _, c := startServer(t, t.TempDir(), nil)
+	replay := map[AttachmentKey]bool{}
+	cancel := r.Subscribe(func(ev Event) { replay[ev.Attachment.AttachmentKey] = ev.Kind == Added })
+	defer cancel()
+	const n = 16
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			ctx := context.Background()
+			k := AttachmentKey{ContainerID: "c" + string(rune('a'+i)), IfName: "eth0"}
+			err := c.Do(ctx, PathAdd, &Request{AttachmentKey: k, Netns: "/run/netns/x", Pod: PodRef{UID: "u"}})
+			if err == nil && i%2 == 0 {
+				err = c.Do(ctx, PathDel, &Request{AttachmentKey: k})
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	cancel()
+	var live []string
+	for k, on := range replay {
+		if on {
+			live = append(live, k.String())
+		}
+	}
+	var known []string
+	for _, a := range r.List() {
+		known = append(known, a.String())
+	}
+	slices.Sort(live)
+	if len(known) != n/2 || !reflect.DeepEqual(live, known) {
+		t.Fatalf("events say %v, registry says %v", live, known)
 	}
 }
