@@ -390,8 +390,14 @@ func TestForgetPodAndClose(t *testing.T) {
 	if isSocket(a) || isSocket(b) || !isSocket(c) {
 		t.Errorf("after ForgetPod(web): sockets %v %v %v, want only %s", isSocket(a), isSocket(b), isSocket(c), c)
 	}
+	if n := ev.reapCalls(); n != 2 {
+		t.Errorf("ForgetPod: %d ReapApps calls, want 2", n)
+	}
 	if err := ev.sockets.Close(); err != nil {
 		t.Fatal(err)
+	}
+	if n := ev.reapCalls(); n != 2 {
+		t.Errorf("Close asked to reap (%d ReapApps calls): the engine's Close tells the apps itself", n)
 	}
 	if isSocket(c) {
 		t.Errorf("%s after Close", c)
