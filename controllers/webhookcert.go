@@ -19,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 )
@@ -205,30 +206,35 @@ func (w *WebhookCerts) writeFiles(p webhookPEM) error {
 // missing configuration is not an error (it may be installed after the
 // manager); the next check patches it.
 func (w *WebhookCerts) patchCABundle(ctx context.Context, caBundle []byte) error {
-	cfg := &admissionregv1.MutatingWebhookConfiguration{}
-	if err := w.Client.Get(ctx, client.ObjectKey{Name: w.WebhookConfigName}, cfg); err != nil {
-		if apierrors.IsNotFound(err) {
-			logf.FromContext(ctx).WithName("webhook-certs").Info(
-				"MutatingWebhookConfiguration not found; caBundle not set", "name", w.WebhookConfigName)
+	// Another replica may patch at the same time (the same bundle, since
+	// both read it from the Secret): on a conflict, read again.
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cfg := &admissionregv1.MutatingWebhookConfiguration{}
+		if err := w.Client.Get(ctx, client.ObjectKey{Name: w.WebhookConfigName}, cfg); err != nil {
+			if apierrors.IsNotFound(err) {
+				logf.FromContext(ctx).WithName("webhook-certs").Info(
+					"MutatingWebhookConfiguration not found; caBundle not set", "name", w.WebhookConfigName)
+				return nil
+			}
+			return fmt.Errorf("get MutatingWebhookConfiguration %s: %w", w.WebhookConfigName, err)
+		}
+		orig := cfg.DeepCopy()
+		changed := false
+		for i := range cfg.Webhooks {
+			if !bytes.Equal(cfg.Webhooks[i].ClientConfig.CABundle, caBundle) {
+				cfg.Webhooks[i].ClientConfig.CABundle = caBundle
+				changed = true
+			}
+		}
+		if !changed {
 			return nil
 		}
-		return fmt.Errorf("get MutatingWebhookConfiguration %s: %w", w.WebhookConfigName, err)
-	}
-	orig := cfg.DeepCopy()
-	changed := false
-	for i := range cfg.Webhooks {
-		if !bytes.Equal(cfg.Webhooks[i].ClientConfig.CABundle, caBundle) {
-			cfg.Webhooks[i].ClientConfig.CABundle = caBundle
-			changed = true
+		// webhooks is replaced as a whole by a merge patch; the optimistic
+		// lock keeps a concurrent edit from being overwritten.
+		err := w.Client.Patch(ctx, cfg, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
+		if err != nil && !apierrors.IsConflict(err) {
+			err = fmt.Errorf("patch caBundle of MutatingWebhookConfiguration %s: %w", w.WebhookConfigName, err)
 		}
-	}
-	if !changed {
-		return nil
-	}
-	// webhooks is replaced as a whole by a merge patch; the optimistic
-	// lock keeps a concurrent edit from being overwritten.
-	if err := w.Client.Patch(ctx, cfg, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
-		return fmt.Errorf("patch caBundle of MutatingWebhookConfiguration %s: %w", w.WebhookConfigName, err)
-	}
-	return nil
+		return err
+	})
 }
