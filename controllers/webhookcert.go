@@ -44,6 +44,9 @@ type WebhookCerts struct {
 	// ServiceName and ServiceNamespace name the webhook Service; the
 	// serving certificate covers its DNS names.
 	ServiceName, ServiceNamespace string
+	// ExtraNames are more DNS names or IP addresses the serving
+	// certificate covers (a webhook called by url, e.g. 127.0.0.1).
+	ExtraNames []string
 	// WebhookConfigName is the MutatingWebhookConfiguration whose
 	// webhooks get the CA bundle.
 	WebhookConfigName string
@@ -133,7 +136,7 @@ func (w *WebhookCerts) ensureSecret(ctx context.Context) (webhookPEM, bool, erro
 		have = webhookPEMFrom(sec.Data)
 	}
 	now := w.now()
-	dnsNames := webhookDNSNames(w.ServiceName, w.ServiceNamespace)
+	dnsNames := webhookDNSNames(w.ServiceName, w.ServiceNamespace, w.ExtraNames...)
 	renew, why := decideCertRenewal(have, dnsNames, now)
 	if renew == renewNothing {
 		return have, false, nil

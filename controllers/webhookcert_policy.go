@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"slices"
 	"time"
 )
@@ -93,7 +94,11 @@ func decideCertRenewal(p webhookPEM, dnsNames []string, now time.Time) (certRene
 		return renewServing, "serving certificate: not issued by the current CA"
 	}
 	for _, n := range dnsNames {
-		if !slices.Contains(leaf.DNSNames, n) {
+		covered := slices.Contains(leaf.DNSNames, n)
+		if ip := net.ParseIP(n); ip != nil {
+			covered = slices.ContainsFunc(leaf.IPAddresses, ip.Equal)
+		}
+		if !covered {
 			return renewServing, fmt.Sprintf("serving certificate: does not cover %s", n)
 		}
 	}
@@ -154,7 +159,8 @@ func renewWebhookPEM(p webhookPEM, r certRenewal, dnsNames []string, now time.Ti
 
 // newWebhookCert creates an ECDSA P-256 key and a certificate for it:
 // a self-signed CA when ca is nil, else a serving certificate for dnsNames
-// issued by ca, ending no later than ca.
+// (IP addresses among them become IP SANs) issued by ca, ending no later
+// than ca.
 func newWebhookCert(ca *x509.Certificate, caKey crypto.Signer, dnsNames []string, now time.Time, lifetime time.Duration) (certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -178,7 +184,13 @@ func newWebhookCert(ca *x509.Certificate, caKey crypto.Signer, dnsNames []string
 		tmpl.KeyUsage = x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature
 	} else {
 		tmpl.Subject = pkix.Name{CommonName: dnsNames[0], Organization: []string{"hoststack"}}
-		tmpl.DNSNames = dnsNames
+		for _, n := range dnsNames {
+			if ip := net.ParseIP(n); ip != nil {
+				tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+			} else {
+				tmpl.DNSNames = append(tmpl.DNSNames, n)
+			}
+		}
 		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
 		if tmpl.NotAfter.After(ca.NotAfter) {
@@ -207,12 +219,19 @@ func firstCert(certPEM []byte) (*x509.Certificate, error) {
 }
 
 // webhookDNSNames are the names the API server may use for Service svc in
-// namespace ns.
-func webhookDNSNames(svc, ns string) []string {
-	return []string{
+// namespace ns, then extra names (DNS names or IP addresses, for a
+// webhook configuration with a url instead of a Service).
+func webhookDNSNames(svc, ns string, extra ...string) []string {
+	names := []string{
 		svc + "." + ns + ".svc",
 		svc + "." + ns + ".svc.cluster.local",
 		svc + "." + ns,
 		svc,
 	}
+	for _, n := range extra {
+		if n != "" && !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	return names
 }

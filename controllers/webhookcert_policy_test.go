@@ -52,9 +52,14 @@ func TestDecideCertRenewal(t *testing.T) {
 		{"serving key of another cert", with(good, func(p *webhookPEM) { p.Key = other.Key }), now, renewServing, "serving certificate:"},
 		{"serving cert from another CA", with(good, func(p *webhookPEM) { p.Cert, p.Key = other.Cert, other.Key }), now, renewServing, "not issued by the current CA"},
 		{"serving cert for other names", wrongNames, now, renewServing, "does not cover hoststack-webhook.hoststack-system.svc"},
+		{"serving cert without a new extra IP", good, now, renewServing, "does not cover 127.0.0.1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			names := names
+			if strings.Contains(tt.name, "extra IP") {
+				names = webhookDNSNames("hoststack-webhook", "hoststack-system", "127.0.0.1", "localhost")
+			}
 			got, why := decideCertRenewal(tt.pem, names, tt.at)
 			if got != tt.want || !strings.Contains(why, tt.reason) {
 				t.Fatalf("got %v (%s), want %v (%s)", got, why, tt.want, tt.reason)
@@ -92,6 +97,14 @@ func TestRenewWebhookPEM(t *testing.T) {
 	if _, err := leaf.Verify(x509.VerifyOptions{DNSName: "svc.ns.svc", Roots: roots, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
 		t.Fatalf("serving certificate does not verify: %v", err)
+	}
+	withIP, err := renewWebhookPEM(first, renewServing, webhookDNSNames("svc", "ns", "127.0.0.1"), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ipLeaf, _, _ := parseKeyPair(withIP.Cert, withIP.Key)
+	if _, err := ipLeaf.Verify(x509.VerifyOptions{DNSName: "127.0.0.1", Roots: roots, CurrentTime: now}); err != nil {
+		t.Fatalf("serving certificate does not verify for 127.0.0.1: %v", err)
 	}
 
 	// A new serving certificate keeps the CA (no caBundle change).

@@ -5,25 +5,33 @@ Licensed under the Apache License, Version 2.0.
 */
 
 // Command hoststack-manager runs the hoststack controllers: CertKeyPair,
-// SessionRule and AppNamespace. One replica leads; the others wait.
+// SessionRule and AppNamespace. One replica leads; the others wait. Every
+// replica serves the mutating pod webhook, which attaches pods selected by
+// an AppNamespace, with serving certificates it manages itself (or that
+// cert-manager provides).
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/hoststack/hoststack/controllers"
 )
@@ -43,6 +51,14 @@ type config struct {
 	gracefulShutdown       time.Duration
 	watchNamespaces        string
 	maxConcurrentReconcile int
+	webhookPort            int
+	webhookCertDir         string
+	webhookServiceName     string
+	webhookServiceNS       string
+	webhookConfigName      string
+	webhookCertSecret      string
+	webhookCertExtraNames  string
+	manageWebhookCerts     bool
 	zap                    zap.Options
 }
 
@@ -62,6 +78,17 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&c.gracefulShutdown, "graceful-shutdown-timeout", 30*time.Second, "How long in-flight reconciles may take to finish on SIGTERM.")
 	fs.StringVar(&c.watchNamespaces, "watch-namespaces", "", "Comma-separated namespaces to reconcile; all when empty.")
 	fs.IntVar(&c.maxConcurrentReconcile, "max-concurrent-reconciles", 2, "Reconciles each controller runs in parallel.")
+	fs.IntVar(&c.webhookPort, "webhook-port", 9443, "Port the pod webhook server listens on; 0 disables the webhook server (pods are then not injected).")
+	fs.StringVar(&c.webhookCertDir, "webhook-cert-dir", filepath.Join(os.TempDir(), "k8s-webhook-server", "serving-certs"),
+		"Directory with the webhook serving certificate (tls.crt, tls.key), reloaded when it changes. With --manage-webhook-certs the manager writes it; otherwise mount it (e.g. a cert-manager Certificate's Secret).")
+	fs.StringVar(&c.webhookServiceName, "webhook-service-name", "hoststack-webhook", "Service the API server calls the webhook through; the managed serving certificate covers its DNS names.")
+	fs.StringVar(&c.webhookServiceNS, "webhook-service-namespace", "hoststack-system", "Namespace of --webhook-service-name, which also holds --webhook-cert-secret.")
+	fs.StringVar(&c.webhookConfigName, "webhook-config-name", "hoststack-pod-injector", "MutatingWebhookConfiguration whose caBundle the manager sets (with --manage-webhook-certs).")
+	fs.StringVar(&c.webhookCertSecret, "webhook-cert-secret", "hoststack-webhook-cert", "Secret where the manager keeps its webhook CA and serving certificate (with --manage-webhook-certs).")
+	fs.StringVar(&c.webhookCertExtraNames, "webhook-cert-extra-names", "",
+		"Comma-separated DNS names or IP addresses the managed serving certificate covers besides the Service's (for a webhook configuration with a url, e.g. 127.0.0.1 outside a cluster).")
+	fs.BoolVar(&c.manageWebhookCerts, "manage-webhook-certs", true,
+		"Generate and renew the webhook's own CA and serving certificate (renewed 30 days before they end), write them to --webhook-cert-dir and set the caBundle of --webhook-config-name. Turn off when cert-manager provides the certificate.")
 	c.zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -71,6 +98,17 @@ func parseFlags(args []string) (*config, error) {
 	}
 	if c.maxConcurrentReconcile < 1 {
 		return nil, fmt.Errorf("--max-concurrent-reconciles must be at least 1, got %d", c.maxConcurrentReconcile)
+	}
+	if c.webhookPort < 0 || c.webhookPort > 65535 {
+		return nil, fmt.Errorf("--webhook-port must be 0 (off) or a port, got %d", c.webhookPort)
+	}
+	if c.webhookPort != 0 && c.manageWebhookCerts {
+		for flag, v := range map[string]string{"--webhook-cert-dir": c.webhookCertDir, "--webhook-service-name": c.webhookServiceName,
+			"--webhook-service-namespace": c.webhookServiceNS, "--webhook-config-name": c.webhookConfigName, "--webhook-cert-secret": c.webhookCertSecret} {
+			if v == "" {
+				return nil, fmt.Errorf("%s must not be empty with --manage-webhook-certs", flag)
+			}
+		}
 	}
 	return c, nil
 }
@@ -117,11 +155,12 @@ func run(c *config) error {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
 
-	var namespaces []string
-	for _, ns := range strings.Split(c.watchNamespaces, ",") {
-		if ns = strings.TrimSpace(ns); ns != "" {
-			namespaces = append(namespaces, ns)
-		}
+	namespaces := splitList(c.watchNamespaces)
+
+	webhookOn := c.webhookPort != 0
+	webhookOpts := webhook.Options{Port: c.webhookPort, CertDir: c.webhookCertDir, TLSOpts: tlsOpts}
+	if !webhookOn {
+		webhookOpts.Port = -1 // controller-runtime's "disabled"
 	}
 
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
@@ -137,14 +176,23 @@ func run(c *config) error {
 		RetryPeriod:                   &c.retryPeriod,
 		LeaderElectionReleaseOnCancel: true, // the next leader starts at once on a clean exit
 		GracefulShutdownTimeout:       &c.gracefulShutdown,
+		WebhookServer:                 webhook.NewServer(webhookOpts),
 	})
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
 
 	ctx := ctrl.SetupSignalHandler()
-	if err := controllers.Setup(ctx, mgr, controllers.Options{MaxConcurrentReconciles: c.maxConcurrentReconcile}); err != nil {
+	if err := controllers.Setup(ctx, mgr, controllers.Options{
+		MaxConcurrentReconciles: c.maxConcurrentReconcile,
+		PodWebhook:              webhookOn,
+	}); err != nil {
 		return err
+	}
+	if webhookOn && c.manageWebhookCerts {
+		if err := setupWebhookCerts(ctx, c, mgr); err != nil {
+			return err
+		}
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return fmt.Errorf("add healthz check: %w", err)
@@ -159,11 +207,66 @@ func run(c *config) error {
 	}); err != nil {
 		return fmt.Errorf("add readyz check: %w", err)
 	}
+	if webhookOn {
+		// Not ready (so out of the webhook Service) until it serves.
+		if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
+			return fmt.Errorf("add webhook readyz check: %w", err)
+		}
+	}
 
-	log.Info("starting manager", "leaderElection", c.leaderElect, "metrics", c.metricsAddr, "probes", c.probeAddr, "namespaces", namespaces)
+	log.Info("starting manager", "leaderElection", c.leaderElect, "metrics", c.metricsAddr, "probes", c.probeAddr,
+		"namespaces", namespaces, "webhookPort", c.webhookPort, "manageWebhookCerts", webhookOn && c.manageWebhookCerts)
 	if err := mgr.Start(ctx); err != nil {
 		return fmt.Errorf("run manager: %w", err)
 	}
 	log.Info("manager stopped")
 	return nil
+}
+
+// setupWebhookCerts makes the webhook serving certificate ready before the
+// manager starts (the webhook server loads it when it starts) and keeps it
+// renewed while the manager runs. The API server may be briefly
+// unreachable at start: retried for a minute.
+func setupWebhookCerts(ctx context.Context, c *config, mgr ctrl.Manager) error {
+	direct, err := client.New(mgr.GetConfig(), client.Options{Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper()})
+	if err != nil {
+		return fmt.Errorf("webhook certificates client: %w", err)
+	}
+	certs := &controllers.WebhookCerts{
+		Client:            direct,
+		SecretName:        c.webhookCertSecret,
+		SecretNamespace:   c.webhookServiceNS,
+		ServiceName:       c.webhookServiceName,
+		ServiceNamespace:  c.webhookServiceNS,
+		ExtraNames:        splitList(c.webhookCertExtraNames),
+		WebhookConfigName: c.webhookConfigName,
+		CertDir:           c.webhookCertDir,
+	}
+	log := ctrl.Log.WithName("webhook-certs")
+	var last error
+	err = wait.PollUntilContextTimeout(ctx, 2*time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
+		if last = certs.Ensure(ctx); last != nil {
+			log.Error(last, "webhook certificates not ready; retrying")
+			return false, nil
+		}
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("webhook certificates: %w", errors.Join(err, last))
+	}
+	if err := mgr.Add(certs); err != nil {
+		return fmt.Errorf("add webhook certificate renewal: %w", err)
+	}
+	return nil
+}
+
+// splitList splits a comma-separated flag value, dropping empty entries.
+func splitList(v string) []string {
+	var out []string
+	for _, e := range strings.Split(v, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
 }

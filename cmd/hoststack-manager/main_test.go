@@ -21,6 +21,21 @@ func TestParseFlags(t *testing.T) {
 		c.gracefulShutdown != 30*time.Second || c.maxConcurrentReconcile != 2 {
 		t.Errorf("unexpected defaults: %+v", c)
 	}
+	if c.webhookPort != 9443 || !c.manageWebhookCerts || c.webhookServiceName != "hoststack-webhook" ||
+		c.webhookServiceNS != "hoststack-system" || c.webhookConfigName != "hoststack-pod-injector" ||
+		c.webhookCertSecret != "hoststack-webhook-cert" || c.webhookCertDir == "" {
+		t.Errorf("unexpected webhook defaults: %+v", c)
+	}
+
+	c, err = parseFlags([]string{"--webhook-port=0", "--manage-webhook-certs=false", "--webhook-cert-dir=/certs",
+		"--webhook-cert-extra-names=127.0.0.1, localhost"})
+	if err != nil {
+		t.Fatalf("parse webhook flags: %v", err)
+	}
+	if c.webhookPort != 0 || c.manageWebhookCerts || c.webhookCertDir != "/certs" ||
+		strings.Join(splitList(c.webhookCertExtraNames), "|") != "127.0.0.1|localhost" {
+		t.Errorf("webhook flags not applied: %+v", c)
+	}
 
 	c, err = parseFlags([]string{"--leader-elect", "--leader-election-namespace=hs", "--watch-namespaces=a,b",
 		"--metrics-bind-address=0", "--zap-log-level=debug", "--leader-election-lease-duration=30s"})
@@ -33,6 +48,9 @@ func TestParseFlags(t *testing.T) {
 
 	for _, bad := range [][]string{
 		{"--max-concurrent-reconciles=0"},
+		{"--webhook-port=70000"},
+		{"--webhook-port=-1"},
+		{"--webhook-config-name="},
 		{"--no-such-flag"},
 		{"stray"},
 	} {
