@@ -145,9 +145,9 @@ func newEnv(t *testing.T) *env {
 		Engine: ev.engine, Resolve: ev.res.resolve, Log: log,
 		ReapApps: func(s *session.AttachSocket, reason string) error {
 			ev.reapMu.Lock()
-			defer ev.reapMu.Unlock()
 			ev.reaps = append(ev.reaps, reapCall{s.Path(), reason})
-			return nil
+			ev.reapMu.Unlock()
+			return s.CloseAndReap(reason) // what the default does
 		},
 	})
 	if err != nil {

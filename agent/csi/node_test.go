@@ -212,16 +212,13 @@ func TestUnpublishClosesPodSocket(t *testing.T) {
 	if !strings.Contains(ev.logs.String(), "closed pod attach socket") {
 		t.Error("logs lack the socket's close")
 	}
-	// The engine has no operation that reaps the apps of one attach socket
-	// (AttachSocket.Close leaves them attached; the ReapApps hook is where
-	// the agent will call it). Until then the app attached before the
-	// unpublish stays until it exits, which kubelet makes it do first.
-	if n := ev.apps(webNS); n != 1 {
-		t.Logf("%s has %d apps after unpublish (the engine now reaps them?)", webNS.Key(), n)
-	} else {
-		t.Logf("engine gap: %q stays attached after its pod's volume is unpublished", "early")
+	// The app that attached through the pod's socket is reaped and told.
+	if n := ev.apps(webNS); n != 0 {
+		t.Errorf("%s has %d apps after unpublish, want 0", webNS.Key(), n)
 	}
-	_ = app
+	if _, err := app.Listen("tcp", "127.0.0.1:0"); err == nil {
+		t.Error("app of an unpublished pod can still listen")
+	}
 }
 
 func TestPublishIsIdempotent(t *testing.T) {

@@ -77,11 +77,9 @@ type EngineSocketsOptions struct {
 	Engine  *session.Engine // required
 	Resolve Resolver        // required
 	Log     *slog.Logger    // nil: slog.Default()
-	// ReapApps, when set, is called after a pod's socket is closed, to
-	// detach the apps that attached through it. The engine has no such
-	// operation yet (AttachSocket.Close leaves attached apps running); until
-	// it does, the apps of a pod are reaped when they exit, which kubelet
-	// makes them do before it unpublishes the volume of a deleted pod.
+	// ReapApps is called when a pod's socket is closed because the pod
+	// left, to detach the apps that attached through it; nil means
+	// (*session.AttachSocket).CloseAndReap, which tells each app why.
 	ReapApps func(sock *session.AttachSocket, reason string) error
 }
 
@@ -117,7 +115,11 @@ func NewEngineSockets(o EngineSocketsOptions) (*EngineSockets, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &EngineSockets{engine: o.Engine, resolve: o.Resolve, reap: o.ReapApps, log: log, byDir: map[string]*podSocket{}}, nil
+	reap := o.ReapApps
+	if reap == nil {
+		reap = (*session.AttachSocket).CloseAndReap
+	}
+	return &EngineSockets{engine: o.Engine, resolve: o.Resolve, reap: reap, log: log, byDir: map[string]*podSocket{}}, nil
 }
 
 // Publish implements PodSockets.

@@ -33,7 +33,8 @@ type app struct {
 		Control(func(uintptr)) error
 		Write(func(uintptr) bool) error
 	}
-	cred      *unix.Ucred // recorded for audit
+	cred      *unix.Ucred   // recorded for audit
+	sock      *AttachSocket // the socket it attached through (per-pod sockets: the pod)
 	rxFifo    int
 	txFifo    int
 	workers   map[uint32]*worker
@@ -75,7 +76,7 @@ func (e *Engine) handleConn(s *AttachSocket, c *net.UnixConn) {
 		c.Close()
 		return
 	}
-	a := &app{conn: c, raw: raw, workers: map[uint32]*worker{}}
+	a := &app{conn: c, raw: raw, sock: s, workers: map[uint32]*worker{}}
 	if err := raw.Control(func(fd uintptr) {
 		a.cred, _ = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 	}); err != nil {
@@ -224,6 +225,11 @@ func (ns *namespace) attach(a *app, at *wire.Attach) bool {
 	if ns.removed {
 		return fail(wire.ErrNoNamespace, "app namespace %s is being removed", ns.key)
 	}
+	// Checked under ns.mu, which CloseAndReap takes after closing: an attach
+	// either completes before the reap (and is reaped) or is refused here.
+	if a.sock.closed.Load() {
+		return fail(wire.ErrShutdown, "attach socket %s was closed", a.sock.Path())
+	}
 	if cfg.Secret != "" && !constEq(at.Secret, cfg.Secret) {
 		if at.Secret == "" {
 			return fail(wire.ErrAuth, "app namespace %s requires a secret and none was given", ns.key)
@@ -267,6 +273,11 @@ func (ns *namespace) attach(a *app, at *wire.Attach) bool {
 	a.workers[w.id] = w
 	ns.stats.appsAttached++
 	ns.startWorker(w)
+	pid, uid := int32(-1), uint32(0)
+	if a.cred != nil {
+		pid, uid = a.cred.Pid, a.cred.Uid
+	}
+	ns.e.logf("session: app %s (id %d, pid %d, uid %d) attached to %s through %s", a.name, a.id, pid, uid, ns.key, a.sock.Path())
 	return true
 }
 

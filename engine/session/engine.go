@@ -376,6 +376,7 @@ type AttachSocket struct {
 	ln      *net.UnixListener
 	allowed []string
 	once    sync.Once
+	closed  atomic.Bool // no attach through it completes once set
 	done    chan struct{}
 }
 
@@ -410,9 +411,34 @@ func (e *Engine) ServeAttach(path string, namespaces ...string) (*AttachSocket, 
 // Path returns the socket's file name.
 func (s *AttachSocket) Path() string { return s.path }
 
+// CloseAndReap closes the socket and detaches every app that attached
+// through it, telling each why (their peers see resets). A per-pod socket
+// is the pod: when the pod goes, so do its apps.
+func (s *AttachSocket) CloseAndReap(reason string) error {
+	err := s.Close()
+	s.e.mu.Lock()
+	nss := make([]*namespace, 0, len(s.e.namespaces))
+	for _, ns := range s.e.namespaces {
+		nss = append(nss, ns)
+	}
+	s.e.mu.Unlock()
+	for _, ns := range nss {
+		ns.mu.Lock()
+		for _, a := range ns.apps {
+			if a.sock == s {
+				a.notice(codeShutdown, reason)
+				ns.reapLocked(a, reason)
+			}
+		}
+		ns.mu.Unlock()
+	}
+	return err
+}
+
 // Close stops accepting attaches (attached apps stay) and removes the file.
 func (s *AttachSocket) Close() error {
 	s.once.Do(func() {
+		s.closed.Store(true)
 		s.ln.Close()
 		s.e.mu.Lock()
 		delete(s.e.sockets, s)
