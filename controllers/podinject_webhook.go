@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -51,6 +52,10 @@ const PodWebhookPath = "/mutate-v1-pod"
 type PodInjector struct {
 	Client  client.Reader
 	Decoder admission.Decoder
+	// Namespaces, when not empty, are the only namespaces whose pods are
+	// injected: those the manager watches (--watch-namespaces); its cache
+	// cannot list AppNamespaces elsewhere.
+	Namespaces []string
 }
 
 var _ admission.Handler = &PodInjector{}
@@ -59,6 +64,9 @@ var _ admission.Handler = &PodInjector{}
 func (h *PodInjector) Handle(ctx context.Context, req admission.Request) admission.Response {
 	if req.Operation != admissionv1.Create {
 		return admission.Allowed("only pod creation is handled")
+	}
+	if len(h.Namespaces) > 0 && !slices.Contains(h.Namespaces, req.Namespace) {
+		return admission.Allowed("namespace not watched by hoststack-manager")
 	}
 	pod := &corev1.Pod{}
 	if err := h.Decoder.Decode(req, pod); err != nil {
@@ -90,9 +98,10 @@ func podName(p *corev1.Pod) string {
 }
 
 // setupPodWebhook registers the pod injector with mgr's webhook server.
-func setupPodWebhook(mgr manager.Manager) {
+func setupPodWebhook(mgr manager.Manager, namespaces []string) {
 	mgr.GetWebhookServer().Register(PodWebhookPath, &webhook.Admission{Handler: &PodInjector{
-		Client:  mgr.GetClient(),
-		Decoder: admission.NewDecoder(mgr.GetScheme()),
+		Client:     mgr.GetClient(),
+		Decoder:    admission.NewDecoder(mgr.GetScheme()),
+		Namespaces: namespaces,
 	}})
 }

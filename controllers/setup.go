@@ -62,6 +62,9 @@ type Options struct {
 	// PodWebhook registers the pod injector (PodWebhookPath) with the
 	// manager's webhook server.
 	PodWebhook bool
+	// Namespaces the manager watches (its cache's DefaultNamespaces);
+	// empty means all. The pod webhook injects only pods of these.
+	Namespaces []string
 }
 
 // Setup registers the field indexes, every reconciler and, when asked,
@@ -82,7 +85,7 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 		return fmt.Errorf("set up AppNamespace controller: %w", err)
 	}
 	if opts.PodWebhook {
-		setupPodWebhook(mgr)
+		setupPodWebhook(mgr, opts.Namespaces)
 	}
 	return nil
 }

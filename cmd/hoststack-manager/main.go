@@ -186,6 +186,7 @@ func run(c *config) error {
 	if err := controllers.Setup(ctx, mgr, controllers.Options{
 		MaxConcurrentReconciles: c.maxConcurrentReconcile,
 		PodWebhook:              webhookOn,
+		Namespaces:              namespaces,
 	}); err != nil {
 		return err
 	}
