@@ -1,5 +1,13 @@
 // Command hoststack-agent runs the hoststack session engine on a node.
 //
+// Kubernetes mode (the default) runs as a DaemonSet pod on node --node-name
+// ($NODE_NAME): it watches AppNamespaces and SessionRules, its Node and the
+// pods of its node, serves the AppNamespaces that select the node, reports
+// them in the SessionNode named after the node, serves per-pod attach
+// sockets through the CSI driver csi.hoststack.dev and the CNI socket, and
+// exports metrics and probes. SIGTERM tells the attached apps, marks the
+// SessionNode Stopped and exits 0.
+//
 // Standalone mode (no Kubernetes) serves the app namespaces described by the
 // YAML files of a directory:
 //
@@ -24,6 +32,13 @@ import (
 	"syscall"
 	"time"
 
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/client/config"
+
+	"github.com/hoststack/hoststack/agent/cni"
+	"github.com/hoststack/hoststack/agent/csi"
+	"github.com/hoststack/hoststack/agent/kube"
 	"github.com/hoststack/hoststack/agent/standalone"
 )
 
@@ -41,6 +56,24 @@ func run(args []string) int {
 	runDir := fs.String("run-dir", "/run/hoststack", "directory for attach sockets and the admin socket")
 	watch := fs.Bool("watch-config", true, "standalone: reload when a file of --config changes (SIGHUP always reloads)")
 	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "Kubernetes mode: this node's name (default $NODE_NAME)")
+	kubeconfig := fs.String("kubeconfig", "", "Kubernetes mode: kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)")
+	metricsAddr := fs.String("metrics-bind-address", ":8080", "Kubernetes mode: address of /metrics (\"0\" disables)")
+	probeAddr := fs.String("health-probe-bind-address", ":8081", "Kubernetes mode: address of /healthz and /readyz (\"0\" disables)")
+	statusInterval := fs.Duration("status-interval", 10*time.Second, "Kubernetes mode: how often the SessionNode status is refreshed with engine statistics")
+	csiEnable := fs.Bool("csi", true, "Kubernetes mode: serve the CSI node plugin csi.hoststack.dev (per-pod attach sockets)")
+	csiSocket := fs.String("csi-socket", csi.DefaultCSISocket, "Kubernetes mode: CSI socket path")
+	csiRegistry := fs.String("csi-registry-dir", csi.DefaultRegistryDir, "Kubernetes mode: kubelet plugin registry directory")
+	csiEndpoint := fs.String("csi-kubelet-endpoint", "", "Kubernetes mode: the CSI socket path as kubelet sees it (default --csi-socket)")
+	hostPathDir := fs.String("hostpath-sockets-dir", "", "Kubernetes mode: also serve per-pod sockets at DIR/<namespace>/<pod>/session.sock (fallback without CSI; empty disables)")
+	cniEnable := fs.Bool("cni", true, "Kubernetes mode: serve the socket the hoststack-cni plugin talks to")
+	cniSocket := fs.String("cni-socket", cni.DefaultSocket, "Kubernetes mode: CNI socket path")
+	cniState := fs.String("cni-state-dir", "/var/lib/hoststack/cni", "Kubernetes mode: directory of the CNI attachment registry")
+	cniPending := fs.String("cni-pending-dir", cni.DefaultPendingDir, "Kubernetes mode: directory where the plugin queues DELs it could not deliver")
+	cniInstall := fs.Bool("cni-install", false, "Kubernetes mode: install the hoststack-cni binary and chain it into the node's CNI config at start")
+	cniUninstall := fs.Bool("cni-uninstall-on-exit", false, "Kubernetes mode: remove the chain entry from the node's CNI config at exit")
+	cniBinary := fs.String("cni-binary", "/opt/hoststack/bin/hoststack-cni", "Kubernetes mode: the hoststack-cni binary --cni-install copies")
+	cniBinDir := fs.String("cni-bin-dir", "/opt/cni/bin", "Kubernetes mode: the node's CNI binary directory")
+	cniConfDir := fs.String("cni-conf-dir", "/etc/cni/net.d", "Kubernetes mode: the node's CNI configuration directory")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
@@ -65,14 +98,33 @@ func run(args []string) int {
 	}
 	log := slog.New(h)
 
-	if !*standaloneMode {
-		_ = nodeName
-		fmt.Fprintln(os.Stderr, "hoststack-agent: Kubernetes mode is not available in this build yet; run with --standalone --config DIR --run-dir DIR")
-		return 2
-	}
-
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+
+	if !*standaloneMode {
+		if *nodeName == "" {
+			fmt.Fprintln(os.Stderr, "hoststack-agent: Kubernetes mode needs --node-name or $NODE_NAME (or run with --standalone)")
+			return 2
+		}
+		cfg, err := restConfig(*kubeconfig)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "hoststack-agent: Kubernetes client configuration: %v\n", err)
+			return 1
+		}
+		err = kube.Run(ctx, kube.Options{
+			NodeName: *nodeName, Config: cfg, Log: log, Version: version,
+			MetricsAddr: *metricsAddr, ProbeAddr: *probeAddr, StatusInterval: *statusInterval,
+			CSI: *csiEnable, CSISocket: *csiSocket, CSIRegistryDir: *csiRegistry, CSIKubeletEndpoint: *csiEndpoint,
+			HostPathDir: *hostPathDir,
+			CNI:         *cniEnable, CNISocket: *cniSocket, CNIStateDir: *cniState, CNIPendingDir: *cniPending,
+			CNIInstall: *cniInstall, CNIUninstall: *cniUninstall, CNIBinary: *cniBinary, CNIBinDir: *cniBinDir, CNIConfDir: *cniConfDir,
+		})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "hoststack-agent: %v\n", err)
+			return 1
+		}
+		return 0
+	}
 	reload := make(chan struct{}, 1)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -100,6 +152,16 @@ func run(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// version is stamped at build time with -ldflags -X main.version=...
+var version = "dev"
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		return clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	return ctrlconfig.GetConfig()
 }
 
 // rulesCmd prints the compiled session rules of a running standalone agent.

@@ -1,0 +1,680 @@
+// Package kube is the node agent's Kubernetes mode: a controller-runtime
+// manager whose cache holds only what one node needs (its own Node and
+// Pods, the AppNamespaces and SessionRules), one reconcile loop that renders
+// the desired engine state with agent/render, applies it with agent/apply
+// and reports it in the node's SessionNode with server-side apply, Prometheus
+// metrics per AppNamespace, probes, and the CSI and CNI servers.
+//
+// The reconciler is single-key (MetalLB speaker style): every watched change
+// enqueues the same request, and a reconcile recomputes the whole node from
+// the cache. Engine statistics change without any object changing, so a
+// heartbeat refreshes the SessionNode status every StatusInterval; it never
+// re-renders.
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"reflect"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/hoststack/hoststack/agent/apply"
+	"github.com/hoststack/hoststack/agent/cni"
+	"github.com/hoststack/hoststack/agent/csi"
+	"github.com/hoststack/hoststack/agent/render"
+	hsv1 "github.com/hoststack/hoststack/api/v1alpha1"
+	"github.com/hoststack/hoststack/engine/rules"
+	"github.com/hoststack/hoststack/engine/session"
+)
+
+// FieldOwner is the server-side apply field manager of the agent.
+const FieldOwner = "hoststack-agent"
+
+// Options configures Run.
+type Options struct {
+	NodeName string       // required
+	Config   *rest.Config // required
+	Log      *slog.Logger // nil: slog.Default()
+	Version  string
+
+	MetricsAddr string // "0" disables
+	ProbeAddr   string // "0" disables
+	// StatusInterval is how often the SessionNode status is refreshed with
+	// engine statistics; default 10s.
+	StatusInterval time.Duration
+
+	// CSI node plugin (per-pod sockets through csi.hoststack.dev volumes).
+	CSI                bool
+	CSISocket          string
+	CSIRegistryDir     string
+	CSIKubeletEndpoint string
+	// HostPathDir, when set, also serves per-pod sockets under
+	// <dir>/<pod-namespace>/<pod-name>/session.sock for every pod of the
+	// node selected by a served AppNamespace (fallback without CSI).
+	HostPathDir string
+
+	// CNI socket for the chained hoststack-cni plugin.
+	CNI           bool
+	CNISocket     string
+	CNIStateDir   string
+	CNIPendingDir string
+	// CNIInstall copies CNIBinary into CNIBinDir and chains the plugin into
+	// the node's CNI config in CNIConfDir at start; CNIUninstall removes the
+	// chain entry at exit.
+	CNIInstall   bool
+	CNIUninstall bool
+	CNIBinary    string
+	CNIBinDir    string
+	CNIConfDir   string
+}
+
+// NewScheme returns the scheme the agent's client uses.
+func NewScheme() (*runtime.Scheme, error) {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	if err := hsv1.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// CacheOptions scopes the manager's cache to one node: its Pods (field
+// selector spec.nodeName) and its Node object (metadata.name). AppNamespaces
+// and SessionRules are cached cluster-wide (every one may select the node).
+// Secrets are never cached: the agent reads the few an AppNamespace
+// secretRef names with a direct GET.
+func CacheOptions(nodeName string) cache.Options {
+	return cache.Options{ByObject: map[client.Object]cache.ByObject{
+		&corev1.Pod{}:  {Field: fields.OneTermEqualSelector("spec.nodeName", nodeName)},
+		&corev1.Node{}: {Field: fields.OneTermEqualSelector("metadata.name", nodeName)},
+	}}
+}
+
+// Agent is the running Kubernetes-mode agent.
+type Agent struct {
+	o     Options
+	log   *slog.Logger
+	c     client.Client // cached reads, direct writes
+	api   client.Reader // uncached reads (Secrets, pods not yet cached)
+	eng   *session.Engine
+	table *rules.Table
+	count *CountingRules
+	hp    *csi.HostPathSockets
+
+	ready atomic.Bool
+
+	servedMu sync.RWMutex
+	served   map[string]bool // app namespace keys the engine serves
+
+	mu       sync.Mutex // one writer at a time: reconcile, heartbeat, shutdown
+	ap       *apply.Applier
+	snap     *snapshot
+	rules    []rules.Rule
+	rulesGen int64
+	created  bool
+	last     *hsv1.SessionNodeStatus // last BuildStatus result applied
+	owner    []metav1.OwnerReference
+	readyCnd metav1.Condition // with its transition time
+	errTimes map[string]metav1.Time
+}
+
+// snapshot is what the last reconcile computed, for the heartbeat.
+type snapshot struct {
+	nodeLabels map[string]string
+	ans        []hsv1.AppNamespace
+	out        render.Output
+	conflicts  []rules.Conflict
+	applyErrs  map[string]string
+	other      []hsv1.NodeError
+}
+
+// Run runs the agent until ctx ends, then stops the servers, closes the
+// engine (which tells every attached app) and marks the SessionNode
+// Stopped, best effort.
+func Run(ctx context.Context, o Options) error {
+	if o.NodeName == "" {
+		return errors.New("Kubernetes mode needs the node name (--node-name or $NODE_NAME)")
+	}
+	if o.Config == nil {
+		return errors.New("no Kubernetes client configuration")
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if o.StatusInterval <= 0 {
+		o.StatusInterval = 10 * time.Second
+	}
+	if o.Version == "" {
+		o.Version = "dev"
+	}
+	log := o.Log.With("node", o.NodeName)
+	ctrl.SetLogger(logr.FromSlogHandler(log.Handler()))
+
+	scheme, err := NewScheme()
+	if err != nil {
+		return err
+	}
+	mgr, err := ctrl.NewManager(o.Config, ctrl.Options{
+		Scheme:                 scheme,
+		Cache:                  CacheOptions(o.NodeName),
+		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
+		HealthProbeBindAddress: o.ProbeAddr,
+		Client: client.Options{Cache: &client.CacheOptions{
+			DisableFor: []client.Object{&corev1.Secret{}, &hsv1.SessionNode{}},
+		}},
+		GracefulShutdownTimeout: ptr(10 * time.Second),
+	})
+	if err != nil {
+		return fmt.Errorf("creating manager: %w", err)
+	}
+
+	a := &Agent{o: o, log: log, c: mgr.GetClient(), api: mgr.GetAPIReader(),
+		table: &rules.Table{}, served: map[string]bool{}, errTimes: map[string]metav1.Time{}}
+	a.count = &CountingRules{Next: apply.RuleLookup{Table: a.table}}
+	a.eng, err = session.New(session.Config{
+		Rules: a.count,
+		Logf:  func(f string, args ...any) { log.Info(fmt.Sprintf(f, args...), "component", "engine") },
+	})
+	if err != nil {
+		return fmt.Errorf("starting engine: %w", err)
+	}
+	// Kubernetes mode has no attach socket per app namespace: pods attach
+	// through their own sockets (CSI volume or hostPath fallback).
+	a.ap = apply.New(a.eng, nil)
+
+	col := NewCollector(a.eng.Stats, a.count)
+	if err := crmetrics.Registry.Register(col); err != nil {
+		return errors.Join(fmt.Errorf("registering metrics: %w", err), a.eng.Close())
+	}
+	defer crmetrics.Registry.Unregister(col)
+
+	var cleanups []func()
+	cleanup := func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+		cleanups = nil
+	}
+	fail := func(err error) error {
+		cleanup()
+		return errors.Join(err, a.eng.Close())
+	}
+
+	if err := a.setup(ctx, mgr); err != nil {
+		return fail(err)
+	}
+
+	var podSockets *csi.EngineSockets
+	if o.CSI || o.HostPathDir != "" {
+		podSockets, err = csi.NewEngineSockets(csi.EngineSocketsOptions{Engine: a.eng, Resolve: a.Resolve, Log: log})
+		if err != nil {
+			return fail(err)
+		}
+		cleanups = append(cleanups, func() { _ = podSockets.Close() })
+	}
+	if o.HostPathDir != "" {
+		if a.hp, err = csi.NewHostPathSockets(o.HostPathDir, podSockets, log); err != nil {
+			return fail(fmt.Errorf("hostPath sockets: %w", err))
+		}
+	}
+	if o.CSI {
+		srv, err := csi.NewServer(csi.Options{
+			NodeName: o.NodeName, Pods: podSockets, Version: o.Version,
+			CSISocket: o.CSISocket, RegistryDir: o.CSIRegistryDir, KubeletEndpoint: o.CSIKubeletEndpoint, Log: log,
+		})
+		if err != nil {
+			return fail(err)
+		}
+		if err := srv.Start(ctx); err != nil {
+			return fail(fmt.Errorf("starting CSI node plugin: %w", err))
+		}
+		cleanups = append(cleanups, srv.Stop)
+		log.Info("CSI node plugin serving", "socket", srv.CSISocket(), "registration", srv.RegistrationSocket())
+	}
+	if o.CNI {
+		reg, err := cni.OpenRegistry(o.CNIStateDir)
+		if err != nil {
+			return fail(fmt.Errorf("CNI state: %w", err))
+		}
+		srv := cni.NewServer(reg, cni.ServerConfig{Socket: o.CNISocket, PendingDir: o.CNIPendingDir, Log: log,
+			Status: func() error {
+				if !a.ready.Load() {
+					return errors.New("hoststack agent has not applied its configuration yet")
+				}
+				return nil
+			}})
+		if err := srv.Start(); err != nil {
+			return fail(fmt.Errorf("starting CNI server: %w", err))
+		}
+		cleanups = append(cleanups, func() { _ = srv.Close() })
+		log.Info("CNI server serving", "socket", o.CNISocket)
+		if o.CNIInstall {
+			in := cni.Installer{AgentSocket: o.CNISocket, PendingDir: o.CNIPendingDir}
+			if err := in.Install(o.CNIBinary, o.CNIBinDir, o.CNIConfDir); err != nil {
+				return fail(err)
+			}
+			log.Info("CNI plugin installed", "binDir", o.CNIBinDir, "confDir", o.CNIConfDir)
+			if o.CNIUninstall {
+				cleanups = append(cleanups, func() {
+					if err := in.Uninstall(o.CNIConfDir); err != nil {
+						log.Error("CNI plugin uninstall failed", "err", err)
+					}
+				})
+			}
+		}
+	}
+
+	log.Info("starting", "version", o.Version, "statusInterval", o.StatusInterval)
+	runErr := mgr.Start(ctx)
+
+	log.Info("stopping: closing servers, telling apps, marking the SessionNode Stopped")
+	cleanup()
+	closeErr := a.eng.Close()
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.writeStopped(sctx); err != nil {
+		log.Warn("could not mark the SessionNode Stopped", "err", err)
+	}
+	if runErr != nil {
+		return fmt.Errorf("manager: %w", runErr)
+	}
+	return closeErr
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// the single request every watched change enqueues
+var theKey = reconcile.Request{NamespacedName: types.NamespacedName{Name: "node"}}
+
+func (a *Agent) setup(ctx context.Context, mgr manager.Manager) error {
+	one := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+		return []reconcile.Request{theKey}
+	})
+	b := ctrl.NewControllerManagedBy(mgr).Named("hoststack-agent").
+		Watches(&hsv1.AppNamespace{}, one).
+		Watches(&hsv1.SessionRule{}, one).
+		Watches(&corev1.Node{}, one)
+	if a.o.HostPathDir != "" {
+		// The hostPath fallback serves a socket per selected pod: pods
+		// coming and going change what it serves.
+		b = b.Watches(&corev1.Pod{}, one)
+	}
+	if err := b.Complete(reconcile.Func(a.Reconcile)); err != nil {
+		return fmt.Errorf("creating controller: %w", err)
+	}
+	// The pod cache serves the CSI resolver even when no controller watches
+	// pods: start its informer with the manager.
+	if _, err := mgr.GetCache().GetInformer(ctx, &corev1.Pod{}); err != nil {
+		return fmt.Errorf("pod informer: %w", err)
+	}
+	if err := mgr.Add(manager.RunnableFunc(a.heartbeat)); err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	return mgr.AddReadyzCheck("applied", func(*http.Request) error {
+		if !a.ready.Load() {
+			return errors.New("the first configuration has not been applied yet")
+		}
+		return nil
+	})
+}
+
+// Reconcile recomputes the node: cache → render → rules → engine → status.
+func (a *Agent) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
+	var node corev1.Node
+	nodeLabels := map[string]string{}
+	var other []hsv1.NodeError
+	switch err := a.c.Get(ctx, client.ObjectKey{Name: a.o.NodeName}, &node); {
+	case err == nil:
+		for k, v := range node.Labels {
+			nodeLabels[k] = v
+		}
+	case apierrors.IsNotFound(err):
+		other = append(other, hsv1.NodeError{Reason: "NodeNotFound", Message: "Node " + a.o.NodeName + " not found; nodeSelectors see no labels", Object: "Node/" + a.o.NodeName})
+	default:
+		return reconcile.Result{}, err
+	}
+	var anList hsv1.AppNamespaceList
+	if err := a.c.List(ctx, &anList); err != nil {
+		return reconcile.Result{}, err
+	}
+	var srList hsv1.SessionRuleList
+	if err := a.c.List(ctx, &srList); err != nil {
+		return reconcile.Result{}, err
+	}
+	secrets := map[string]string{}
+	for i := range anList.Items {
+		an := &anList.Items[i]
+		if an.Spec.SecretRef == nil || !Selected(an, nodeLabels) {
+			continue
+		}
+		var s corev1.Secret
+		key := client.ObjectKey{Namespace: an.Namespace, Name: an.Spec.SecretRef.Name}
+		switch err := a.api.Get(ctx, key, &s); {
+		case err == nil:
+			if v, ok := s.Data[render.SecretKey]; ok {
+				secrets[key.String()] = string(v)
+			}
+		case apierrors.IsNotFound(err):
+			// render reports SecretNotFound
+		default:
+			return reconcile.Result{}, fmt.Errorf("reading Secret %s: %w", key, err)
+		}
+	}
+
+	out := render.Render(render.Input{NodeLabels: nodeLabels, AppNamespaces: anList.Items, Secrets: secrets, SessionRules: srList.Items})
+	set, conflicts, err := rules.Compile(out.Rules)
+	if err != nil {
+		return reconcile.Result{}, fmt.Errorf("compiling session rules: %w", err)
+	}
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	// Rules first, so an app namespace added now starts with its rules.
+	if a.rulesGen == 0 || !reflect.DeepEqual(a.rules, out.Rules) {
+		a.table.Store(set)
+		a.rules = out.Rules
+		a.rulesGen++
+	}
+	changes, applyErr := a.ap.Apply(out.Namespaces)
+	for _, c := range changes {
+		a.log.Info("app namespace "+c.Op, "appNamespace", c.Key)
+	}
+	applyErrs := map[string]string{}
+	applied := a.ap.Applied()
+	keep := make(map[string]bool, len(applied))
+	for k := range applied {
+		keep[k] = true
+	}
+	for _, cfg := range out.Namespaces {
+		if got, ok := applied[cfg.Key()]; !ok || got != cfg {
+			applyErrs[cfg.Key()] = errorFor(applyErr, cfg.Key())
+		}
+	}
+	if applyErr != nil {
+		a.log.Error("applying app namespaces partly failed", "err", applyErr)
+	}
+	for _, p := range out.Problems {
+		a.log.Warn("object not served", "object", p.Object, "field", p.Field, "reason", p.Reason, "detail", p.Detail)
+	}
+	for _, c := range conflicts {
+		a.log.Warn("SessionRule not applied: same match as an older rule, which wins", "rule", c.Loser.Name, "olderRule", c.Winner.Name)
+	}
+	a.count.Retain(keep)
+	a.servedMu.Lock()
+	a.served = keep
+	a.servedMu.Unlock()
+	a.snap = &snapshot{nodeLabels: nodeLabels, ans: anList.Items, out: out, conflicts: conflicts, applyErrs: applyErrs, other: other}
+
+	if a.hp != nil {
+		if err := a.syncHostPath(ctx); err != nil {
+			a.log.Error("hostPath sockets partly failed", "err", err)
+		}
+	}
+	if err := a.writeStatusLocked(ctx, hsv1.EngineRunning, nodeOwner(&node)); err != nil {
+		return reconcile.Result{}, fmt.Errorf("writing SessionNode status: %w", err)
+	}
+	if applyErr == nil && !a.ready.Load() {
+		a.ready.Store(true)
+		a.log.Info("ready: configuration applied", "appNamespaces", len(applied), "rules", set.Len())
+	}
+	return reconcile.Result{}, nil
+}
+
+// errorFor picks the lines of a joined Apply error that name key.
+func errorFor(err error, key string) string {
+	if err == nil {
+		return "not applied"
+	}
+	var lines []string
+	for _, l := range strings.Split(err.Error(), "\n") {
+		if strings.Contains(l, " "+key+":") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) == 0 {
+		return err.Error()
+	}
+	return strings.Join(lines, "; ")
+}
+
+func (a *Agent) heartbeat(ctx context.Context) error {
+	t := time.NewTicker(a.o.StatusInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		a.mu.Lock()
+		if a.snap != nil {
+			if err := a.writeStatusLocked(ctx, hsv1.EngineRunning, nil); err != nil && ctx.Err() == nil {
+				a.log.Warn("status heartbeat failed", "err", err)
+			}
+		}
+		a.mu.Unlock()
+	}
+}
+
+func (a *Agent) writeStopped(ctx context.Context) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.created {
+		return nil // never wrote anything
+	}
+	return a.writeStatusLocked(ctx, hsv1.EngineStopped, nil)
+}
+
+func nodeOwner(n *corev1.Node) []metav1.OwnerReference {
+	if n.UID == "" {
+		return nil
+	}
+	return []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: n.Name, UID: n.UID}}
+}
+
+// writeStatusLocked computes the status from the last snapshot and fresh
+// engine statistics and applies it if it changed.
+func (a *Agent) writeStatusLocked(ctx context.Context, state hsv1.EngineState, owner []metav1.OwnerReference) error {
+	s := a.snap
+	if s == nil {
+		s = &snapshot{}
+	}
+	stats := map[string]session.NamespaceStats{}
+	if state != hsv1.EngineStopped {
+		for _, st := range a.eng.Stats() {
+			stats[st.Namespace] = st
+		}
+	}
+	applied := map[string]bool{}
+	for k := range a.ap.Applied() {
+		applied[k] = true
+	}
+	st := BuildStatus(StatusInput{
+		NodeLabels: s.nodeLabels, AppNamespaces: s.ans, Render: s.out, Conflicts: s.conflicts,
+		Applied: applied, ApplyErrors: s.applyErrs, Stats: stats,
+		Engine: state, Version: a.o.Version, RulesGeneration: a.rulesGen, OtherErrors: s.other,
+	})
+	if owner != nil {
+		a.owner = owner
+	}
+	if a.last != nil && reflect.DeepEqual(*a.last, st) {
+		return nil
+	}
+	built := st
+	built.AppNamespaces = append([]hsv1.AppNamespaceNodeStatus(nil), st.AppNamespaces...)
+	built.Errors = append([]hsv1.NodeError(nil), st.Errors...)
+	now := metav1.Now()
+	// Errors keep the time they were first seen while they persist.
+	times := map[string]metav1.Time{}
+	for i := range st.Errors {
+		e := &st.Errors[i]
+		k := e.Reason + "\x00" + e.Object + "\x00" + e.Message
+		t, ok := a.errTimes[k]
+		if !ok {
+			t = now
+		}
+		times[k] = t
+		e.Time = &t
+	}
+	sort.SliceStable(st.Errors, func(i, j int) bool { return st.Errors[i].Time.After(st.Errors[j].Time.Time) })
+	cnd := ReadyCondition(st)
+	if a.readyCnd.Type == "" || a.readyCnd.Status != cnd.Status {
+		cnd.LastTransitionTime = now
+	} else {
+		cnd.LastTransitionTime = a.readyCnd.LastTransitionTime
+	}
+	st.Conditions = []metav1.Condition{cnd}
+
+	if err := a.applyStatus(ctx, st, a.owner); err != nil {
+		return err
+	}
+	a.errTimes = times
+	a.readyCnd = cnd
+	a.last = &built
+	return nil
+}
+
+// applyStatus creates the SessionNode if needed (server-side apply of its
+// metadata) and applies status with the agent's field owner.
+func (a *Agent) applyStatus(ctx context.Context, st hsv1.SessionNodeStatus, owner []metav1.OwnerReference) error {
+	gvk := hsv1.GroupVersion.WithKind("SessionNode")
+	if !a.created {
+		obj := &unstructured.Unstructured{}
+		obj.SetGroupVersionKind(gvk)
+		obj.SetName(a.o.NodeName)
+		if len(owner) > 0 {
+			obj.SetOwnerReferences(owner)
+		}
+		if err := a.c.Apply(ctx, client.ApplyConfigurationFromUnstructured(obj), client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
+			return fmt.Errorf("creating SessionNode %s: %w", a.o.NodeName, err)
+		}
+		a.created = true
+	}
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&hsv1.SessionNode{Status: st})
+	if err != nil {
+		return err
+	}
+	obj := &unstructured.Unstructured{Object: map[string]any{"status": m["status"]}}
+	obj.SetGroupVersionKind(gvk)
+	obj.SetName(a.o.NodeName)
+	err = a.c.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(obj), client.FieldOwner(FieldOwner), client.ForceOwnership)
+	if apierrors.IsNotFound(err) {
+		a.created = false // deleted behind our back: create it again next time
+	}
+	return err
+}
+
+// Resolve is the CSI resolver: the served AppNamespaces whose podSelector
+// selects the pod (which must be on this node and have the UID kubelet
+// named), sorted.
+func (a *Agent) Resolve(ctx context.Context, ref csi.PodRef) ([]string, error) {
+	var pod corev1.Pod
+	key := client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}
+	err := a.c.Get(ctx, key, &pod)
+	if apierrors.IsNotFound(err) || (err == nil && string(pod.UID) != ref.UID) {
+		// The cache may lag behind kubelet for a pod that just started.
+		err = a.api.Get(ctx, key, &pod)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pod %s: %w", key, err)
+	}
+	if string(pod.UID) != ref.UID {
+		return nil, fmt.Errorf("pod %s has uid %s, not %s", key, pod.UID, ref.UID)
+	}
+	if pod.Spec.NodeName != a.o.NodeName {
+		return nil, fmt.Errorf("pod %s runs on node %q, not %q", key, pod.Spec.NodeName, a.o.NodeName)
+	}
+	var ans hsv1.AppNamespaceList
+	if err := a.c.List(ctx, &ans, client.InNamespace(pod.Namespace)); err != nil {
+		return nil, err
+	}
+	return PodAppNamespaces(&pod, ans.Items, a.isServed), nil
+}
+
+func (a *Agent) isServed(key string) bool {
+	a.servedMu.RLock()
+	defer a.servedMu.RUnlock()
+	return a.served[key]
+}
+
+// PodAppNamespaces returns, sorted, the keys of the AppNamespaces of the
+// pod's own Kubernetes namespace that select it and that served reports as
+// served on this node.
+func PodAppNamespaces(pod *corev1.Pod, ans []hsv1.AppNamespace, served func(key string) bool) []string {
+	var keys []string
+	for i := range ans {
+		an := &ans[i]
+		if an.Namespace != pod.Namespace || !an.DeletionTimestamp.IsZero() {
+			continue
+		}
+		sel, err := metav1.LabelSelectorAsSelector(&an.Spec.PodSelector)
+		if err != nil || !sel.Matches(labels.Set(pod.Labels)) {
+			continue
+		}
+		key := an.Namespace + "/" + an.Name
+		if served != nil && !served(key) {
+			continue
+		}
+		keys = append(keys, key)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// syncHostPath serves a hostPath socket for every running pod of the node
+// that a served AppNamespace selects.
+func (a *Agent) syncHostPath(ctx context.Context) error {
+	var pods corev1.PodList
+	if err := a.c.List(ctx, &pods); err != nil {
+		return err
+	}
+	var anList hsv1.AppNamespaceList
+	if err := a.c.List(ctx, &anList); err != nil {
+		return err
+	}
+	var refs []csi.PodRef
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if p.Spec.NodeName != a.o.NodeName || p.DeletionTimestamp != nil ||
+			p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		if len(PodAppNamespaces(p, anList.Items, a.isServed)) > 0 {
+			refs = append(refs, csi.PodRef{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID)})
+		}
+	}
+	return a.hp.Sync(ctx, refs)
+}

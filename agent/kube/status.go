@@ -1,0 +1,190 @@
+package kube
+
+import (
+	"sort"
+	"strings"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/hoststack/hoststack/agent/render"
+	hsv1 "github.com/hoststack/hoststack/api/v1alpha1"
+	"github.com/hoststack/hoststack/engine/rules"
+	"github.com/hoststack/hoststack/engine/session"
+)
+
+// Selected reports whether an AppNamespace asks to be served on a node with
+// nodeLabels: not being deleted, and its nodeSelector (if any) matches. It
+// is the same test render.Render applies, kept here because the status has
+// an entry for every selected AppNamespace, served or failed.
+func Selected(an *hsv1.AppNamespace, nodeLabels map[string]string) bool {
+	if !an.DeletionTimestamp.IsZero() {
+		return false
+	}
+	if len(an.Spec.NodeSelector) == 0 {
+		return true
+	}
+	return labels.SelectorFromSet(an.Spec.NodeSelector).Matches(labels.Set(nodeLabels))
+}
+
+// StatusInput is everything the SessionNode status is computed from.
+type StatusInput struct {
+	// NodeLabels select the AppNamespaces the node serves.
+	NodeLabels map[string]string
+	// AppNamespaces are all AppNamespaces the agent sees.
+	AppNamespaces []hsv1.AppNamespace
+	// Render is the rendered desired state; Conflicts come from compiling
+	// its rules.
+	Render    render.Output
+	Conflicts []rules.Conflict
+	// Applied is the set of app namespace keys the engine serves now;
+	// ApplyErrors maps a key to why applying it failed.
+	Applied     map[string]bool
+	ApplyErrors map[string]string
+	// Stats are the engine's per-app-namespace statistics, by key.
+	Stats map[string]session.NamespaceStats
+	// Engine is the engine's state; Version the agent's.
+	Engine          hsv1.EngineState
+	Version         string
+	RulesGeneration int64
+	// OtherErrors are agent problems not tied to one object (cache, engine).
+	OtherErrors []hsv1.NodeError
+}
+
+// BuildStatus computes the SessionNode status the agent applies: one entry
+// per selected AppNamespace (Ready when the engine serves it at its
+// generation, Failed with the reason otherwise), render problems and rule
+// conflicts as errors. It is pure: errors carry no time (the caller stamps
+// them), and entries and errors come out in a deterministic order.
+func BuildStatus(in StatusInput) hsv1.SessionNodeStatus {
+	st := hsv1.SessionNodeStatus{
+		Engine:          hsv1.EngineStatus{State: in.Engine, Version: in.Version},
+		Transport:       hsv1.TransportStatus{Type: hsv1.TransportKernel, State: hsv1.TransportUp},
+		RulesGeneration: in.RulesGeneration,
+	}
+	if in.Engine == hsv1.EngineStopped {
+		st.Transport.State = hsv1.TransportDown
+		return st
+	}
+
+	problems := map[string][]string{} // "namespace/name" of an AppNamespace -> messages
+	for _, p := range in.Render.Problems {
+		if key, ok := strings.CutPrefix(p.Object, "AppNamespace "); ok {
+			problems[key] = append(problems[key], p.Field+": "+p.Detail)
+		}
+	}
+	losers := map[string]bool{}
+	for _, c := range in.Conflicts {
+		losers[c.Loser.Name] = true
+	}
+	ruleCount := map[string]int32{}
+	for _, r := range in.Render.Rules {
+		if !losers[r.Name] {
+			ruleCount[r.Namespace]++
+		}
+	}
+
+	for i := range in.AppNamespaces {
+		an := &in.AppNamespaces[i]
+		if !Selected(an, in.NodeLabels) {
+			continue
+		}
+		key := an.Namespace + "/" + an.Name
+		e := hsv1.AppNamespaceNodeStatus{Namespace: an.Namespace, Name: an.Name, ObservedGeneration: an.Generation}
+		switch {
+		case len(problems[key]) > 0:
+			e.State = hsv1.AppNamespaceFailed
+			e.Message = clip(strings.Join(problems[key], "; "), 1024)
+		case in.ApplyErrors[key] != "":
+			e.State = hsv1.AppNamespaceFailed
+			e.Message = clip(in.ApplyErrors[key], 1024)
+		case in.Applied[key]:
+			e.State = hsv1.AppNamespaceReady
+			e.Rules = ruleCount[key]
+			if s, ok := in.Stats[key]; ok {
+				e.Apps = int32(s.Apps)
+				e.Sessions = int64(s.Sessions)
+				e.SegmentBytes = s.SegmentBytes
+			}
+		default:
+			e.State = hsv1.AppNamespacePending
+		}
+		st.AppNamespaces = append(st.AppNamespaces, e)
+	}
+	sort.Slice(st.AppNamespaces, func(i, j int) bool {
+		a, b := st.AppNamespaces[i], st.AppNamespaces[j]
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		return a.Name < b.Name
+	})
+
+	var errs []hsv1.NodeError
+	errs = append(errs, in.OtherErrors...)
+	for _, p := range in.Render.Problems {
+		errs = append(errs, hsv1.NodeError{Reason: reason(p.Reason), Message: clip(p.Field+": "+p.Detail, 1024), Object: objectRef(p.Object)})
+	}
+	for _, c := range in.Conflicts {
+		errs = append(errs, hsv1.NodeError{Reason: "RuleConflict", Message: clip(c.String(), 1024), Object: "SessionRule/" + c.Loser.Name})
+	}
+	keys := make([]string, 0, len(in.ApplyErrors))
+	for k := range in.ApplyErrors {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		errs = append(errs, hsv1.NodeError{Reason: "ApplyFailed", Message: clip(in.ApplyErrors[k], 1024), Object: "AppNamespace/" + k})
+	}
+	if len(errs) > 32 {
+		errs = errs[:32]
+	}
+	st.Errors = errs
+	if len(errs) > 0 {
+		st.Engine.State = hsv1.EngineDegraded
+		if in.Engine != hsv1.EngineRunning {
+			st.Engine.State = in.Engine
+		}
+	}
+	return st
+}
+
+// ReadyCondition is the SessionNode's Ready condition for a status (without
+// times: the caller keeps lastTransitionTime).
+func ReadyCondition(st hsv1.SessionNodeStatus) metav1.Condition {
+	c := metav1.Condition{Type: "Ready", Status: metav1.ConditionTrue, Reason: "Running", Message: "the session engine runs and its transport is up"}
+	switch st.Engine.State {
+	case hsv1.EngineRunning:
+	case hsv1.EngineDegraded:
+		c.Reason, c.Message = "Degraded", "the session engine runs; see errors for what it could not do"
+	default:
+		c.Status, c.Reason = metav1.ConditionFalse, string(st.Engine.State)
+		if c.Reason == "" {
+			c.Reason = "Unknown"
+		}
+		c.Message = "the session engine is " + strings.ToLower(c.Reason)
+	}
+	return c
+}
+
+// objectRef turns render's "Kind namespace/name" into "Kind/namespace/name".
+func objectRef(o string) string { return clip(strings.Replace(o, " ", "/", 1), 512) }
+
+// reason makes sure a reason matches the NodeError pattern.
+func reason(r string) string {
+	if r == "" || r[0] < 'A' || r[0] > 'Z' {
+		return "InvalidObject"
+	}
+	for _, c := range r {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
+			return "InvalidObject"
+		}
+	}
+	return clip(r, 64)
+}
+
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}
