@@ -1,0 +1,349 @@
+package kube
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
+
+	hsv1 "github.com/hoststack/hoststack/api/v1alpha1"
+	"github.com/hoststack/hoststack/internal/testreq"
+)
+
+// The suite runs a real etcd and kube-apiserver with the CRDs of
+// config/crd/bases; the agent under test is the real hoststack-agent
+// binary, talking to that API server with a kubeconfig of its own.
+var (
+	testEnv    *envtest.Environment
+	k8s        client.Client
+	notRunning string
+)
+
+func TestMain(m *testing.M) { os.Exit(runSuite(m)) }
+
+func runSuite(m *testing.M) int {
+	dir, missing := testreq.AssetsForMain()
+	if missing != "" {
+		if testreq.Required() {
+			fmt.Fprintf(os.Stderr, "FAIL: envtest assets missing and %s=1: %s\n", testreq.EnvRequire, missing)
+			return 1
+		}
+		notRunning = missing
+		return m.Run()
+	}
+	testEnv = &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+		BinaryAssetsDirectory: dir,
+	}
+	cfg, err := testEnv.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL: start envtest:", err)
+		return 1
+	}
+	defer func() {
+		if err := testEnv.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stop envtest:", err)
+		}
+	}()
+	scheme, err := NewScheme()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL:", err)
+		return 1
+	}
+	if k8s, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL: client:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+func needAPIServer(t *testing.T) {
+	t.Helper()
+	if notRunning != "" {
+		testreq.Missing(t, notRunning)
+	}
+}
+
+// freeAddr returns a loopback address with a port nothing listens on now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func createYAML(t *testing.T, ctx context.Context, doc string) *unstructured.Unstructured {
+	t.Helper()
+	u := &unstructured.Unstructured{}
+	if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Create(ctx, u); err != nil {
+		t.Fatalf("creating %s %s: %v", u.GetKind(), u.GetName(), err)
+	}
+	return u
+}
+
+// logTail keeps the agent's output for failure messages.
+type logTail struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logTail) add(s string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, s)
+}
+
+func (l *logTail) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines, "\n")
+}
+
+func httpGet(url string) (int, string, error) {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+func TestAgentProcessAgainstAPIServer(t *testing.T) {
+	needAPIServer(t)
+	g := gomega.NewWithT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	tmp := t.TempDir()
+
+	bin := filepath.Join(tmp, "hoststack-agent")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/hoststack/hoststack/cmd/hoststack-agent").CombinedOutput(); err != nil {
+		t.Fatalf("building the agent: %v\n%s", err, out)
+	}
+	user, err := testEnv.AddUser(envtest.User{Name: "hoststack-agent", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc, err := user.KubeConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := filepath.Join(tmp, "kubeconfig")
+	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	const nodeName = "node-1"
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName, Labels: map[string]string{"zone": "a"}}}
+	g.Expect(k8s.Create(ctx, node)).To(gomega.Succeed())
+	g.Expect(k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team"}})).To(gomega.Succeed())
+	createYAML(t, ctx, `apiVersion: hoststack.dev/v1alpha1
+kind: AppNamespace
+metadata: {name: web, namespace: team}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  nodeSelector: {zone: a}
+`)
+	createYAML(t, ctx, `apiVersion: hoststack.dev/v1alpha1
+kind: AppNamespace
+metadata: {name: elsewhere, namespace: team}
+spec:
+  podSelector: {}
+  nodeSelector: {zone: b}
+`)
+	createYAML(t, ctx, `apiVersion: hoststack.dev/v1alpha1
+kind: SessionRule
+metadata: {name: no-metadata, namespace: team}
+spec:
+  appNamespaceRef: {name: web}
+  scope: Global
+  transport: TCP
+  local: {cidr: 0.0.0.0/0, port: 0}
+  remote: {cidr: 169.254.169.254/32, port: 80}
+  action: {type: Deny}
+`)
+
+	metricsAddr, probeAddr := freeAddr(t), freeAddr(t)
+	cmd := exec.Command(bin, "--node-name", nodeName, "--kubeconfig", kubeconfig,
+		"--metrics-bind-address", metricsAddr, "--health-probe-bind-address", probeAddr,
+		"--status-interval", "1s", "--csi=false", "--cni=false", "--run-dir", filepath.Join(tmp, "run"),
+		"--log-format", "json")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logs := &logTail{}
+	logsDone := make(chan struct{})
+	go func() {
+		defer close(logsDone)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			logs.add(sc.Text())
+		}
+	}()
+	exited := false
+	t.Cleanup(func() {
+		if !exited {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+		if t.Failed() {
+			t.Logf("agent output:\n%s", logs)
+		}
+	})
+
+	sessionNode := func() (*hsv1.SessionNode, error) {
+		var sn hsv1.SessionNode
+		err := k8s.Get(ctx, client.ObjectKey{Name: nodeName}, &sn)
+		return &sn, err
+	}
+	entry := func(sn *hsv1.SessionNode, name string) *hsv1.AppNamespaceNodeStatus {
+		for i := range sn.Status.AppNamespaces {
+			if e := &sn.Status.AppNamespaces[i]; e.Namespace == "team" && e.Name == name {
+				return e
+			}
+		}
+		return nil
+	}
+	var web hsv1.AppNamespace
+	g.Expect(k8s.Get(ctx, client.ObjectKey{Namespace: "team", Name: "web"}, &web)).To(gomega.Succeed())
+
+	// The SessionNode appears, owned by the Node, with web Ready at its
+	// generation and its one rule, and without the AppNamespace whose
+	// nodeSelector excludes the node.
+	g.Eventually(func(g gomega.Gomega) {
+		sn, err := sessionNode()
+		g.Expect(err).NotTo(gomega.HaveOccurred())
+		g.Expect(sn.Status.Engine.State).To(gomega.Equal(hsv1.EngineRunning))
+		e := entry(sn, "web")
+		g.Expect(e).NotTo(gomega.BeNil())
+		g.Expect(e.State).To(gomega.Equal(hsv1.AppNamespaceReady))
+		g.Expect(e.ObservedGeneration).To(gomega.Equal(web.Generation))
+		g.Expect(e.Rules).To(gomega.Equal(int32(1)))
+		g.Expect(entry(sn, "elsewhere")).To(gomega.BeNil())
+		g.Expect(sn.Status.RulesGeneration).To(gomega.BeNumerically(">=", 1))
+		g.Expect(sn.OwnerReferences).To(gomega.HaveLen(1))
+		g.Expect(sn.OwnerReferences[0].Kind).To(gomega.Equal("Node"))
+		g.Expect(sn.Status.Conditions).To(gomega.HaveLen(1))
+		g.Expect(sn.Status.Conditions[0].Status).To(gomega.Equal(metav1.ConditionTrue))
+		var managers []string
+		for _, f := range sn.ManagedFields {
+			managers = append(managers, f.Manager)
+		}
+		g.Expect(managers).To(gomega.ContainElement(FieldOwner))
+	}).WithTimeout(30 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.Succeed())
+
+	g.Eventually(func() int {
+		code, _, _ := httpGet("http://" + probeAddr + "/readyz")
+		return code
+	}).WithTimeout(10 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.Equal(http.StatusOK))
+	series := `hoststack_agent_apps{name="web",namespace="team"} 0`
+	g.Eventually(func() string {
+		_, body, _ := httpGet("http://" + metricsAddr + "/metrics")
+		return body
+	}).WithTimeout(10 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.And(
+		gomega.ContainSubstring(series),
+		gomega.ContainSubstring(`hoststack_agent_rule_denies_total{name="web",namespace="team"} 0`),
+		gomega.ContainSubstring(`hoststack_agent_segment_bytes{name="web",namespace="team"}`),
+		gomega.Not(gomega.ContainSubstring(`name="elsewhere"`)),
+	))
+
+	// A spec change bumps the generation the node reports.
+	g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(&web), &web)).To(gomega.Succeed())
+	maxApps := int32(7)
+	web.Spec.Quotas.MaxApps = &maxApps
+	g.Expect(k8s.Update(ctx, &web)).To(gomega.Succeed())
+	g.Expect(web.Generation).To(gomega.BeNumerically(">", 1))
+	g.Eventually(func(g gomega.Gomega) {
+		sn, err := sessionNode()
+		g.Expect(err).NotTo(gomega.HaveOccurred())
+		e := entry(sn, "web")
+		g.Expect(e).NotTo(gomega.BeNil())
+		g.Expect(e.ObservedGeneration).To(gomega.Equal(web.Generation))
+		g.Expect(e.State).To(gomega.Equal(hsv1.AppNamespaceReady))
+	}).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.Succeed())
+
+	// The node's labels change: the other AppNamespace is now served there.
+	g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(node), node)).To(gomega.Succeed())
+	node.Labels["zone"] = "b"
+	g.Expect(k8s.Update(ctx, node)).To(gomega.Succeed())
+	g.Eventually(func(g gomega.Gomega) {
+		sn, err := sessionNode()
+		g.Expect(err).NotTo(gomega.HaveOccurred())
+		g.Expect(entry(sn, "web")).To(gomega.BeNil())
+		e := entry(sn, "elsewhere")
+		g.Expect(e).NotTo(gomega.BeNil())
+		g.Expect(e.State).To(gomega.Equal(hsv1.AppNamespaceReady))
+	}).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.Succeed())
+	node.Labels["zone"] = "a"
+	g.Expect(k8s.Update(ctx, node)).To(gomega.Succeed())
+	g.Eventually(func(g gomega.Gomega) {
+		sn, err := sessionNode()
+		g.Expect(err).NotTo(gomega.HaveOccurred())
+		g.Expect(entry(sn, "web")).NotTo(gomega.BeNil())
+	}).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.Succeed())
+
+	// Deleting the AppNamespace removes its entry and its series.
+	g.Expect(k8s.Delete(ctx, &web)).To(gomega.Succeed())
+	g.Eventually(func(g gomega.Gomega) {
+		sn, err := sessionNode()
+		g.Expect(err).NotTo(gomega.HaveOccurred())
+		g.Expect(entry(sn, "web")).To(gomega.BeNil())
+	}).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.Succeed())
+	g.Eventually(func() string {
+		_, body, _ := httpGet("http://" + metricsAddr + "/metrics")
+		return body
+	}).WithTimeout(10 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.And(
+		gomega.ContainSubstring("hoststack_agent_app_namespaces 0"),
+		gomega.Not(gomega.ContainSubstring(`name="web"`)),
+	))
+
+	// SIGTERM: exit 0, and the SessionNode says the engine stopped.
+	g.Expect(cmd.Process.Signal(syscall.SIGTERM)).To(gomega.Succeed())
+	waitErr := make(chan error, 1)
+	go func() {
+		<-logsDone
+		waitErr <- cmd.Wait()
+	}()
+	select {
+	case err := <-waitErr:
+		exited = true
+		g.Expect(err).NotTo(gomega.HaveOccurred(), "agent exit status")
+	case <-ctx.Done():
+		t.Fatal("agent did not exit after SIGTERM")
+	}
+	sn, err := sessionNode()
+	g.Expect(err).NotTo(gomega.HaveOccurred())
+	g.Expect(sn.Status.Engine.State).To(gomega.Equal(hsv1.EngineStopped))
+	g.Expect(sn.Status.AppNamespaces).To(gomega.BeEmpty())
+}
