@@ -143,7 +143,12 @@ func TestAgentProcessAgainstAPIServer(t *testing.T) {
 	tmp := t.TempDir()
 
 	bin := filepath.Join(tmp, "hoststack-agent")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/hoststack/hoststack/cmd/hoststack-agent").CombinedOutput(); err != nil {
+	args := []string{"build", "-o", bin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	args = append(args, "github.com/hoststack/hoststack/cmd/hoststack-agent")
+	if out, err := exec.CommandContext(ctx, "go", args...).CombinedOutput(); err != nil {
 		t.Fatalf("building the agent: %v\n%s", err, out)
 	}
 	user, err := testEnv.AddUser(envtest.User{Name: "hoststack-agent", Groups: []string{"system:masters"}}, nil)
