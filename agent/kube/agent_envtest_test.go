@@ -18,6 +18,7 @@ import (
 
 	"github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -124,6 +125,11 @@ func (l *logTail) String() string {
 	return strings.Join(l.lines, "\n")
 }
 
+func isSocket(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode()&os.ModeSocket != 0
+}
+
 func httpGet(url string) (int, string, error) {
 	c := http.Client{Timeout: 2 * time.Second}
 	resp, err := c.Get(url)
@@ -151,10 +157,33 @@ func TestAgentProcessAgainstAPIServer(t *testing.T) {
 	if out, err := exec.CommandContext(ctx, "go", args...).CombinedOutput(); err != nil {
 		t.Fatalf("building the agent: %v\n%s", err, out)
 	}
-	user, err := testEnv.AddUser(envtest.User{Name: "hoststack-agent", Groups: []string{"system:masters"}}, nil)
+	// The agent runs as a user with exactly the ClusterRole of
+	// config/agent, so a permission the agent needs and the role lacks
+	// fails here.
+	const agentUser = "system:serviceaccount:hoststack-system:hoststack-agent"
+	user, err := testEnv.AddUser(envtest.User{Name: agentUser}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	role, err := os.ReadFile(filepath.Join("..", "..", "config", "agent", "role.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	createYAML(t, ctx, string(role))
+	createYAML(t, ctx, `apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: hoststack-agent-test}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: hoststack-agent}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "`+agentUser+`"}
+`)
+	// RBAC is enforced: the role lets the agent get a Secret, never list them.
+	asAgent, err := client.New(user.Config(), client.Options{Scheme: k8s.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Eventually(func() error { return asAgent.List(ctx, &corev1.NodeList{}) }).Should(gomega.Succeed())
+	g.Expect(apierrors.IsForbidden(asAgent.List(ctx, &corev1.SecretList{}))).To(gomega.BeTrue(), "listing Secrets must be forbidden")
 	kc, err := user.KubeConfig()
 	if err != nil {
 		t.Fatal(err)
@@ -197,8 +226,16 @@ spec:
 	metricsAddr, probeAddr := freeAddr(t), freeAddr(t)
 	cmd := exec.Command(bin, "--node-name", nodeName, "--kubeconfig", kubeconfig,
 		"--metrics-bind-address", metricsAddr, "--health-probe-bind-address", probeAddr,
-		"--status-interval", "1s", "--csi=false", "--cni=false", "--run-dir", filepath.Join(tmp, "run"),
-		"--log-format", "json")
+		"--status-interval", "1s", "--run-dir", filepath.Join(tmp, "run"), "--log-format", "json",
+		"--csi", "--csi-socket", filepath.Join(tmp, "csi", "csi.sock"), "--csi-registry-dir", filepath.Join(tmp, "reg"),
+		"--hostpath-sockets-dir", filepath.Join(tmp, "hp"),
+		"--cni", "--cni-socket", filepath.Join(tmp, "cni.sock"), "--cni-state-dir", filepath.Join(tmp, "cni-state"),
+		"--cni-pending-dir", filepath.Join(tmp, "cni-pending"))
+	for _, d := range []string{"csi", "reg", "hp"} {
+		if err := os.MkdirAll(filepath.Join(tmp, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -282,6 +319,30 @@ spec:
 		gomega.ContainSubstring(`hoststack_agent_segment_bytes{name="web",namespace="team"}`),
 		gomega.Not(gomega.ContainSubstring(`name="elsewhere"`)),
 	))
+
+	// The CSI and CNI servers listen.
+	for _, sock := range []string{filepath.Join(tmp, "csi", "csi.sock"), filepath.Join(tmp, "reg", "csi.hoststack.dev-reg.sock"), filepath.Join(tmp, "cni.sock")} {
+		g.Expect(isSocket(sock)).To(gomega.BeTrue(), sock)
+	}
+
+	// A pod of the node that web selects gets its hostPath socket (the CSI
+	// resolver decides, from the pod cache); one web does not select, and
+	// one of another node, do not.
+	mkPod := func(name, nodeName string, labels map[string]string) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: name, Labels: labels},
+			Spec: corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "app", Image: "app"}}}}
+		g.Expect(k8s.Create(ctx, p)).To(gomega.Succeed())
+		return p
+	}
+	webPod := mkPod("web-0", nodeName, map[string]string{"app": "web"})
+	mkPod("db-0", nodeName, map[string]string{"app": "db"})
+	mkPod("web-far", "node-2", map[string]string{"app": "web"})
+	webSock := filepath.Join(tmp, "hp", "team", "web-0", "session.sock")
+	g.Eventually(func() bool { return isSocket(webSock) }).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.BeTrue())
+	g.Expect(filepath.Join(tmp, "hp", "team", "db-0")).NotTo(gomega.BeAnExistingFile())
+	g.Expect(filepath.Join(tmp, "hp", "team", "web-far")).NotTo(gomega.BeAnExistingFile())
+	g.Expect(k8s.Delete(ctx, webPod)).To(gomega.Succeed())
+	g.Eventually(func() bool { return isSocket(webSock) }).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.BeFalse())
 
 	// A spec change bumps the generation the node reports.
 	g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(&web), &web)).To(gomega.Succeed())
