@@ -9,7 +9,9 @@
 // enqueues the same request, and a reconcile recomputes the whole node from
 // the cache. Engine statistics change without any object changing, so a
 // heartbeat refreshes the SessionNode status every StatusInterval; it never
-// re-renders.
+// re-renders. It also reads the few Secrets AppNamespace secretRefs name
+// (the agent may get, not list or watch, Secrets) and triggers a reconcile
+// when one changed.
 package kube
 
 import (
@@ -39,12 +41,14 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/hoststack/hoststack/agent/apply"
 	"github.com/hoststack/hoststack/agent/cni"
@@ -146,6 +150,10 @@ type Agent struct {
 	owner    []metav1.OwnerReference
 	readyCnd metav1.Condition // with its transition time
 	errTimes map[string]metav1.Time
+	// secretVersions are the resourceVersions ("" when absent) of the
+	// Secrets the last reconcile read; the heartbeat compares them.
+	secretVersions map[client.ObjectKey]string
+	kick           chan event.GenericEvent
 }
 
 // snapshot is what the last reconcile computed, for the heartbeat.
@@ -199,7 +207,8 @@ func Run(ctx context.Context, o Options) error {
 	}
 
 	a := &Agent{o: o, log: log, c: mgr.GetClient(), api: mgr.GetAPIReader(),
-		table: &rules.Table{}, served: map[string]bool{}, errTimes: map[string]metav1.Time{}}
+		table: &rules.Table{}, served: map[string]bool{}, errTimes: map[string]metav1.Time{},
+		kick: make(chan event.GenericEvent, 1)}
 	a.count = &CountingRules{Next: apply.RuleLookup{Table: a.table}}
 	a.eng, err = session.New(session.Config{
 		Rules: a.count,
@@ -323,7 +332,10 @@ func (a *Agent) setup(ctx context.Context, mgr manager.Manager) error {
 	b := ctrl.NewControllerManagedBy(mgr).Named("hoststack-agent").
 		Watches(&hsv1.AppNamespace{}, one).
 		Watches(&hsv1.SessionRule{}, one).
-		Watches(&corev1.Node{}, one)
+		Watches(&corev1.Node{}, one).
+		// Secrets are not watched (RBAC cannot scope that to the few an
+		// AppNamespace names); the heartbeat reads those and kicks this.
+		WatchesRawSource(source.Channel(a.kick, one))
 	if a.o.HostPathDir != "" {
 		// The hostPath fallback serves a socket per selected pod: pods
 		// coming and going change what it serves.
@@ -375,6 +387,7 @@ func (a *Agent) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.R
 		return reconcile.Result{}, err
 	}
 	secrets := map[string]string{}
+	versions := map[client.ObjectKey]string{}
 	for i := range anList.Items {
 		an := &anList.Items[i]
 		if an.Spec.SecretRef == nil || !Selected(an, nodeLabels) {
@@ -384,11 +397,12 @@ func (a *Agent) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.R
 		key := client.ObjectKey{Namespace: an.Namespace, Name: an.Spec.SecretRef.Name}
 		switch err := a.api.Get(ctx, key, &s); {
 		case err == nil:
+			versions[key] = s.ResourceVersion
 			if v, ok := s.Data[render.SecretKey]; ok {
 				secrets[key.String()] = string(v)
 			}
 		case apierrors.IsNotFound(err):
-			// render reports SecretNotFound
+			versions[key] = "" // render reports SecretNotFound
 		default:
 			return reconcile.Result{}, fmt.Errorf("reading Secret %s: %w", key, err)
 		}
@@ -402,6 +416,7 @@ func (a *Agent) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.R
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.secretVersions = versions
 	// Rules first, so an app namespace added now starts with its rules.
 	if a.rulesGen == 0 || !reflect.DeepEqual(a.rules, out.Rules) {
 		a.table.Store(set)
@@ -485,8 +500,33 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 				a.log.Warn("status heartbeat failed", "err", err)
 			}
 		}
+		versions := a.secretVersions
 		a.mu.Unlock()
+		if a.secretsChanged(ctx, versions) {
+			select {
+			case a.kick <- event.GenericEvent{Object: &corev1.Secret{}}:
+			default: // a reconcile is already pending
+			}
+		}
 	}
+}
+
+// secretsChanged reports whether a Secret the last reconcile read (or
+// found missing) differs now.
+func (a *Agent) secretsChanged(ctx context.Context, versions map[client.ObjectKey]string) bool {
+	for key, rv := range versions {
+		var s corev1.Secret
+		err := a.api.Get(ctx, key, &s)
+		switch {
+		case err == nil && s.ResourceVersion != rv:
+			return true
+		case apierrors.IsNotFound(err) && rv != "":
+			return true
+		case err != nil && !apierrors.IsNotFound(err) && ctx.Err() == nil:
+			a.log.Warn("reading Secret", "secret", key.String(), "err", err)
+		}
+	}
+	return false
 }
 
 func (a *Agent) writeStopped(ctx context.Context) error {

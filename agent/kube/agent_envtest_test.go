@@ -320,6 +320,38 @@ spec:
 		gomega.Not(gomega.ContainSubstring(`name="elsewhere"`)),
 	))
 
+	// An AppNamespace whose Secret is missing fails on the node, saying
+	// why; the Secret appearing (read by the heartbeat: Secrets are not
+	// watched) makes it Ready.
+	createYAML(t, ctx, `apiVersion: hoststack.dev/v1alpha1
+kind: AppNamespace
+metadata: {name: locked, namespace: team}
+spec:
+  podSelector: {matchLabels: {app: locked}}
+  secretRef: {name: attach}
+`)
+	g.Eventually(func(g gomega.Gomega) {
+		sn, err := sessionNode()
+		g.Expect(err).NotTo(gomega.HaveOccurred())
+		e := entry(sn, "locked")
+		g.Expect(e).NotTo(gomega.BeNil())
+		g.Expect(e.State).To(gomega.Equal(hsv1.AppNamespaceFailed))
+		g.Expect(e.Message).To(gomega.ContainSubstring("Secret team/attach"))
+		g.Expect(sn.Status.Engine.State).To(gomega.Equal(hsv1.EngineDegraded))
+		g.Expect(sn.Status.Errors).To(gomega.ContainElement(gomega.HaveField("Reason", "SecretNotFound")))
+	}).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.Succeed())
+	g.Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "attach"},
+		StringData: map[string]string{"secret": "s3cret"}})).To(gomega.Succeed())
+	g.Eventually(func(g gomega.Gomega) {
+		sn, err := sessionNode()
+		g.Expect(err).NotTo(gomega.HaveOccurred())
+		e := entry(sn, "locked")
+		g.Expect(e).NotTo(gomega.BeNil())
+		g.Expect(e.State).To(gomega.Equal(hsv1.AppNamespaceReady))
+		g.Expect(sn.Status.Engine.State).To(gomega.Equal(hsv1.EngineRunning))
+		g.Expect(sn.Status.Errors).To(gomega.BeEmpty())
+	}).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.Succeed())
+
 	// The CSI and CNI servers listen.
 	for _, sock := range []string{filepath.Join(tmp, "csi", "csi.sock"), filepath.Join(tmp, "reg", "csi.hoststack.dev-reg.sock"), filepath.Join(tmp, "cni.sock")} {
 		g.Expect(isSocket(sock)).To(gomega.BeTrue(), sock)
@@ -390,7 +422,7 @@ spec:
 		_, body, _ := httpGet("http://" + metricsAddr + "/metrics")
 		return body
 	}).WithTimeout(10 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.And(
-		gomega.ContainSubstring("hoststack_agent_app_namespaces 0"),
+		gomega.ContainSubstring("hoststack_agent_app_namespaces 1"), // locked is still served
 		gomega.Not(gomega.ContainSubstring(`name="web"`)),
 	))
 
