@@ -3,6 +3,7 @@ package kube
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -26,6 +27,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	hsv1 "github.com/hoststack/hoststack/api/v1alpha1"
+	hsclient "github.com/hoststack/hoststack/client"
 	"github.com/hoststack/hoststack/internal/testreq"
 )
 
@@ -222,6 +224,17 @@ spec:
   remote: {cidr: 169.254.169.254/32, port: 80}
   action: {type: Deny}
 `)
+	createYAML(t, ctx, `apiVersion: hoststack.dev/v1alpha1
+kind: SessionRule
+metadata: {name: no-db, namespace: team}
+spec:
+  appNamespaceRef: {name: web}
+  scope: Local
+  transport: TCP
+  local: {cidr: 0.0.0.0/0, port: 0}
+  remote: {cidr: 127.0.0.1/32, port: 5432}
+  action: {type: Deny}
+`)
 
 	metricsAddr, probeAddr := freeAddr(t), freeAddr(t)
 	cmd := exec.Command(bin, "--node-name", nodeName, "--kubeconfig", kubeconfig,
@@ -291,7 +304,7 @@ spec:
 		g.Expect(e).NotTo(gomega.BeNil())
 		g.Expect(e.State).To(gomega.Equal(hsv1.AppNamespaceReady))
 		g.Expect(e.ObservedGeneration).To(gomega.Equal(web.Generation))
-		g.Expect(e.Rules).To(gomega.Equal(int32(1)))
+		g.Expect(e.Rules).To(gomega.Equal(int32(2)))
 		g.Expect(entry(sn, "elsewhere")).To(gomega.BeNil())
 		g.Expect(sn.Status.RulesGeneration).To(gomega.BeNumerically(">=", 1))
 		g.Expect(sn.OwnerReferences).To(gomega.HaveLen(1))
@@ -376,6 +389,32 @@ spec:
 	g.Expect(k8s.Delete(ctx, webPod)).To(gomega.Succeed())
 	g.Eventually(func() bool { return isSocket(webSock) }).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.BeFalse())
 
+	// An app attaches through a pod's socket: the node reports it, and a
+	// connect the SessionRule denies is counted.
+	mkPod("web-1", nodeName, map[string]string{"app": "web"})
+	web1Sock := filepath.Join(tmp, "hp", "team", "web-1", "session.sock")
+	g.Eventually(func() bool { return isSocket(web1Sock) }).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.BeTrue())
+	app, err := hsclient.Attach(ctx, hsclient.Options{Socket: web1Sock, Name: "probe", Namespace: "team/web"})
+	g.Expect(err).NotTo(gomega.HaveOccurred())
+	_, err = app.Dial(ctx, "tcp", "127.0.0.1:5432")
+	g.Expect(err).To(gomega.MatchError(gomega.ContainSubstring("denied by SessionRule team/no-db")))
+	g.Eventually(func(g gomega.Gomega) {
+		sn, err := sessionNode()
+		g.Expect(err).NotTo(gomega.HaveOccurred())
+		e := entry(sn, "web")
+		g.Expect(e).NotTo(gomega.BeNil())
+		g.Expect(e.Apps).To(gomega.Equal(int32(1)))
+		g.Expect(e.SegmentBytes).To(gomega.BeNumerically(">", 0))
+	}).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.Succeed())
+	g.Eventually(func() string {
+		_, body, _ := httpGet("http://" + metricsAddr + "/metrics")
+		return body
+	}).WithTimeout(10 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.And(
+		gomega.ContainSubstring(`hoststack_agent_apps{name="web",namespace="team"} 1`),
+		gomega.ContainSubstring(`hoststack_agent_rule_denies_total{name="web",namespace="team"} 1`),
+	))
+	g.Expect(app.Close()).To(gomega.Succeed())
+
 	// A spec change bumps the generation the node reports.
 	g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(&web), &web)).To(gomega.Succeed())
 	maxApps := int32(7)
@@ -426,8 +465,26 @@ spec:
 		gomega.Not(gomega.ContainSubstring(`name="web"`)),
 	))
 
-	// SIGTERM: exit 0, and the SessionNode says the engine stopped.
+	// An app of the AppNamespace still served listens; SIGTERM tells it the
+	// engine is shutting down, the agent exits 0, and the SessionNode says
+	// the engine stopped.
+	mkPod("locked-0", nodeName, map[string]string{"app": "locked"})
+	lockedSock := filepath.Join(tmp, "hp", "team", "locked-0", "session.sock")
+	g.Eventually(func() bool { return isSocket(lockedSock) }).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.BeTrue())
+	lapp, err := hsclient.Attach(ctx, hsclient.Options{Socket: lockedSock, Name: "server", Secret: "s3cret"})
+	g.Expect(err).NotTo(gomega.HaveOccurred())
+	defer lapp.Close()
+	ln, err := lapp.Listen("tcp", "127.0.0.1:7000")
+	g.Expect(err).NotTo(gomega.HaveOccurred())
+	accepted := make(chan error, 1)
+	go func() { _, err := ln.Accept(); accepted <- err }()
 	g.Expect(cmd.Process.Signal(syscall.SIGTERM)).To(gomega.Succeed())
+	select {
+	case err := <-accepted:
+		g.Expect(errors.Is(err, syscall.ESHUTDOWN)).To(gomega.BeTrue(), "Accept after SIGTERM: %v", err)
+	case <-ctx.Done():
+		t.Fatal("the app was not told of the shutdown")
+	}
 	waitErr := make(chan error, 1)
 	go func() {
 		<-logsDone
