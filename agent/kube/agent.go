@@ -38,6 +38,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -113,7 +114,8 @@ func NewScheme() (*runtime.Scheme, error) {
 }
 
 // CacheOptions scopes the manager's cache to one node: its Pods (field
-// selector spec.nodeName) and its Node object (metadata.name). AppNamespaces
+// selector spec.nodeName), its Node object and its SessionNode
+// (metadata.name). AppNamespaces
 // and SessionRules are cached cluster-wide (every one may select the node).
 // Secrets are never cached: the agent reads the few an AppNamespace
 // secretRef names with a direct GET.
@@ -121,6 +123,8 @@ func CacheOptions(nodeName string) cache.Options {
 	return cache.Options{ByObject: map[client.Object]cache.ByObject{
 		&corev1.Pod{}:  {Field: fields.OneTermEqualSelector("spec.nodeName", nodeName)},
 		&corev1.Node{}: {Field: fields.OneTermEqualSelector("metadata.name", nodeName)},
+		// Only its own SessionNode, and only to see it deleted.
+		&hsv1.SessionNode{}: {Field: fields.OneTermEqualSelector("metadata.name", nodeName)},
 	}}
 }
 
@@ -136,6 +140,7 @@ type Agent struct {
 	hp    *csi.HostPathSockets
 
 	ready atomic.Bool
+	lost  atomic.Bool // the SessionNode was deleted: write it anew
 
 	servedMu sync.RWMutex
 	served   map[string]bool // app namespace keys the engine serves
@@ -335,7 +340,14 @@ func (a *Agent) setup(ctx context.Context, mgr manager.Manager) error {
 		Watches(&corev1.Node{}, one).
 		// Secrets are not watched (RBAC cannot scope that to the few an
 		// AppNamespace names); the heartbeat reads those and kicks this.
-		WatchesRawSource(source.Channel(a.kick, one))
+		WatchesRawSource(source.Channel(a.kick, one)).
+		// Someone deleted the SessionNode: create and report it again.
+		Watches(&hsv1.SessionNode{}, handler.Funcs{
+			DeleteFunc: func(_ context.Context, _ event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				a.lost.Store(true)
+				q.Add(theKey)
+			},
+		})
 	if a.o.HostPathDir != "" {
 		// The hostPath fallback serves a socket per selected pod: pods
 		// coming and going change what it serves.
@@ -416,6 +428,9 @@ func (a *Agent) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.R
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.lost.Swap(false) {
+		a.created, a.last = false, nil
+	}
 	a.secretVersions = versions
 	// Rules first, so an app namespace added now starts with its rules.
 	if a.rulesGen == 0 || !reflect.DeepEqual(a.rules, out.Rules) {

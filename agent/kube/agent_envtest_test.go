@@ -333,6 +333,18 @@ spec:
 		gomega.Not(gomega.ContainSubstring(`name="elsewhere"`)),
 	))
 
+	// A deleted SessionNode comes back.
+	old, err := sessionNode()
+	g.Expect(err).NotTo(gomega.HaveOccurred())
+	g.Expect(k8s.Delete(ctx, old)).To(gomega.Succeed())
+	g.Eventually(func(g gomega.Gomega) {
+		sn, err := sessionNode()
+		g.Expect(err).NotTo(gomega.HaveOccurred())
+		g.Expect(sn.UID).NotTo(gomega.Equal(old.UID))
+		g.Expect(entry(sn, "web")).NotTo(gomega.BeNil())
+		g.Expect(sn.OwnerReferences).To(gomega.HaveLen(1))
+	}).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.Succeed())
+
 	// An AppNamespace whose Secret is missing fails on the node, saying
 	// why; the Secret appearing (read by the heartbeat: Secrets are not
 	// watched) makes it Ready.
