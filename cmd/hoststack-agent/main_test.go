@@ -283,3 +283,13 @@ func TestSIGTERMTellsAttachedApps(t *testing.T) {
 		t.Fatalf("exit: %v", err)
 	}
 }
+
+func TestKubernetesModeNeedsANodeName(t *testing.T) {
+	t.Setenv("NODE_NAME", "")
+	if code := run(nil); code != 2 {
+		t.Errorf("Kubernetes mode without a node name: exit %d, want 2", code)
+	}
+	if code := run([]string{"--node-name", "n1", "--kubeconfig", filepath.Join(t.TempDir(), "missing")}); code != 1 {
+		t.Errorf("unreadable kubeconfig: exit %d, want 1", code)
+	}
+}
