@@ -97,13 +97,13 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-func createYAML(t *testing.T, ctx context.Context, doc string) *unstructured.Unstructured {
+func createYAML(t *testing.T, ctx context.Context, doc string, mayExist ...bool) *unstructured.Unstructured {
 	t.Helper()
 	u := &unstructured.Unstructured{}
 	if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
 		t.Fatal(err)
 	}
-	if err := k8s.Create(ctx, u); err != nil {
+	if err := k8s.Create(ctx, u); err != nil && !(len(mayExist) > 0 && apierrors.IsAlreadyExists(err)) {
 		t.Fatalf("creating %s %s: %v", u.GetKind(), u.GetName(), err)
 	}
 	return u
@@ -143,6 +143,8 @@ func httpGet(url string) (int, string, error) {
 	return resp.StatusCode, string(b), err
 }
 
+var runs int
+
 func TestAgentProcessAgainstAPIServer(t *testing.T) {
 	needAPIServer(t)
 	g := gomega.NewWithT(t)
@@ -171,14 +173,14 @@ func TestAgentProcessAgainstAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	createYAML(t, ctx, string(role))
+	createYAML(t, ctx, string(role), true)
 	createYAML(t, ctx, `apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
 metadata: {name: hoststack-agent-test}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: hoststack-agent}
 subjects:
 - {apiGroup: rbac.authorization.k8s.io, kind: User, name: "`+agentUser+`"}
-`)
+`, true)
 	// RBAC is enforced: the role lets the agent get a Secret, never list them.
 	asAgent, err := client.New(user.Config(), client.Options{Scheme: k8s.Scheme()})
 	if err != nil {
@@ -195,27 +197,34 @@ subjects:
 		t.Fatal(err)
 	}
 
-	const nodeName = "node-1"
+	// Names are unique per run, so -count=N reruns against one API server.
+	runs++
+	nodeName, ns := fmt.Sprintf("node-%d", runs), fmt.Sprintf("team-%d", runs)
+	t.Cleanup(func() {
+		// What a later run's agent must not see (there is no namespace
+		// controller to collect it).
+		_ = k8s.DeleteAllOf(context.Background(), &hsv1.AppNamespace{}, client.InNamespace(ns))
+	})
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName, Labels: map[string]string{"zone": "a"}}}
 	g.Expect(k8s.Create(ctx, node)).To(gomega.Succeed())
-	g.Expect(k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team"}})).To(gomega.Succeed())
+	g.Expect(k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(gomega.Succeed())
 	createYAML(t, ctx, `apiVersion: hoststack.dev/v1alpha1
 kind: AppNamespace
-metadata: {name: web, namespace: team}
+metadata: {name: web, namespace: `+ns+`}
 spec:
   podSelector: {matchLabels: {app: web}}
   nodeSelector: {zone: a}
 `)
 	createYAML(t, ctx, `apiVersion: hoststack.dev/v1alpha1
 kind: AppNamespace
-metadata: {name: elsewhere, namespace: team}
+metadata: {name: elsewhere, namespace: `+ns+`}
 spec:
   podSelector: {}
   nodeSelector: {zone: b}
 `)
 	createYAML(t, ctx, `apiVersion: hoststack.dev/v1alpha1
 kind: SessionRule
-metadata: {name: no-metadata, namespace: team}
+metadata: {name: no-metadata, namespace: `+ns+`}
 spec:
   appNamespaceRef: {name: web}
   scope: Global
@@ -226,7 +235,7 @@ spec:
 `)
 	createYAML(t, ctx, `apiVersion: hoststack.dev/v1alpha1
 kind: SessionRule
-metadata: {name: no-db, namespace: team}
+metadata: {name: no-db, namespace: `+ns+`}
 spec:
   appNamespaceRef: {name: web}
   scope: Local
@@ -284,14 +293,14 @@ spec:
 	}
 	entry := func(sn *hsv1.SessionNode, name string) *hsv1.AppNamespaceNodeStatus {
 		for i := range sn.Status.AppNamespaces {
-			if e := &sn.Status.AppNamespaces[i]; e.Namespace == "team" && e.Name == name {
+			if e := &sn.Status.AppNamespaces[i]; e.Namespace == ns && e.Name == name {
 				return e
 			}
 		}
 		return nil
 	}
 	var web hsv1.AppNamespace
-	g.Expect(k8s.Get(ctx, client.ObjectKey{Namespace: "team", Name: "web"}, &web)).To(gomega.Succeed())
+	g.Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "web"}, &web)).To(gomega.Succeed())
 
 	// The SessionNode appears, owned by the Node, with web Ready at its
 	// generation and its one rule, and without the AppNamespace whose
@@ -322,14 +331,14 @@ spec:
 		code, _, _ := httpGet("http://" + probeAddr + "/readyz")
 		return code
 	}).WithTimeout(10 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.Equal(http.StatusOK))
-	series := `hoststack_agent_apps{name="web",namespace="team"} 0`
+	series := `hoststack_agent_apps{name="web",namespace="` + ns + `"} 0`
 	g.Eventually(func() string {
 		_, body, _ := httpGet("http://" + metricsAddr + "/metrics")
 		return body
 	}).WithTimeout(10 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.And(
 		gomega.ContainSubstring(series),
-		gomega.ContainSubstring(`hoststack_agent_rule_denies_total{name="web",namespace="team"} 0`),
-		gomega.ContainSubstring(`hoststack_agent_segment_bytes{name="web",namespace="team"}`),
+		gomega.ContainSubstring(`hoststack_agent_rule_denies_total{name="web",namespace="`+ns+`"} 0`),
+		gomega.ContainSubstring(`hoststack_agent_segment_bytes{name="web",namespace="`+ns+`"}`),
 		gomega.Not(gomega.ContainSubstring(`name="elsewhere"`)),
 	))
 
@@ -350,7 +359,7 @@ spec:
 	// watched) makes it Ready.
 	createYAML(t, ctx, `apiVersion: hoststack.dev/v1alpha1
 kind: AppNamespace
-metadata: {name: locked, namespace: team}
+metadata: {name: locked, namespace: `+ns+`}
 spec:
   podSelector: {matchLabels: {app: locked}}
   secretRef: {name: attach}
@@ -361,11 +370,11 @@ spec:
 		e := entry(sn, "locked")
 		g.Expect(e).NotTo(gomega.BeNil())
 		g.Expect(e.State).To(gomega.Equal(hsv1.AppNamespaceFailed))
-		g.Expect(e.Message).To(gomega.ContainSubstring("Secret team/attach"))
+		g.Expect(e.Message).To(gomega.ContainSubstring("Secret " + ns + "/attach"))
 		g.Expect(sn.Status.Engine.State).To(gomega.Equal(hsv1.EngineDegraded))
 		g.Expect(sn.Status.Errors).To(gomega.ContainElement(gomega.HaveField("Reason", "SecretNotFound")))
 	}).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.Succeed())
-	g.Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "attach"},
+	g.Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "attach"},
 		StringData: map[string]string{"secret": "s3cret"}})).To(gomega.Succeed())
 	g.Eventually(func(g gomega.Gomega) {
 		sn, err := sessionNode()
@@ -386,30 +395,30 @@ spec:
 	// resolver decides, from the pod cache); one web does not select, and
 	// one of another node, do not.
 	mkPod := func(name, nodeName string, labels map[string]string) *corev1.Pod {
-		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: name, Labels: labels},
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
 			Spec: corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "app", Image: "app"}}}}
 		g.Expect(k8s.Create(ctx, p)).To(gomega.Succeed())
 		return p
 	}
 	webPod := mkPod("web-0", nodeName, map[string]string{"app": "web"})
 	mkPod("db-0", nodeName, map[string]string{"app": "db"})
-	mkPod("web-far", "node-2", map[string]string{"app": "web"})
-	webSock := filepath.Join(tmp, "hp", "team", "web-0", "session.sock")
+	mkPod("web-far", "far-node", map[string]string{"app": "web"})
+	webSock := filepath.Join(tmp, "hp", ns, "web-0", "session.sock")
 	g.Eventually(func() bool { return isSocket(webSock) }).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.BeTrue())
-	g.Expect(filepath.Join(tmp, "hp", "team", "db-0")).NotTo(gomega.BeAnExistingFile())
-	g.Expect(filepath.Join(tmp, "hp", "team", "web-far")).NotTo(gomega.BeAnExistingFile())
+	g.Expect(filepath.Join(tmp, "hp", ns, "db-0")).NotTo(gomega.BeAnExistingFile())
+	g.Expect(filepath.Join(tmp, "hp", ns, "web-far")).NotTo(gomega.BeAnExistingFile())
 	g.Expect(k8s.Delete(ctx, webPod)).To(gomega.Succeed())
 	g.Eventually(func() bool { return isSocket(webSock) }).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.BeFalse())
 
 	// An app attaches through a pod's socket: the node reports it, and a
 	// connect the SessionRule denies is counted.
 	mkPod("web-1", nodeName, map[string]string{"app": "web"})
-	web1Sock := filepath.Join(tmp, "hp", "team", "web-1", "session.sock")
+	web1Sock := filepath.Join(tmp, "hp", ns, "web-1", "session.sock")
 	g.Eventually(func() bool { return isSocket(web1Sock) }).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.BeTrue())
-	app, err := hsclient.Attach(ctx, hsclient.Options{Socket: web1Sock, Name: "probe", Namespace: "team/web"})
+	app, err := hsclient.Attach(ctx, hsclient.Options{Socket: web1Sock, Name: "probe", Namespace: ns + "/web"})
 	g.Expect(err).NotTo(gomega.HaveOccurred())
 	_, err = app.Dial(ctx, "tcp", "127.0.0.1:5432")
-	g.Expect(err).To(gomega.MatchError(gomega.ContainSubstring("denied by SessionRule team/no-db")))
+	g.Expect(err).To(gomega.MatchError(gomega.ContainSubstring("denied by SessionRule " + ns + "/no-db")))
 	g.Eventually(func(g gomega.Gomega) {
 		sn, err := sessionNode()
 		g.Expect(err).NotTo(gomega.HaveOccurred())
@@ -422,8 +431,8 @@ spec:
 		_, body, _ := httpGet("http://" + metricsAddr + "/metrics")
 		return body
 	}).WithTimeout(10 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.And(
-		gomega.ContainSubstring(`hoststack_agent_apps{name="web",namespace="team"} 1`),
-		gomega.ContainSubstring(`hoststack_agent_rule_denies_total{name="web",namespace="team"} 1`),
+		gomega.ContainSubstring(`hoststack_agent_apps{name="web",namespace="`+ns+`"} 1`),
+		gomega.ContainSubstring(`hoststack_agent_rule_denies_total{name="web",namespace="`+ns+`"} 1`),
 	))
 	g.Expect(app.Close()).To(gomega.Succeed())
 
@@ -481,7 +490,7 @@ spec:
 	// engine is shutting down, the agent exits 0, and the SessionNode says
 	// the engine stopped.
 	mkPod("locked-0", nodeName, map[string]string{"app": "locked"})
-	lockedSock := filepath.Join(tmp, "hp", "team", "locked-0", "session.sock")
+	lockedSock := filepath.Join(tmp, "hp", ns, "locked-0", "session.sock")
 	g.Eventually(func() bool { return isSocket(lockedSock) }).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.BeTrue())
 	lapp, err := hsclient.Attach(ctx, hsclient.Options{Socket: lockedSock, Name: "server", Secret: "s3cret"})
 	g.Expect(err).NotTo(gomega.HaveOccurred())
