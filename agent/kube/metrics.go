@@ -27,6 +27,11 @@ type ruleCounts struct{ lookups, denies atomic.Uint64 }
 // Lookup implements session.Rules.
 func (c *CountingRules) Lookup(q session.RuleQuery) session.Verdict {
 	v := c.Next.Lookup(q)
+	if q.Dir == session.Accept {
+		// The listener's side of a session already judged at connect:
+		// not a lookup of its own (apply.RuleLookup allows it outright).
+		return v
+	}
 	rc := c.counter(q.Namespace)
 	rc.lookups.Add(1)
 	if v.Action == session.Deny {

@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"errors"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -178,6 +179,7 @@ func TestCollectorFollowsTheEngine(t *testing.T) {
 	cr.Lookup(session.RuleQuery{Namespace: "t/web"})
 	cr.Next = verdict(session.Allow)
 	cr.Lookup(session.RuleQuery{Namespace: "t/web"})
+	cr.Lookup(session.RuleQuery{Namespace: "t/web", Dir: session.Accept}) // not counted
 	stats := []session.NamespaceStats{{Namespace: "t/web", Apps: 1, Sessions: 2, SegmentBytes: 3, Bytes: 4}}
 	col := NewCollector(func() []session.NamespaceStats { return stats }, cr)
 	reg := prometheus.NewPedanticRegistry()
@@ -229,4 +231,20 @@ func gather(t *testing.T, reg *prometheus.Registry) map[string]float64 {
 		}
 	}
 	return out
+}
+
+func TestErrorFor(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		key  string
+		want string
+	}{
+		{nil, "a/b", "not applied"},
+		{errors.Join(errors.New("adding app namespace a/b: boom"), errors.New("updating app namespace c/d: bang")), "c/d", "updating app namespace c/d: bang"},
+		{errors.New("something else"), "a/b", "something else"},
+	} {
+		if got := errorFor(tc.err, tc.key); got != tc.want {
+			t.Errorf("errorFor(%v, %s) = %q, want %q", tc.err, tc.key, got, tc.want)
+		}
+	}
 }
