@@ -523,3 +523,44 @@ spec:
 	g.Expect(sn.Status.Engine.State).To(gomega.Equal(hsv1.EngineStopped))
 	g.Expect(sn.Status.AppNamespaces).To(gomega.BeEmpty())
 }
+
+// The hand-written manifests of config/agent are objects the API server
+// accepts (server-side dry run: schema and defaulting, nothing stored).
+func TestAgentManifestsAreValid(t *testing.T) {
+	needAPIServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nsObj := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "hoststack-system"}}
+	if err := k8s.Create(ctx, nsObj); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	files, err := filepath.Glob(filepath.Join("..", "..", "config", "agent", "*.yaml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no manifests: %v", err)
+	}
+	kinds := map[string]bool{}
+	for _, f := range files {
+		if filepath.Base(f) == "kustomization.yaml" {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u := &unstructured.Unstructured{}
+		if err := yaml.Unmarshal(b, &u.Object); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		// AlreadyExists comes from storage, after validation passed (the
+		// other test binds the ClusterRole for real).
+		if err := k8s.Create(ctx, u, client.DryRunAll); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Errorf("%s: %v", f, err)
+		}
+		kinds[u.GetKind()] = true
+	}
+	for _, k := range []string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "CSIDriver", "DaemonSet"} {
+		if !kinds[k] {
+			t.Errorf("config/agent has no %s", k)
+		}
+	}
+}
