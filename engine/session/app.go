@@ -44,6 +44,7 @@ type app struct {
 	nsessions int
 	dead      bool
 	sockMu    sync.Mutex
+	flowState // transport sessions
 }
 
 // worker is one app worker: its queue segment, queues and eventfds, and the
@@ -563,8 +564,16 @@ func (ns *namespace) reapLocked(a *app, reason string) {
 	}
 	a.workers = map[uint32]*worker{}
 	if a.own != nil {
-		ns.dropSegment(a.own)
+		if a.own.sessions > 0 {
+			// transports still use fifos in it: the last Finish drops it
+			a.own.orphan = true
+		} else {
+			ns.dropSegment(a.own)
+		}
 		a.own = nil
+	}
+	if a.twake != nil {
+		a.twake.Close()
 	}
 	delete(ns.apps, a.id)
 	ns.stats.appsReaped++

@@ -159,12 +159,20 @@ type ConnectRequest struct {
 	Namespace string
 	App       string
 	Remote    wire.Addr
+	// Flow is the session's engine side: its fifo pair, already allocated
+	// in the app's own segment, and the callbacks that complete and end the
+	// session. A transport that returns wire.OK from Connect owns the flow
+	// and must end it with Flow.Finish (from another goroutine); one that
+	// returns an error code must not touch it.
+	Flow *Flow
 }
 
 // Transport is the seam for engine/transport/*: sessions to the outside
-// world. Today no transport exists; a later issue extends this interface
-// (listen, fifo servicing). Connect returns a wire code and message when it
-// cannot even start.
+// world. Connect is called with the namespace lock held and must not block
+// or call back into the engine before returning: it returns wire.OK to take
+// the session (completing it later through req.Flow), or a wire code and
+// message when it cannot even start (the engine refuses the connect).
+// Listening through a transport is not part of the seam yet.
 type Transport interface {
 	Name() string
 	// Local reports whether addr belongs to this node for the namespace (a

@@ -43,6 +43,7 @@ type session struct {
 	remote  wire.Addr
 	pending bool // accepted, waiting for the app's accept-reply
 	done    bool
+	flow    *Flow // carried by a transport (no peer, fifos in the app's own segment)
 }
 
 func (ns *namespace) newSegment(name string, size int) (*segment, error) {
@@ -130,8 +131,14 @@ func (ns *namespace) request(w *worker, m wire.Msg) {
 				Msg: wire.Msgf("worker %d has no session %d", w.id, m.Session)})
 			return
 		}
-		// Cut-through: the end of stream travels in the fifo itself; the
-		// engine only acknowledges. Transports will act on it.
+		// The end of stream travels in the fifo itself; the engine only
+		// acknowledges (and nudges a transport to look at the fifo).
+		if f := s.flow; f != nil {
+			select {
+			case f.kick <- struct{}{}:
+			default:
+			}
+		}
 		w.send(&wire.Reply{Req: wire.TShutdown, Handle: m.Session})
 	default:
 		w.send(&wire.Reply{Req: 0, Code: wire.ErrInvalid, Msg: wire.Msgf("%v is not a queue request", m.Type())})
@@ -163,6 +170,10 @@ func (ns *namespace) releaseLocked(s *session, reset bool, reason string) {
 	delete(s.w.sessions, s.handle)
 	s.w.app.nsessions--
 	ns.stats.sessionsClosed++
+	if f := s.flow; f != nil {
+		f.appDoneLocked(reset)
+		return
+	}
 	if p := s.peer; p != nil && !p.done {
 		if reset {
 			ns.stats.resets++
@@ -345,10 +356,7 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 			}
 		}
 		if l == nil {
-			code, msg := t.Connect(ConnectRequest{Namespace: ns.key, App: a.name, Remote: m.Remote})
-			if code != wire.OK {
-				fail(code, "%s", msg)
-			}
+			ns.transportConnect(t, w, m, dst, fail)
 			return
 		}
 	}
