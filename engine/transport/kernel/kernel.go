@@ -1,0 +1,453 @@
+// Package kernel is hoststack's kernel transport: sessions whose peer is not
+// a local listener leave through kernel sockets opened inside the app's
+// (pod's) network namespace, so the traffic is the pod's own — its source
+// address, its NetworkPolicy. The engine keeps the fifos; this package pumps
+// bytes between them and the socket, one goroutine per direction.
+//
+// This first slice does TCP connects only. Listening in the pod's namespace
+// (global-scope listeners), UDP and the agent's wiring come later.
+package kernel
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hoststack/hoststack/engine/session"
+	"github.com/hoststack/hoststack/engine/wire"
+)
+
+// Defaults for zero Options fields.
+const (
+	DefaultConnectTimeout = 30 * time.Second
+	DefaultCloseTimeout   = 30 * time.Second
+)
+
+// Options configures a Transport.
+type Options struct {
+	// Netns returns the network namespace file (e.g. /var/run/netns/x or
+	// /proc/<pid>/ns/net) the sockets of an app are opened in; "" means
+	// the namespace of the process itself. Nil: always the process's own.
+	Netns func(namespace, app string) (path string, err error)
+	// ConnectTimeout bounds a TCP handshake.
+	ConnectTimeout time.Duration
+	// CloseTimeout bounds how long the data an app wrote before closing
+	// may take to drain into the socket; the socket is then reset.
+	CloseTimeout time.Duration
+}
+
+// Transport is the kernel transport. It implements session.Transport.
+type Transport struct {
+	opts Options
+}
+
+var _ session.Transport = (*Transport)(nil)
+
+// New returns a kernel transport.
+func New(opts Options) *Transport {
+	if opts.ConnectTimeout <= 0 {
+		opts.ConnectTimeout = DefaultConnectTimeout
+	}
+	if opts.CloseTimeout <= 0 {
+		opts.CloseTimeout = DefaultCloseTimeout
+	}
+	return &Transport{opts: opts}
+}
+
+// Name returns "kernel".
+func (t *Transport) Name() string { return "kernel" }
+
+// Local reports whether addr is an address of this node for the app
+// namespace: for now only loopback addresses (a connect to them with no
+// local listener is refused by the engine instead of going out). The node's
+// and the pod's own addresses are not recognised yet.
+func (t *Transport) Local(_ string, addr netip.Addr) bool { return addr.Unmap().IsLoopback() }
+
+// Connect starts a TCP connect in the background; it never blocks.
+func (t *Transport) Connect(req session.ConnectRequest) (wire.Code, string) {
+	if req.Flow == nil {
+		return wire.ErrInternal, "kernel transport: connect without a flow (engine too old)"
+	}
+	if req.Remote.Proto != wire.TCP {
+		return wire.ErrInvalid, "kernel transport: only tcp connects are supported"
+	}
+	if !req.Remote.IP.IsValid() || req.Remote.Port == 0 {
+		return wire.ErrInvalid, "kernel transport: connect needs an address and a port"
+	}
+	go t.run(req)
+	return wire.OK, ""
+}
+
+func (t *Transport) run(req session.ConnectRequest) {
+	f := req.Flow
+	dst := netip.AddrPortFrom(req.Remote.IP.Unmap(), req.Remote.Port)
+	path := ""
+	if t.opts.Netns != nil {
+		p, err := t.opts.Netns(req.Namespace, req.App)
+		if err != nil {
+			f.Finish(wire.ErrNoTransport, fmt.Sprintf("kernel transport: no network namespace for app %s of %s: %v", req.App, req.Namespace, err))
+			return
+		}
+		path = p
+	}
+	c, err := t.dial(path, dst, f.AppClosed())
+	if err != nil {
+		code := wire.ErrReset
+		msg := fmt.Sprintf("kernel transport: connect to %s: %v", dst, err)
+		switch {
+		case errors.Is(err, unix.ECONNREFUSED):
+			code = wire.ErrRefused
+			msg = fmt.Sprintf("connection refused: nothing listens on %s (kernel transport, network namespace of app %s)", dst, req.App)
+		case errors.Is(err, errNetns):
+			code = wire.ErrNoTransport
+		}
+		f.Finish(code, msg)
+		return
+	}
+	local, _ := netip.ParseAddrPort(c.LocalAddr().String())
+	if !f.Connected(local) {
+		_ = c.SetLinger(0)
+		c.Close()
+		f.Finish(wire.ErrReset, "app went away")
+		return
+	}
+	t.pump(f, c, dst)
+}
+
+var errNetns = errors.New("network namespace")
+
+// socketIn creates a non-blocking TCP socket in the network namespace at
+// path. The socket keeps its namespace; the thread that created it returns
+// to its own namespace, or dies with its goroutine when it cannot.
+func socketIn(path string, domain int) (int, error) {
+	typ := unix.SOCK_STREAM | unix.SOCK_NONBLOCK | unix.SOCK_CLOEXEC
+	if path == "" {
+		return unix.Socket(domain, typ, 0)
+	}
+	type result struct {
+		fd  int
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		target, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{-1, fmt.Errorf("%w %s: %v", errNetns, path, err)}
+			return
+		}
+		defer unix.Close(target)
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{-1, fmt.Errorf("%w: own namespace: %v", errNetns, err)}
+			return
+		}
+		defer unix.Close(orig)
+		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{-1, fmt.Errorf("%w: setns %s: %v", errNetns, path, err)}
+			return
+		}
+		fd, serr := unix.Socket(domain, typ, 0)
+		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
+			// the thread stays in the pod's namespace: keep it locked so
+			// it exits with this goroutine instead of serving others
+			if serr == nil {
+				unix.Close(fd)
+			}
+			ch <- result{-1, fmt.Errorf("%w: cannot return from %s: %v", errNetns, path, err)}
+			return
+		}
+		runtime.UnlockOSThread()
+		ch <- result{fd, serr}
+	}()
+	r := <-ch
+	return r.fd, r.err
+}
+
+// dial connects a socket of the namespace at path to dst without blocking a
+// thread (Go's netpoller waits for the handshake).
+func (t *Transport) dial(path string, dst netip.AddrPort, abort <-chan struct{}) (*net.TCPConn, error) {
+	domain := unix.AF_INET
+	var sa unix.Sockaddr
+	if dst.Addr().Is4() {
+		sa = &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
+	} else {
+		domain = unix.AF_INET6
+		sa = &unix.SockaddrInet6{Port: int(dst.Port()), Addr: dst.Addr().As16()}
+	}
+	fd, err := socketIn(path, domain)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err = unix.Connect(fd, sa)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil && err != unix.EINPROGRESS {
+		unix.Close(fd)
+		return nil, err
+	}
+	file := os.NewFile(uintptr(fd), "tcp:"+dst.String())
+	defer file.Close()
+	rc, err := file.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	_ = file.SetWriteDeadline(time.Now().Add(t.opts.ConnectTimeout))
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-abort:
+			_ = file.SetWriteDeadline(time.Unix(1, 0))
+		case <-stop:
+		}
+	}()
+	var cerr error
+	werr := rc.Write(func(fd uintptr) bool {
+		v, e := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
+		switch {
+		case e != nil:
+			cerr = e
+		case v != 0:
+			cerr = syscall.Errno(v)
+		default:
+			if _, e := unix.Getpeername(int(fd)); e == unix.ENOTCONN {
+				return false // handshake still in progress
+			}
+		}
+		return true
+	})
+	if werr != nil {
+		if errors.Is(werr, os.ErrDeadlineExceeded) {
+			select {
+			case <-abort:
+				return nil, errors.New("the app gave up")
+			default:
+			}
+			return nil, fmt.Errorf("no answer within %v", t.opts.ConnectTimeout)
+		}
+		return nil, werr
+	}
+	if cerr != nil {
+		return nil, cerr
+	}
+	_ = file.SetWriteDeadline(time.Time{})
+	c, err := net.FileConn(file)
+	if err != nil {
+		return nil, err
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		c.Close()
+		return nil, errors.New("not a tcp socket")
+	}
+	return tc, nil
+}
+
+var errStopped = errors.New("stopped")
+
+// pump moves bytes both ways until both directions ended, either side
+// failed, or the app released the session; then it finishes the flow.
+func (t *Transport) pump(f *session.Flow, c *net.TCPConn, dst netip.AddrPort) {
+	stop := make(chan struct{})
+	var stopOnce sync.Once
+	halt := func(reset bool) {
+		stopOnce.Do(func() {
+			close(stop)
+			if reset {
+				_ = c.SetLinger(0)
+			}
+			c.Close()
+		})
+	}
+	// one kick channel per direction: a wake-up must reach both
+	kr, kw := make(chan struct{}, 1), make(chan struct{}, 1)
+	go func() {
+		for {
+			select {
+			case <-f.Kick():
+				for _, k := range []chan struct{}{kr, kw} {
+					select {
+					case k <- struct{}{}:
+					default:
+					}
+				}
+			case <-stop:
+				return
+			}
+		}
+	}()
+	type result struct {
+		toApp bool
+		err   error
+	}
+	done := make(chan result, 2)
+	go func() { done <- result{true, kernelToApp(f, c, kr, stop)} }()
+	go func() { done <- result{false, appToKernel(f, c, kw, stop)} }()
+	var first error
+	appClosed := f.AppClosed()
+	var drain <-chan time.Time
+	for pending := 2; pending > 0; {
+		select {
+		case r := <-done:
+			pending--
+			if r.err != nil && first == nil {
+				if !errors.Is(r.err, errStopped) {
+					first = r.err
+				}
+				halt(true)
+			}
+		case <-appClosed:
+			appClosed = nil
+			if f.AppReset() {
+				halt(true)
+				break
+			}
+			// the app closed: it reads no more; what it wrote drains
+			_ = c.CloseRead()
+			timer := time.NewTimer(t.opts.CloseTimeout)
+			defer timer.Stop()
+			drain = timer.C
+		case <-drain:
+			halt(true)
+		}
+	}
+	halt(false)
+	if first != nil {
+		f.Finish(wire.ErrReset, resetMessage(first, dst))
+		return
+	}
+	f.Finish(wire.OK, "")
+}
+
+func resetMessage(err error, dst netip.AddrPort) string {
+	if errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE) {
+		return fmt.Sprintf("connection reset by %s (kernel transport)", dst)
+	}
+	return fmt.Sprintf("kernel transport: session with %s: %v", dst, err)
+}
+
+// kernelToApp copies socket data into the app's rx fifo until the socket's
+// end of stream (then the fifo is closed for writing) or the app stops
+// reading.
+func kernelToApp(f *session.Flow, c *net.TCPConn, kick, stop <-chan struct{}) error {
+	rx := f.Rx
+	buf := make([]byte, 64<<10)
+	for {
+		if rx.ReadClosed() {
+			return nil
+		}
+		free, err := rx.Free()
+		if err != nil {
+			return err
+		}
+		if free == 0 {
+			rx.SetWriterWaiting()
+			if free, err = rx.Free(); err == nil && free == 0 && !rx.ReadClosed() {
+				select {
+				case <-kick:
+				case <-stop:
+					return errStopped
+				}
+			}
+			continue
+		}
+		n, rerr := c.Read(buf[:min(free, len(buf))])
+		if n > 0 {
+			if _, err := rx.Write(buf[:n]); err != nil {
+				if rx.ReadClosed() {
+					return nil
+				}
+				return err
+			}
+			if rx.TakeReaderWaiting() {
+				f.WakeApp()
+			}
+		}
+		if rerr == io.EOF {
+			rx.CloseWrite()
+			f.WakeApp()
+			return nil
+		}
+		if rerr != nil {
+			select {
+			case <-stop:
+				return errStopped
+			default:
+			}
+			if rx.ReadClosed() {
+				return nil // the app closed; CloseRead ended the read
+			}
+			return rerr
+		}
+	}
+}
+
+// appToKernel copies the app's tx fifo to the socket until the app closes it
+// for writing (then the socket is shut down for writing).
+func appToKernel(f *session.Flow, c *net.TCPConn, kick, stop <-chan struct{}) error {
+	tx := f.Tx
+	for {
+		a, b, err := tx.Peek()
+		if len(a) > 0 {
+			n := 0
+			var werr error
+			for _, p := range [][]byte{a, b} {
+				if len(p) == 0 || werr != nil {
+					continue
+				}
+				var k int
+				k, werr = c.Write(p)
+				n += k
+			}
+			if cerr := tx.Consume(n); cerr != nil && werr == nil {
+				werr = cerr
+			}
+			if tx.TakeWriterWaiting() {
+				f.WakeApp()
+			}
+			if werr != nil {
+				select {
+				case <-stop:
+					return errStopped
+				default:
+				}
+				return werr
+			}
+			continue
+		}
+		if err == io.EOF {
+			return c.CloseWrite()
+		}
+		if err != nil {
+			return err
+		}
+		tx.SetReaderWaiting()
+		if n, lerr := tx.Len(); lerr == nil && n == 0 && !tx.WriteClosed() {
+			select {
+			case <-kick:
+			case <-stop:
+				return errStopped
+			case <-f.AppClosed():
+				if f.AppReset() || !tx.WriteClosed() {
+					return errStopped
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,345 @@
+package kernel_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hoststack/hoststack/agent/apply"
+	"github.com/hoststack/hoststack/client"
+	"github.com/hoststack/hoststack/engine/rules"
+	"github.com/hoststack/hoststack/engine/session"
+	"github.com/hoststack/hoststack/engine/transport/kernel"
+	"github.com/hoststack/hoststack/internal/testreq"
+)
+
+var seq atomic.Int32
+
+// topo is two network namespaces joined by a veth pair: the app side
+// (10.99.0.1) where the transport opens its sockets, and the server side
+// (10.99.0.2) where a plain kernel TCP server runs.
+type topo struct {
+	appNS, srvNS string // names under /var/run/netns
+}
+
+func ipCmd(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+func newTopo(t *testing.T) *topo {
+	t.Helper()
+	testreq.NetNS(t)
+	n := seq.Add(1)
+	id := fmt.Sprintf("%d-%d", os.Getpid()%100000, n)
+	tp := &topo{appNS: "hsk-app-" + id, srvNS: "hsk-srv-" + id}
+	va, vb := fmt.Sprintf("hska%d%d", os.Getpid()%10000, n), fmt.Sprintf("hskb%d%d", os.Getpid()%10000, n)
+	ipCmd(t, "netns", "add", tp.appNS)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", tp.appNS).Run() })
+	ipCmd(t, "netns", "add", tp.srvNS)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", tp.srvNS).Run() })
+	ipCmd(t, "link", "add", va, "netns", tp.appNS, "type", "veth", "peer", "name", vb, "netns", tp.srvNS)
+	for _, x := range []struct{ ns, dev, addr string }{{tp.appNS, va, "10.99.0.1/24"}, {tp.srvNS, vb, "10.99.0.2/24"}} {
+		ipCmd(t, "-n", x.ns, "addr", "add", x.addr, "dev", x.dev)
+		ipCmd(t, "-n", x.ns, "link", "set", x.dev, "up")
+		ipCmd(t, "-n", x.ns, "link", "set", "lo", "up")
+	}
+	return tp
+}
+
+func nsPath(name string) string { return "/var/run/netns/" + name }
+
+// listenIn listens on addr inside the named network namespace (the socket
+// keeps it; the thread goes back).
+func listenIn(t *testing.T, name, addr string) net.Listener {
+	t.Helper()
+	type res struct {
+		l   net.Listener
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- res{nil, err}
+			return
+		}
+		defer unix.Close(orig)
+		target, err := unix.Open(nsPath(name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- res{nil, err}
+			return
+		}
+		defer unix.Close(target)
+		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			ch <- res{nil, err}
+			return
+		}
+		l, lerr := net.Listen("tcp", addr)
+		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
+			ch <- res{nil, err} // thread stays locked and dies with us
+			return
+		}
+		runtime.UnlockOSThread()
+		ch <- res{l, lerr}
+	}()
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	t.Cleanup(func() { r.l.Close() })
+	return r.l
+}
+
+type env struct {
+	app      *client.App
+	resolves *atomic.Int32
+	table    *rules.Table
+}
+
+func newEnv(t *testing.T, tp *topo) *env {
+	t.Helper()
+	ev := &env{resolves: new(atomic.Int32), table: new(rules.Table)}
+	tr := kernel.New(kernel.Options{Netns: func(namespace, app string) (string, error) {
+		ev.resolves.Add(1)
+		if namespace != "team/web" || app != "app" {
+			return "", fmt.Errorf("unknown app %s of %s", app, namespace)
+		}
+		return nsPath(tp.appNS), nil
+	}})
+	eng, err := session.New(session.Config{RunDir: t.TempDir(), Transport: tr, Rules: apply.RuleLookup{Table: ev.table},
+		Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { eng.Close() })
+	sock, err := eng.AddNamespace(session.NamespaceConfig{Namespace: "team", Name: "web", SegmentSize: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ev.app, err = client.Attach(ctx, client.Options{Socket: sock, Name: "app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ev.app.Close() })
+	return ev
+}
+
+func dial(t *testing.T, app *client.App, addr string) (net.Conn, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	return app.Dial(ctx, "tcp", addr)
+}
+
+func TestEchoThroughThePodNetns(t *testing.T) {
+	tp := newTopo(t)
+	ln := listenIn(t, tp.srvNS, "10.99.0.2:0")
+	ev := newEnv(t, tp)
+	peer := make(chan string, 1)
+	srvErr := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			srvErr <- err
+			return
+		}
+		defer c.Close()
+		peer <- c.RemoteAddr().String()
+		if _, err := io.Copy(c, c); err != nil { // until the app's end of stream
+			srvErr <- err
+			return
+		}
+		srvErr <- c.(*net.TCPConn).CloseWrite()
+	}()
+	c, err := dial(t, ev.app, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := c.LocalAddr().(*net.TCPAddr).IP.String(); got != "10.99.0.1" {
+		t.Errorf("local address %s, want the app-side 10.99.0.1", got)
+	}
+	if r := <-peer; !strings.HasPrefix(r, "10.99.0.1:") {
+		t.Fatalf("server saw the connection from %s, want 10.99.0.1 (socket outside the app's netns?)", r)
+	}
+	data := make([]byte, 1<<20)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	wErr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(data)
+		if err == nil {
+			err = c.(interface{ CloseWrite() error }).CloseWrite()
+		}
+		wErr <- err
+	}()
+	got, err := io.ReadAll(c) // ends at the server's half-close
+	if err != nil {
+		t.Fatalf("read: %v (after %d bytes)", err, len(got))
+	}
+	if err := <-wErr; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if err := <-srvErr; err != nil {
+		t.Fatalf("server: %v", err)
+	}
+	if sha256.Sum256(got) != sha256.Sum256(data) {
+		t.Fatalf("echo differs: %d bytes back of %d", len(got), len(data))
+	}
+}
+
+func TestServerResetReachesTheApp(t *testing.T) {
+	tp := newTopo(t)
+	ln := listenIn(t, tp.srvNS, "10.99.0.2:0")
+	ev := newEnv(t, tp)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		buf := make([]byte, 5)
+		_, _ = io.ReadFull(c, buf) // the app's hello, then abort
+		_ = c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}()
+	c, err := dial(t, ev.app, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.ReadAll(c)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("read after the server's reset: %v, want ECONNRESET", err)
+	}
+	if !strings.Contains(err.Error(), "reset") {
+		t.Errorf("error does not say reset: %v", err)
+	}
+}
+
+func TestNothingListeningIsRefused(t *testing.T) {
+	tp := newTopo(t)
+	ev := newEnv(t, tp)
+	_, err := dial(t, ev.app, "10.99.0.2:1")
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("dial: %v, want ECONNREFUSED", err)
+	}
+	if !strings.Contains(err.Error(), "nothing listens on 10.99.0.2:1") {
+		t.Errorf("message does not name the address: %v", err)
+	}
+}
+
+func TestGlobalDenyRuleRefusesBeforeAnySocket(t *testing.T) {
+	tp := newTopo(t)
+	ln := listenIn(t, tp.srvNS, "10.99.0.2:0")
+	ev := newEnv(t, tp)
+	set, _, err := rules.Compile([]rules.Rule{{Namespace: "team/web", Scope: rules.Global, Proto: rules.TCP, Action: rules.Deny,
+		Name: "team/no-server", Local: netip.MustParsePrefix("0.0.0.0/0"), Remote: netip.MustParsePrefix("10.99.0.2/32")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev.table.Store(set)
+	_, err = dial(t, ev.app, ln.Addr().String())
+	if !errors.Is(err, syscall.EACCES) || !strings.Contains(err.Error(), "team/no-server") {
+		t.Fatalf("dial: %v, want EACCES naming the rule", err)
+	}
+	if n := ev.resolves.Load(); n != 0 {
+		t.Fatalf("the transport was asked for a netns %d times: a socket was about to be opened", n)
+	}
+	// the server saw nothing: a connect to it now is the first
+	ev.table.Store(nil)
+	acc := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			acc <- err.Error()
+			return
+		}
+		buf := make([]byte, 3)
+		_, _ = io.ReadFull(c, buf)
+		c.Close()
+		acc <- string(buf)
+	}()
+	c, err := dial(t, ev.app, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-acc; !bytes.Equal([]byte(got), []byte("one")) {
+		t.Fatalf("first connection the server accepted carried %q, want the allowed one", got)
+	}
+}
+
+func TestAppCloseAndResetReachTheServer(t *testing.T) {
+	tp := newTopo(t)
+	ln := listenIn(t, tp.srvNS, "10.99.0.2:0")
+	ev := newEnv(t, tp)
+	for _, abort := range []bool{false, true} {
+		got := make(chan error, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				got <- err
+				return
+			}
+			defer c.Close()
+			b, err := io.ReadAll(c)
+			if err == nil && string(b) != "bye" {
+				err = fmt.Errorf("server read %q", b)
+			}
+			got <- err
+		}()
+		c, err := dial(t, ev.app, ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if abort {
+			if err := c.(interface{ SetLinger(int) error }).SetLinger(0); err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+			if err := <-got; !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("server after the app's reset: %v, want ECONNRESET", err)
+			}
+			continue
+		}
+		if _, err := c.Write([]byte("bye")); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		if err := <-got; err != nil {
+			t.Fatalf("server after the app's close: %v, want the data then EOF", err)
+		}
+	}
+}
