@@ -60,6 +60,19 @@ package session
 // move bytes through the fifos and wake each other directly by writing the
 // peer's wake eventfd when the peer's waiting flag is set.
 //
+// # Transport sessions
+//
+// A connect that leaves through Config.Transport gets its fifo pair in the
+// app's own segment; the first such connect announces that segment to the
+// app once more (add-segment) together with a wake eventfd the engine
+// watches, so the app wakes the transport exactly as it wakes a cut-through
+// peer. The session is registered before Transport.Connect is called with a
+// Flow (see Flow): the transport completes it later (Flow.Connected → the
+// app's connected event) and ends its side with Flow.Finish (disconnected
+// or reset event, or the failed connect); an app's disconnect, reset or
+// death reaches it through Flow.AppClosed. The pair is freed, and the own
+// segment of a reaped app dropped, only once both sides are done.
+//
 // # Close, reset and reaping
 //
 // Disconnect/Reset end one side; the peer gets Disconnected (it reads the

@@ -483,10 +483,12 @@ func (ns *namespace) allocPair(c, s *worker, n int) (*segment, int, wire.Code, s
 // pairBytes reads how many bytes went through a fifo pair: the free-running
 // tail of each fifo (word 0 of the header in engine/shm's documented layout).
 // The apps write these words, so the value is for statistics only.
-func pairBytes(s *session) uint64 {
-	b := s.seg.seg.Bytes()
+func pairBytes(s *session) uint64 { return fifoBytes(s.seg, s.pairOff, s.s2cOff) }
+
+func fifoBytes(seg *segment, offs ...int) uint64 {
+	b := seg.seg.Bytes()
 	var n uint64
-	for _, off := range []int{s.pairOff, s.s2cOff} {
+	for _, off := range offs {
 		if off >= 0 && off+8 <= len(b) {
 			n += binary.LittleEndian.Uint64(b[off:])
 		}

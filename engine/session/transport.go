@@ -139,6 +139,7 @@ func (f *Flow) freeLocked() {
 	delete(a.flows, f)
 	a.flowMu.Unlock()
 	seg := f.seg
+	f.ns.stats.bytes += fifoBytes(seg, f.rxOff, f.txOff)
 	seg.alloc.Free(f.rxOff)
 	seg.sessions--
 	if seg.sessions == 0 && seg.orphan {

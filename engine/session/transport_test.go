@@ -1,0 +1,164 @@
+package session_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hoststack/hoststack/client"
+	"github.com/hoststack/hoststack/engine/session"
+	"github.com/hoststack/hoststack/engine/wire"
+)
+
+// fakeTransport exercises the Flow seam in-process: depending on the port it
+// refuses at once, refuses later, resets after connecting, or echoes.
+type fakeTransport struct{}
+
+const (
+	portSyncRefuse  = 1
+	portAsyncRefuse = 2
+	portReset       = 3
+	portEcho        = 4
+)
+
+func (fakeTransport) Name() string                      { return "fake" }
+func (fakeTransport) Local(_ string, a netip.Addr) bool { return a.IsLoopback() }
+func (fakeTransport) Connect(req session.ConnectRequest) (wire.Code, string) {
+	f := req.Flow
+	switch req.Remote.Port {
+	case portSyncRefuse:
+		return wire.ErrNoTransport, "fake: no route at all"
+	case portAsyncRefuse:
+		go f.Finish(wire.ErrRefused, "fake: nobody home")
+	case portReset:
+		go func() {
+			if f.Connected(netip.MustParseAddrPort("192.0.2.9:40000")) {
+				f.Finish(wire.ErrReset, "fake: the far end reset")
+			} else {
+				f.Finish(wire.OK, "")
+			}
+		}()
+	default:
+		go echo(f)
+	}
+	return wire.OK, ""
+}
+
+// echo copies the app's tx fifo into its rx fifo, following the waiting-flag
+// protocol, and ends the session after the app's end of stream.
+func echo(f *session.Flow) {
+	if !f.Connected(netip.MustParseAddrPort("192.0.2.9:40000")) {
+		f.Finish(wire.OK, "")
+		return
+	}
+	rx, tx := f.Rx, f.Tx
+	for {
+		a, _, err := tx.Peek()
+		if len(a) > 0 {
+			if n, _ := rx.Write(a); n > 0 {
+				_ = tx.Consume(n)
+				if rx.TakeReaderWaiting() {
+					f.WakeApp()
+				}
+				if tx.TakeWriterWaiting() {
+					f.WakeApp()
+				}
+				continue
+			}
+		} else if err == io.EOF {
+			rx.CloseWrite()
+			f.WakeApp()
+			f.Finish(wire.OK, "")
+			return
+		}
+		tx.SetReaderWaiting()
+		rx.SetWriterWaiting()
+		n, _ := tx.Len()
+		free, _ := rx.Free()
+		if (n > 0 && free > 0) || (n == 0 && tx.WriteClosed()) {
+			continue
+		}
+		select {
+		case <-f.Kick():
+		case <-f.AppClosed():
+			if f.AppReset() || !tx.WriteClosed() {
+				f.Finish(wire.OK, "")
+				return
+			}
+		}
+	}
+}
+
+func TestTransportFlows(t *testing.T) {
+	eng, err := session.New(session.Config{RunDir: t.TempDir(), Transport: fakeTransport{}, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	sock, err := eng.AddNamespace(session.NamespaceConfig{Namespace: "team", Name: "flows", SegmentSize: 1 << 20,
+		RxFifoSize: 16 << 10, TxFifoSize: 16 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	app, err := client.Attach(ctx, client.Options{Socket: sock, Name: "app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+
+	for _, tc := range []struct {
+		port  string
+		errno syscall.Errno
+		msg   string
+	}{{"1", syscall.ECONNREFUSED, "no route at all"}, {"2", syscall.ECONNREFUSED, "nobody home"}} {
+		_, err := app.Dial(ctx, "tcp", "192.0.2.9:"+tc.port)
+		if !errors.Is(err, tc.errno) || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("dial port %s: %v, want %v saying %q", tc.port, err, tc.errno, tc.msg)
+		}
+	}
+
+	c, err := app.Dial(ctx, "tcp", "192.0.2.9:3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(c); !errors.Is(err, syscall.ECONNRESET) || !strings.Contains(err.Error(), "far end reset") {
+		t.Errorf("read of a reset flow: %v, want ECONNRESET with the transport's reason", err)
+	}
+	c.Close()
+
+	// more rounds than the segment holds pairs: each pair comes back
+	data := bytes.Repeat([]byte("0123456789abcdef"), 16<<10) // 256 KiB, 16 fifos' worth
+	for i := 0; i < 40; i++ {
+		c, err := app.Dial(ctx, "tcp", "192.0.2.9:4")
+		if err != nil {
+			t.Fatalf("round %d: %v", i, err)
+		}
+		if got := c.LocalAddr().String(); got != "192.0.2.9:40000" {
+			t.Fatalf("local address %s, want what the transport reported", got)
+		}
+		wErr := make(chan error, 1)
+		go func() {
+			_, err := c.Write(data)
+			if err == nil {
+				err = c.(interface{ CloseWrite() error }).CloseWrite()
+			}
+			wErr <- err
+		}()
+		got, err := io.ReadAll(c)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("round %d: echo %d bytes of %d, %v", i, len(got), len(data), err)
+		}
+		if err := <-wErr; err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+}
