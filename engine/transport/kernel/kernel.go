@@ -363,6 +363,10 @@ func kernelToApp(f *session.Flow, c *net.TCPConn, kick, stop <-chan struct{}) er
 				case <-kick:
 				case <-stop:
 					return errStopped
+				case <-f.AppClosed():
+					if !rx.ReadClosed() {
+						return errStopped // released without closing the fifo
+					}
 				}
 			}
 			continue

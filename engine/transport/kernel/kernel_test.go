@@ -123,7 +123,8 @@ type env struct {
 func newEnv(t *testing.T, tp *topo) *env {
 	t.Helper()
 	ev := &env{resolves: new(atomic.Int32), table: new(rules.Table)}
-	tr := kernel.New(kernel.Options{Netns: func(namespace, app string) (string, error) {
+	// No test may depend on the close timer: an hour stands for never.
+	tr := kernel.New(kernel.Options{CloseTimeout: time.Hour, Netns: func(namespace, app string) (string, error) {
 		ev.resolves.Add(1)
 		if namespace != "team/web" || app != "app" {
 			return "", fmt.Errorf("unknown app %s of %s", app, namespace)
@@ -453,6 +454,48 @@ func TestEngineCloseWithBusySessions(t *testing.T) {
 			break
 		}
 	}
+	if err := <-srv; err == nil {
+		t.Fatal("server kept writing")
+	}
+}
+
+// TestAppCloseWithUnreadData: the app closes while the server fills its rx
+// fifo; the transport lets go at once (the server's writes fail) instead of
+// waiting for room that never comes.
+func TestAppCloseWithUnreadData(t *testing.T) {
+	tp := newTopo(t)
+	ln := listenIn(t, tp.srvNS, "10.99.0.2:0")
+	ev := newEnv(t, tp)
+	srv := make(chan error, 1)
+	plenty := make(chan struct{})
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			srv <- err
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 32<<10)
+		for n := 0; ; n += len(buf) {
+			if n == 96<<10 {
+				close(plenty) // more than the app's rx fifo holds
+			}
+			if _, err := c.Write(buf); err != nil {
+				srv <- err
+				return
+			}
+		}
+	}()
+	c, err := dial(t, ev.app, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	<-plenty
+	c.Close()
 	if err := <-srv; err == nil {
 		t.Fatal("server kept writing")
 	}
