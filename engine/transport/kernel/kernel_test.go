@@ -57,8 +57,9 @@ func newTopo(t *testing.T) *topo {
 	ipCmd(t, "netns", "add", tp.srvNS)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", tp.srvNS).Run() })
 	ipCmd(t, "link", "add", va, "netns", tp.appNS, "type", "veth", "peer", "name", vb, "netns", tp.srvNS)
-	for _, x := range []struct{ ns, dev, addr string }{{tp.appNS, va, "10.99.0.1/24"}, {tp.srvNS, vb, "10.99.0.2/24"}} {
+	for _, x := range []struct{ ns, dev, addr, addr6 string }{{tp.appNS, va, "10.99.0.1/24", "fd99::1/64"}, {tp.srvNS, vb, "10.99.0.2/24", "fd99::2/64"}} {
 		ipCmd(t, "-n", x.ns, "addr", "add", x.addr, "dev", x.dev)
+		ipCmd(t, "-n", x.ns, "addr", "add", x.addr6, "dev", x.dev, "nodad")
 		ipCmd(t, "-n", x.ns, "link", "set", x.dev, "up")
 		ipCmd(t, "-n", x.ns, "link", "set", "lo", "up")
 	}
@@ -498,5 +499,37 @@ func TestAppCloseWithUnreadData(t *testing.T) {
 	c.Close()
 	if err := <-srv; err == nil {
 		t.Fatal("server kept writing")
+	}
+}
+
+func TestIPv6(t *testing.T) {
+	tp := newTopo(t)
+	ln := listenIn(t, tp.srvNS, "[fd99::2]:0")
+	ev := newEnv(t, tp)
+	peer := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			peer <- err.Error()
+			return
+		}
+		defer c.Close()
+		peer <- c.RemoteAddr().(*net.TCPAddr).IP.String()
+		_, _ = io.Copy(c, c)
+	}()
+	c, err := dial(t, ev.app, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if r := <-peer; r != "fd99::1" {
+		t.Fatalf("server saw %s, want fd99::1", r)
+	}
+	if _, err := c.Write([]byte("six")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 3)
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "six" {
+		t.Fatalf("echo %q, %v", b, err)
 	}
 }
