@@ -115,6 +115,7 @@ func listenIn(t *testing.T, name, addr string) net.Listener {
 }
 
 type env struct {
+	sock     string
 	eng      *session.Engine
 	app      *client.App
 	resolves *atomic.Int32
@@ -143,6 +144,7 @@ func newEnv(t *testing.T, tp *topo) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ev.sock = sock
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	ev.app, err = client.Attach(ctx, client.Options{Socket: sock, Name: "app"})
@@ -531,5 +533,23 @@ func TestIPv6(t *testing.T) {
 	b := make([]byte, 3)
 	if _, err := io.ReadFull(c, b); err != nil || string(b) != "six" {
 		t.Fatalf("echo %q, %v", b, err)
+	}
+}
+
+// TestUnknownNetnsIsRefused: an app whose network namespace cannot be
+// resolved gets no socket at all, and a message saying why.
+func TestUnknownNetnsIsRefused(t *testing.T) {
+	tp := newTopo(t)
+	ev := newEnv(t, tp)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	other, err := client.Attach(ctx, client.Options{Socket: ev.sock, Name: "stranger"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	_, err = other.Dial(ctx, "tcp", "10.99.0.2:80")
+	if !errors.Is(err, syscall.ECONNREFUSED) || !strings.Contains(err.Error(), "no network namespace for app stranger") {
+		t.Fatalf("dial: %v, want ECONNREFUSED naming the missing netns", err)
 	}
 }
