@@ -539,8 +539,11 @@ func (d *deadline) expired() bool { return d.firedA.Load() }
 // ---- dial and listen ----
 
 // Dial connects to address ("host:port") over network "tcp", "tcp4" or
-// "tcp6". Today every session is cut-through to a listener of the same app
-// namespace on this node; nothing listening is ECONNREFUSED.
+// "tcp6". A listener of the same app namespace on this node gets a
+// cut-through session; any other address goes through the engine's
+// transport when it has one (the kernel transport opens the socket in the
+// pod's network namespace). Nothing listening is ECONNREFUSED; a session
+// rule's deny is EACCES naming the rule.
 func (a *App) Dial(ctx context.Context, network, address string) (net.Conn, error) {
 	if a.isClosed() {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: ErrAppClosed}

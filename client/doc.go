@@ -4,8 +4,10 @@ package client
 //
 // # Data path
 //
-// A session is two SPSC fifos in a cut-through segment shared by exactly the
-// two app workers involved. Write copies into the tx fifo and publishes the
+// A session is two SPSC fifos: in a cut-through segment shared by exactly
+// the two app workers involved, or, for a session through a transport, in
+// the app's own segment with the engine's transport at the other end (it
+// wakes and is woken the same way a cut-through peer is). Write copies into the tx fifo and publishes the
 // tail; Read copies out of the rx fifo and publishes the head. Neither enters
 // the kernel unless the other side sleeps: after publishing, the writer
 // checks-and-clears the reader's waiting flag in the fifo header and only if
