@@ -39,6 +39,7 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -205,7 +206,7 @@ func Run(ctx context.Context, o Options) error {
 		Client: client.Options{Cache: &client.CacheOptions{
 			DisableFor: []client.Object{&corev1.Secret{}, &hsv1.SessionNode{}},
 		}},
-		GracefulShutdownTimeout: ptr(10 * time.Second),
+		GracefulShutdownTimeout: ptr.To(10 * time.Second),
 	})
 	if err != nil {
 		return fmt.Errorf("creating manager: %w", err)
@@ -324,8 +325,6 @@ func Run(ctx context.Context, o Options) error {
 	}
 	return closeErr
 }
-
-func ptr[T any](v T) *T { return &v }
 
 // the single request every watched change enqueues
 var theKey = reconcile.Request{NamespacedName: types.NamespacedName{Name: "node"}}

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/hoststack/hoststack/agent/render"
 	hsv1 "github.com/hoststack/hoststack/api/v1alpha1"
@@ -30,7 +31,7 @@ func rule(ns, name, anKey string) rules.Rule {
 func TestBuildStatus(t *testing.T) {
 	node := map[string]string{"zone": "a"}
 	deleting := an("t", "gone", 1, nil)
-	deleting.DeletionTimestamp = ptr(metav1.Now())
+	deleting.DeletionTimestamp = ptr.To(metav1.Now())
 	ans := []hsv1.AppNamespace{
 		an("t", "web", 3, map[string]string{"zone": "a"}),
 		an("t", "other-zone", 1, map[string]string{"zone": "b"}),
@@ -147,7 +148,7 @@ func TestPodAppNamespaces(t *testing.T) {
 		return a
 	}
 	deleting := mk("team", "deleting", nil)
-	deleting.DeletionTimestamp = ptr(metav1.Now())
+	deleting.DeletionTimestamp = ptr.To(metav1.Now())
 	ans := []hsv1.AppNamespace{
 		mk("team", "zz-all", nil),
 		mk("team", "web", map[string]string{"app": "web"}),
