@@ -5,6 +5,7 @@
 package testreq
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"testing"
@@ -61,18 +62,28 @@ func Assets(t testing.TB) string {
 	return dir
 }
 
-// AssetsForMain is Assets for TestMain, which has no testing.TB: it returns
-// the directory, or "" with a reason; the caller exits non-zero when
-// Required() and the reason is not empty.
-func AssetsForMain() (dir, missing string) {
+// AssetsForMain is Assets for TestMain, which has no testing.TB. It returns
+// the assets directory; or "" and why the API server cannot run (envtest
+// tests then skip with that reason); or, when prerequisites are required, an
+// error on which TestMain must exit non-zero.
+func AssetsForMain() (dir, missing string, err error) {
 	dir = os.Getenv("KUBEBUILDER_ASSETS")
-	if dir == "" {
-		return "", "KUBEBUILDER_ASSETS is not set; run `make test`"
-	}
-	for _, bin := range []string{"etcd", "kube-apiserver"} {
-		if _, err := os.Stat(dir + "/" + bin); err != nil {
-			return "", "KUBEBUILDER_ASSETS=" + dir + " lacks " + bin
+	switch {
+	case dir == "":
+		missing = "KUBEBUILDER_ASSETS is not set; run `make test`"
+	default:
+		for _, bin := range []string{"etcd", "kube-apiserver"} {
+			if _, statErr := os.Stat(dir + "/" + bin); statErr != nil {
+				missing = "KUBEBUILDER_ASSETS=" + dir + " lacks " + bin
+				break
+			}
 		}
 	}
-	return dir, ""
+	if missing == "" {
+		return dir, "", nil
+	}
+	if Required() {
+		return "", missing, fmt.Errorf("envtest assets missing and %s=1: %s", EnvRequire, missing)
+	}
+	return "", missing, nil
 }
