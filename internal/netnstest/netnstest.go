@@ -1,0 +1,132 @@
+// Package netnstest builds real network topologies for tests: network
+// namespaces joined by veth pairs, created with ip(8) and removed when the
+// test ends.
+package netnstest
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/hoststack/hoststack/engine/netns"
+	"github.com/hoststack/hoststack/internal/testreq"
+)
+
+var seq atomic.Int32
+
+// End is one side of a Pair.
+type End struct {
+	NS    string // name under /var/run/netns
+	Dev   string // the veth device in NS
+	Addr4 string // IPv4 address without prefix, e.g. 10.99.0.1
+	Addr6 string // IPv6 address without prefix, e.g. fd99::1
+	MAC   string // the device's hardware address
+}
+
+// Path is the namespace's file, for netns.Do or a transport's resolver.
+func (e End) Path() string { return "/var/run/netns/" + e.NS }
+
+// Pair is two network namespaces joined by one veth pair: A holds
+// 10.99.0.1/24 and fd99::1/64, B holds 10.99.0.2/24 and fd99::2/64, both up
+// with loopback up and IPv6 DAD off.
+type Pair struct {
+	A, B End
+}
+
+// Cmd runs ip(8) with args and fails the test when it fails.
+func Cmd(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// Run runs any command and fails the test when it fails.
+func Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// NewPair creates a Pair (skipping, or failing in CI, without root and ip).
+// Names are unique per process and call; everything is deleted on cleanup.
+func NewPair(t testing.TB) *Pair {
+	t.Helper()
+	testreq.NetNS(t)
+	n := seq.Add(1)
+	pid := os.Getpid() % 100000
+	p := &Pair{
+		A: End{NS: fmt.Sprintf("hs-a-%d-%d", pid, n), Dev: fmt.Sprintf("hsa%dx%d", pid, n), Addr4: "10.99.0.1", Addr6: "fd99::1"},
+		B: End{NS: fmt.Sprintf("hs-b-%d-%d", pid, n), Dev: fmt.Sprintf("hsb%dx%d", pid, n), Addr4: "10.99.0.2", Addr6: "fd99::2"},
+	}
+	for _, e := range []End{p.A, p.B} {
+		Cmd(t, "netns", "add", e.NS)
+		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", e.NS).Run() })
+	}
+	Cmd(t, "link", "add", p.A.Dev, "netns", p.A.NS, "type", "veth", "peer", "name", p.B.Dev, "netns", p.B.NS)
+	for _, e := range []*End{&p.A, &p.B} {
+		Cmd(t, "-n", e.NS, "addr", "add", e.Addr4+"/24", "dev", e.Dev)
+		Cmd(t, "-n", e.NS, "addr", "add", e.Addr6+"/64", "dev", e.Dev, "nodad")
+		Cmd(t, "-n", e.NS, "link", "set", e.Dev, "up")
+		Cmd(t, "-n", e.NS, "link", "set", "lo", "up")
+		if err := netns.Do(e.Path(), func() error {
+			ifc, err := net.InterfaceByName(e.Dev)
+			if err != nil {
+				return err
+			}
+			e.MAC = ifc.HardwareAddr.String()
+			return nil
+		}); err != nil {
+			t.Fatalf("reading %s's address: %v", e.Dev, err)
+		}
+	}
+	return p
+}
+
+// Listen listens on network/addr inside the namespace at path; the listener
+// is closed on cleanup.
+func Listen(t testing.TB, path, network, addr string) net.Listener {
+	t.Helper()
+	var l net.Listener
+	if err := netns.Do(path, func() (err error) {
+		l, err = net.Listen(network, addr)
+		return err
+	}); err != nil {
+		t.Fatalf("listen %s %s in %s: %v", network, addr, path, err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// ListenPacket is Listen for datagram sockets.
+func ListenPacket(t testing.TB, path, network, addr string) net.PacketConn {
+	t.Helper()
+	var c net.PacketConn
+	if err := netns.Do(path, func() (err error) {
+		c, err = net.ListenPacket(network, addr)
+		return err
+	}); err != nil {
+		t.Fatalf("listen %s %s in %s: %v", network, addr, path, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Dial dials network/addr from inside the namespace at path.
+func Dial(path, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := netns.Do(path, func() (err error) {
+		c, err = net.Dial(network, addr)
+		return err
+	})
+	return c, err
+}
