@@ -45,9 +45,9 @@ type slot struct {
 // are serialised by a mutex and publish copy-on-write. The zero Store is
 // empty and ready to use; a Store must not be copied after first use.
 type Store struct {
-	mu    sync.Mutex                     // serialises Set and Remove
+	mu    sync.Mutex                    // serialises Set and Remove
 	slots atomic.Pointer[map[key]*slot] // immutable once published
-	now   func() time.Time               // for tests; nil means time.Now
+	now   func() time.Time              // for tests; nil means time.Now
 }
 
 func (s *Store) clock() time.Time {
