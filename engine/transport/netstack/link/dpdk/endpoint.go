@@ -1,0 +1,540 @@
+//go:build dpdk
+
+package dpdk
+
+/*
+#include <stdlib.h>
+#include "hs.h"
+*/
+import "C"
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/hoststack/hoststack/engine/netns"
+)
+
+// Sizes of the port's rings and pool. The pool holds both rings' worth of
+// mbufs, the RX lcore cache and a burst in flight, with room to spare;
+// 2^n-1 is the size rte_mempool stores best.
+const (
+	rxDesc    = 1024
+	txDesc    = 1024
+	poolSize  = 8191
+	poolCache = 256
+	// afPacketFrames is the TPACKET ring size in frames per direction.
+	afPacketFrames = 4096
+)
+
+// Polling: after any RX or TX the RX thread keeps polling for spinWindow,
+// because a reply usually follows; then it sleeps, doubling from minSleep
+// to maxSleep while the queue stays empty.
+const (
+	spinWindow = 100 * time.Microsecond
+	minSleep   = 5 * time.Microsecond
+	maxSleep   = 200 * time.Microsecond
+)
+
+var (
+	devSeq atomic.Uint32
+	epoch  = time.Now()
+)
+
+// now is a monotonic clock reading, cheap enough for the poll loop.
+func now() int64 { return int64(time.Since(epoch)) }
+
+// Endpoint is a gVisor link endpoint on a DPDK port. It implements
+// stack.LinkEndpoint; the stack calls Close when its NIC is removed.
+type Endpoint struct {
+	opts     Options
+	driver   string
+	devName  string // the vdev name, e.g. net_af_packet3
+	port     C.uint16_t
+	pool     *C.struct_rte_mempool
+	mac      [6]byte
+	linkAddr tcpip.LinkAddress
+	mtu      atomic.Uint32
+	maxFrame uint32 // largest frame an mbuf holds
+
+	// txMu serialises the TX queue and the TX burst array, and guards
+	// released (the port is gone).
+	txMu     sync.Mutex
+	txb      *C.struct_hs_burst
+	released bool
+	missed   uint64 // PMD drops at release
+
+	// attachMu guards the dispatcher and the RX loop's lifecycle.
+	attachMu   sync.Mutex
+	dispatcher atomic.Pointer[stack.NetworkDispatcher]
+	rxStop     atomic.Bool
+	rxWG       sync.WaitGroup
+	rxRunning  bool
+	rxb        *C.struct_hs_burst
+	lastActive atomic.Int64 // now() of the last RX or TX
+
+	closeOnce sync.Once
+	closeErr  error
+	onClose   atomic.Pointer[func()]
+
+	rxPackets, rxBytes, rxDrops atomic.Uint64
+	txPackets, txBytes, txDrops atomic.Uint64
+}
+
+var _ stack.LinkEndpoint = (*Endpoint)(nil)
+
+// New probes a DPDK virtual device on opts.Interface inside opts.Netns,
+// starts it, and returns it as a link endpoint. The first New in a process
+// also starts DPDK's EAL (see the package documentation).
+func New(opts Options) (*Endpoint, error) {
+	drv, err := opts.driver()
+	if err != nil {
+		return nil, err
+	}
+	if opts.Interface == "" {
+		return nil, errors.New("dpdk: Options.Interface is empty")
+	}
+	for _, p := range opts.Addrs {
+		if !p.IsValid() {
+			return nil, fmt.Errorf("dpdk: invalid address %v", p)
+		}
+	}
+	if err := initEAL(); err != nil {
+		return nil, err
+	}
+	n := devSeq.Add(1)
+	e := &Endpoint{
+		opts:    opts,
+		driver:  drv,
+		devName: "net_" + drv + strconv.FormatUint(uint64(n), 10),
+	}
+	var mtu uint32
+	err = netns.Do(opts.Netns, func() error {
+		ifc, err := net.InterfaceByName(opts.Interface)
+		if err != nil {
+			return fmt.Errorf("dpdk: interface %s: %w", opts.Interface, err)
+		}
+		mtu = uint32(ifc.MTU)
+		if opts.MTU > mtu {
+			return fmt.Errorf("dpdk: MTU %d exceeds %s's MTU %d", opts.MTU, opts.Interface, mtu)
+		}
+		if opts.MTU != 0 {
+			mtu = opts.MTU
+		}
+		return e.open(n, mtu)
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.mtu.Store(mtu)
+	e.linkAddr = tcpip.LinkAddress(e.mac[:])
+	e.txb = newBurst()
+	e.rxb = newBurst()
+	return e, nil
+}
+
+// open creates the pool, probes and starts the port. It runs inside the
+// interface's namespace and undoes what it did when a step fails.
+func (e *Endpoint) open(n uint32, mtu uint32) error {
+	// Frames are at most mtu+14 (+4 for a VLAN tag a sender may add).
+	room := uint32(C.RTE_MBUF_DEFAULT_BUF_SIZE)
+	if need := uint32(C.RTE_PKTMBUF_HEADROOM) + mtu + 18; need > room {
+		room = (need + 63) &^ 63
+	}
+	if room > 65535 {
+		return fmt.Errorf("dpdk: MTU %d too large for an mbuf", mtu)
+	}
+	e.maxFrame = room - uint32(C.RTE_PKTMBUF_HEADROOM)
+
+	poolName := C.CString("hs_pool" + strconv.FormatUint(uint64(n), 10))
+	defer C.free(unsafe.Pointer(poolName))
+	e.pool = C.rte_pktmbuf_pool_create(poolName, poolSize, poolCache, 0, C.uint16_t(room), C.SOCKET_ID_ANY)
+	if e.pool == nil {
+		return fmt.Errorf("dpdk: rte_pktmbuf_pool_create: %w", rteErrno())
+	}
+
+	devargs := e.devName + ",iface=" + e.opts.Interface
+	switch e.driver {
+	case DriverAFPacket:
+		// framesz holds a TPACKET2 header, padding and the frame;
+		// qdisc_bypass=0 keeps tc (shaping, netem) working on our TX
+		// like it does for the kernel's traffic.
+		frame := 2048
+		for uint32(frame) < mtu+18+128 {
+			frame *= 2
+		}
+		block := max(4096, frame)
+		devargs += ",qpairs=1,qdisc_bypass=0,framesz=" + strconv.Itoa(frame) +
+			",blocksz=" + strconv.Itoa(block) + ",framecnt=" + strconv.Itoa(afPacketFrames)
+	case DriverAFXDP:
+		devargs += ",start_queue=0,queue_count=1"
+	}
+	cargs := C.CString(devargs)
+	defer C.free(unsafe.Pointer(cargs))
+	if rc := C.rte_dev_probe(cargs); rc < 0 {
+		C.rte_mempool_free(e.pool)
+		return fmt.Errorf("dpdk: rte_dev_probe %s: %w", devargs, dpdkErrno(rc))
+	}
+	cname := C.CString(e.devName)
+	defer C.free(unsafe.Pointer(cname))
+	if rc := C.rte_eth_dev_get_port_by_name(cname, &e.port); rc < 0 {
+		_ = C.rte_eal_hotplug_remove(C.CString("vdev"), cname)
+		C.rte_mempool_free(e.pool)
+		return fmt.Errorf("dpdk: no port for %s: %w", e.devName, dpdkErrno(rc))
+	}
+	var stage C.int
+	if rc := C.hs_port_start(e.port, e.pool, rxDesc, txDesc, C.uint16_t(mtu), &stage); rc < 0 {
+		_ = C.hs_port_release(e.port)
+		C.rte_mempool_free(e.pool)
+		steps := []string{"rte_eth_dev_configure", "rte_eth_dev_adjust_nb_rx_tx_desc",
+			"rte_eth_rx_queue_setup", "rte_eth_tx_queue_setup", "rte_eth_dev_start"}
+		return fmt.Errorf("dpdk: %s on %s (%s): %w", steps[stage], e.devName, devargs, dpdkErrno(rc))
+	}
+	C.hs_mac(e.port, (*C.uint8_t)(unsafe.Pointer(&e.mac[0])))
+	return nil
+}
+
+// dpdkErrno is the error of a negative errno return.
+func dpdkErrno(rc C.int) error {
+	if rc >= 0 {
+		return nil
+	}
+	return errnoOf(-int(rc))
+}
+
+// Close implements stack.LinkEndpoint.Close: it stops the RX thread and
+// releases the port and its pool. It is idempotent; Shutdown returns the
+// error Close cannot.
+func (e *Endpoint) Close() { _ = e.Shutdown() }
+
+// Shutdown is Close returning what went wrong releasing the port (the
+// gVisor interface's Close has no result). Later calls return the same.
+func (e *Endpoint) Shutdown() error {
+	e.closeOnce.Do(func() {
+		if f := e.onClose.Swap(nil); f != nil {
+			(*f)()
+		}
+		e.attachMu.Lock()
+		e.stopRX()
+		e.dispatcher.Store(nil)
+		e.attachMu.Unlock()
+
+		e.txMu.Lock()
+		e.released = true
+		e.missed = uint64(C.hs_missed(e.port))
+		e.txMu.Unlock()
+
+		// Stop and close do interface ioctls (af_packet) and detach the
+		// XDP program over netlink (af_xdp): in the interface's namespace.
+		e.closeErr = netns.Do(e.opts.Netns, func() error {
+			if rc := C.hs_port_release(e.port); rc < 0 {
+				return fmt.Errorf("dpdk: releasing %s: %w", e.devName, dpdkErrno(rc))
+			}
+			return nil
+		})
+		C.rte_mempool_free(e.pool)
+		freeBurst(e.txb)
+		freeBurst(e.rxb)
+	})
+	return e.closeErr
+}
+
+// Stats returns the counters. RxDrops includes what the PMD or the kernel
+// ring missed.
+func (e *Endpoint) Stats() Stats {
+	e.txMu.Lock()
+	missed := e.missed
+	if !e.released {
+		missed = uint64(C.hs_missed(e.port))
+	}
+	e.txMu.Unlock()
+	return Stats{
+		RxPackets: e.rxPackets.Load(),
+		RxBytes:   e.rxBytes.Load(),
+		RxDrops:   e.rxDrops.Load() + missed,
+		TxPackets: e.txPackets.Load(),
+		TxBytes:   e.txBytes.Load(),
+		TxDrops:   e.txDrops.Load(),
+	}
+}
+
+// MTU implements stack.LinkEndpoint.
+func (e *Endpoint) MTU() uint32 { return e.mtu.Load() }
+
+// SetMTU implements stack.LinkEndpoint. It can only lower the MTU: mbufs
+// and rings are sized for the MTU New saw.
+func (e *Endpoint) SetMTU(mtu uint32) {
+	if mtu+header.EthernetMinimumSize <= e.maxFrame {
+		e.mtu.Store(mtu)
+	}
+}
+
+// MaxHeaderLength implements stack.LinkEndpoint: an Ethernet header.
+func (*Endpoint) MaxHeaderLength() uint16 { return header.EthernetMinimumSize }
+
+// LinkAddress implements stack.LinkEndpoint: the interface's MAC, which the
+// stack shares with the kernel.
+func (e *Endpoint) LinkAddress() tcpip.LinkAddress { return e.linkAddr }
+
+// SetLinkAddress implements stack.LinkEndpoint. The address is fixed: it is
+// the interface's, and frames to any other are filtered out.
+func (*Endpoint) SetLinkAddress(tcpip.LinkAddress) {}
+
+// Capabilities implements stack.LinkEndpoint: Ethernet needs ARP/NDP; no
+// checksum offload, no GSO.
+func (*Endpoint) Capabilities() stack.LinkEndpointCapabilities {
+	return stack.CapabilityResolutionRequired
+}
+
+// ARPHardwareType implements stack.LinkEndpoint.
+func (*Endpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareEther }
+
+// AddHeader implements stack.LinkEndpoint.
+func (*Endpoint) AddHeader(pkt *stack.PacketBuffer) {
+	eth := header.Ethernet(pkt.LinkHeader().Push(header.EthernetMinimumSize))
+	eth.Encode(&header.EthernetFields{
+		SrcAddr: pkt.EgressRoute.LocalLinkAddress,
+		DstAddr: pkt.EgressRoute.RemoteLinkAddress,
+		Type:    pkt.NetworkProtocolNumber,
+	})
+}
+
+// ParseHeader implements stack.LinkEndpoint.
+func (*Endpoint) ParseHeader(pkt *stack.PacketBuffer) bool {
+	_, ok := pkt.LinkHeader().Consume(header.EthernetMinimumSize)
+	return ok
+}
+
+// SetOnCloseAction implements stack.LinkEndpoint.
+func (e *Endpoint) SetOnCloseAction(f func()) {
+	if f == nil {
+		e.onClose.Store(nil)
+		return
+	}
+	e.onClose.Store(&f)
+}
+
+// IsAttached implements stack.LinkEndpoint.
+func (e *Endpoint) IsAttached() bool { return e.dispatcher.Load() != nil }
+
+// Attach implements stack.LinkEndpoint. Attaching starts the RX thread;
+// detaching (nil) stops it and waits for it, as gVisor's fdbased endpoint
+// does, so no packet reaches a stack after it let go.
+func (e *Endpoint) Attach(d stack.NetworkDispatcher) {
+	e.attachMu.Lock()
+	defer e.attachMu.Unlock()
+	if d == nil {
+		e.stopRX()
+		e.dispatcher.Store(nil)
+		return
+	}
+	if e.closeErr != nil || e.isReleased() {
+		return
+	}
+	e.dispatcher.Store(&d)
+	if !e.rxRunning {
+		e.rxRunning = true
+		e.rxStop.Store(false)
+		e.rxWG.Add(1)
+		go e.rxLoop()
+	}
+}
+
+func (e *Endpoint) isReleased() bool {
+	e.txMu.Lock()
+	defer e.txMu.Unlock()
+	return e.released
+}
+
+// stopRX stops the RX thread and waits for it; attachMu is held.
+func (e *Endpoint) stopRX() {
+	if !e.rxRunning {
+		return
+	}
+	e.rxStop.Store(true)
+	e.rxWG.Wait()
+	e.rxRunning = false
+}
+
+// Wait implements stack.LinkEndpoint: it waits for the RX thread, if one
+// was told to stop.
+func (e *Endpoint) Wait() {
+	if e.rxStop.Load() {
+		e.rxWG.Wait()
+	}
+}
+
+// WritePackets implements stack.LinkWriter. It copies each packet into an
+// mbuf and transmits the burst from the calling goroutine.
+func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	list := pkts.AsSlice()
+	e.txMu.Lock()
+	defer e.txMu.Unlock()
+	if e.released {
+		return 0, &tcpip.ErrClosedForSend{}
+	}
+	e.lastActive.Store(now())
+	b := e.txb
+	for len(list) > 0 {
+		// Gather up to a burst of packets that fit an mbuf.
+		var batch [burst]*stack.PacketBuffer
+		k := 0
+		for len(list) > 0 && k < burst {
+			pkt := list[0]
+			list = list[1:]
+			size := uint32(pkt.Size())
+			if size > e.maxFrame {
+				e.txDrops.Add(1)
+				continue
+			}
+			batch[k] = pkt
+			b.len[k] = C.uint32_t(size)
+			k++
+		}
+		if k == 0 {
+			break
+		}
+		if C.hs_tx_alloc(e.pool, b, C.uint16_t(k)) == 0 {
+			e.txDrops.Add(uint64(k))
+			continue
+		}
+		var bytes uint64
+		for i, pkt := range batch[:k] {
+			dst := unsafe.Slice((*byte)(b.data[i]), int(b.len[i]))
+			off := 0
+			for _, s := range pkt.AsSlices() {
+				off += copy(dst[off:], s)
+			}
+			bytes += uint64(off)
+		}
+		sent := int(C.hs_tx(e.port, b, C.uint16_t(k)))
+		if sent < k {
+			e.txDrops.Add(uint64(k - sent))
+			for _, pkt := range batch[sent:k] {
+				bytes -= uint64(pkt.Size())
+			}
+		}
+		e.txPackets.Add(uint64(sent))
+		e.txBytes.Add(bytes)
+	}
+	return pkts.Len(), nil
+}
+
+// rxLoop polls the RX queue on a locked OS thread until rxStop.
+func (e *Endpoint) rxLoop() {
+	defer e.rxWG.Done()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	// A registered thread gets an lcore id, hence a mempool cache for the
+	// RX frees. Failure (no lcore slot left) only costs speed.
+	if C.rte_thread_register() == 0 {
+		defer C.rte_thread_unregister()
+	}
+	// Sleeps of a few microseconds need a small timer slack (default 50 µs).
+	_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1000, 0, 0, 0)
+	defer unix.Prctl(unix.PR_SET_TIMERSLACK, 0, 0, 0, 0)
+
+	b := e.rxb
+	var nfree C.uint16_t
+	sleep := minSleep
+	for !e.rxStop.Load() {
+		n := C.hs_rx(e.port, b, nfree)
+		nfree = n
+		if n == 0 {
+			if now()-e.lastActive.Load() < int64(spinWindow) {
+				continue
+			}
+			ts := unix.NsecToTimespec(int64(sleep))
+			_ = unix.Nanosleep(&ts, nil)
+			sleep = min(sleep*2, maxSleep)
+			continue
+		}
+		sleep = minSleep
+		e.lastActive.Store(now())
+		e.deliver(b, int(n))
+	}
+	if nfree > 0 {
+		C.rte_pktmbuf_free_bulk(&b.m[0], C.uint(nfree))
+	}
+}
+
+// deliver filters and hands n received frames to the stack.
+func (e *Endpoint) deliver(b *C.struct_hs_burst, n int) {
+	dp := e.dispatcher.Load()
+	if dp == nil {
+		e.rxDrops.Add(uint64(n))
+		return
+	}
+	d := *dp
+	var pkts, bytes, drops uint64
+	for i := 0; i < n; i++ {
+		size := int(b.len[i])
+		if size < header.EthernetMinimumSize {
+			drops++
+			continue
+		}
+		var data []byte
+		if b.segs[i] == 1 {
+			data = unsafe.Slice((*byte)(b.data[i]), size)
+		} else {
+			// A chained mbuf (a frame larger than one mbuf): rare, so
+			// gather it into Go memory first.
+			data = make([]byte, size)
+			if C.hs_rx_read(b, C.uint16_t(i), unsafe.Pointer(&data[0]), C.uint32_t(size)) != 0 {
+				drops++
+				continue
+			}
+		}
+		dst, src := data[0:6], data[6:12]
+		var typ tcpip.PacketType
+		switch {
+		case [6]byte(src) == e.mac:
+			// Our own frame or the kernel's (they share the MAC): a
+			// packet socket sees outgoing frames too.
+			drops++
+			continue
+		case [6]byte(dst) == e.mac:
+			typ = tcpip.PacketHost
+		case [6]byte(dst) == [6]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}:
+			typ = tcpip.PacketBroadcast
+		case dst[0]&1 != 0:
+			typ = tcpip.PacketMulticast
+		default:
+			drops++
+			continue
+		}
+		proto := tcpip.NetworkProtocolNumber(uint16(data[12])<<8 | uint16(data[13]))
+		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
+			// The one copy: mbuf (or gathered bytes) into a gVisor chunk.
+			Payload: buffer.MakeWithData(data),
+		})
+		pkt.PktType = typ
+		if _, ok := pkt.LinkHeader().Consume(header.EthernetMinimumSize); !ok {
+			pkt.DecRef()
+			drops++
+			continue
+		}
+		d.DeliverNetworkPacket(proto, pkt)
+		pkt.DecRef()
+		pkts++
+		bytes += uint64(size)
+	}
+	e.rxPackets.Add(pkts)
+	e.rxBytes.Add(bytes)
+	if drops > 0 {
+		e.rxDrops.Add(drops)
+	}
+}
