@@ -96,7 +96,10 @@ func apply(sd side, opts []Option) (*settings, error) {
 // errUnavailable is what a handshake callback returns when the pair
 // disappeared after the config was built (Remove). Handshake maps it to
 // KindNoCertificate.
-type errUnavailable struct{ err error }
+type errUnavailable struct {
+	pair key
+	err  error
+}
 
 func (e *errUnavailable) Error() string { return e.err.Error() }
 func (e *errUnavailable) Unwrap() error { return e.err }
@@ -130,7 +133,7 @@ func (s *Store) ServerConfig(appNamespace, pairName string, opts ...Option) (*tl
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			p, err := s.lookup(appNamespace, k)
 			if err != nil {
-				return nil, &errUnavailable{err}
+				return nil, &errUnavailable{k, err}
 			}
 			return p.Certificate, nil
 		},
@@ -180,7 +183,7 @@ func (s *Store) ClientConfig(appNamespace, pairName, serverName string, opts ...
 	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 		p, err := s.lookup(appNamespace, k)
 		if err != nil {
-			return nil, &errUnavailable{err}
+			return nil, &errUnavailable{k, err}
 		}
 		return p.Certificate, nil
 	}

@@ -136,7 +136,7 @@ func classify(err error) (Kind, string) {
 	case errors.Is(err, context.Canceled):
 		return KindCanceled, "tls: handshake canceled"
 	case errors.As(err, &unavailable):
-		return KindNoCertificate, "tls: " + unavailable.Error()
+		return KindNoCertificate, fmt.Sprintf("tls: certkeypair %s is not available", unavailable.pair)
 	case errors.As(err, &unknownCA):
 		return KindBadCertificate, "tls: peer certificate signed by unknown authority"
 	case errors.As(err, &hostname):
@@ -232,7 +232,8 @@ type LocalResult struct {
 // The server config is used with session tickets disabled, since nothing
 // can resume these sessions. On failure the error is an *Error from the
 // side that decided (a refusal beats the "peer aborted" the other side
-// sees); a server-side refusal is prefixed "server: ".
+// sees); a server-side one says "server side", and "peer" in it means the
+// client.
 func LocalHandshake(ctx context.Context, client, server *tls.Config) (LocalResult, error) {
 	scfg := server.Clone()
 	scfg.SessionTicketsDisabled = true
@@ -308,7 +309,7 @@ func fileConn(fd int, name string) (net.Conn, error) {
 func pickLocalError(c, s *Error) *Error {
 	echo := func(e *Error) bool { return e.Kind == KindPeerRejected || e.Kind == KindClosed }
 	fromServer := func(e *Error) *Error {
-		return &Error{Kind: e.Kind, Msg: clip("server: " + e.Msg), Err: e.Err}
+		return &Error{Kind: e.Kind, Msg: clip("tls: server side: " + trimTLS(e.Msg)), Err: e.Err}
 	}
 	switch {
 	case s == nil:
