@@ -56,7 +56,25 @@ type Options struct {
 	// SpinFor is how long a blocked Read/Write polls before sleeping in the
 	// default mode; default 20µs, negative disables polling.
 	SpinFor time.Duration
+	// Scope says where the app's listeners are reachable: by the other apps
+	// of its AppNamespace on the node (cut-through), by the outside world
+	// (the engine's transport listens in the pod's network namespace), or
+	// both, the default.
+	Scope Scope
 }
+
+// Scope is where an app's listeners are reachable (VPP's attach scopes).
+type Scope uint8
+
+// Scopes.
+const (
+	// ScopeLocalAndGlobal: both; the default.
+	ScopeLocalAndGlobal Scope = iota
+	// ScopeLocal: only apps of the same AppNamespace on this node.
+	ScopeLocal
+	// ScopeGlobal: only through the transport (the outside world).
+	ScopeGlobal
+)
 
 // Error is an error reported by the engine. It unwraps to the errno that the
 // kernel would have used (ECONNREFUSED, ECONNRESET, ...), so errors.Is works
@@ -169,6 +187,15 @@ func Attach(ctx context.Context, opts Options) (*App, error) {
 		RxFifoSize: uint32(max(0, min(opts.RxFifoSize, 1<<30))), TxFifoSize: uint32(max(0, min(opts.TxFifoSize, 1<<30)))}
 	if opts.Spin {
 		at.Flags |= wire.FlagSpin
+	}
+	switch opts.Scope {
+	case ScopeLocalAndGlobal:
+	case ScopeLocal:
+		at.Flags |= wire.FlagScopeLocal
+	case ScopeGlobal:
+		at.Flags |= wire.FlagScopeGlobal
+	default:
+		return nil, fmt.Errorf("hoststack: attach: unknown scope %d", opts.Scope)
 	}
 	var b [wire.SocketMsgMax]byte
 	n, err := wire.Encode(b[:], at)
@@ -577,7 +604,7 @@ func (a *App) Close() error {
 
 func resolve(ctx context.Context, op, network, address string, listen bool) (*net.TCPAddr, error) {
 	switch network {
-	case "tcp", "tcp4", "tcp6":
+	case "tcp", "tcp4", "tcp6", "udp", "udp4", "udp6":
 	default:
 		return nil, &net.OpError{Op: op, Net: network, Err: net.UnknownNetworkError(network)}
 	}
@@ -592,11 +619,11 @@ func resolve(ctx context.Context, op, network, address string, listen bool) (*ne
 	if host == "" {
 		var ip net.IP
 		switch {
-		case listen && network == "tcp4":
+		case listen && (network == "tcp4" || network == "udp4"):
 			ip = net.IPv4zero.To4()
 		case listen:
 			ip = net.IPv6unspecified
-		case network == "tcp6":
+		case network == "tcp6" || network == "udp6":
 			ip = net.IPv6loopback
 		default:
 			ip = net.IPv4(127, 0, 0, 1).To4()
@@ -605,9 +632,9 @@ func resolve(ctx context.Context, op, network, address string, listen bool) (*ne
 	}
 	ipnet := "ip"
 	switch network {
-	case "tcp4":
+	case "tcp4", "udp4":
 		ipnet = "ip4"
-	case "tcp6":
+	case "tcp6", "udp6":
 		ipnet = "ip6"
 	}
 	ips, err := net.DefaultResolver.LookupNetIP(ctx, ipnet, host)

@@ -30,6 +30,7 @@ type Conn struct {
 	peerWake int
 	laddr    *net.TCPAddr
 	raddr    *net.TCPAddr
+	udp      *net.UDPAddr // set for the session under a PacketConn
 
 	rmu, wmu sync.Mutex // one reader, one writer at a time; Close takes both
 	closeMu  sync.Mutex // serialises Close
@@ -51,6 +52,9 @@ type Conn struct {
 var _ net.Conn = (*Conn)(nil)
 
 func (c *Conn) opErr(op string, err error) error {
+	if c.udp != nil {
+		return &net.OpError{Op: op, Net: "udp", Source: c.udp, Err: err}
+	}
 	return &net.OpError{Op: op, Net: "tcp", Source: c.laddr, Addr: c.raddr, Err: err}
 }
 
@@ -548,6 +552,9 @@ func (a *App) Dial(ctx context.Context, network, address string) (net.Conn, erro
 	if a.isClosed() {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: ErrAppClosed}
 	}
+	if !isTCP(network) {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network + " (udp goes through App.ListenPacket)")}
+	}
 	raddr, err := resolve(ctx, "dial", network, address, false)
 	if err != nil {
 		return nil, err
@@ -581,6 +588,8 @@ func (a *App) isClosed() bool {
 	return a.closed || a.gone != nil
 }
 
+func isTCP(network string) bool { return network == "tcp" || network == "tcp4" || network == "tcp6" }
+
 func wireAddr(t *net.TCPAddr) wire.Addr {
 	ap := t.AddrPort()
 	return wire.Addr{Proto: wire.TCP, IP: ap.Addr().Unmap(), Port: ap.Port()}
@@ -592,6 +601,9 @@ func wireAddr(t *net.TCPAddr) wire.Addr {
 func (a *App) Listen(network, address string) (net.Listener, error) {
 	if a.isClosed() {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: ErrAppClosed}
+	}
+	if !isTCP(network) {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: net.UnknownNetworkError(network + " (udp goes through App.ListenPacket)")}
 	}
 	laddr, err := resolve(context.Background(), "listen", network, address, true)
 	if err != nil {

@@ -22,9 +22,11 @@ var _ session.Rules = RuleLookup{}
 // (local = the address the session gets, remote = where it connects): the
 // engine's second query, as the listener accepts, is the same session seen
 // from the other end and is allowed here, so one rule never has to be
-// written twice, mirrored.
+// written twice, mirrored. A session a transport accepts from the outside
+// world (global scope) is judged as it arrives: local = the listener's
+// address, remote = the peer.
 func (l RuleLookup) Lookup(q session.RuleQuery) session.Verdict {
-	if q.Dir == session.Accept {
+	if q.Dir == session.Accept && q.Scope == session.LocalScope {
 		return session.Verdict{Action: session.Allow}
 	}
 	proto := rules.TCP

@@ -20,8 +20,8 @@ import (
 // engine's seam: it counts the connects the engine hands it and refuses them.
 type recordingTransport struct{ calls atomic.Int32 }
 
-func (t *recordingTransport) Name() string                      { return "recording" }
-func (t *recordingTransport) Local(_ string, a netip.Addr) bool { return a.IsLoopback() }
+func (t *recordingTransport) Name() string                                   { return "recording" }
+func (t *recordingTransport) Host(string, netip.Addr) (host string, ok bool) { return "", false }
 func (t *recordingTransport) Connect(session.ConnectRequest) (wire.Code, string) {
 	t.calls.Add(1)
 	return wire.ErrNoTransport, "recording transport: not connected anywhere"
@@ -104,4 +104,36 @@ func TestGlobalRulesJudgeSessionsLeavingThroughTheTransport(t *testing.T) {
 		t.Fatalf("cut-through judged by a global rule: %v", err)
 	}
 	c.Close()
+}
+
+// TestLookupJudgesInboundOnlyInGlobalScope: an accept query is allowed in
+// local scope (the connect was judged already) and judged by the global
+// table when a transport accepted the session from outside.
+func TestLookupJudgesInboundOnlyInGlobalScope(t *testing.T) {
+	var table rules.Table
+	set, _, err := rules.Compile([]rules.Rule{{Namespace: "team/web", Scope: rules.Global, Proto: rules.TCP, Action: rules.Deny,
+		Name: "team/no-scanner", Local: netip.MustParsePrefix("0.0.0.0/0"), Remote: netip.MustParsePrefix("203.0.113.0/24")},
+		{Namespace: "team/web", Scope: rules.Local, Proto: rules.TCP, Action: rules.Deny,
+			Name: "team/local-no-scanner", Local: netip.MustParsePrefix("0.0.0.0/0"), Remote: netip.MustParsePrefix("203.0.113.0/24")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	table.Store(set)
+	l := RuleLookup{Table: &table}
+	q := session.RuleQuery{Namespace: "team/web", App: "web", Dir: session.Accept, Proto: wire.TCP,
+		Local: netip.MustParseAddrPort("10.1.0.5:8080"), Remote: netip.MustParseAddrPort("203.0.113.9:40000")}
+	for _, tc := range []struct {
+		scope session.Scope
+		want  session.Action
+		rule  string
+	}{{session.LocalScope, session.Allow, ""}, {session.GlobalScope, session.Deny, "team/no-scanner"}} {
+		q.Scope = tc.scope
+		if v := l.Lookup(q); v.Action != tc.want || v.Rule != tc.rule {
+			t.Errorf("scope %v: %+v, want %v by %q", tc.scope, v, tc.want, tc.rule)
+		}
+	}
+	q.Scope, q.Remote = session.GlobalScope, netip.MustParseAddrPort("198.51.100.1:40000")
+	if v := l.Lookup(q); v.Action != session.Allow {
+		t.Errorf("unmatched inbound: %+v", v)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -297,5 +298,43 @@ func TestConcurrentCalls(t *testing.T) {
 	slices.Sort(live)
 	if len(known) != n/2 || !reflect.DeepEqual(live, known) {
 		t.Fatalf("events say %v, registry says %v", live, known)
+	}
+}
+
+func TestPodOfIPFollowsTheNewestHolder(t *testing.T) {
+	dir := t.TempDir()
+	r, err := OpenRegistry(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	withIP := func(a Attachment, cidrs ...string) Attachment {
+		for _, c := range cidrs {
+			a.IPs = append(a.IPs, IPConfig{Address: c})
+		}
+		return a
+	}
+	mustPut(t, r, withIP(att("old", "eth0", "u1", t0), "10.1.0.5/24"))
+	mustPut(t, r, withIP(att("new", "eth0", "u2", t0.Add(time.Minute)), "10.1.0.5/24", "fd00::5/64"))
+	mustPut(t, r, withIP(att("bad", "eth0", "u3", t0), "not-an-ip"))
+	for ip, want := range map[string]string{"10.1.0.5": "u2", "::ffff:10.1.0.5": "u2", "fd00::5": "u2", "10.1.0.6": ""} {
+		got, ok := r.PodOfIP(netip.MustParseAddr(ip))
+		if got != want || ok != (want != "") {
+			t.Errorf("PodOfIP(%s) = %q %v, want %q", ip, got, ok, want)
+		}
+	}
+	// the index survives a restart and follows deletes
+	r2, err := OpenRegistry(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.Delete(AttachmentKey{ContainerID: "new", IfName: "eth0"}, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := r2.PodOfIP(netip.MustParseAddr("10.1.0.5")); !ok || got != "u1" {
+		t.Fatalf("after deleting the newer holder: %q %v, want u1", got, ok)
+	}
+	if _, ok := r2.PodOfIP(netip.MustParseAddr("fd00::5")); ok {
+		t.Fatal("a deleted attachment's address still resolves")
 	}
 }

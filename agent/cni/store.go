@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -70,8 +71,40 @@ type Registry struct {
 	subs map[int]func(Event)
 	next int
 
-	mu  sync.RWMutex // guards all
-	all map[AttachmentKey]Attachment
+	mu   sync.RWMutex // guards all and byIP
+	all  map[AttachmentKey]Attachment
+	byIP map[netip.Addr]Attachment // newest attachment holding each IP
+}
+
+// indexIPs maps each pod IP to the newest attachment that holds it (a stale
+// sandbox whose DEL is queued may still claim an address).
+func indexIPs(all map[AttachmentKey]Attachment) map[netip.Addr]Attachment {
+	m := make(map[netip.Addr]Attachment, len(all))
+	for _, a := range all {
+		for _, ipc := range a.IPs {
+			p, err := netip.ParsePrefix(ipc.Address)
+			if err != nil {
+				continue
+			}
+			ip := p.Addr().Unmap()
+			if old, ok := m[ip]; ok && old.Added.After(a.Added) {
+				continue
+			}
+			m[ip] = a
+		}
+	}
+	return m
+}
+
+// PodOfIP returns the UID of the pod holding ip (its newest attachment).
+func (r *Registry) PodOfIP(ip netip.Addr) (podUID string, ok bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	a, ok := r.byIP[ip.Unmap()]
+	if !ok || a.Pod.UID == "" {
+		return "", false
+	}
+	return a.Pod.UID, true
 }
 
 // OpenRegistry loads the registry persisted in dir (created if missing).
@@ -82,6 +115,7 @@ func OpenRegistry(dir string) (*Registry, error) {
 	r := &Registry{dir: dir, subs: map[int]func(Event){}, all: map[AttachmentKey]Attachment{}}
 	data, err := os.ReadFile(filepath.Join(dir, stateFile))
 	if errors.Is(err, fs.ErrNotExist) {
+		r.byIP = map[netip.Addr]Attachment{}
 		return r, nil
 	}
 	if err != nil {
@@ -97,6 +131,7 @@ func OpenRegistry(dir string) (*Registry, error) {
 	for _, a := range doc.Attachments {
 		r.all[a.AttachmentKey] = a
 	}
+	r.byIP = indexIPs(r.all)
 	return r, nil
 }
 
@@ -270,8 +305,9 @@ func (r *Registry) mutate(change func(map[AttachmentKey]Attachment) []Event) err
 	if err := writeFileAtomic(filepath.Join(r.dir, stateFile), append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("persist cni state: %w", err)
 	}
+	byIP := indexIPs(next)
 	r.mu.Lock()
-	r.all = next
+	r.all, r.byIP = next, byIP
 	r.mu.Unlock()
 	for _, ev := range evs {
 		for _, id := range slices.Sorted(maps.Keys(r.subs)) {

@@ -35,6 +35,8 @@ type app struct {
 	}
 	cred      *unix.Ucred   // recorded for audit
 	sock      *AttachSocket // the socket it attached through (per-pod sockets: the pod)
+	host      string        // the socket's host
+	scope     scope         // where its listeners are reachable
 	rxFifo    int
 	txFifo    int
 	workers   map[uint32]*worker
@@ -246,6 +248,8 @@ func (ns *namespace) attach(a *app, at *wire.Attach) bool {
 	if a.name == "" {
 		a.name = fmt.Sprintf("app-%d", a.id)
 	}
+	a.host = a.sock.host
+	a.scope = scopeOf(at.Flags)
 	a.rxFifo = clampFifo(int(at.RxFifoSize), cfg.RxFifoSize)
 	a.txFifo = clampFifo(int(at.TxFifoSize), cfg.TxFifoSize)
 	own, err := ns.newSegment(fmt.Sprintf("hs-app-%d", a.id), cfg.SegmentSize)
@@ -280,6 +284,28 @@ func (ns *namespace) attach(a *app, at *wire.Attach) bool {
 	}
 	ns.e.logf("session: app %s (id %d, pid %d, uid %d) attached to %s through %s", a.name, a.id, pid, uid, ns.key, a.sock.Path())
 	return true
+}
+
+// scope is where an app's listeners are reachable.
+type scope uint8
+
+const (
+	scopeLocal  scope = 1 << iota // the namespace's table: cut-through
+	scopeGlobal                   // the transport: the outside world
+)
+
+func scopeOf(flags uint64) scope {
+	var s scope
+	if flags&wire.FlagScopeLocal != 0 {
+		s |= scopeLocal
+	}
+	if flags&wire.FlagScopeGlobal != 0 {
+		s |= scopeGlobal
+	}
+	if s == 0 {
+		s = scopeLocal | scopeGlobal
+	}
+	return s
 }
 
 func constEq(a, b string) bool {

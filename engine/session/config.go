@@ -158,7 +158,11 @@ type Rules interface {
 type ConnectRequest struct {
 	Namespace string
 	App       string
-	Remote    wire.Addr
+	// Host is the network host the app lives in: the Host of the attach
+	// socket it came through (a pod), "" for the node itself. A transport
+	// opens the session's socket there.
+	Host   string
+	Remote wire.Addr
 	// Flow is the session's engine side: its fifo pair, already allocated
 	// in the app's own segment, and the callbacks that complete and end the
 	// session. A transport that returns wire.OK from Connect owns the flow
@@ -168,16 +172,59 @@ type ConnectRequest struct {
 }
 
 // Transport is the seam for engine/transport/*: sessions to the outside
-// world. Connect is called with the namespace lock held and must not block
-// or call back into the engine before returning: it returns wire.OK to take
-// the session (completing it later through req.Flow), or a wire code and
-// message when it cannot even start (the engine refuses the connect).
-// Listening through a transport is not part of the seam yet.
+// world. Its methods are called with the namespace lock held: they must not
+// block for long or call back into the engine before returning.
+//
+// Connect returns wire.OK to take the session (completing it later through
+// req.Flow), or a wire code and message when it cannot even start (the
+// engine refuses the connect).
 type Transport interface {
 	Name() string
-	// Local reports whether addr belongs to this node for the namespace (a
-	// connect to a local address with nothing listening is refused instead
-	// of going out).
-	Local(namespace string, addr netip.Addr) bool
+	// Host says which network host of this node owns addr for the app
+	// namespace: a pod's Host, or "" for the node itself; ok is false when
+	// addr belongs to no host here. A connect to an owned address looks for
+	// a listener of that host first (cut-through); anything else leaves
+	// through the transport.
+	Host(namespace string, addr netip.Addr) (host string, ok bool)
 	Connect(req ConnectRequest) (wire.Code, string)
+}
+
+// ListenRequest asks a transport to listen for an app's listener in global
+// scope (see StreamListener).
+type ListenRequest struct {
+	Namespace string
+	App       string
+	Host      string
+	// Local is the address to listen on; port 0 lets the transport pick.
+	Local netip.AddrPort
+	// Listener hands the sessions the transport accepts to the app, and
+	// tells the transport when the app's listener goes.
+	Listener *TransportListener
+}
+
+// StreamListener is implemented by transports that accept TCP sessions from
+// the outside world for listeners in global scope. Listen binds
+// synchronously (so the app's listen fails when the address is taken) and
+// returns the bound address; it accepts in the background until
+// req.Listener.Closed().
+type StreamListener interface {
+	Listen(req ListenRequest) (netip.AddrPort, wire.Code, string)
+}
+
+// PacketRequest asks a transport for a datagram (UDP) socket; Flow carries
+// datagram records both ways (wire.DgramHeader) and the transport asks
+// Flow.Permit before passing each datagram.
+type PacketRequest struct {
+	Namespace string
+	App       string
+	Host      string
+	Local     netip.AddrPort
+	Flow      *Flow
+}
+
+// PacketTransport is implemented by transports that carry UDP. ListenPacket
+// binds synchronously and returns the bound address; on wire.OK the
+// transport owns the flow (Finish ends it), otherwise it must not touch it.
+type PacketTransport interface {
+	ListenPacket(req PacketRequest) (netip.AddrPort, wire.Code, string)
 }

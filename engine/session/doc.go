@@ -42,11 +42,14 @@ package session
 //
 // # Cut-through sessions
 //
-// A connect looks up the listener table of the namespace (exact address,
-// then 0.0.0.0 for IPv4, then [::] which matches both families); the table
-// is keyed by protocol, address and port so transports can register there
-// later. Rules (Config.Rules) are consulted for the connect and the accept;
-// with no listener a connect to a non-local address goes to
+// Every app lives in a host: the Host of the attach socket it came through
+// (a pod, for a per-pod socket; "" for the node). A listener on the
+// unspecified address belongs to its host, so two pods may listen on the
+// same port. A connect looks up the listener table of the namespace for the
+// host owning the destination (the app's own host for loopback, the
+// transport's Host answer otherwise): exact address, then 0.0.0.0 for IPv4,
+// then [::] which matches both families. Rules (Config.Rules) are consulted
+// for the connect and the accept; with no listener the connect goes to
 // Config.Transport, and with no transport it is refused (ECONNREFUSED in the
 // client) with a message saying so.
 //
@@ -72,6 +75,15 @@ package session
 // or reset event, or the failed connect); an app's disconnect, reset or
 // death reaches it through Flow.AppClosed. The pair is freed, and the own
 // segment of a reaped app dropped, only once both sides are done.
+//
+// Listeners have scopes (the app's attach flags; both by default): local
+// scope is the namespace's table above, global scope is the transport
+// (StreamListener): it listens in the app's host's network namespace and
+// hands each session it accepts to TransportListener.Accept, which judges it
+// with the global rules and gives the app an accepted event. UDP sockets
+// (Listen with UDP) are transport sessions too (PacketTransport): their
+// fifos carry datagram records (wire.DgramHeader), and the transport asks
+// Flow.Permit for each datagram.
 //
 // # Close, reset and reaping
 //

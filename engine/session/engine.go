@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -373,6 +374,7 @@ func (ns *namespace) snapshot() NamespaceStats {
 type AttachSocket struct {
 	e       *Engine
 	path    string
+	host    string
 	ln      *net.UnixListener
 	allowed []string
 	once    sync.Once
@@ -380,10 +382,28 @@ type AttachSocket struct {
 	done    chan struct{}
 }
 
-// ServeAttach listens on path and serves attaches to the given app
-// namespaces (keys "namespace/name"); an Attach that names no namespace
-// gets the first one.
+// SocketConfig describes an attach socket.
+type SocketConfig struct {
+	// Path is the socket file.
+	Path string
+	// Namespaces are the app namespaces (keys "namespace/name") apps may
+	// attach to through it; an Attach that names none gets the first.
+	Namespaces []string
+	// Host is the network host of every app attaching through it: a pod's
+	// identity (its UID) for a per-pod socket, "" for the node. Listeners
+	// on the unspecified address belong to their host, transports open
+	// the apps' sockets in the host's network namespace.
+	Host string
+}
+
+// ServeAttach serves attaches for the node's host ("") through path.
 func (e *Engine) ServeAttach(path string, namespaces ...string) (*AttachSocket, error) {
+	return e.Serve(SocketConfig{Path: path, Namespaces: namespaces})
+}
+
+// Serve listens on cfg.Path and serves attaches as cfg says.
+func (e *Engine) Serve(cfg SocketConfig) (*AttachSocket, error) {
+	path, namespaces := cfg.Path, cfg.Namespaces
 	if len(namespaces) == 0 {
 		return nil, errors.New("session: an attach socket must allow at least one app namespace")
 	}
@@ -394,7 +414,7 @@ func (e *Engine) ServeAttach(path string, namespaces ...string) (*AttachSocket, 
 	}
 	ln.SetUnlinkOnClose(true)
 	_ = os.Chmod(path, 0o666)
-	s := &AttachSocket{e: e, path: path, ln: ln, allowed: namespaces, done: make(chan struct{})}
+	s := &AttachSocket{e: e, path: path, host: cfg.Host, ln: ln, allowed: slices.Clone(namespaces), done: make(chan struct{})}
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
@@ -490,8 +510,12 @@ const (
 	ephemeralHi = 60999
 )
 
+// listenKey identifies a listener in the local table: a host's listeners on
+// the unspecified address are that host's alone, so two pods may both
+// listen on :8080.
 type listenKey struct {
 	proto uint8
+	host  string
 	ip    netip.Addr
 	port  uint16
 }

@@ -21,12 +21,14 @@ type segment struct {
 	orphan   bool // a worker of the pair is gone: drop it once empty
 }
 
-// listener is a listening endpoint. The key holds the transport protocol and
-// address so that transports can register the same table later.
+// listener is a listening endpoint: in the namespace's local table (local
+// scope), at a transport (global scope), or both.
 type listener struct {
 	handle uint64
 	key    listenKey
 	w      *worker
+	local  bool               // in ns.listeners
+	tl     *TransportListener // global scope
 }
 
 // session is one end of a session, held by one app worker. A cut-through
@@ -194,25 +196,43 @@ func (ns *namespace) releaseLocked(s *session, reset bool, reason string) {
 }
 
 func (ns *namespace) unlistenLocked(l *listener) {
-	delete(ns.listeners, l.key)
+	if l.local && ns.listeners[l.key] == l {
+		delete(ns.listeners, l.key)
+	}
 	delete(ns.handles, l.handle)
 	delete(l.w.listeners, l.handle)
+	if l.tl != nil {
+		l.tl.closeLocked()
+	}
 }
 
 func (ns *namespace) listen(w *worker, m *wire.Listen) {
 	fail := func(code wire.Code, format string, args ...any) {
 		w.send(&wire.Bound{Ctx: m.Ctx, Code: code, Msg: wire.Msgf(format, args...)})
 	}
-	if m.Addr.Proto != wire.TCP {
-		fail(wire.ErrInvalid, "only tcp listeners are supported")
-		return
-	}
+	a := w.app
 	ip := m.Addr.IP.Unmap()
 	if ip.Is6() && ip.Zone() != "" {
 		ip = ip.WithZone("")
 	}
-	key := listenKey{proto: uint8(m.Addr.Proto), ip: ip, port: m.Addr.Port}
-	if key.port == 0 {
+	switch m.Addr.Proto {
+	case wire.UDP:
+		ns.listenPacket(w, m, netip.AddrPortFrom(ip, m.Addr.Port), fail)
+		return
+	case wire.TCP:
+	default:
+		fail(wire.ErrInvalid, "unknown protocol %d", m.Addr.Proto)
+		return
+	}
+	st, _ := ns.e.cfg.Transport.(StreamListener)
+	local := a.scope&scopeLocal != 0
+	global := a.scope&scopeGlobal != 0 && st != nil
+	if !local && !global {
+		fail(wire.ErrNoTransport, "app %s listens in global scope only, and no transport of this engine listens", a.name)
+		return
+	}
+	key := listenKey{proto: uint8(m.Addr.Proto), host: a.host, ip: ip, port: m.Addr.Port}
+	if key.port == 0 && !global {
 		p, ok := ns.freePort(key)
 		if !ok {
 			fail(wire.ErrAddrInUse, "no free port for %s", ip)
@@ -220,13 +240,39 @@ func (ns *namespace) listen(w *worker, m *wire.Listen) {
 		}
 		key.port = p
 	}
-	if l, ok := ns.listeners[key]; ok {
-		fail(wire.ErrAddrInUse, "%s is already listened on by app %s in app namespace %s",
-			netip.AddrPortFrom(ip, key.port), l.w.app.name, ns.key)
+	inUse := func() bool {
+		if l, ok := ns.listeners[key]; ok && local {
+			fail(wire.ErrAddrInUse, "%s is already listened on by app %s in app namespace %s",
+				netip.AddrPortFrom(ip, key.port), l.w.app.name, ns.key)
+			return true
+		}
+		return false
+	}
+	if key.port != 0 && inUse() {
 		return
 	}
-	l := &listener{handle: ns.handle(), key: key, w: w}
-	ns.listeners[key] = l
+	l := &listener{handle: ns.handle(), key: key, w: w, local: local}
+	if global {
+		tl := &TransportListener{ns: ns, l: l, app: a.name, closed: make(chan struct{})}
+		bound, code, msg := st.Listen(ListenRequest{Namespace: ns.key, App: a.name, Host: a.host,
+			Local: netip.AddrPortFrom(ip, key.port), Listener: tl})
+		if code != wire.OK {
+			fail(code, "%s", msg)
+			return
+		}
+		l.tl = tl
+		if key.port == 0 {
+			key.port = bound.Port()
+			l.key = key
+			if inUse() {
+				tl.closeLocked()
+				return
+			}
+		}
+	}
+	if local {
+		ns.listeners[key] = l
+	}
 	ns.handles[l.handle] = l
 	w.listeners[l.handle] = l
 	w.send(&wire.Bound{Ctx: m.Ctx, Listener: l.handle, Local: wire.Addr{Proto: wire.TCP, IP: ip, Port: key.port}})
@@ -270,11 +316,22 @@ func (ns *namespace) appListener(name string, port uint16) *listener {
 	return best
 }
 
-// lookupListener finds the listener for a destination: exact address first,
-// then the unspecified address of its family, then [::] (dual stack).
-func (ns *namespace) lookupListener(proto wire.Proto, dst netip.AddrPort) *listener {
+// lookupListener finds the local listener for a connect of an app of host
+// from to dst: the host owning dst (from itself for loopback; the
+// transport's answer otherwise), then its listener on the exact address,
+// the unspecified address of the family, or [::] (dual stack). Without a
+// transport every address is the app's own host's.
+func (ns *namespace) lookupListener(proto wire.Proto, dst netip.AddrPort, from string) *listener {
 	ip := dst.Addr().Unmap()
-	k := listenKey{proto: uint8(proto), ip: ip, port: dst.Port()}
+	host := from
+	if t := ns.e.cfg.Transport; t != nil && !ip.IsLoopback() {
+		h, ok := t.Host(ns.key, ip)
+		if !ok {
+			return nil
+		}
+		host = h
+	}
+	k := listenKey{proto: uint8(proto), host: host, ip: ip, port: dst.Port()}
 	if l := ns.listeners[k]; l != nil {
 		return l
 	}
@@ -298,7 +355,7 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 		w.send(&wire.Connected{Ctx: m.Ctx, Code: code, Msg: wire.Msgf(format, args...), Remote: m.Remote})
 	}
 	if m.Remote.Proto != wire.TCP {
-		fail(wire.ErrInvalid, "only tcp sessions are supported")
+		fail(wire.ErrInvalid, "connect is for tcp sessions; udp goes through a datagram socket (ListenPacket)")
 		return
 	}
 	if a.nsessions >= cfg.MaxSessionsPerApp {
@@ -336,9 +393,9 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 		}
 	}
 	if l == nil {
-		l = ns.lookupListener(wire.TCP, dst)
+		l = ns.lookupListener(wire.TCP, dst, a.host)
 	}
-	if t := ns.e.cfg.Transport; l == nil && t != nil && !t.Local(ns.key, dst.Addr()) {
+	if t := ns.e.cfg.Transport; l == nil && t != nil {
 		// The session would leave through the transport: the namespace's
 		// global-scope rules decide too.
 		if r := ns.e.cfg.Rules; r != nil {

@@ -32,6 +32,8 @@ type Flow struct {
 
 	ns      *namespace
 	s       *session
+	app     string // for rule lookups without the lock
+	dgram   bool   // a datagram socket: records, Permit per datagram
 	ctx     uint64
 	remote  wire.Addr
 	rxOff   int
@@ -77,7 +79,7 @@ func (f *Flow) Connected(local netip.AddrPort) bool {
 	}
 	f.connected = true
 	s := f.s
-	s.local = wire.Addr{Proto: wire.TCP, IP: local.Addr(), Port: local.Port()}
+	s.local = wire.Addr{Proto: wire.TCP, IP: local.Addr().Unmap(), Port: local.Port()}
 	s.w.send(&wire.Connected{Ctx: f.ctx, Session: s.handle, Local: s.local, Remote: s.remote,
 		Fifos: wire.FifoPair{Segment: f.seg.handle, RxOff: uint64(f.rxOff), TxOff: uint64(f.txOff),
 			RxCap: uint32(f.Rx.Cap()), TxCap: uint32(f.Tx.Cap())}})
@@ -196,53 +198,47 @@ type flowState struct {
 	twake  *os.File
 }
 
-// transportConnect hands a connect to the transport: the fifo pair is
-// allocated in the app's own segment and the session registered (so a reap
-// reaches the transport) before the transport is called.
-func (ns *namespace) transportConnect(t Transport, w *worker, m *wire.Connect, dst netip.AddrPort,
-	fail func(code wire.Code, format string, args ...any)) {
+// newFlowLocked creates a transport session of worker w: its fifo pair in
+// the app's own segment (announced with the engine's wake eventfd on first
+// use) and its registration, so a reap reaches the transport. ctx is the
+// app's request that the session answers (0 for an accepted one).
+func (ns *namespace) newFlowLocked(w *worker, ctx uint64, local, remote wire.Addr) (*Flow, wire.Code, string) {
 	a := w.app
-	if a.own == nil {
-		fail(wire.ErrShutdown, "app %s is detaching", a.name)
-		return
+	if a.own == nil || a.dead || w.dead {
+		return nil, wire.ErrShutdown, fmt.Sprintf("app %s is detaching", a.name)
+	}
+	if a.nsessions >= ns.cfg.MaxSessionsPerApp {
+		return nil, wire.ErrQuota, fmt.Sprintf("app %s reached maxSessionsPerApp (%d) of app namespace %s", a.name, ns.cfg.MaxSessionsPerApp, ns.key)
 	}
 	if err := ns.transportWakeLocked(w); err != nil {
-		fail(wire.ErrInternal, "cannot pass the fifo segment to app %s: %v", a.name, err)
-		return
+		return nil, wire.ErrInternal, fmt.Sprintf("cannot pass the fifo segment to app %s: %v", a.name, err)
 	}
 	rxCap, txCap := a.rxFifo, a.txFifo
 	fpRx, fpTx := shm.FifoFootprint(rxCap), shm.FifoFootprint(txCap)
 	seg := a.own
 	off, err := seg.alloc.Alloc(fpRx + fpTx)
 	if err != nil {
-		fail(wire.ErrQuota, "no room for a fifo pair of %d bytes in app %s's segment (segmentSize %d of app namespace %s)",
+		return nil, wire.ErrQuota, fmt.Sprintf("no room for a fifo pair of %d bytes in app %s's segment (segmentSize %d of app namespace %s)",
 			fpRx+fpTx, a.name, ns.cfg.SegmentSize, ns.key)
-		return
+	}
+	fail := func(err error) (*Flow, wire.Code, string) {
+		seg.alloc.Free(off)
+		return nil, wire.ErrInternal, fmt.Sprintf("fifo init: %v", err)
 	}
 	rx, err := shm.InitFifo(seg.seg, off, rxCap)
-	if err == nil {
-		var tx *shm.Fifo
-		tx, err = shm.InitFifo(seg.seg, off+fpRx, txCap)
-		if err == nil {
-			wake, derr := unix.FcntlInt(uintptr(w.wakeFD), unix.F_DUPFD_CLOEXEC, 0)
-			if derr != nil {
-				err = derr
-			} else {
-				ns.startFlow(t, w, m, dst, seg, off, fpRx, rx, tx, wake, fail)
-				return
-			}
-		}
+	if err != nil {
+		return fail(err)
 	}
-	seg.alloc.Free(off)
-	fail(wire.ErrInternal, "fifo init: %v", err)
-}
-
-func (ns *namespace) startFlow(t Transport, w *worker, m *wire.Connect, dst netip.AddrPort, seg *segment, off, fpRx int,
-	rx, tx *shm.Fifo, wake int, fail func(code wire.Code, format string, args ...any)) {
-	a := w.app
-	ra := wire.Addr{Proto: wire.TCP, IP: dst.Addr(), Port: dst.Port()}
-	s := &session{handle: ns.handle(), w: w, pairOff: -1, s2cOff: -1, client: true, remote: ra}
-	f := &Flow{Rx: rx, Tx: tx, ns: ns, s: s, ctx: m.Ctx, remote: ra, rxOff: off, txOff: off + fpRx, seg: seg,
+	tx, err := shm.InitFifo(seg.seg, off+fpRx, txCap)
+	if err != nil {
+		return fail(err)
+	}
+	wake, err := unix.FcntlInt(uintptr(w.wakeFD), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return fail(err)
+	}
+	s := &session{handle: ns.handle(), w: w, pairOff: -1, s2cOff: -1, local: local, remote: remote}
+	f := &Flow{Rx: rx, Tx: tx, ns: ns, s: s, app: a.name, ctx: ctx, remote: remote, rxOff: off, txOff: off + fpRx, seg: seg,
 		appWake: wake, kick: make(chan struct{}, 1), closed: make(chan struct{})}
 	s.flow = f
 	seg.sessions++
@@ -256,16 +252,155 @@ func (ns *namespace) startFlow(t Transport, w *worker, m *wire.Connect, dst neti
 	}
 	a.flows[f] = struct{}{}
 	a.flowMu.Unlock()
-	code, msg := t.Connect(ConnectRequest{Namespace: ns.key, App: a.name, Remote: ra, Flow: f})
+	return f, wire.OK, ""
+}
+
+// dropFlowLocked undoes newFlowLocked for a flow no transport took and no
+// app saw: no events.
+func (ns *namespace) dropFlowLocked(f *Flow) {
+	f.finished = true
+	unix.Close(f.appWake)
+	f.appWake = -1
+	ns.stats.sessionsOpened--
+	ns.releaseLocked(f.s, false, "")
+	ns.stats.sessionsClosed--
+}
+
+func (f *Flow) fifos() wire.FifoPair {
+	return wire.FifoPair{Segment: f.seg.handle, RxOff: uint64(f.rxOff), TxOff: uint64(f.txOff),
+		RxCap: uint32(f.Rx.Cap()), TxCap: uint32(f.Tx.Cap())}
+}
+
+// transportConnect hands a connect to the transport.
+func (ns *namespace) transportConnect(t Transport, w *worker, m *wire.Connect, dst netip.AddrPort,
+	fail func(code wire.Code, format string, args ...any)) {
+	a := w.app
+	ra := wire.Addr{Proto: wire.TCP, IP: dst.Addr(), Port: dst.Port()}
+	f, code, msg := ns.newFlowLocked(w, m.Ctx, wire.Addr{}, ra)
+	if code != wire.OK {
+		fail(code, "%s", msg)
+		return
+	}
+	f.s.client = true
+	code, msg = t.Connect(ConnectRequest{Namespace: ns.key, App: a.name, Host: a.host, Remote: ra, Flow: f})
 	if code == wire.OK {
 		return
 	}
-	// refused synchronously: undo without events (the app never saw it)
-	f.finished = true
-	unix.Close(wake)
-	f.appWake = -1
-	ns.stats.sessionsOpened--
-	ns.releaseLocked(s, false, "")
-	ns.stats.sessionsClosed--
+	ns.dropFlowLocked(f) // refused synchronously: the app never saw it
 	fail(code, "%s", msg)
+}
+
+// TransportListener is a listener's presence at a transport (global scope):
+// the transport accepts sessions from the outside world and hands each to
+// the app with Accept until Closed.
+type TransportListener struct {
+	ns     *namespace
+	l      *listener
+	app    string
+	closed chan struct{} // under ns.mu
+	done   bool
+}
+
+// Closed is closed when the app's listener goes (unlisten, app detached or
+// reaped, app namespace removed): the transport stops listening.
+func (tl *TransportListener) Closed() <-chan struct{} { return tl.closed }
+
+func (tl *TransportListener) closeLocked() {
+	if !tl.done {
+		tl.done = true
+		close(tl.closed)
+	}
+}
+
+// Accept hands a session the transport accepted (local: the address it
+// arrived on, remote: the peer) to the app. On wire.OK the transport owns
+// the returned flow exactly as after a connect's Flow.Connected (the app has
+// its accepted event); otherwise the transport must refuse the peer (reset)
+// and msg says why (a SessionRule deny, quotas, the listener gone).
+func (tl *TransportListener) Accept(local, remote netip.AddrPort) (*Flow, wire.Code, string) {
+	ns := tl.ns
+	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
+	if r := ns.e.cfg.Rules; r != nil {
+		v := r.Lookup(RuleQuery{Namespace: ns.key, App: tl.app, Scope: GlobalScope, Dir: Accept, Proto: wire.TCP, Local: local, Remote: remote})
+		if v.Action == Deny {
+			ns.mu.Lock()
+			ns.stats.connectsRefused++
+			ns.mu.Unlock()
+			return nil, wire.ErrDenied, fmt.Sprintf("session from %s to %s denied by SessionRule %s", remote, local, v.Rule)
+		}
+	}
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	if tl.done {
+		return nil, wire.ErrRefused, "the listener is closed"
+	}
+	w := tl.l.w
+	if len(w.backlog) >= w.evq.Slots() {
+		return nil, wire.ErrQueueFull, fmt.Sprintf("listening app %s is not keeping up: its event queue and backlog are full", w.app.name)
+	}
+	la := wire.Addr{Proto: wire.TCP, IP: local.Addr(), Port: local.Port()}
+	ra := wire.Addr{Proto: wire.TCP, IP: remote.Addr(), Port: remote.Port()}
+	f, code, msg := ns.newFlowLocked(w, 0, la, ra)
+	if code != wire.OK {
+		return nil, code, msg
+	}
+	f.connected = true
+	f.s.pending = true
+	w.send(&wire.Accepted{Listener: tl.l.handle, Session: f.s.handle, Local: la, Remote: ra, Fifos: f.fifos()})
+	return f, wire.OK, ""
+}
+
+// Permit reports whether a datagram socket bound to local may send to
+// (Connect) or receive from (Accept) remote: the app namespace's local then
+// global SessionRules. A deny names the rule. Lock-free (rule tables are
+// swapped whole); safe from any goroutine.
+func (f *Flow) Permit(dir Direction, local, remote netip.AddrPort) (bool, string) {
+	r := f.ns.e.cfg.Rules
+	if r == nil {
+		return true, ""
+	}
+	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
+	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+	if local.Addr().IsUnspecified() && remote.Addr().Is4() {
+		// a dual-stack socket on [::] talking IPv4: match it as 0.0.0.0
+		local = netip.AddrPortFrom(netip.IPv4Unspecified(), local.Port())
+	}
+	for _, sc := range []Scope{LocalScope, GlobalScope} {
+		if sc == LocalScope && dir == Accept {
+			continue
+		}
+		v := r.Lookup(RuleQuery{Namespace: f.ns.key, App: f.app, Scope: sc, Dir: dir, Proto: wire.UDP, Local: local, Remote: remote})
+		if v.Action == Deny {
+			return false, v.Rule
+		}
+	}
+	return true, ""
+}
+
+// listenPacket opens a datagram socket through the transport: a session
+// whose fifos carry datagram records.
+func (ns *namespace) listenPacket(w *worker, m *wire.Listen, local netip.AddrPort, fail func(code wire.Code, format string, args ...any)) {
+	a := w.app
+	pt, ok := ns.e.cfg.Transport.(PacketTransport)
+	if !ok {
+		fail(wire.ErrNoTransport, "udp sockets are carried by a transport, and app namespace %s has none that carries udp", ns.key)
+		return
+	}
+	la := wire.Addr{Proto: wire.UDP, IP: local.Addr(), Port: local.Port()}
+	f, code, msg := ns.newFlowLocked(w, m.Ctx, la, wire.Addr{})
+	if code != wire.OK {
+		fail(code, "%s", msg)
+		return
+	}
+	f.dgram = true
+	f.connected = true
+	bound, code, msg := pt.ListenPacket(PacketRequest{Namespace: ns.key, App: a.name, Host: a.host, Local: local, Flow: f})
+	if code != wire.OK {
+		ns.dropFlowLocked(f)
+		fail(code, "%s", msg)
+		return
+	}
+	f.s.local = wire.Addr{Proto: wire.UDP, IP: bound.Addr().Unmap(), Port: bound.Port()}
+	w.send(&wire.Bound{Ctx: m.Ctx, Local: f.s.local, Session: f.s.handle, Fifos: f.fifos()})
 }

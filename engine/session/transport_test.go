@@ -27,8 +27,8 @@ const (
 	portEcho        = 4
 )
 
-func (fakeTransport) Name() string                      { return "fake" }
-func (fakeTransport) Local(_ string, a netip.Addr) bool { return a.IsLoopback() }
+func (fakeTransport) Name() string                                   { return "fake" }
+func (fakeTransport) Host(string, netip.Addr) (host string, ok bool) { return "", false }
 func (fakeTransport) Connect(req session.ConnectRequest) (wire.Code, string) {
 	f := req.Flow
 	switch req.Remote.Port {

@@ -3,8 +3,14 @@ package wire
 // Attach flags.
 const (
 	// FlagSpin asks for nothing from the engine; it is recorded for stats.
-	FlagSpin   uint64 = 1 << iota
-	flagsKnown        = FlagSpin
+	FlagSpin uint64 = 1 << iota
+	// FlagScopeLocal and FlagScopeGlobal choose where the app's listeners
+	// are reachable (VPP's attach scope options): local scope is the app
+	// namespace's own table (cut-through from its other apps), global scope
+	// is the transport (the outside world). Neither flag means both.
+	FlagScopeLocal
+	FlagScopeGlobal
+	flagsKnown = FlagSpin | FlagScopeLocal | FlagScopeGlobal
 )
 
 // Attach is the first message of an app on the attach socket.
@@ -166,13 +172,17 @@ type Connected struct {
 	Remote  Addr
 }
 
-// Bound answers Listen.
+// Bound answers Listen. A stream listener gets Listener; a datagram socket
+// (a UDP Listen) is a session: Session and its Fifos, which carry datagram
+// records (see DgramHeader), with Listener zero.
 type Bound struct {
 	Ctx      uint64
 	Code     Code
 	Msg      string
 	Listener uint64
 	Local    Addr
+	Session  uint64
+	Fifos    FifoPair
 }
 
 // UnlistenReply answers Unlisten.
@@ -475,13 +485,15 @@ func (m *Connected) decode(d *dec) {
 }
 
 func (*Bound) Type() Type { return TBound }
-func (*Bound) size() int  { return 8 + 2 + strSize(MaxMessageLen) + 8 + addrSize }
+func (*Bound) size() int  { return 8 + 2 + strSize(MaxMessageLen) + 8 + addrSize + 8 + fifoPairSize }
 func (m *Bound) encode(e *enc) {
 	e.u64(m.Ctx)
 	e.u16(uint16(m.Code))
 	e.str(m.Msg, MaxMessageLen, "message")
 	e.u64(m.Listener)
 	e.addr(m.Local)
+	e.u64(m.Session)
+	e.fifos(m.Fifos)
 }
 func (m *Bound) decode(d *dec) {
 	m.Ctx = d.u64()
@@ -489,6 +501,12 @@ func (m *Bound) decode(d *dec) {
 	m.Msg = d.str(MaxMessageLen, "message")
 	m.Listener = d.u64()
 	m.Local = d.addr("local address", m.Code == OK)
+	m.Session = d.u64()
+	if m.Code == OK && m.Session != 0 {
+		m.Fifos = d.fifos()
+	} else {
+		m.Fifos = d.fifosRaw()
+	}
 }
 
 func (*UnlistenReply) Type() Type { return TUnlistenReply }

@@ -44,7 +44,7 @@ import (
 
 // Version is the wire format version. An engine and an app must agree on it;
 // the attach reply reports the engine's version when they do not.
-const Version = 1
+const Version = 2
 
 const (
 	// HeaderSize is the size of the common message header.

@@ -1,11 +1,10 @@
 // Package kernel is hoststack's kernel transport: sessions whose peer is not
 // a local listener leave through kernel sockets opened inside the app's
-// (pod's) network namespace, so the traffic is the pod's own — its source
-// address, its NetworkPolicy. The engine keeps the fifos; this package pumps
-// bytes between them and the socket, one goroutine per direction.
-//
-// This first slice does TCP connects only. Listening in the pod's namespace
-// (global-scope listeners), UDP and the agent's wiring come later.
+// host's (pod's) network namespace, so the traffic is the pod's own — its
+// source address, its NetworkPolicy. Listeners in global scope listen there
+// too and accept from outside, and UDP sockets (the client's ListenPacket)
+// are kernel UDP sockets there. The engine keeps the fifos; this package
+// pumps bytes between them and the sockets, one goroutine per direction.
 package kernel
 
 import (
@@ -15,13 +14,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hoststack/hoststack/engine/netns"
 	"github.com/hoststack/hoststack/engine/session"
 	"github.com/hoststack/hoststack/engine/wire"
 )
@@ -35,22 +35,36 @@ const (
 // Options configures a Transport.
 type Options struct {
 	// Netns returns the network namespace file (e.g. /var/run/netns/x or
-	// /proc/<pid>/ns/net) the sockets of an app are opened in; "" means
-	// the namespace of the process itself. Nil: always the process's own.
-	Netns func(namespace, app string) (path string, err error)
+	// /proc/<pid>/ns/net) of a host: the Host of a per-pod attach socket,
+	// "" for the node. An empty path means the process's own namespace.
+	// Nil: every host is the process's own namespace.
+	Netns func(host string) (path string, err error)
+	// Hosts says which host owns an address of this node (a pod's IP: its
+	// Host); nil or ok=false: none, the address is outside.
+	Hosts func(addr netip.Addr) (host string, ok bool)
 	// ConnectTimeout bounds a TCP handshake.
 	ConnectTimeout time.Duration
 	// CloseTimeout bounds how long the data an app wrote before closing
 	// may take to drain into the socket; the socket is then reset.
 	CloseTimeout time.Duration
+	// Logf logs what no app can be told (failed accepts); nil: silent.
+	Logf func(format string, args ...any)
 }
 
-// Transport is the kernel transport. It implements session.Transport.
+// Transport is the kernel transport. It implements session.Transport,
+// session.StreamListener and session.PacketTransport.
 type Transport struct {
-	opts Options
+	opts  Options
+	stats struct {
+		accepted, acceptRefused, dgramIn, dgramOut, dgramDropped atomic.Uint64
+	}
 }
 
-var _ session.Transport = (*Transport)(nil)
+var (
+	_ session.Transport       = (*Transport)(nil)
+	_ session.StreamListener  = (*Transport)(nil)
+	_ session.PacketTransport = (*Transport)(nil)
+)
 
 // New returns a kernel transport.
 func New(opts Options) *Transport {
@@ -60,17 +74,51 @@ func New(opts Options) *Transport {
 	if opts.CloseTimeout <= 0 {
 		opts.CloseTimeout = DefaultCloseTimeout
 	}
+	if opts.Logf == nil {
+		opts.Logf = func(string, ...any) {}
+	}
 	return &Transport{opts: opts}
+}
+
+// Stats are counters of the transport's own decisions.
+type Stats struct {
+	Accepted      uint64 // sessions accepted for global-scope listeners
+	AcceptRefused uint64 // refused by the engine (rules, quotas): reset
+	DgramIn       uint64 // datagrams handed to apps
+	DgramOut      uint64 // datagrams sent for apps
+	DgramDropped  uint64 // denied by a SessionRule, app not reading, malformed
+}
+
+// Stats returns the counters.
+func (t *Transport) Stats() Stats {
+	return Stats{Accepted: t.stats.accepted.Load(), AcceptRefused: t.stats.acceptRefused.Load(),
+		DgramIn: t.stats.dgramIn.Load(), DgramOut: t.stats.dgramOut.Load(), DgramDropped: t.stats.dgramDropped.Load()}
 }
 
 // Name returns "kernel".
 func (t *Transport) Name() string { return "kernel" }
 
-// Local reports whether addr is an address of this node for the app
-// namespace: for now only loopback addresses (a connect to them with no
-// local listener is refused by the engine instead of going out). The node's
-// and the pod's own addresses are not recognised yet.
-func (t *Transport) Local(_ string, addr netip.Addr) bool { return addr.Unmap().IsLoopback() }
+// Host reports the host owning addr, as Options.Hosts says.
+func (t *Transport) Host(_ string, addr netip.Addr) (string, bool) {
+	if t.opts.Hosts == nil {
+		return "", false
+	}
+	return t.opts.Hosts(addr.Unmap())
+}
+
+func (t *Transport) netnsOf(host string) (string, error) {
+	if t.opts.Netns == nil {
+		return "", nil
+	}
+	return t.opts.Netns(host)
+}
+
+func hostName(host string) string {
+	if host == "" {
+		return "the node"
+	}
+	return "host " + host
+}
 
 // Connect starts a TCP connect in the background; it never blocks.
 func (t *Transport) Connect(req session.ConnectRequest) (wire.Code, string) {
@@ -90,14 +138,10 @@ func (t *Transport) Connect(req session.ConnectRequest) (wire.Code, string) {
 func (t *Transport) run(req session.ConnectRequest) {
 	f := req.Flow
 	dst := netip.AddrPortFrom(req.Remote.IP.Unmap(), req.Remote.Port)
-	path := ""
-	if t.opts.Netns != nil {
-		p, err := t.opts.Netns(req.Namespace, req.App)
-		if err != nil {
-			f.Finish(wire.ErrNoTransport, fmt.Sprintf("kernel transport: no network namespace for app %s of %s: %v", req.App, req.Namespace, err))
-			return
-		}
-		path = p
+	path, err := t.netnsOf(req.Host)
+	if err != nil {
+		f.Finish(wire.ErrNoTransport, fmt.Sprintf("kernel transport: no network namespace for app %s (%s): %v", req.App, hostName(req.Host), err))
+		return
 	}
 	c, err := t.dial(path, dst, f.AppClosed())
 	if err != nil {
@@ -107,7 +151,7 @@ func (t *Transport) run(req session.ConnectRequest) {
 		case errors.Is(err, unix.ECONNREFUSED):
 			code = wire.ErrRefused
 			msg = fmt.Sprintf("connection refused: nothing listens on %s (kernel transport, network namespace of app %s)", dst, req.App)
-		case errors.Is(err, errNetns):
+		case errors.Is(err, netns.ErrNetns):
 			code = wire.ErrNoTransport
 		}
 		f.Finish(code, msg)
@@ -123,57 +167,93 @@ func (t *Transport) run(req session.ConnectRequest) {
 	t.pump(f, c, dst)
 }
 
-var errNetns = errors.New("network namespace")
-
 // socketIn creates a non-blocking TCP socket in the network namespace at
-// path. The socket keeps its namespace; the thread that created it returns
-// to its own namespace, or dies with its goroutine when it cannot.
+// path (the socket keeps it).
 func socketIn(path string, domain int) (int, error) {
-	typ := unix.SOCK_STREAM | unix.SOCK_NONBLOCK | unix.SOCK_CLOEXEC
-	if path == "" {
-		return unix.Socket(domain, typ, 0)
+	fd := -1
+	err := netns.Do(path, func() (err error) {
+		fd, err = unix.Socket(domain, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		return err
+	})
+	return fd, err
+}
+
+// Listen listens for a global-scope listener in the app's host's network
+// namespace and hands every accepted connection to the engine.
+func (t *Transport) Listen(req session.ListenRequest) (netip.AddrPort, wire.Code, string) {
+	path, err := t.netnsOf(req.Host)
+	if err != nil {
+		return netip.AddrPort{}, wire.ErrNoTransport, fmt.Sprintf("kernel transport: no network namespace for app %s (%s): %v", req.App, hostName(req.Host), err)
 	}
-	type result struct {
-		fd  int
-		err error
+	var ln *net.TCPListener
+	err = netns.Do(path, func() error {
+		l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(req.Local))
+		ln = l
+		return err
+	})
+	if err != nil {
+		code := wire.ErrInternal
+		if errors.Is(err, unix.EADDRINUSE) {
+			code = wire.ErrAddrInUse
+		} else if errors.Is(err, unix.EADDRNOTAVAIL) {
+			code = wire.ErrInvalid
+		}
+		return netip.AddrPort{}, code, fmt.Sprintf("kernel transport: listen on %s in the network namespace of app %s: %v", req.Local, req.App, err)
 	}
-	ch := make(chan result, 1)
+	bound := ln.Addr().(*net.TCPAddr).AddrPort()
+	go t.acceptLoop(req, ln)
+	return netip.AddrPortFrom(bound.Addr().Unmap(), bound.Port()), wire.OK, ""
+}
+
+func (t *Transport) acceptLoop(req session.ListenRequest, ln *net.TCPListener) {
+	tl := req.Listener
+	stopped := make(chan struct{})
+	defer close(stopped)
 	go func() {
-		runtime.LockOSThread()
-		target, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{-1, fmt.Errorf("%w %s: %v", errNetns, path, err)}
-			return
+		select {
+		case <-tl.Closed():
+		case <-stopped:
 		}
-		defer unix.Close(target)
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{-1, fmt.Errorf("%w: own namespace: %v", errNetns, err)}
-			return
-		}
-		defer unix.Close(orig)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{-1, fmt.Errorf("%w: setns %s: %v", errNetns, path, err)}
-			return
-		}
-		fd, serr := unix.Socket(domain, typ, 0)
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			// the thread stays in the pod's namespace: keep it locked so
-			// it exits with this goroutine instead of serving others
-			if serr == nil {
-				unix.Close(fd)
-			}
-			ch <- result{-1, fmt.Errorf("%w: cannot return from %s: %v", errNetns, path, err)}
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- result{fd, serr}
+		ln.Close()
 	}()
-	r := <-ch
-	return r.fd, r.err
+	backoff := 5 * time.Millisecond
+	for {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			select {
+			case <-tl.Closed():
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// EMFILE and friends: wait a little, as net/http does
+			t.opts.Logf("kernel transport: accept for app %s on %s: %v", req.App, ln.Addr(), err)
+			select {
+			case <-tl.Closed():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 5 * time.Millisecond
+		local := c.LocalAddr().(*net.TCPAddr).AddrPort()
+		remote := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+		f, code, msg := tl.Accept(local, remote)
+		if code != wire.OK {
+			t.stats.acceptRefused.Add(1)
+			_ = c.SetLinger(0)
+			c.Close()
+			if code != wire.ErrDenied {
+				t.opts.Logf("kernel transport: session from %s for app %s refused: %s", remote, req.App, msg)
+			}
+			continue
+		}
+		t.stats.accepted.Add(1)
+		go t.pump(f, c, remote)
+	}
 }
 
 // dial connects a socket of the namespace at path to dst without blocking a

@@ -10,108 +10,29 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
-	"runtime"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/hoststack/hoststack/agent/apply"
 	"github.com/hoststack/hoststack/client"
 	"github.com/hoststack/hoststack/engine/rules"
 	"github.com/hoststack/hoststack/engine/session"
 	"github.com/hoststack/hoststack/engine/transport/kernel"
-	"github.com/hoststack/hoststack/internal/testreq"
+	"github.com/hoststack/hoststack/internal/netnstest"
 )
 
-var seq atomic.Int32
+// newTopo is two network namespaces joined by a veth pair: the app side A
+// (10.99.0.1, the "pod" where the transport opens its sockets) and the server
+// side B (10.99.0.2) where plain kernel sockets run.
+func newTopo(t *testing.T) *netnstest.Pair { return netnstest.NewPair(t) }
 
-// topo is two network namespaces joined by a veth pair: the app side
-// (10.99.0.1) where the transport opens its sockets, and the server side
-// (10.99.0.2) where a plain kernel TCP server runs.
-type topo struct {
-	appNS, srvNS string // names under /var/run/netns
-}
-
-func ipCmd(t *testing.T, args ...string) {
-	t.Helper()
-	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-}
-
-func newTopo(t *testing.T) *topo {
-	t.Helper()
-	testreq.NetNS(t)
-	n := seq.Add(1)
-	id := fmt.Sprintf("%d-%d", os.Getpid()%100000, n)
-	tp := &topo{appNS: "hsk-app-" + id, srvNS: "hsk-srv-" + id}
-	va, vb := fmt.Sprintf("hska%d%d", os.Getpid()%10000, n), fmt.Sprintf("hskb%d%d", os.Getpid()%10000, n)
-	ipCmd(t, "netns", "add", tp.appNS)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", tp.appNS).Run() })
-	ipCmd(t, "netns", "add", tp.srvNS)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", tp.srvNS).Run() })
-	ipCmd(t, "link", "add", va, "netns", tp.appNS, "type", "veth", "peer", "name", vb, "netns", tp.srvNS)
-	for _, x := range []struct{ ns, dev, addr, addr6 string }{{tp.appNS, va, "10.99.0.1/24", "fd99::1/64"}, {tp.srvNS, vb, "10.99.0.2/24", "fd99::2/64"}} {
-		ipCmd(t, "-n", x.ns, "addr", "add", x.addr, "dev", x.dev)
-		ipCmd(t, "-n", x.ns, "addr", "add", x.addr6, "dev", x.dev, "nodad")
-		ipCmd(t, "-n", x.ns, "link", "set", x.dev, "up")
-		ipCmd(t, "-n", x.ns, "link", "set", "lo", "up")
-	}
-	return tp
-}
-
-func nsPath(name string) string { return "/var/run/netns/" + name }
-
-// listenIn listens on addr inside the named network namespace (the socket
-// keeps it; the thread goes back).
-func listenIn(t *testing.T, name, addr string) net.Listener {
-	t.Helper()
-	type res struct {
-		l   net.Listener
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- res{nil, err}
-			return
-		}
-		defer unix.Close(orig)
-		target, err := unix.Open(nsPath(name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- res{nil, err}
-			return
-		}
-		defer unix.Close(target)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			ch <- res{nil, err}
-			return
-		}
-		l, lerr := net.Listen("tcp", addr)
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			ch <- res{nil, err} // thread stays locked and dies with us
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- res{l, lerr}
-	}()
-	r := <-ch
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	t.Cleanup(func() { r.l.Close() })
-	return r.l
+// listenIn listens on addr inside the namespace at path.
+func listenIn(t *testing.T, path, addr string) net.Listener {
+	return netnstest.Listen(t, path, "tcp", addr)
 }
 
 type env struct {
@@ -122,16 +43,16 @@ type env struct {
 	table    *rules.Table
 }
 
-func newEnv(t *testing.T, tp *topo) *env {
+func newEnv(t *testing.T, tp *netnstest.Pair) *env {
 	t.Helper()
 	ev := &env{resolves: new(atomic.Int32), table: new(rules.Table)}
 	// No test may depend on the close timer: an hour stands for never.
-	tr := kernel.New(kernel.Options{CloseTimeout: time.Hour, Netns: func(namespace, app string) (string, error) {
+	tr := kernel.New(kernel.Options{CloseTimeout: time.Hour, Netns: func(host string) (string, error) {
 		ev.resolves.Add(1)
-		if namespace != "team/web" || app != "app" {
-			return "", fmt.Errorf("unknown app %s of %s", app, namespace)
+		if host != "" {
+			return "", fmt.Errorf("unknown host %q", host)
 		}
-		return nsPath(tp.appNS), nil
+		return tp.A.Path(), nil
 	}})
 	eng, err := session.New(session.Config{RunDir: t.TempDir(), Transport: tr, Rules: apply.RuleLookup{Table: ev.table},
 		Logf: t.Logf})
@@ -164,7 +85,7 @@ func dial(t *testing.T, app *client.App, addr string) (net.Conn, error) {
 
 func TestEchoThroughThePodNetns(t *testing.T) {
 	tp := newTopo(t)
-	ln := listenIn(t, tp.srvNS, "10.99.0.2:0")
+	ln := listenIn(t, tp.B.Path(), "10.99.0.2:0")
 	ev := newEnv(t, tp)
 	peer := make(chan string, 1)
 	srvErr := make(chan error, 1)
@@ -222,7 +143,7 @@ func TestEchoThroughThePodNetns(t *testing.T) {
 
 func TestServerResetReachesTheApp(t *testing.T) {
 	tp := newTopo(t)
-	ln := listenIn(t, tp.srvNS, "10.99.0.2:0")
+	ln := listenIn(t, tp.B.Path(), "10.99.0.2:0")
 	ev := newEnv(t, tp)
 	go func() {
 		c, err := ln.Accept()
@@ -265,7 +186,7 @@ func TestNothingListeningIsRefused(t *testing.T) {
 
 func TestGlobalDenyRuleRefusesBeforeAnySocket(t *testing.T) {
 	tp := newTopo(t)
-	ln := listenIn(t, tp.srvNS, "10.99.0.2:0")
+	ln := listenIn(t, tp.B.Path(), "10.99.0.2:0")
 	ev := newEnv(t, tp)
 	set, _, err := rules.Compile([]rules.Rule{{Namespace: "team/web", Scope: rules.Global, Proto: rules.TCP, Action: rules.Deny,
 		Name: "team/no-server", Local: netip.MustParsePrefix("0.0.0.0/0"), Remote: netip.MustParsePrefix("10.99.0.2/32")}})
@@ -309,7 +230,7 @@ func TestGlobalDenyRuleRefusesBeforeAnySocket(t *testing.T) {
 
 func TestAppCloseAndResetReachTheServer(t *testing.T) {
 	tp := newTopo(t)
-	ln := listenIn(t, tp.srvNS, "10.99.0.2:0")
+	ln := listenIn(t, tp.B.Path(), "10.99.0.2:0")
 	ev := newEnv(t, tp)
 	for _, abort := range []bool{false, true} {
 		got := make(chan error, 1)
@@ -354,7 +275,7 @@ func TestAppCloseAndResetReachTheServer(t *testing.T) {
 // segment holds fifo pairs: each finished session must give its pair back.
 func TestFifoPairsAreFreed(t *testing.T) {
 	tp := newTopo(t)
-	ln := listenIn(t, tp.srvNS, "10.99.0.2:0")
+	ln := listenIn(t, tp.B.Path(), "10.99.0.2:0")
 	ev := newEnv(t, tp) // 4 MiB segment, 2×64 KiB per pair: ~31 pairs
 	go func() {
 		for {
@@ -392,7 +313,7 @@ func TestFifoPairsAreFreed(t *testing.T) {
 // ends it; the server sees the end of stream.
 func TestAppDetachEndsItsSessions(t *testing.T) {
 	tp := newTopo(t)
-	ln := listenIn(t, tp.srvNS, "10.99.0.2:0")
+	ln := listenIn(t, tp.B.Path(), "10.99.0.2:0")
 	ev := newEnv(t, tp)
 	got := make(chan error, 1)
 	go func() {
@@ -424,7 +345,7 @@ func TestAppDetachEndsItsSessions(t *testing.T) {
 // it lets go (the race detector and the absence of a fault check that).
 func TestEngineCloseWithBusySessions(t *testing.T) {
 	tp := newTopo(t)
-	ln := listenIn(t, tp.srvNS, "10.99.0.2:0")
+	ln := listenIn(t, tp.B.Path(), "10.99.0.2:0")
 	ev := newEnv(t, tp)
 	srv := make(chan error, 1)
 	go func() {
@@ -467,7 +388,7 @@ func TestEngineCloseWithBusySessions(t *testing.T) {
 // waiting for room that never comes.
 func TestAppCloseWithUnreadData(t *testing.T) {
 	tp := newTopo(t)
-	ln := listenIn(t, tp.srvNS, "10.99.0.2:0")
+	ln := listenIn(t, tp.B.Path(), "10.99.0.2:0")
 	ev := newEnv(t, tp)
 	srv := make(chan error, 1)
 	plenty := make(chan struct{})
@@ -506,7 +427,7 @@ func TestAppCloseWithUnreadData(t *testing.T) {
 
 func TestIPv6(t *testing.T) {
 	tp := newTopo(t)
-	ln := listenIn(t, tp.srvNS, "[fd99::2]:0")
+	ln := listenIn(t, tp.B.Path(), "[fd99::2]:0")
 	ev := newEnv(t, tp)
 	peer := make(chan string, 1)
 	go func() {
@@ -536,20 +457,29 @@ func TestIPv6(t *testing.T) {
 	}
 }
 
-// TestUnknownNetnsIsRefused: an app whose network namespace cannot be
-// resolved gets no socket at all, and a message saying why.
+// TestUnknownNetnsIsRefused: an app whose host's network namespace cannot
+// be resolved gets no socket at all, and a message saying why.
 func TestUnknownNetnsIsRefused(t *testing.T) {
 	tp := newTopo(t)
 	ev := newEnv(t, tp)
+	sock, err := ev.eng.Serve(session.SocketConfig{Path: filepath.Join(t.TempDir(), "ghost.sock"), Host: "ghost", Namespaces: []string{"team/web"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	other, err := client.Attach(ctx, client.Options{Socket: ev.sock, Name: "stranger"})
+	other, err := client.Attach(ctx, client.Options{Socket: sock.Path(), Name: "stranger"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer other.Close()
 	_, err = other.Dial(ctx, "tcp", "10.99.0.2:80")
-	if !errors.Is(err, syscall.ECONNREFUSED) || !strings.Contains(err.Error(), "no network namespace for app stranger") {
+	if !errors.Is(err, syscall.ECONNREFUSED) || !strings.Contains(err.Error(), `no network namespace for app stranger (host ghost): unknown host "ghost"`) {
 		t.Fatalf("dial: %v, want ECONNREFUSED naming the missing netns", err)
+	}
+	_, err = other.Listen("tcp", ":8080")
+	if err == nil || !strings.Contains(err.Error(), "no network namespace for app stranger") {
+		t.Fatalf("listen: %v, want the missing netns", err)
 	}
 }
