@@ -154,7 +154,7 @@ func classify(err error) (Kind, string) {
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
 		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, net.ErrClosed),
 		errors.Is(err, io.ErrClosedPipe):
-		return KindClosed, "tls: connection closed by peer during handshake"
+		return KindClosed, "tls: connection closed by peer"
 	case errors.As(err, &netErr) && netErr.Timeout():
 		return KindTimeout, "tls: handshake timed out"
 	}
@@ -170,7 +170,7 @@ func classify(err error) (Kind, string) {
 		// short and names what did not match.
 		return KindProtocol, s
 	}
-	return KindNetwork, "tls: handshake failed: " + s
+	return KindNetwork, "tls: connection failed: " + s
 }
 
 func certInvalidReason(e x509.CertificateInvalidError) string {
