@@ -152,9 +152,10 @@ func classify(err error) (Kind, string) {
 	case errors.As(err, &record):
 		return KindProtocol, "tls: peer is not speaking TLS"
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
-		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, net.ErrClosed),
-		errors.Is(err, io.ErrClosedPipe):
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, io.ErrClosedPipe):
 		return KindClosed, "tls: connection closed by peer"
+	case errors.Is(err, net.ErrClosed):
+		return KindClosed, "tls: connection closed"
 	case errors.As(err, &netErr) && netErr.Timeout():
 		return KindTimeout, "tls: handshake timed out"
 	}
@@ -189,13 +190,15 @@ func certInvalidReason(e x509.CertificateInvalidError) string {
 
 func trimTLS(s string) string { return strings.TrimPrefix(s, "tls: ") }
 
-// clip shortens s to MaxMessageLen bytes on a rune boundary.
+// clip makes s valid UTF-8 (parts of some messages come from the peer's
+// certificate) and shortens it to MaxMessageLen bytes on a rune boundary.
 func clip(s string) string {
+	s = strings.ToValidUTF8(s, "?")
 	if len(s) <= MaxMessageLen {
 		return s
 	}
 	s = s[:MaxMessageLen-3]
-	for !utf8.ValidString(s) {
+	for !utf8.ValidString(s) { // cut inside a rune: drop its leading bytes
 		s = s[:len(s)-1]
 	}
 	return s + "..."

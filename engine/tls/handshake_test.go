@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -215,6 +216,12 @@ func TestClassify(t *testing.T) {
 	long := Classify(errors.New(strings.Repeat("é", 200)))
 	if long.Kind != KindNetwork || len(long.Msg) > MaxMessageLen || !utf8.ValidString(long.Msg) || !strings.HasSuffix(long.Msg, "...") {
 		t.Errorf("long message: %s %q", long.Kind, long.Msg)
+	}
+	if got := Classify(errors.New("tls: bad \xff name")); !utf8.ValidString(got.Msg) || got.Kind != KindProtocol {
+		t.Errorf("invalid UTF-8: %s %q", got.Kind, got.Msg)
+	}
+	if got := Classify(fmt.Errorf("read: %w", net.ErrClosed)); got.Kind != KindClosed || strings.Contains(got.Msg, "peer") {
+		t.Errorf("our own close: %s %q", got.Kind, got.Msg)
 	}
 	if got := Classify(io.EOF); got.Kind != KindClosed {
 		t.Errorf("EOF: %s", got.Kind)
