@@ -169,6 +169,17 @@ func TestServerHandshakeErrors(t *testing.T) {
 		}
 		checkError(t, <-srv.handshake, KindPeerRejected, "bad certificate")
 	})
+	t.Run("TLS 1.1 client", func(t *testing.T) {
+		ctx := testCtx(t)
+		cconn, sconn := tcpPair(t)
+		srv := serveEcho(ctx, sconn, cfg)
+		ccfg := stockClient(ca, "svc.test")
+		ccfg.MinVersion, ccfg.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
+		if tls.Client(cconn, ccfg).HandshakeContext(ctx) == nil {
+			t.Fatal("TLS 1.1 handshake succeeded")
+		}
+		checkError(t, <-srv.handshake, KindProtocol, "unsupported versions")
+	})
 	t.Run("plaintext client", func(t *testing.T) {
 		ctx := testCtx(t)
 		cconn, sconn := tcpPair(t)
