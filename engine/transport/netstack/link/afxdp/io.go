@@ -1,0 +1,394 @@
+package afxdp
+
+import (
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+const (
+	// idleYields is how many empty RX checks (each after a Gosched) the I/O
+	// goroutine makes before blocking in poll: enough to catch the next
+	// packet of a busy flow without a syscall, short enough not to burn a
+	// core when the link goes quiet.
+	idleYields = 32
+	// kickLinger is how many empty checks (each after a Gosched) the TX
+	// kicker makes before it sleeps, so a stream of writes is kicked in
+	// batches without a wake-up per packet.
+	kickLinger = 16
+	// txWaitLimit is how long WritePackets waits for TX room before it
+	// drops what is left (TCP retransmits it).
+	txWaitLimit = 200 * time.Millisecond
+)
+
+// rxLoop receives frames. It is the only consumer of the RX ring and the
+// only producer of the fill ring.
+func (e *Endpoint) rxLoop() {
+	defer e.wg.Done()
+	b := newRXBatch()
+	idle := 0
+	for !e.closed.Load() {
+		n := e.receive(b)
+		if n > 0 {
+			idle = 0
+			continue
+		}
+		if idle++; idle < idleYields {
+			runtime.Gosched()
+			continue
+		}
+		idle = 0
+		e.block()
+	}
+}
+
+// block waits in poll(2) for RX frames or the close wake-up.
+func (e *Endpoint) block() {
+	fds := []unix.PollFd{{Fd: int32(e.fd), Events: unix.POLLIN}, {Fd: int32(e.evfd), Events: unix.POLLIN}}
+	e.c.polls.Add(1)
+	if _, err := unix.Poll(fds, -1); err != nil {
+		return // EINTR: loop and look again
+	}
+	if fds[1].Revents&unix.POLLIN != 0 {
+		var buf [8]byte
+		unix.Read(e.evfd, buf[:])
+	}
+}
+
+type rxBatch struct {
+	descs []unix.XDPDesc
+	ok    []bool
+	pkts  []*stack.PacketBuffer
+}
+
+func newRXBatch() *rxBatch {
+	return &rxBatch{descs: make([]unix.XDPDesc, 0, nDesc), ok: make([]bool, 0, nDesc), pkts: make([]*stack.PacketBuffer, 0, nDesc)}
+}
+
+// receive takes one batch off the RX ring: validate the descriptors, copy
+// the frames out, give the frames back through the fill ring, then deliver.
+// It returns the number of descriptors consumed.
+func (e *Endpoint) receive(b *rxBatch) int {
+	n, idx := e.cb.RX.Peek()
+	if n == 0 {
+		return 0
+	}
+	// A producer more than a ring ahead is corrupt: look at one ring's
+	// worth and skip the rest.
+	look := min(n, nDesc)
+	if n > look {
+		e.c.rxBad.Add(uint64(n - look))
+	}
+	b.descs, b.ok, b.pkts = b.descs[:0], b.ok[:0], b.pkts[:0]
+
+	um := &e.cb.UMEM
+	um.Lock()
+	for i := uint32(0); i < look; i++ {
+		d := e.cb.RX.Get(idx + i)
+		ok := e.validRX(d)
+		if ok {
+			e.frames[d.Addr/frameSize] = frameRX
+		} else {
+			e.c.rxBad.Add(1)
+		}
+		b.descs = append(b.descs, d)
+		b.ok = append(b.ok, ok)
+	}
+	um.Unlock()
+
+	// Copy outside the lock: frames marked frameRX are ours alone.
+	for i, d := range b.descs {
+		if !b.ok[i] {
+			continue
+		}
+		data := um.Get(d)
+		if !e.forUs(data) {
+			e.c.rxDrops.Add(1)
+			continue
+		}
+		b.pkts = append(b.pkts, stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(data)}))
+		e.c.rxBytes.Add(uint64(d.Len))
+	}
+
+	um.Lock()
+	for i, d := range b.descs {
+		if b.ok[i] {
+			f := d.Addr / frameSize
+			e.frames[f] = frameKernel
+			um.FreeFrame(f * frameSize)
+		}
+	}
+	e.cb.RX.Release(n)
+	e.cb.Fill.FillAll(um)
+	um.Unlock()
+	if e.fillH.needWakeup() {
+		// A zero-copy driver that ran out of fill buffers sleeps until
+		// told there are new ones.
+		e.c.fillWakeups.Add(1)
+		unix.Recvfrom(e.fd, nil, unix.MSG_DONTWAIT)
+	}
+
+	e.mu.RLock()
+	d := e.dispatcher
+	e.mu.RUnlock()
+	for _, pkt := range b.pkts {
+		if d == nil || !e.ParseHeader(pkt) {
+			e.c.rxDrops.Add(1)
+			pkt.DecRef()
+			continue
+		}
+		proto := header.Ethernet(pkt.LinkHeader().Slice()).Type()
+		e.c.rxPackets.Add(1)
+		d.DeliverNetworkPacket(proto, pkt)
+		pkt.DecRef()
+	}
+	for i := range b.pkts {
+		b.pkts[i] = nil
+	}
+	return int(n)
+}
+
+// validRX checks an RX descriptor from the kernel before anything trusts
+// it: inside the UMEM, inside one frame, long enough for an Ethernet
+// header, and naming a frame the kernel may hand back (not one on the TX
+// ring, not one already returned in this batch). Called with the UMEM lock.
+func (e *Endpoint) validRX(d unix.XDPDesc) bool {
+	if d.Addr >= e.umemLen || d.Len < header.EthernetMinimumSize || d.Len > frameSize {
+		return false
+	}
+	if d.Addr%frameSize+uint64(d.Len) > frameSize {
+		return false
+	}
+	return e.frames[d.Addr/frameSize] == frameKernel
+}
+
+// forUs drops unicast frames for another MAC (the program steers by IP
+// address only).
+func (e *Endpoint) forUs(frame []byte) bool {
+	dst := frame[:6]
+	if dst[0]&1 != 0 {
+		return true // broadcast or multicast
+	}
+	e.mu.RLock()
+	mac := e.mac
+	e.mu.RUnlock()
+	return string(dst) == string(mac)
+}
+
+// reap returns transmitted frames from the completion ring to the UMEM.
+// Each address must be a frame we put on the TX ring and have not had back
+// yet. Called with the UMEM lock.
+func (e *Endpoint) reap() {
+	n, idx := e.cb.Completion.Peek()
+	if n == 0 {
+		return
+	}
+	look := min(n, nDesc)
+	if n > look {
+		e.c.compBad.Add(uint64(n - look))
+	}
+	for i := uint32(0); i < look; i++ {
+		addr := e.cb.Completion.Get(idx + i)
+		if addr >= e.umemLen || addr%frameSize != 0 || e.frames[addr/frameSize] != frameTX {
+			e.c.compBad.Add(1)
+			continue
+		}
+		e.frames[addr/frameSize] = frameKernel
+		e.cb.UMEM.FreeFrame(addr)
+	}
+	e.cb.Completion.Release(n)
+}
+
+// reserveTX reaps completions and reserves up to n TX slots, each with a
+// frame. It returns the frames and the first ring index; none when the ring
+// or the UMEM is full.
+func (e *Endpoint) reserveTX(n uint32, frames []uint64) ([]uint64, uint32) {
+	um := &e.cb.UMEM
+	um.Lock()
+	defer um.Unlock()
+	e.reap()
+	for ; n > 0; n /= 2 {
+		got, idx := e.cb.TX.Reserve(um, n)
+		if got == 0 {
+			continue
+		}
+		frames = frames[:0]
+		for range got {
+			a := um.AllocFrame()
+			e.frames[a/frameSize] = frameTX
+			frames = append(frames, a)
+		}
+		return frames, idx
+	}
+	return frames[:0], 0
+}
+
+// WritePackets implements stack.LinkEndpoint. It copies each packet into a
+// UMEM frame and publishes it on the TX ring; the TX kicker goroutine makes
+// the kernel transmit, so a stream of writes costs one sendto per batch, not
+// per packet. When the ring or the frames run out, the writer kicks and
+// reaps itself and waits briefly rather than dropping at the first sign of
+// back-pressure.
+func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	list := pkts.AsSlice()
+	e.txMu.Lock()
+	defer e.txMu.Unlock()
+	if e.closed.Load() {
+		e.c.txDrops.Add(uint64(len(list)))
+		return 0, &tcpip.ErrClosedForSend{}
+	}
+	var (
+		frames   [64]uint64
+		written  int
+		deadline time.Time
+		backoff  = 20 * time.Microsecond
+	)
+	for i := 0; i < len(list); {
+		// Packets that cannot fit a frame are dropped one by one.
+		if list[i].Size() > frameSize {
+			e.c.txDrops.Add(1)
+			i++
+			continue
+		}
+		k := 1
+		for k < len(frames) && i+k < len(list) && list[i+k].Size() <= frameSize {
+			k++
+		}
+		got, idx := e.reserveTX(uint32(k), frames[:0])
+		if len(got) == 0 {
+			e.c.txRingFull.Add(1)
+			e.kick()
+			if got, idx = e.reserveTX(uint32(k), frames[:0]); len(got) == 0 {
+				now := time.Now()
+				if deadline.IsZero() {
+					deadline = now.Add(txWaitLimit)
+				} else if now.After(deadline) {
+					e.c.txDrops.Add(uint64(len(list) - i))
+					break
+				}
+				// The kernel holds every frame or slot (zero-copy:
+				// completions come later); they have no poll event, so
+				// back off briefly and reap again.
+				time.Sleep(backoff)
+				backoff = min(2*backoff, time.Millisecond)
+				continue
+			}
+		}
+		deadline = time.Time{}
+		for j, addr := range got {
+			pkt := list[i+j]
+			size := uint32(pkt.Size())
+			buf := e.cb.UMEM.Get(unix.XDPDesc{Addr: addr, Len: size})
+			off := 0
+			for _, s := range pkt.AsSlices() {
+				off += copy(buf[off:], s)
+			}
+			e.cb.TX.Set(idx+uint32(j), unix.XDPDesc{Addr: addr, Len: size})
+			e.c.txBytes.Add(uint64(size))
+		}
+		// Publish the descriptors. TXQueue.Notify would also kick, one
+		// syscall per call; the kicker batches instead. Reserve advanced
+		// the queue's private producer to exactly idx+len(got).
+		atomic.StoreUint32(e.txH.producer, idx+uint32(len(got)))
+		e.c.txPackets.Add(uint64(len(got)))
+		written += len(got)
+		i += len(got)
+	}
+	e.wakeKicker()
+	return written, nil
+}
+
+// wakeKicker hands the TX ring to the kicker if it sleeps.
+func (e *Endpoint) wakeKicker() {
+	if e.kickerIdle.CompareAndSwap(true, false) {
+		select {
+		case e.kickCh <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// kick makes the kernel drain the TX ring. In copy mode the kernel
+// transmits only inside sendto/poll, at most a small batch (32) per call,
+// answering EAGAIN while descriptors remain (also when the completion ring is
+// full, which reaping fixes) and 0 once the ring is empty: so kick until it
+// answers 0. In zero-copy mode kick only while the driver asks for it
+// (NEED_WAKEUP). It reports whether the ring is drained (or the driver
+// needs no help), false after a hard error such as ENETDOWN.
+func (e *Endpoint) kick() bool {
+	for {
+		if e.txH.queued() == 0 {
+			return true
+		}
+		if e.mode == ModeZeroCopy && !e.txH.needWakeup() {
+			return true
+		}
+		_, _, errno := unix.Syscall6(unix.SYS_SENDTO, uintptr(e.fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
+		e.c.txKicks.Add(1)
+		switch errno {
+		case 0:
+			if e.mode == ModeCopy {
+				return true
+			}
+		case unix.EAGAIN, unix.EBUSY, unix.ENOBUFS, unix.EINTR:
+		default:
+			e.c.txKickErrors.Add(1)
+			return false
+		}
+		if e.closed.Load() {
+			return true
+		}
+		// EAGAIN may mean a full completion ring: make room.
+		e.cb.UMEM.Lock()
+		e.reap()
+		e.cb.UMEM.Unlock()
+	}
+}
+
+// txLoop is the TX kicker: woken by WritePackets, it kicks until the ring
+// is drained, lingers a little for more, then sleeps. After a hard error
+// (device down) it retries every few milliseconds while work is queued, so
+// queued frames go out as soon as the device can take them.
+func (e *Endpoint) txLoop() {
+	defer e.wg.Done()
+	for {
+		select {
+		case <-e.kickCh:
+		case <-e.done:
+			return
+		}
+		for linger := 0; linger < kickLinger; {
+			if e.closed.Load() {
+				return
+			}
+			if e.txH.queued() == 0 {
+				linger++
+				runtime.Gosched()
+				continue
+			}
+			linger = 0
+			if !e.kick() {
+				select {
+				case <-time.After(2 * time.Millisecond):
+				case <-e.done:
+					return
+				}
+			}
+		}
+		e.kickerIdle.Store(true)
+		// A write published between the last check and the flag store
+		// saw the kicker busy and did not wake it: look once more.
+		if e.txH.queued() != 0 && e.kickerIdle.CompareAndSwap(true, false) {
+			select {
+			case e.kickCh <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
