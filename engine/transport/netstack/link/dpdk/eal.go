@@ -51,7 +51,7 @@ func ealArgs() ([]string, error) {
 		"hoststack",
 		"--no-huge", "-m", "512",
 		"--no-pci",
-		"--in-memory",
+		"--no-shconf",
 		"--no-telemetry",
 		"--file-prefix=hoststack-" + strconv.Itoa(os.Getpid()),
 		"--lcores=0@(" + strings.Join(cpus, ",") + ")",
