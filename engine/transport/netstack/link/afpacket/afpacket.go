@@ -1,0 +1,388 @@
+// Package afpacket is a gVisor netstack link endpoint on a Linux interface
+// through one AF_PACKET socket, so the userspace stack can own addresses the
+// kernel does not have on that interface.
+//
+// Design:
+//
+//   - One SOCK_RAW AF_PACKET socket per endpoint, created inside
+//     Options.Netns (engine/netns.Do) and bound to the interface with
+//     ETH_P_ALL. PACKET_IGNORE_OUTGOING keeps our own transmissions out of
+//     the receive ring (an ETH_P_ALL tap otherwise sees every frame it
+//     sends, a full copy of each 64 KiB GSO segment).
+//   - PACKET_VNET_HDR: every frame in either direction carries a
+//     virtio-net header. On transmit, it lets the stack hand the kernel
+//     64 KiB TCP segments with a partial checksum (gVisor's "host GSO");
+//     the kernel (or the peer, on a veth) segments and checksums them. On
+//     receive, it tells us how the kernel sees the frame's checksum:
+//     NEEDS_CSUM (checksum-partial: the frame was made on this host and the
+//     TCP/UDP checksum field holds only the pseudo-header sum — it is never
+//     going to be valid, and the kernel itself trusts such frames) and
+//     DATA_VALID (already verified) both mark the packet checksum-validated
+//     for gVisor; anything else is verified in software by gVisor. Large
+//     frames (a veth peer's TSO segments, or GRO'd ones from a NIC) arrive
+//     whole with a GSO type set and are delivered as one large TCP segment.
+//     Because of this no ethtool setting is needed on either veth end: the
+//     AF_XDP layer has to turn off TX checksum offload on the peer
+//     ("ethtool -K <peer> tx off") only because XDP frames do not carry
+//     the checksum-partial flag; here the virtio header does.
+//   - Receive: a TPACKET_V2 ring (PACKET_RX_RING) mapped into our memory,
+//     drained by one goroutine that sleeps in poll(2) when the ring is
+//     empty. Frames are copied out of the ring into gVisor buffers,
+//     passed through gVisor's software GRO (pkg/tcpip/stack/gro), which is
+//     flushed whenever the ring runs dry, and delivered to the stack.
+//   - Transmit: sendmmsg(2) of the stack's batches with a virtio header
+//     iovec in front of each frame (pkg/rawfile). On EAGAIN (socket send
+//     buffer full, e.g. behind a qdisc such as netem) the writer waits for
+//     POLLOUT rather than dropping; on ENOBUFS (a qdisc or the peer's
+//     backlog dropped it) the frame counts as a TX drop and TCP recovers.
+//     The qdisc is not bypassed, so tc rules on the interface apply.
+//
+// Why not gVisor's link/fdbased, which handles packet sockets: its
+// PacketMMap dispatcher uses a TPACKET_V1 ring of 32 frames without virtio
+// headers (frames of a vnet-header socket would be read but their checksum
+// flags ignored), and its readv/recvmmsg dispatchers discard the virtio
+// header, so checksum-partial frames from a local sender fail gVisor's
+// checksum check unless every frame is declared validated. It also starts
+// goroutines from New that only a dispatch loop releases. Its transmit path
+// is what this package does too (same header layout, same sendmmsg via
+// pkg/rawfile); we add backpressure on EAGAIN instead of dropping.
+//
+// Why TPACKET_V2 and not V3: a V3 block reaches user space only when full
+// or when its retire timer (milliseconds) fires, which adds milliseconds to
+// every lone ACK; V2 hands over each frame as soon as it is written. The
+// price is fixed-size frames large enough for a 64 KiB GSO frame.
+//
+// Addresses: the kernel need not (and should not) have the stack's
+// addresses; the stack answers ARP and neighbour solicitation itself, with
+// the interface's MAC address. The kernel still sees every frame too: with
+// forwarding off (the default) it drops IP packets for addresses it does
+// not own without answering, and it ignores ARP for them. Keep kernel
+// sockets off the stack's addresses and ports.
+package afpacket
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/stopfd"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/hoststack/hoststack/engine/netns"
+)
+
+// Options configure New.
+type Options struct {
+	Interface string         // Linux interface name
+	Netns     string         // path of the network namespace holding Interface ("" = this process's)
+	Addrs     []netip.Prefix // the addresses the userspace stack owns on it (informational here)
+	MTU       uint32         // 0 = the interface's MTU
+}
+
+// Stats are the endpoint's counters since New.
+type Stats struct {
+	RxPackets uint64 // frames delivered to the stack
+	RxBytes   uint64 // their bytes, Ethernet header included
+	RxDrops   uint64 // frames lost: ring full (kernel count), truncated, or with a bad checksum
+	TxPackets uint64 // frames accepted by the kernel (a GSO frame counts once)
+	TxBytes   uint64 // their bytes, Ethernet header included
+	TxDrops   uint64 // frames the kernel refused (ENOBUFS, EMSGSIZE, ...)
+}
+
+// gsoMaxSize is the largest TCP segment the stack hands us; the kernel's
+// default gso_max_size (and the IPv4 total-length field) allow 64 KiB.
+const gsoMaxSize = 1 << 16
+
+// Endpoint is a stack.LinkEndpoint (and stack.GSOEndpoint) on one
+// interface.
+type Endpoint struct {
+	fd      int
+	ifindex int
+	ring    *rxRing
+
+	mtu  atomic.Uint32
+	addr atomic.Value // tcpip.LinkAddress
+
+	// mu guards the dispatcher and the receive goroutine's lifecycle.
+	mu         sync.Mutex
+	dispatcher stack.NetworkDispatcher
+	attached   atomic.Bool // dispatcher != nil, readable without mu
+	rxStop     stopfd.StopFD
+	rxDone     chan struct{}
+	onClose    func()
+
+	// closing is set before fdMu is taken for writing, so a writer
+	// waiting for send-buffer space gives up instead of holding the
+	// read lock forever; fdMu keeps the fd from being closed (and its
+	// number reused) under a writer.
+	closing atomic.Bool
+	fdMu    sync.RWMutex
+	closed  bool
+	closeMu sync.Mutex
+
+	rxPackets, rxBytes, rxDrops atomic.Uint64
+	txPackets, txBytes, txDrops atomic.Uint64
+	kernelDrops, rxCsumErrors   atomic.Uint64
+}
+
+var (
+	_ stack.LinkEndpoint = (*Endpoint)(nil)
+	_ stack.GSOEndpoint  = (*Endpoint)(nil)
+)
+
+// New opens an AF_PACKET socket on opts.Interface inside opts.Netns, with
+// a receive ring and virtio-net headers. The endpoint starts receiving when
+// a stack attaches it (CreateNIC).
+func New(opts Options) (*Endpoint, error) {
+	if opts.Interface == "" {
+		return nil, errors.New("afpacket: no interface")
+	}
+	e := &Endpoint{fd: -1}
+	err := netns.Do(opts.Netns, func() error {
+		ifc, err := net.InterfaceByName(opts.Interface)
+		if err != nil {
+			return err
+		}
+		if len(ifc.HardwareAddr) != header.EthernetAddressSize {
+			return fmt.Errorf("%s is not an Ethernet interface (hardware address %q)", opts.Interface, ifc.HardwareAddr)
+		}
+		e.ifindex = ifc.Index
+		e.addr.Store(tcpip.LinkAddress(ifc.HardwareAddr))
+		mtu := opts.MTU
+		if mtu == 0 {
+			mtu = uint32(ifc.MTU)
+		}
+		e.mtu.Store(mtu)
+		// Protocol 0: the socket receives nothing until bind below, so
+		// no frame is queued before the ring and headers are set up.
+		e.fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("afpacket: %s: %w", opts.Interface, err)
+	}
+	if err := e.setup(); err != nil {
+		e.release()
+		return nil, fmt.Errorf("afpacket: %s: %w", opts.Interface, err)
+	}
+	return e, nil
+}
+
+func (e *Endpoint) setup() error {
+	// Order matters: the kernel refuses PACKET_VNET_HDR and
+	// PACKET_VERSION once a ring exists.
+	if err := unix.SetsockoptInt(e.fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); err != nil {
+		return fmt.Errorf("PACKET_VNET_HDR: %w", err)
+	}
+	if err := unix.SetsockoptInt(e.fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
+		return fmt.Errorf("PACKET_IGNORE_OUTGOING: %w", err)
+	}
+	// A 64 KiB GSO frame takes 64 KiB of send buffer until the device
+	// (or a qdisc) releases it; the default (~208 KiB) holds three.
+	if err := unix.SetsockoptInt(e.fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sndBuf); err != nil {
+		_ = unix.SetsockoptInt(e.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, sndBuf)
+	}
+	r, err := newRxRing(e.fd)
+	if err != nil {
+		return err
+	}
+	e.ring = r
+	sa := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: e.ifindex}
+	if err := unix.Bind(e.fd, sa); err != nil {
+		return fmt.Errorf("bind: %w", err)
+	}
+	e.rxStop, err = stopfd.New()
+	if err != nil {
+		return err
+	}
+	return nil
+}
+
+// sndBuf is the socket send buffer; see setup.
+const sndBuf = 4 << 20
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// release frees the ring and the fds (those that exist).
+func (e *Endpoint) release() {
+	if e.ring != nil {
+		e.ring.unmap()
+		e.ring = nil
+	}
+	if e.fd >= 0 {
+		unix.Close(e.fd)
+		e.fd = -1
+	}
+	if e.rxStop.EFD > 0 {
+		unix.Close(e.rxStop.EFD)
+		e.rxStop.EFD = -1
+	}
+}
+
+// Close detaches the endpoint from its stack (removing the NIC), stops the
+// receive goroutine and closes the socket. It is idempotent, and safe to
+// call whether the stack or the owner closes first. It has no error result
+// because stack.LinkEndpoint's Close has none: closing an AF_PACKET socket
+// and unmapping its ring cannot fail in a way a caller could act on.
+func (e *Endpoint) Close() {
+	// The stack's close action removes the NIC, which detaches us
+	// (Attach(nil)) and calls Close again: that inner call does the work.
+	e.mu.Lock()
+	act := e.onClose
+	e.onClose = nil
+	e.mu.Unlock()
+	if act != nil {
+		act()
+	}
+
+	e.closeMu.Lock()
+	defer e.closeMu.Unlock()
+	if e.closed {
+		return
+	}
+	e.closed = true
+	e.stopRx()
+	e.closing.Store(true)
+	e.fdMu.Lock()
+	e.release()
+	e.fdMu.Unlock()
+}
+
+// Stats returns the counters.
+func (e *Endpoint) Stats() Stats {
+	e.readKernelDrops()
+	return Stats{
+		RxPackets: e.rxPackets.Load(),
+		RxBytes:   e.rxBytes.Load(),
+		RxDrops:   e.rxDrops.Load() + e.kernelDrops.Load() + e.rxCsumErrors.Load(),
+		TxPackets: e.txPackets.Load(),
+		TxBytes:   e.txBytes.Load(),
+		TxDrops:   e.txDrops.Load(),
+	}
+}
+
+// readKernelDrops adds the kernel's ring-full drop count, which
+// PACKET_STATISTICS resets on every read.
+func (e *Endpoint) readKernelDrops() {
+	e.fdMu.RLock()
+	defer e.fdMu.RUnlock()
+	if e.fd < 0 {
+		return
+	}
+	if st, err := unix.GetsockoptTpacketStats(e.fd, unix.SOL_PACKET, unix.PACKET_STATISTICS); err == nil {
+		e.kernelDrops.Add(uint64(st.Drops))
+	}
+}
+
+// Attach implements stack.LinkEndpoint: a dispatcher starts the receive
+// goroutine, nil stops it (and waits for it).
+func (e *Endpoint) Attach(d stack.NetworkDispatcher) {
+	if d == nil {
+		e.stopRx()
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.dispatcher != nil || e.ring == nil {
+		return
+	}
+	e.dispatcher = d
+	e.attached.Store(true)
+	e.rxDone = make(chan struct{})
+	go e.rxLoop(d, e.rxDone)
+}
+
+// stopRx stops the receive goroutine, if any, and waits for it.
+func (e *Endpoint) stopRx() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.dispatcher == nil {
+		return
+	}
+	e.rxStop.Stop()
+	<-e.rxDone
+	// Consume the eventfd's count so that a later Attach can run again.
+	var b [8]byte
+	_, _ = unix.Read(e.rxStop.EFD, b[:])
+	e.dispatcher = nil
+	e.attached.Store(false)
+	e.rxDone = nil
+}
+
+// IsAttached implements stack.LinkEndpoint.
+func (e *Endpoint) IsAttached() bool { return e.attached.Load() }
+
+// Wait implements stack.LinkEndpoint; Attach(nil) already waits for the
+// receive goroutine.
+func (e *Endpoint) Wait() {}
+
+// MTU implements stack.LinkEndpoint.
+func (e *Endpoint) MTU() uint32 { return e.mtu.Load() }
+
+// SetMTU implements stack.LinkEndpoint.
+func (e *Endpoint) SetMTU(mtu uint32) { e.mtu.Store(mtu) }
+
+// MaxHeaderLength implements stack.LinkEndpoint.
+func (e *Endpoint) MaxHeaderLength() uint16 { return header.EthernetMinimumSize }
+
+// LinkAddress implements stack.LinkEndpoint: the interface's MAC address.
+func (e *Endpoint) LinkAddress() tcpip.LinkAddress { return e.addr.Load().(tcpip.LinkAddress) }
+
+// SetLinkAddress implements stack.LinkEndpoint.
+func (e *Endpoint) SetLinkAddress(a tcpip.LinkAddress) { e.addr.Store(a) }
+
+// Capabilities implements stack.LinkEndpoint. RX checksum offload is
+// claimed and implemented by checksumOK: frames the kernel vouches for are
+// not verified again, the others are verified before delivery. TX
+// checksum offload is not claimed: TCP's checksum is left to the kernel
+// anyway through host GSO (NeedsCsum), and the rarer UDP and ICMP frames
+// are cheap to checksum in gVisor.
+func (e *Endpoint) Capabilities() stack.LinkEndpointCapabilities {
+	return stack.CapabilityResolutionRequired | stack.CapabilityRXChecksumOffload
+}
+
+// ARPHardwareType implements stack.LinkEndpoint.
+func (e *Endpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareEther }
+
+// AddHeader implements stack.LinkEndpoint.
+func (e *Endpoint) AddHeader(pkt *stack.PacketBuffer) {
+	eth := header.Ethernet(pkt.LinkHeader().Push(header.EthernetMinimumSize))
+	src := pkt.EgressRoute.LocalLinkAddress
+	if src == "" {
+		src = e.LinkAddress()
+	}
+	eth.Encode(&header.EthernetFields{
+		SrcAddr: src,
+		DstAddr: pkt.EgressRoute.RemoteLinkAddress,
+		Type:    pkt.NetworkProtocolNumber,
+	})
+}
+
+// ParseHeader implements stack.LinkEndpoint.
+func (e *Endpoint) ParseHeader(pkt *stack.PacketBuffer) bool {
+	hdr, ok := pkt.LinkHeader().Consume(header.EthernetMinimumSize)
+	if !ok {
+		return false
+	}
+	pkt.NetworkProtocolNumber = header.Ethernet(hdr).Type()
+	return true
+}
+
+// SetOnCloseAction implements stack.LinkEndpoint.
+func (e *Endpoint) SetOnCloseAction(f func()) {
+	e.mu.Lock()
+	e.onClose = f
+	e.mu.Unlock()
+}
+
+// GSOMaxSize implements stack.GSOEndpoint.
+func (e *Endpoint) GSOMaxSize() uint32 { return gsoMaxSize }
+
+// SupportedGSO implements stack.GSOEndpoint: the kernel segments (host GSO).
+func (e *Endpoint) SupportedGSO() stack.SupportedGSO { return stack.HostGSOSupported }

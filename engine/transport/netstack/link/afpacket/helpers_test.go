@@ -1,0 +1,246 @@
+package afpacket_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"github.com/hoststack/hoststack/engine/transport/netstack/link/afpacket"
+	"github.com/hoststack/hoststack/internal/netnstest"
+	"github.com/hoststack/hoststack/internal/stacktest"
+	"github.com/hoststack/hoststack/internal/testreq"
+)
+
+// The userspace stack's addresses on A's veth; the kernel on A has
+// 10.99.0.1 and fd99::1 (or nothing), B's kernel has 10.99.0.2 and fd99::2.
+var (
+	stack4 = netip.MustParsePrefix("10.99.0.11/24")
+	stack6 = netip.MustParsePrefix("fd99::11/64")
+)
+
+type env struct {
+	p  *netnstest.Pair
+	ep *afpacket.Endpoint
+	s  *stack.Stack
+}
+
+// kernelAddrs says what A's kernel keeps on the veth the stack uses.
+type kernelAddrs bool
+
+const (
+	keepKernelAddrs  kernelAddrs = true  // the kernel has other addresses on the stack's subnets
+	flushKernelAddrs kernelAddrs = false // the kernel has no address at all on the interface
+)
+
+// newEnv puts a gVisor stack with stack4 and stack6 on an afpacket
+// endpoint on A's veth of a fresh pair.
+func newEnv(t testing.TB, k kernelAddrs) *env {
+	t.Helper()
+	p := netnstest.NewPair(t)
+	if k == flushKernelAddrs {
+		netnstest.Cmd(t, "-n", p.A.NS, "addr", "flush", "dev", p.A.Dev)
+	}
+	ep, err := afpacket.New(afpacket.Options{Interface: p.A.Dev, Netns: p.A.Path(), Addrs: []netip.Prefix{stack4, stack6}})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	// Registered before the stack's cleanup, so it runs after it: the
+	// stack closes the endpoint first and this second Close is a no-op.
+	t.Cleanup(ep.Close)
+	s := stacktest.New(t, ep, stack4, stack6)
+	tuneTCP(t, s)
+	return &env{p: p, ep: ep, s: s}
+}
+
+// tuneTCP gives the stack's TCP buffers that can keep a fast veth busy
+// (gVisor's defaults are sized for a sandbox, not a 20 Gbit/s link), with
+// receive-buffer auto-tuning.
+func tuneTCP(t testing.TB, s *stack.Stack) {
+	t.Helper()
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 8 << 20}
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 8 << 20}
+	mod := tcpip.TCPModerateReceiveBufferOption(true)
+	for _, o := range []tcpip.SettableTransportProtocolOption{&rcv, &snd, &mod} {
+		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, o); err != nil {
+			t.Fatalf("tcp option %T: %v", o, err)
+		}
+	}
+}
+
+// inNS runs a command inside a namespace (ethtool, tc), failing the test
+// when it fails. Tests that need one of these tools require it like root.
+func inNS(t testing.TB, ns string, args ...string) string {
+	t.Helper()
+	if _, err := exec.LookPath(args[0]); err != nil {
+		testreq.Missing(t, "test needs "+args[0])
+	}
+	return netnstest.Run(t, "ip", append([]string{"netns", "exec", ns}, args...)...)
+}
+
+// netem adds a netem qdisc with the given parameters as the root qdisc of
+// dev in ns, removed on cleanup (the namespace's deletion would remove it
+// too; removing it first keeps the order explicit).
+func netem(t testing.TB, ns, dev string, params ...string) {
+	t.Helper()
+	inNS(t, ns, append([]string{"tc", "qdisc", "add", "dev", dev, "root", "netem"}, params...)...)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root").Run() })
+}
+
+// ethtoolOff turns offloads off on dev in ns (e.g. "tx", "tso").
+func ethtoolOff(t testing.TB, ns, dev string, features ...string) {
+	t.Helper()
+	args := []string{"ethtool", "-K", dev}
+	for _, f := range features {
+		args = append(args, f, "off")
+	}
+	inNS(t, ns, args...)
+}
+
+func stackAddr(pfx netip.Prefix, port uint16) netip.AddrPort {
+	return netip.AddrPortFrom(pfx.Addr(), port)
+}
+
+// kernelAddr is B's address of the same family as pfx.
+func (e *env) kernelAddr(pfx netip.Prefix) netip.Addr {
+	if pfx.Addr().Is4() {
+		return netip.MustParseAddr(e.p.B.Addr4)
+	}
+	return netip.MustParseAddr(e.p.B.Addr6)
+}
+
+// conn is one TCP connection: the stack's end and the kernel's end.
+type conn struct{ stack, kernel net.Conn }
+
+func (c conn) close() {
+	c.stack.Close()
+	c.kernel.Close()
+}
+
+const setupTimeout = 10 * time.Second
+
+// stackDials connects from the stack (address family of pfx) to a kernel
+// listener in B.
+func (e *env) stackDials(t testing.TB, pfx netip.Prefix) conn {
+	t.Helper()
+	l := netnstest.Listen(t, e.p.B.Path(), "tcp", netip.AddrPortFrom(e.kernelAddr(pfx), 0).String())
+	l.(*net.TCPListener).SetDeadline(time.Now().Add(setupTimeout))
+	dst := l.Addr().(*net.TCPAddr).AddrPort()
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	sc, err := gonet.DialContextTCP(ctx, e.s, stacktest.FullAddress(dst), stacktest.Proto(pfx.Addr()))
+	if err != nil {
+		t.Fatalf("stack dial %s: %v", dst, err)
+	}
+	kc, err := l.Accept()
+	if err != nil {
+		sc.Close()
+		t.Fatalf("kernel accept: %v", err)
+	}
+	c := conn{stack: sc, kernel: kc}
+	t.Cleanup(c.close)
+	return c
+}
+
+// stackListener listens on the stack's address of pfx's family.
+func (e *env) stackListener(t testing.TB, pfx netip.Prefix, port uint16) *gonet.TCPListener {
+	t.Helper()
+	l, err := gonet.ListenTCP(e.s, stacktest.FullAddress(stackAddr(pfx, port)), stacktest.Proto(pfx.Addr()))
+	if err != nil {
+		t.Fatalf("stack listen: %v", err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// kernelDials connects from B's kernel to a stack listener l.
+func (e *env) kernelDials(t testing.TB, l *gonet.TCPListener, dst netip.AddrPort) conn {
+	t.Helper()
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	acc := make(chan res, 1)
+	go func() {
+		c, err := l.Accept()
+		acc <- res{c, err}
+	}()
+	kc, err := netnstest.Dial(e.p.B.Path(), "tcp", dst.String())
+	if err != nil {
+		t.Fatalf("kernel dial %s: %v", dst, err)
+	}
+	select {
+	case r := <-acc:
+		if r.err != nil {
+			kc.Close()
+			t.Fatalf("stack accept: %v", r.err)
+		}
+		c := conn{stack: r.c, kernel: kc}
+		t.Cleanup(c.close)
+		return c
+	case <-time.After(setupTimeout):
+		kc.Close()
+		t.Fatalf("stack accept: nothing within %v although the kernel connected", setupTimeout)
+		return conn{}
+	}
+}
+
+// errStall marks a transfer that missed its deadline.
+var errStall = errors.New("stalled: deadline exceeded")
+
+// transfer sends n pseudo-random bytes (seeded by seed) from w to r, two
+// ends of one TCP connection, and checks count and SHA-256. The deadline
+// is a stall detector: generous, and a failure when hit.
+func transfer(w, r net.Conn, n int64, seed uint64, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	w.SetDeadline(deadline)
+	r.SetDeadline(deadline)
+	src := stacktest.NewSource(n, seed)
+	dst := stacktest.NewSink()
+	werr := make(chan error, 1)
+	go func() {
+		// Plain Writer/Reader wrappers: net.TCPConn's ReadFrom
+		// would copy through a 32 KiB buffer.
+		_, err := io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{src}, make([]byte, 256<<10))
+		if err == nil {
+			err = w.(interface{ CloseWrite() error }).CloseWrite()
+		}
+		werr <- err
+	}()
+	_, rerr := io.CopyBuffer(dst, struct{ io.Reader }{r}, make([]byte, 256<<10))
+	err := <-werr
+	if isTimeout(rerr) || isTimeout(err) {
+		return fmt.Errorf("%w after %v: sent up to %d, received %d of %d bytes", errStall, within, n, dst.N, n)
+	}
+	if err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	if rerr != nil {
+		return fmt.Errorf("receive: %w", rerr)
+	}
+	return stacktest.Check(src, dst, n)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return err != nil && (errors.As(err, &ne) && ne.Timeout() || strings.Contains(err.Error(), "timeout"))
+}
+
+// family names a prefix for subtests.
+func family(p netip.Prefix) string {
+	if p.Addr().Is4() {
+		return "v4"
+	}
+	return "v6"
+}
