@@ -53,7 +53,7 @@ Licensed under the Apache License, Version 2.0.
 // Kind picks the result code and whose Msg (short, at most MaxMessageLen)
 // can be sent to the app; Classify does the same for later errors.
 // LocalHandshake serves cut-through sessions: the engine runs both sides'
-// handshakes against each other in memory, so both apps get the
+// handshakes against each other over a local socket pair, so both apps get the
 // verification a network peer would give, and then steps out of the data
 // path as cut-through always does.
 package enginetls
