@@ -255,7 +255,9 @@ func (s *EngineSockets) serve(pod PodRef, dir string, keys []string) (*podSocket
 		ps.dirf = f
 		bind = fmt.Sprintf("/proc/self/fd/%d/%s", f.Fd(), SocketName)
 	}
-	sock, err := s.engine.ServeAttach(bind, keys...)
+	// The pod's UID is its host: its apps' wildcard listeners are its own,
+	// and the transport opens their sockets in its network namespace.
+	sock, err := s.engine.Serve(session.SocketConfig{Path: bind, Namespaces: keys, Host: pod.UID})
 	if err != nil {
 		if ps.dirf != nil {
 			ps.dirf.Close()

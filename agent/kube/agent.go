@@ -59,6 +59,7 @@ import (
 	hsv1 "github.com/hoststack/hoststack/api/v1alpha1"
 	"github.com/hoststack/hoststack/engine/rules"
 	"github.com/hoststack/hoststack/engine/session"
+	enginetls "github.com/hoststack/hoststack/engine/tls"
 )
 
 // FieldOwner is the server-side apply field manager of the agent.
@@ -100,7 +101,19 @@ type Options struct {
 	CNIBinary    string
 	CNIBinDir    string
 	CNIConfDir   string
+
+	// Transport carries sessions to the outside world: TransportKernel
+	// (kernel sockets in each pod's network namespace, learned from the
+	// CNI plugin) or TransportNone (cut-through only).
+	Transport      string
+	ConnectTimeout time.Duration // kernel transport TCP handshakes; 0: its default
 }
+
+// Transports of Options.Transport.
+const (
+	TransportKernel = "kernel"
+	TransportNone   = "none"
+)
 
 // NewScheme returns the scheme the agent's client uses.
 func NewScheme() (*runtime.Scheme, error) {
@@ -160,6 +173,11 @@ type Agent struct {
 	// Secrets the last reconcile read; the heartbeat compares them.
 	secretVersions map[client.ObjectKey]string
 	kick           chan event.GenericEvent
+
+	// tls holds the CertKeyPairs the node's apps may use; certs what was
+	// loaded for each (under mu).
+	tls   *enginetls.Store
+	certs map[client.ObjectKey]certState
 }
 
 // snapshot is what the last reconcile computed, for the heartbeat.
@@ -214,11 +232,25 @@ func Run(ctx context.Context, o Options) error {
 
 	a := &Agent{o: o, log: log, c: mgr.GetClient(), api: mgr.GetAPIReader(),
 		table: &rules.Table{}, served: map[string]bool{}, errTimes: map[string]metav1.Time{},
+		tls: &enginetls.Store{}, certs: map[client.ObjectKey]certState{},
 		kick: make(chan event.GenericEvent, 1)}
 	a.count = &CountingRules{Next: apply.RuleLookup{Table: a.table}}
+	// The CNI registry knows each pod's network namespace and addresses:
+	// the kernel transport opens pods' sockets there.
+	var reg *cni.Registry
+	if o.CNI {
+		if reg, err = cni.OpenRegistry(o.CNIStateDir); err != nil {
+			return fmt.Errorf("CNI state: %w", err)
+		}
+	}
+	tr, err := newTransport(o, reg, log)
+	if err != nil {
+		return err
+	}
 	a.eng, err = session.New(session.Config{
-		Rules: a.count,
-		Logf:  func(f string, args ...any) { log.Info(fmt.Sprintf(f, args...), "component", "engine") },
+		Rules:     a.count,
+		Transport: tr,
+		Logf:      func(f string, args ...any) { log.Info(fmt.Sprintf(f, args...), "component", "engine") },
 	})
 	if err != nil {
 		return fmt.Errorf("starting engine: %w", err)
@@ -277,10 +309,6 @@ func Run(ctx context.Context, o Options) error {
 		log.Info("CSI node plugin serving", "socket", srv.CSISocket(), "registration", srv.RegistrationSocket())
 	}
 	if o.CNI {
-		reg, err := cni.OpenRegistry(o.CNIStateDir)
-		if err != nil {
-			return fail(fmt.Errorf("CNI state: %w", err))
-		}
 		srv := cni.NewServer(reg, cni.ServerConfig{Socket: o.CNISocket, PendingDir: o.CNIPendingDir, Log: log,
 			Status: func() error {
 				if !a.ready.Load() {
@@ -336,6 +364,7 @@ func (a *Agent) setup(ctx context.Context, mgr manager.Manager) error {
 	b := ctrl.NewControllerManagedBy(mgr).Named("hoststack-agent").
 		Watches(&hsv1.AppNamespace{}, one).
 		Watches(&hsv1.SessionRule{}, one).
+		Watches(&hsv1.CertKeyPair{}, one).
 		Watches(&corev1.Node{}, one).
 		// Secrets are not watched (RBAC cannot scope that to the few an
 		// AppNamespace names); the heartbeat reads those and kicks this.
@@ -430,6 +459,15 @@ func (a *Agent) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.R
 	if a.lost.Swap(false) {
 		a.created, a.last = false, nil
 	}
+	served := map[string]bool{}
+	for _, cfg := range out.Namespaces {
+		served[cfg.Namespace] = true
+	}
+	certErrs, err := a.syncCertKeyPairs(ctx, served, versions)
+	if err != nil {
+		return reconcile.Result{}, fmt.Errorf("loading CertKeyPairs: %w", err)
+	}
+	other = append(other, certErrs...)
 	a.secretVersions = versions
 	// Rules first, so an app namespace added now starts with its rules.
 	if a.rulesGen == 0 || !reflect.DeepEqual(a.rules, out.Rules) {
@@ -580,6 +618,7 @@ func (a *Agent) writeStatusLocked(ctx context.Context, state hsv1.EngineState, o
 		NodeLabels: s.nodeLabels, AppNamespaces: s.ans, Render: s.out, Conflicts: s.conflicts,
 		Applied: applied, ApplyErrors: s.applyErrs, Stats: stats,
 		Engine: state, Version: a.o.Version, RulesGeneration: a.rulesGen, OtherErrors: s.other,
+		CertKeyPairs: a.loadedCerts(), Transport: a.transportType(),
 	})
 	if owner != nil {
 		a.owner = owner

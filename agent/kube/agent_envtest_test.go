@@ -152,50 +152,10 @@ func TestAgentProcessAgainstAPIServer(t *testing.T) {
 	defer cancel()
 	tmp := t.TempDir()
 
-	bin := filepath.Join(tmp, "hoststack-agent")
-	args := []string{"build", "-o", bin}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	args = append(args, "github.com/hoststack/hoststack/cmd/hoststack-agent")
-	if out, err := exec.CommandContext(ctx, "go", args...).CombinedOutput(); err != nil {
-		t.Fatalf("building the agent: %v\n%s", err, out)
-	}
-	// The agent runs as a user with exactly the ClusterRole of
-	// config/agent, so a permission the agent needs and the role lacks
-	// fails here.
-	const agentUser = "system:serviceaccount:hoststack-system:hoststack-agent"
-	user, err := testEnv.AddUser(envtest.User{Name: agentUser}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	role, err := os.ReadFile(filepath.Join("..", "..", "config", "agent", "role.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	createYAML(t, ctx, string(role), true)
-	createYAML(t, ctx, `apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: hoststack-agent-test}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: hoststack-agent}
-subjects:
-- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "`+agentUser+`"}
-`, true)
+	kubeconfig, asAgent := agentUser(t, ctx)
 	// RBAC is enforced: the role lets the agent get a Secret, never list them.
-	asAgent, err := client.New(user.Config(), client.Options{Scheme: k8s.Scheme()})
-	if err != nil {
-		t.Fatal(err)
-	}
 	g.Eventually(func() error { return asAgent.List(ctx, &corev1.NodeList{}) }).Should(gomega.Succeed())
 	g.Expect(apierrors.IsForbidden(asAgent.List(ctx, &corev1.SecretList{}))).To(gomega.BeTrue(), "listing Secrets must be forbidden")
-	kc, err := user.KubeConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig := filepath.Join(tmp, "kubeconfig")
-	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
-		t.Fatal(err)
-	}
 
 	// Names are unique per run, so -count=N reruns against one API server.
 	runs++
@@ -245,47 +205,8 @@ spec:
   action: {type: Deny}
 `)
 
-	metricsAddr, probeAddr := freeAddr(t), freeAddr(t)
-	cmd := exec.Command(bin, "--node-name", nodeName, "--kubeconfig", kubeconfig,
-		"--metrics-bind-address", metricsAddr, "--health-probe-bind-address", probeAddr,
-		"--status-interval", "1s", "--run-dir", filepath.Join(tmp, "run"), "--log-format", "json",
-		"--csi", "--csi-socket", filepath.Join(tmp, "csi", "csi.sock"), "--csi-registry-dir", filepath.Join(tmp, "reg"),
-		"--hostpath-sockets-dir", filepath.Join(tmp, "hp"),
-		"--cni", "--cni-socket", filepath.Join(tmp, "cni.sock"), "--cni-state-dir", filepath.Join(tmp, "cni-state"),
-		"--cni-pending-dir", filepath.Join(tmp, "cni-pending"))
-	for _, d := range []string{"csi", "reg", "hp"} {
-		if err := os.MkdirAll(filepath.Join(tmp, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	logs := &logTail{}
-	logsDone := make(chan struct{})
-	go func() {
-		defer close(logsDone)
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			logs.add(sc.Text())
-		}
-	}()
-	exited := false
-	t.Cleanup(func() {
-		if !exited {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-		if t.Failed() {
-			t.Logf("agent output:\n%s", logs)
-		}
-	})
-
+	ap := startAgent(t, kubeconfig, nodeName)
+	metricsAddr, probeAddr, cmd, tmp := ap.metricsAddr, ap.probeAddr, ap.cmd, ap.tmp
 	sessionNode := func() (*hsv1.SessionNode, error) {
 		var sn hsv1.SessionNode
 		err := k8s.Get(ctx, client.ObjectKey{Name: nodeName}, &sn)
@@ -492,7 +413,7 @@ spec:
 	mkPod("locked-0", nodeName, map[string]string{"app": "locked"})
 	lockedSock := filepath.Join(tmp, "hp", ns, "locked-0", "session.sock")
 	g.Eventually(func() bool { return isSocket(lockedSock) }).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.BeTrue())
-	lapp, err := hsclient.Attach(ctx, hsclient.Options{Socket: lockedSock, Name: "server", Secret: "s3cret"})
+	lapp, err := hsclient.Attach(ctx, hsclient.Options{Socket: lockedSock, Name: "server", Secret: "s3cret", Scope: hsclient.ScopeLocal})
 	g.Expect(err).NotTo(gomega.HaveOccurred())
 	defer lapp.Close()
 	ln, err := lapp.Listen("tcp", "127.0.0.1:7000")
@@ -506,18 +427,7 @@ spec:
 	case <-ctx.Done():
 		t.Fatal("the app was not told of the shutdown")
 	}
-	waitErr := make(chan error, 1)
-	go func() {
-		<-logsDone
-		waitErr <- cmd.Wait()
-	}()
-	select {
-	case err := <-waitErr:
-		exited = true
-		g.Expect(err).NotTo(gomega.HaveOccurred(), "agent exit status")
-	case <-ctx.Done():
-		t.Fatal("agent did not exit after SIGTERM")
-	}
+	g.Expect(ap.wait(ctx)).To(gomega.Succeed(), "agent exit status")
 	sn, err := sessionNode()
 	g.Expect(err).NotTo(gomega.HaveOccurred())
 	g.Expect(sn.Status.Engine.State).To(gomega.Equal(hsv1.EngineStopped))
@@ -562,5 +472,138 @@ func TestAgentManifestsAreValid(t *testing.T) {
 		if !kinds[k] {
 			t.Errorf("config/agent has no %s", k)
 		}
+	}
+}
+
+// agentBinary builds cmd/hoststack-agent once per test process.
+var agentBinary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "hs-agent-bin")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "hoststack-agent")
+	args := []string{"build", "-o", bin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	args = append(args, "github.com/hoststack/hoststack/cmd/hoststack-agent")
+	if out, err := exec.Command("go", args...).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building the agent: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// agentUser returns a kubeconfig (and a client) for a user holding exactly
+// the ClusterRole of config/agent, so a permission the agent needs and the
+// role lacks fails the tests.
+func agentUser(t *testing.T, ctx context.Context) (kubeconfig string, asAgent client.Client) {
+	t.Helper()
+	const agentUser = "system:serviceaccount:hoststack-system:hoststack-agent"
+	user, err := testEnv.AddUser(envtest.User{Name: agentUser}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	role, err := os.ReadFile(filepath.Join("..", "..", "config", "agent", "role.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	createYAML(t, ctx, string(role), true)
+	createYAML(t, ctx, `apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: hoststack-agent-test}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: hoststack-agent}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "`+agentUser+`"}
+`, true)
+	if asAgent, err = client.New(user.Config(), client.Options{Scheme: k8s.Scheme()}); err != nil {
+		t.Fatal(err)
+	}
+	kc, err := user.KubeConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig = filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return kubeconfig, asAgent
+}
+
+// agentProc is a running hoststack-agent binary with its state under tmp.
+type agentProc struct {
+	cmd                    *exec.Cmd
+	logs                   *logTail
+	logsDone               chan struct{}
+	exited                 bool
+	tmp                    string
+	metricsAddr, probeAddr string
+}
+
+func (ap *agentProc) path(elem ...string) string { return filepath.Join(append([]string{ap.tmp}, elem...)...) }
+
+// startAgent runs the agent for nodeName in Kubernetes mode with CSI, the
+// hostPath fallback (under hp/) and CNI (cni.sock); it is killed at cleanup
+// unless the test waited for it.
+func startAgent(t *testing.T, kubeconfig, nodeName string, extra ...string) *agentProc {
+	t.Helper()
+	bin, err := agentBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := t.TempDir()
+	ap := &agentProc{tmp: tmp, logs: &logTail{}, logsDone: make(chan struct{}), metricsAddr: freeAddr(t), probeAddr: freeAddr(t)}
+	args := append([]string{"--node-name", nodeName, "--kubeconfig", kubeconfig,
+		"--metrics-bind-address", ap.metricsAddr, "--health-probe-bind-address", ap.probeAddr,
+		"--status-interval", "1s", "--run-dir", filepath.Join(tmp, "run"), "--log-format", "json",
+		"--csi", "--csi-socket", filepath.Join(tmp, "csi", "csi.sock"), "--csi-registry-dir", filepath.Join(tmp, "reg"),
+		"--hostpath-sockets-dir", filepath.Join(tmp, "hp"),
+		"--cni", "--cni-socket", filepath.Join(tmp, "cni.sock"), "--cni-state-dir", filepath.Join(tmp, "cni-state"),
+		"--cni-pending-dir", filepath.Join(tmp, "cni-pending")}, extra...)
+	for _, d := range []string{"csi", "reg", "hp"} {
+		if err := os.MkdirAll(filepath.Join(tmp, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ap.cmd = exec.Command(bin, args...)
+	stderr, err := ap.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ap.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer close(ap.logsDone)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			ap.logs.add(sc.Text())
+		}
+	}()
+	t.Cleanup(func() {
+		if !ap.exited {
+			_ = ap.cmd.Process.Kill()
+			_ = ap.cmd.Wait()
+		}
+		if t.Failed() {
+			t.Logf("agent output:\n%s", ap.logs)
+		}
+	})
+	return ap
+}
+
+// wait waits for the agent to exit (after a signal) and returns its status.
+func (ap *agentProc) wait(ctx context.Context) error {
+	waitErr := make(chan error, 1)
+	go func() {
+		<-ap.logsDone
+		waitErr <- ap.cmd.Wait()
+	}()
+	select {
+	case err := <-waitErr:
+		ap.exited = true
+		return err
+	case <-ctx.Done():
+		return errors.New("agent did not exit")
 	}
 }

@@ -47,8 +47,13 @@ type StatusInput struct {
 	Engine          hsv1.EngineState
 	Version         string
 	RulesGeneration int64
-	// OtherErrors are agent problems not tied to one object (cache, engine).
+	// OtherErrors are agent problems not tied to one object (cache, engine),
+	// and CertKeyPairs that could not be loaded.
 	OtherErrors []hsv1.NodeError
+	// CertKeyPairs is the number of CertKeyPairs loaded.
+	CertKeyPairs int
+	// Transport is the transport's type; "" when there is none.
+	Transport hsv1.TransportType
 }
 
 // BuildStatus computes the SessionNode status the agent applies: one entry
@@ -59,11 +64,17 @@ type StatusInput struct {
 func BuildStatus(in StatusInput) hsv1.SessionNodeStatus {
 	st := hsv1.SessionNodeStatus{
 		Engine:          hsv1.EngineStatus{State: in.Engine, Version: in.Version},
-		Transport:       hsv1.TransportStatus{Type: hsv1.TransportKernel, State: hsv1.TransportUp},
+		Transport:       hsv1.TransportStatus{Type: in.Transport, State: hsv1.TransportUp},
 		RulesGeneration: in.RulesGeneration,
+		CertKeyPairs:    int32(in.CertKeyPairs),
+	}
+	if in.Transport == "" {
+		st.Transport = hsv1.TransportStatus{}
 	}
 	if in.Engine == hsv1.EngineStopped {
-		st.Transport.State = hsv1.TransportDown
+		if in.Transport != "" {
+			st.Transport.State = hsv1.TransportDown
+		}
 		return st
 	}
 

@@ -47,6 +47,7 @@ func TestBuildStatus(t *testing.T) {
 			{Object: "SessionRule t/x", Field: "spec", Reason: "bad reason!", Detail: "nope"}},
 	}
 	in := StatusInput{
+		Transport: hsv1.TransportKernel, CertKeyPairs: 2,
 		NodeLabels: node, AppNamespaces: ans, Render: out,
 		Conflicts:       []rules.Conflict{{Loser: r3, Winner: r1}},
 		Applied:         map[string]bool{"t/web": true},
@@ -78,8 +79,8 @@ func TestBuildStatus(t *testing.T) {
 	if got.Engine != (hsv1.EngineStatus{State: hsv1.EngineDegraded, Version: "v1"}) || got.RulesGeneration != 4 {
 		t.Errorf("engine %+v gen %d", got.Engine, got.RulesGeneration)
 	}
-	if got.Transport != (hsv1.TransportStatus{Type: hsv1.TransportKernel, State: hsv1.TransportUp}) {
-		t.Errorf("transport %+v", got.Transport)
+	if got.Transport != (hsv1.TransportStatus{Type: hsv1.TransportKernel, State: hsv1.TransportUp}) || got.CertKeyPairs != 2 {
+		t.Errorf("transport %+v, certKeyPairs %d", got.Transport, got.CertKeyPairs)
 	}
 	if c := ReadyCondition(got); c.Status != metav1.ConditionTrue || c.Reason != "Degraded" {
 		t.Errorf("ready condition %+v", c)
@@ -107,7 +108,13 @@ func TestBuildStatusCases(t *testing.T) {
 					t.Errorf("%+v", c)
 				}
 			}},
-		{"stopped drops everything", StatusInput{Engine: hsv1.EngineStopped,
+		{"no transport reports none", StatusInput{Engine: hsv1.EngineRunning},
+			func(t *testing.T, st hsv1.SessionNodeStatus) {
+				if st.Transport != (hsv1.TransportStatus{}) {
+					t.Errorf("transport %+v, want none", st.Transport)
+				}
+			}},
+		{"stopped drops everything", StatusInput{Engine: hsv1.EngineStopped, Transport: hsv1.TransportKernel,
 			AppNamespaces: []hsv1.AppNamespace{an("n", "a", 1, nil)}, Applied: map[string]bool{"n/a": true}},
 			func(t *testing.T, st hsv1.SessionNodeStatus) {
 				if st.Engine.State != hsv1.EngineStopped || st.AppNamespaces != nil || st.Transport.State != hsv1.TransportDown {

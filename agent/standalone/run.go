@@ -30,6 +30,8 @@ type Options struct {
 	Ready func(sockets map[string]string)
 	// Reloaded, if set, is called after every reload attempt with its error.
 	Reloaded func(error)
+	// Transport carries sessions to the outside world; nil: cut-through only.
+	Transport session.Transport
 }
 
 // SocketPath is where standalone mode serves an app namespace's attach socket.
@@ -83,8 +85,9 @@ func Run(ctx context.Context, o Options) error {
 	var table rules.Table
 	table.Store(d.set)
 	eng, err := session.New(session.Config{
-		Rules: apply.RuleLookup{Table: &table},
-		Logf:  func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...)) },
+		Rules:     apply.RuleLookup{Table: &table},
+		Transport: o.Transport,
+		Logf:      func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...)) },
 	})
 	if err != nil {
 		return fmt.Errorf("starting engine: %w", err)

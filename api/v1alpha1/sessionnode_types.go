@@ -92,6 +92,13 @@ type SessionNodeStatus struct {
 	// +kubebuilder:validation:Minimum=0
 	RulesGeneration int64 `json:"rulesGeneration,omitempty"`
 
+	// certKeyPairs is the number of CertKeyPairs loaded on this node for
+	// the TLS sessions of its apps (those of the Kubernetes namespaces of
+	// the AppNamespaces it serves).
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	CertKeyPairs int32 `json:"certKeyPairs,omitempty"`
+
 	// errors are the problems the agent currently has, newest first.
 	// +optional
 	// +listType=atomic

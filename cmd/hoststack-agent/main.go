@@ -41,6 +41,8 @@ import (
 	"github.com/hoststack/hoststack/agent/csi"
 	"github.com/hoststack/hoststack/agent/kube"
 	"github.com/hoststack/hoststack/agent/standalone"
+	"github.com/hoststack/hoststack/engine/session"
+	"github.com/hoststack/hoststack/engine/transport/kernel"
 )
 
 func main() {
@@ -75,6 +77,8 @@ func run(args []string) int {
 	cniBinary := fs.String("cni-binary", "/opt/hoststack/bin/hoststack-cni", "Kubernetes mode: the hoststack-cni binary --cni-install copies")
 	cniBinDir := fs.String("cni-bin-dir", "/opt/cni/bin", "Kubernetes mode: the node's CNI binary directory")
 	cniConfDir := fs.String("cni-conf-dir", "/etc/cni/net.d", "Kubernetes mode: the node's CNI configuration directory")
+	transport := fs.String("transport", kube.TransportKernel, "how sessions reach the outside world: kernel (kernel sockets in each pod's network namespace, learned from the CNI plugin; the agent's own namespace in standalone mode) or none (cut-through between apps only)")
+	connectTimeout := fs.Duration("connect-timeout", kernel.DefaultConnectTimeout, "kernel transport: how long a TCP handshake to the outside world may take")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
@@ -102,6 +106,11 @@ func run(args []string) int {
 	}
 	log := slog.New(h)
 
+	if *transport != kube.TransportKernel && *transport != kube.TransportNone {
+		fmt.Fprintf(os.Stderr, "hoststack-agent: --transport must be %s or %s, not %q\n", kube.TransportKernel, kube.TransportNone, *transport)
+		return 2
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
@@ -122,6 +131,7 @@ func run(args []string) int {
 			HostPathDir: *hostPathDir,
 			CNI:         *cniEnable, CNISocket: *cniSocket, CNIStateDir: *cniState, CNIPendingDir: *cniPending,
 			CNIInstall: *cniInstall, CNIUninstall: *cniUninstall, CNIBinary: *cniBinary, CNIBinDir: *cniBinDir, CNIConfDir: *cniConfDir,
+			Transport: *transport, ConnectTimeout: *connectTimeout,
 		})
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "hoststack-agent: %v\n", err)
@@ -141,7 +151,14 @@ func run(args []string) int {
 		}
 	}()
 
+	var tr session.Transport
+	if *transport == kube.TransportKernel {
+		// standalone apps are the node's own: sockets in the agent's namespace
+		tr = kernel.New(kernel.Options{ConnectTimeout: *connectTimeout,
+			Logf: func(f string, args ...any) { log.Info(fmt.Sprintf(f, args...), "component", "kernel-transport") }})
+	}
 	err := standalone.Run(ctx, standalone.Options{
+		Transport: tr,
 		ConfigDir: *configDir,
 		RunDir:    *runDir,
 		Log:       log,

@@ -1,0 +1,282 @@
+package kube
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	hsv1 "github.com/hoststack/hoststack/api/v1alpha1"
+	hsclient "github.com/hoststack/hoststack/client"
+	"github.com/hoststack/hoststack/internal/netnstest"
+)
+
+// cniBinary builds cmd/hoststack-cni once per test process.
+var cniBinary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "hs-cni-bin")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "hoststack-cni")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/hoststack/hoststack/cmd/hoststack-cni").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building the CNI plugin: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// cniAdd runs the chained plugin's ADD for pod as a container runtime would
+// after the main plugin put addr (a CIDR) on eth0 of the namespace at netns.
+func cniAdd(t *testing.T, ap *agentProc, pod *corev1.Pod, netns, addr string) {
+	t.Helper()
+	bin, err := cniBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip, ipnet, err := net.ParseCIDR(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ipnet.IP = ip
+	prev := &current.Result{CNIVersion: "1.1.0",
+		Interfaces: []*current.Interface{{Name: "eth0", Sandbox: netns}},
+		IPs:        []*current.IPConfig{{Interface: current.Int(0), Address: *ipnet}}}
+	var pb bytes.Buffer
+	if err := prev.PrintTo(&pb); err != nil {
+		t.Fatal(err)
+	}
+	conf, err := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "podnet", "type": "hoststack-cni",
+		"agentSocket": ap.path("cni.sock"), "pendingDir": ap.path("cni-pending"), "prevResult": json.RawMessage(pb.Bytes())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := exec.Command(bin)
+	c.Env = []string{"CNI_COMMAND=ADD", "CNI_CONTAINERID=sandbox-" + string(pod.UID), "CNI_NETNS=" + netns, "CNI_IFNAME=eth0",
+		"CNI_PATH=" + filepath.Dir(bin),
+		"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=" + pod.Namespace + ";K8S_POD_NAME=" + pod.Name + ";K8S_POD_UID=" + string(pod.UID)}
+	c.Stdin = bytes.NewReader(conf)
+	if out, err := c.CombinedOutput(); err != nil {
+		t.Fatalf("CNI ADD: %v\n%s", err, out)
+	}
+}
+
+// echoOn echoes every session of ln and reports each peer's address.
+func echoOn(ln net.Listener) <-chan string {
+	peers := make(chan string, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			peers <- c.RemoteAddr().String()
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+				if cw, ok := c.(interface{ CloseWrite() error }); ok {
+					_ = cw.CloseWrite()
+				}
+			}()
+		}
+	}()
+	return peers
+}
+
+// echoRoundTrip sends msg, half-closes and expects it back.
+func echoRoundTrip(c net.Conn, msg []byte) error {
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(msg)
+		if err == nil {
+			err = c.(interface{ CloseWrite() error }).CloseWrite()
+		}
+		werr <- err
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		return err
+	}
+	if err := <-werr; err != nil {
+		return err
+	}
+	if !bytes.Equal(got, msg) {
+		return fmt.Errorf("echo: %d bytes back of %d, or different", len(got), len(msg))
+	}
+	return nil
+}
+
+// TestAgentCarriesPodTraffic: a pod (a real network namespace, announced by
+// the real CNI plugin) attaches through its hostPath socket; its sessions to
+// a kernel TCP server in another namespace leave from the pod's own address
+// through the agent's kernel transport, its listener is reachable from
+// outside there, a SessionRule applied with kubectl refuses new sessions
+// within a second, and CertKeyPairs of its namespace are loaded.
+func TestAgentCarriesPodTraffic(t *testing.T) {
+	needAPIServer(t)
+	tp := netnstest.NewPair(t)
+	g := gomega.NewWithT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	kubeconfig, _ := agentUser(t, ctx)
+	runs++
+	nodeName, ns := fmt.Sprintf("pods-node-%d", runs), fmt.Sprintf("pods-%d", runs)
+	t.Cleanup(func() { _ = k8s.DeleteAllOf(context.Background(), &hsv1.AppNamespace{}, client.InNamespace(ns)) })
+	g.Expect(k8s.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName}})).To(gomega.Succeed())
+	g.Expect(k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(gomega.Succeed())
+	createYAML(t, ctx, `apiVersion: hoststack.dev/v1alpha1
+kind: AppNamespace
+metadata: {name: web, namespace: `+ns+`}
+spec:
+  podSelector: {matchLabels: {app: web}}
+`)
+	server := netnstest.Listen(t, tp.B.Path(), "tcp", "10.99.0.2:0")
+	serverPeers := echoOn(server)
+
+	ap := startAgent(t, kubeconfig, nodeName)
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web-0", Labels: map[string]string{"app": "web"}},
+		Spec: corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "app", Image: "app"}}}}
+	g.Expect(k8s.Create(ctx, pod)).To(gomega.Succeed())
+	cniAdd(t, ap, pod, tp.A.Path(), "10.99.0.1/24")
+	sock := ap.path("hp", ns, "web-0", "session.sock")
+	g.Eventually(func() bool { return isSocket(sock) }).WithTimeout(20 * time.Second).WithPolling(50 * time.Millisecond).Should(gomega.BeTrue())
+	app, err := hsclient.Attach(ctx, hsclient.Options{Socket: sock, Name: "web"})
+	g.Expect(err).NotTo(gomega.HaveOccurred())
+	defer app.Close()
+
+	// Out through the pod's namespace: the server sees the pod's address.
+	c, err := app.Dial(ctx, "tcp", server.Addr().String())
+	g.Expect(err).NotTo(gomega.HaveOccurred())
+	g.Expect(c.LocalAddr().(*net.TCPAddr).IP.String()).To(gomega.Equal("10.99.0.1"))
+	g.Expect(echoRoundTrip(c, bytes.Repeat([]byte("pod traffic "), 50_000))).To(gomega.Succeed())
+	g.Expect(<-serverPeers).To(gomega.HavePrefix("10.99.0.1:"))
+
+	// In from outside: the app's listener listens in the pod's namespace.
+	ln, err := app.Listen("tcp", ":8080")
+	g.Expect(err).NotTo(gomega.HaveOccurred())
+	appPeers := echoOn(ln)
+	oc, err := netnstest.Dial(tp.B.Path(), "tcp", "10.99.0.1:8080")
+	g.Expect(err).NotTo(gomega.HaveOccurred())
+	g.Expect(echoRoundTrip(oc, []byte("from outside"))).To(gomega.Succeed())
+	g.Expect(<-appPeers).To(gomega.HavePrefix("10.99.0.2:"))
+
+	// kubectl apply a global deny: within a second new sessions to the
+	// server are refused, naming the rule; a session opened before stays.
+	before, err := app.Dial(ctx, "tcp", server.Addr().String())
+	g.Expect(err).NotTo(gomega.HaveOccurred())
+	<-serverPeers
+	admin, err := testEnv.AddUser(envtest.User{Name: "admin", Groups: []string{"system:masters"}}, nil)
+	g.Expect(err).NotTo(gomega.HaveOccurred())
+	akc, err := admin.KubeConfig()
+	g.Expect(err).NotTo(gomega.HaveOccurred())
+	adminKubeconfig := filepath.Join(t.TempDir(), "admin.kubeconfig")
+	g.Expect(os.WriteFile(adminKubeconfig, akc, 0o600)).To(gomega.Succeed())
+	rule := filepath.Join(t.TempDir(), "rule.yaml")
+	g.Expect(os.WriteFile(rule, []byte(`apiVersion: hoststack.dev/v1alpha1
+kind: SessionRule
+metadata: {name: no-server, namespace: `+ns+`}
+spec:
+  appNamespaceRef: {name: web}
+  scope: Global
+  transport: TCP
+  local: {cidr: 0.0.0.0/0, port: 0}
+  remote: {cidr: 10.99.0.2/32, port: 0}
+  action: {type: Deny}
+`), 0o600)).To(gomega.Succeed())
+	kubectl := exec.CommandContext(ctx, filepath.Join(testEnv.BinaryAssetsDirectory, "kubectl"), "--kubeconfig", adminKubeconfig, "apply", "-f", rule)
+	if out, err := kubectl.CombinedOutput(); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+	applied := time.Now()
+	g.Eventually(func() error {
+		c, err := app.Dial(ctx, "tcp", server.Addr().String())
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}).WithTimeout(time.Second).WithPolling(10 * time.Millisecond).Should(gomega.SatisfyAll(
+		gomega.MatchError(gomega.ContainSubstring("denied by SessionRule "+ns+"/no-server")),
+		gomega.WithTransform(func(err error) bool { return errors.Is(err, syscall.EACCES) }, gomega.BeTrue())))
+	t.Logf("the SessionRule took effect %v after kubectl apply returned", time.Since(applied).Round(time.Millisecond))
+	g.Expect(echoRoundTrip(before, []byte("still here"))).To(gomega.Succeed())
+
+	// CertKeyPairs of the namespace are loaded; one whose Secret holds a
+	// key of another certificate is reported, naming it.
+	good, _ := selfSigned(t, "web."+ns)
+	_, otherKey := selfSigned(t, "other")
+	for name, data := range map[string]map[string][]byte{
+		"good": {"tls.crt": good.cert, "tls.key": good.key},
+		"bad":  {"tls.crt": good.cert, "tls.key": otherKey.key},
+	} {
+		g.Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name + "-tls"},
+			Type: corev1.SecretTypeTLS, Data: data})).To(gomega.Succeed())
+		createYAML(t, ctx, `apiVersion: hoststack.dev/v1alpha1
+kind: CertKeyPair
+metadata: {name: `+name+`, namespace: `+ns+`}
+spec:
+  secretRef: {name: `+name+`-tls}
+`)
+	}
+	g.Eventually(func(g gomega.Gomega) {
+		var sn hsv1.SessionNode
+		g.Expect(k8s.Get(ctx, client.ObjectKey{Name: nodeName}, &sn)).To(gomega.Succeed())
+		g.Expect(sn.Status.CertKeyPairs).To(gomega.Equal(int32(1)))
+		g.Expect(sn.Status.Transport.Type).To(gomega.Equal(hsv1.TransportKernel))
+		g.Expect(sn.Status.Errors).To(gomega.ContainElement(gomega.SatisfyAll(
+			gomega.HaveField("Reason", "CertKeyPairNotLoaded"),
+			gomega.HaveField("Object", "CertKeyPair/"+ns+"/bad"))))
+	}).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.Succeed())
+
+	g.Expect(ap.cmd.Process.Signal(syscall.SIGTERM)).To(gomega.Succeed())
+	g.Expect(ap.wait(ctx)).To(gomega.Succeed(), "agent exit status")
+}
+
+type pemPair struct{ cert, key []byte }
+
+// selfSigned returns a fresh self-signed ECDSA certificate for name and its
+// key, PEM encoded (the key alone in the second value's key).
+func selfSigned(t *testing.T, name string) (pemPair, pemPair) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
+		DNSNames: []string{name}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kd, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := pemPair{cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		key: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd})}
+	return p, p
+}
