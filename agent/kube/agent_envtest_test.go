@@ -539,7 +539,9 @@ type agentProc struct {
 	metricsAddr, probeAddr string
 }
 
-func (ap *agentProc) path(elem ...string) string { return filepath.Join(append([]string{ap.tmp}, elem...)...) }
+func (ap *agentProc) path(elem ...string) string {
+	return filepath.Join(append([]string{ap.tmp}, elem...)...)
+}
 
 // startAgent runs the agent for nodeName in Kubernetes mode with CSI, the
 // hostPath fallback (under hp/) and CNI (cni.sock); it is killed at cleanup
