@@ -83,10 +83,13 @@ type Stats struct {
 // Ring and UMEM geometry. Frames are 4 KiB (one page: copy mode puts a
 // frame at XDP_PACKET_HEADROOM, so up to 3840 bytes per frame). The UMEM has
 // twice as many frames as a ring has slots, so the fill ring can hold at most
-// half of them and TX always has frames once completions are reaped.
+// half of them and TX always has frames once completions are reaped. 2048
+// frames make an 8 MiB UMEM: within the default RLIMIT_MEMLOCK, which
+// kernels before 5.11 enforce on UMEM registration (pkg/xdp also logs a
+// warning above it).
 const (
 	frameSize     = 4096
-	nDesc         = 2048
+	nDesc         = 1024
 	nFrames       = 2 * nDesc
 	xdpHeadroom   = 256 // XDP_PACKET_HEADROOM
 	maxFrameBytes = frameSize - xdpHeadroom
@@ -488,3 +491,18 @@ func (e *Endpoint) wake() {
 	one := [8]byte{1}
 	unix.Write(e.evfd, one[:])
 }
+
+// gsoMaxSize is how large a segment gVisor's TCP may build before it
+// splits it into MTU-sized packets itself (gVisor GSO).
+const gsoMaxSize = 1 << 16
+
+var _ stack.GSOEndpoint = (*Endpoint)(nil)
+
+// GSOMaxSize implements stack.GSOEndpoint.
+func (e *Endpoint) GSOMaxSize() uint32 { return gsoMaxSize }
+
+// SupportedGSO implements stack.GSOEndpoint: gVisor GSO, where the TCP
+// sender works on large segments and hands the MTU-sized packets cut from
+// one of them to WritePackets as a single batch. The socket takes no
+// offload metadata, so host GSO is not possible.
+func (e *Endpoint) SupportedGSO() stack.SupportedGSO { return stack.GVisorGSOSupported }

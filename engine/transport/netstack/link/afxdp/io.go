@@ -48,8 +48,19 @@ func (e *Endpoint) rxLoop() {
 	}
 }
 
-// block waits in poll(2) for RX frames or the close wake-up.
+// block waits in poll(2) for RX frames or the close wake-up. Before it
+// sleeps it reaps completions and tops up the fill ring, so frames the TX
+// side released since the last batch are back with the kernel: the kernel
+// can always deliver the frame that wakes us.
 func (e *Endpoint) block() {
+	e.cb.UMEM.Lock()
+	e.reap()
+	e.cb.Fill.FillAll(&e.cb.UMEM)
+	e.cb.UMEM.Unlock()
+	if e.fillH.needWakeup() {
+		e.c.fillWakeups.Add(1)
+		unix.Recvfrom(e.fd, nil, unix.MSG_DONTWAIT)
+	}
 	fds := []unix.PollFd{{Fd: int32(e.fd), Events: unix.POLLIN}, {Fd: int32(e.evfd), Events: unix.POLLIN}}
 	e.c.polls.Add(1)
 	if _, err := unix.Poll(fds, -1); err != nil {
