@@ -69,7 +69,7 @@ type Stats struct {
 	TXKicks      uint64 // sendto wake-ups of the TX path
 	TXKickErrors uint64 // sendto kicks that failed hard (e.g. ENETDOWN); retried
 	FillWakeups  uint64 // wake-ups for a fill ring flagged NEED_WAKEUP
-	Polls        uint64 // times the I/O goroutine blocked in poll(2)
+	Polls        uint64 // times the RX goroutine blocked in poll(2)
 
 	KernelRXDropped      uint64 // dropped by the kernel (e.g. fill ring empty in copy mode)
 	KernelRXInvalid      uint64
@@ -107,7 +107,7 @@ const (
 // Endpoint is an AF_XDP link endpoint. It implements stack.LinkEndpoint.
 type Endpoint struct {
 	fd      int
-	evfd    int // wakes the I/O goroutine (close, deferred TX)
+	evfd    int // wakes the RX goroutine from poll on Close
 	ifindex int
 	queue   uint32
 	mode    Mode
@@ -166,7 +166,7 @@ func (h ringHeader) needWakeup() bool {
 }
 
 // New opens an AF_XDP socket on opts.Interface's RX queue opts.Queue,
-// attaches the steering program and starts the I/O goroutine. Frames that
+// attaches the steering program and starts the RX and TX goroutines. Frames that
 // arrive before a stack attaches are dropped.
 func New(opts Options) (*Endpoint, error) {
 	switch opts.ZeroCopy {
@@ -315,7 +315,7 @@ func (e *Endpoint) mapHeaders() error {
 // Mode is the AF_XDP mode in use: ModeCopy or ModeZeroCopy.
 func (e *Endpoint) Mode() Mode { return e.mode }
 
-// Close detaches the XDP program, stops the I/O goroutine and releases the
+// Close detaches the XDP program, stops the goroutines and releases the
 // socket, its rings and the UMEM. It is idempotent; the stack calls it when
 // the NIC is removed. (It has no error result because stack.LinkEndpoint
 // defines Close without one; teardown failures are not actionable.)
@@ -449,8 +449,9 @@ func (e *Endpoint) IsAttached() bool {
 	return e.dispatcher != nil
 }
 
-// Wait implements stack.LinkEndpoint: it waits for the I/O goroutine, which
-// stops on Close.
+// Wait implements stack.LinkEndpoint: after Close it waits for the RX and
+// TX goroutines to end. Before Close they run regardless of attachment (the
+// RX ring must keep draining), so Wait does not block then.
 func (e *Endpoint) Wait() {
 	if e.closed.Load() {
 		e.wg.Wait()
@@ -483,7 +484,7 @@ func (e *Endpoint) SetOnCloseAction(f func()) {
 	e.onClose = f
 }
 
-// wake makes the I/O goroutine return from poll.
+// wake makes the RX goroutine return from poll.
 func (e *Endpoint) wake() {
 	if e.evfd < 0 {
 		return

@@ -25,39 +25,59 @@
 //
 // # Rings and frames
 //
-// gVisor's pkg/xdp sets up the UMEM and the four rings and provides the ring
-// primitives. The UMEM has twice as many frames as any ring has slots, so the
-// fill ring can never hold every frame and transmit always finds frames once
-// completions are reaped: RX and TX cannot starve each other. Every
-// descriptor read from the RX and completion rings is treated as untrusted:
-// it must lie inside the UMEM and inside one frame, and its frame must be one
-// the kernel may legitimately hand back (a TX frame on the completion ring,
-// a non-TX frame not already returned on the RX ring); anything else is
-// counted and ignored instead of being freed twice or indexing out of range.
+// gVisor's pkg/xdp sets up the UMEM (8 MiB: 2048 frames of 4 KiB) and the
+// four rings (1024 slots each) and provides the ring primitives. The UMEM has
+// twice as many frames as a ring has slots, so the fill ring can never hold
+// every frame and transmit always finds frames once completions are reaped:
+// RX and TX cannot starve each other. Every descriptor read from the RX and
+// completion rings is treated as untrusted: it must lie inside the UMEM and
+// inside one frame, and its frame must be one the kernel may legitimately
+// hand back (a TX frame on the completion ring, a non-TX frame not already
+// returned on the RX ring); anything else is counted and ignored instead of
+// being freed twice or indexing out of range. A producer index more than a
+// ring ahead is treated the same way.
 //
 // # Never stalling
 //
-// gVisor's own link/xdp endpoint stalled in about one bulk run in ten. The
-// causes this package avoids:
+// gVisor's own link/xdp endpoint stalled in about one bulk run in ten. In
+// copy mode (all veth, most virtual NICs) the kernel transmits only inside
+// sendto/poll, at most 32 frames per call, answering EAGAIN while
+// descriptors remain; one kick after a larger batch leaves the rest in the
+// TX ring until the next write, and if the sender is waiting for ACKs of
+// exactly those segments, nothing comes. Here:
 //
-//   - In copy mode the kernel transmits only inside sendto/poll, and at most
-//     a small batch (32 frames) per call, answering EAGAIN while descriptors
-//     remain. A single kick after a large batch leaves the rest in the TX ring
-//     until the next write; if no write comes (the sender waits for ACKs of
-//     exactly those segments) the connection stalls. WritePackets therefore
-//     kicks until the kernel reports the ring drained, reaping completions in
-//     between, and if it cannot drain it hands the rest to the I/O goroutine,
-//     which keeps kicking.
-//   - The fill ring is refilled after every RX batch, and when the driver asks
-//     for a wake-up (XDP_RING_NEED_WAKEUP on the fill ring) it gets one.
-//   - When idle the I/O goroutine blocks in poll(2) on the socket and an
+//   - WritePackets copies packets into frames and publishes them on the TX
+//     ring; a kicker goroutine then calls sendto until the kernel reports the
+//     ring drained (0), reaping completions on EAGAIN (a full completion ring
+//     also answers EAGAIN). It lingers briefly (yielding) for more work, then
+//     sleeps on a channel; the sleep/wake hand-off re-checks the ring after
+//     announcing it sleeps, so a write can never be left unkicked. A stream of
+//     writes costs one sendto per ~32 frames instead of one per packet, and
+//     the kernel's transmit work (for veth: the peer's whole receive path)
+//     runs on another core than the stack. In zero-copy mode the kicker only
+//     kicks while the driver sets XDP_RING_NEED_WAKEUP.
+//   - A writer that finds no slot or frame kicks and reaps itself, then
+//     backs off (20 µs doubling to 1 ms) for at most 200 ms before dropping
+//     the rest; TCP retransmits.
+//   - The RX goroutine refills the fill ring after every batch and before it
+//     sleeps, and wakes a zero-copy driver that flags the fill ring
+//     NEED_WAKEUP.
+//   - When idle the RX goroutine blocks in poll(2) on the socket and an
 //     eventfd instead of spinning (2 cores), after a short yield loop that
-//     keeps latency low under load. poll on an AF_XDP socket is race-free
-//     against the RX ring (it re-checks the ring after queueing the waiter).
+//     keeps latency low under load. poll on an AF_XDP socket re-checks the RX
+//     ring after queueing the waiter, so no frame is missed.
 //
-// The ring headers (producer, consumer, flags) of the fill and TX rings are
-// mapped a second time, read-only, because pkg/xdp does not expose the flags
-// and consumer this logic needs.
+// The fill and TX ring headers (producer, consumer, flags) are mapped a
+// second time, because pkg/xdp keeps the flags and consumer private and its
+// TXQueue.Notify kicks on every call; the TX producer is published through
+// that mapping with the value TXQueue.Reserve computed.
+//
+// # Offloads
+//
+// The endpoint offers gVisor GSO (the TCP sender builds up to 64 KiB
+// segments and gVisor cuts them into MTU-sized packets handed over in one
+// batch) but no checksum offload: AF_XDP frames carry no offload metadata, so
+// the stack computes checksums on transmit and verifies them on receive.
 //
 // # Modes
 //
@@ -66,9 +86,18 @@
 // ModeCopy forces copy mode and ModeZeroCopy fails where zero-copy is not
 // available. Endpoint.Mode reports the mode in use.
 //
-// Checksums are computed by the userspace stack on transmit and verified on
-// receive: a frame coming from a local sender whose checksum was left to
-// offload (CHECKSUM_PARTIAL, e.g. a veth peer with tx checksumming on) reaches
-// the socket with an incomplete checksum and is dropped by the stack, so such
+// A frame from a local sender whose checksum was left to offload
+// (CHECKSUM_PARTIAL, e.g. a veth peer with tx checksumming on) reaches the
+// socket with an incomplete checksum and is dropped by the stack, so such
 // peers need `ethtool -K <dev> tx off`.
+//
+// # Limits
+//
+// One endpoint per interface: the program is attached with a bpf_link, and a
+// second attach on the same device fails. Frames must fit one 4 KiB frame
+// (MTU up to 3826; no multi-buffer XDP). VLAN-tagged frames, IPv4 broadcast
+// and IPv6 multicast other than neighbour solicitations go to the kernel. On
+// multi-queue NICs only Options.Queue is served: steer the owned addresses
+// to it. Where the driver has no native XDP the program runs in generic mode,
+// where GRO-merged packets larger than a frame are dropped by the kernel.
 package afxdp

@@ -13,7 +13,7 @@ import (
 )
 
 const (
-	// idleYields is how many empty RX checks (each after a Gosched) the I/O
+	// idleYields is how many empty RX checks (each after a Gosched) the RX
 	// goroutine makes before blocking in poll: enough to catch the next
 	// packet of a busy flow without a syscall, short enough not to burn a
 	// core when the link goes quiet.
