@@ -104,6 +104,7 @@ const gsoMaxSize = 1 << 16
 type Endpoint struct {
 	fd      int
 	ifindex int
+	ifMTU   uint32 // the interface's MTU when opened: sizes the ring's slots
 	ring    *rxRing
 
 	mtu  atomic.Uint32
@@ -154,9 +155,10 @@ func New(opts Options) (*Endpoint, error) {
 		}
 		e.ifindex = ifc.Index
 		e.addr.Store(tcpip.LinkAddress(ifc.HardwareAddr))
+		e.ifMTU = uint32(ifc.MTU)
 		mtu := opts.MTU
 		if mtu == 0 {
-			mtu = uint32(ifc.MTU)
+			mtu = e.ifMTU
 		}
 		e.mtu.Store(mtu)
 		// Protocol 0: the socket receives nothing until bind below, so
@@ -188,7 +190,7 @@ func (e *Endpoint) setup() error {
 	if err := unix.SetsockoptInt(e.fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sndBuf); err != nil {
 		_ = unix.SetsockoptInt(e.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, sndBuf)
 	}
-	r, err := newRxRing(e.fd)
+	r, err := newRxRing(e.fd, e.ifMTU)
 	if err != nil {
 		return err
 	}

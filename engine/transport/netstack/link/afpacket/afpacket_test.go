@@ -135,6 +135,7 @@ func TestKernelOffloads(t *testing.T) {
 					t.Fatalf("%s stack-to-kernel: %v", family(pfx), err)
 				}
 			}
+			t.Logf("stats: %+v", e.ep.Stats())
 		})
 	}
 }

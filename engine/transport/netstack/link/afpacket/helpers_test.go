@@ -89,13 +89,74 @@ func inNS(t testing.TB, ns string, args ...string) string {
 	return netnstest.Run(t, "ip", append([]string{"netns", "exec", ns}, args...)...)
 }
 
-// netem adds a netem qdisc with the given parameters as the root qdisc of
-// dev in ns, removed on cleanup (the namespace's deletion would remove it
-// too; removing it first keeps the order explicit).
-func netem(t testing.TB, ns, dev string, params ...string) {
+// dropOnEgress drops pct% of the frames leaving dev in ns, like
+// `tc qdisc add dev <dev> root netem loss <pct>%`, which it uses when the
+// kernel has netem. Kernels without it (CONFIG_NET_SCH_NETEM unset, as on
+// the machines this was written on) get the same from an nftables rule on
+// the device's netdev egress hook. Both sit on the transmit path after the
+// qdisc layer's entry, so on A they see the endpoint's frames too (it does
+// not bypass the qdisc). Removed on cleanup.
+func dropOnEgress(t testing.TB, ns, dev string, pct int) {
 	t.Helper()
-	inNS(t, ns, append([]string{"tc", "qdisc", "add", "dev", dev, "root", "netem"}, params...)...)
+	if netem(t, ns, dev, "loss", fmt.Sprintf("%d%%", pct)) {
+		return
+	}
+	nftEgress(t, ns, dev, fmt.Sprintf("numgen random mod 100 < %d drop", pct))
+}
+
+// corruptOnEgress damages pct% of the TCP frames leaving dev in ns:
+// netem's corrupt if the kernel has it (netem completes a checksum-partial
+// frame's checksum, then flips a bit), otherwise an nftables rule flipping
+// a bit of the TCP checksum field. The egress hook runs before the kernel
+// completes a checksum-partial frame's checksum, which sums the field's
+// current value too, so damaging the payload there would just yield a
+// valid checksum over damaged data; damaging the field itself yields a
+// wrong checksum. The frame must then also leave with its checksum
+// computed (ethtool -K <dev> tx off) rather than partial (a veth would
+// pass it on as checksum-partial, which every receiver trusts); it
+// reports whether the caller must do that.
+func corruptOnEgress(t testing.TB, ns, dev string, pct int) (needTxCsumOff bool) {
+	t.Helper()
+	if netem(t, ns, dev, "corrupt", fmt.Sprintf("%d%%", pct)) {
+		return false
+	}
+	nftEgress(t, ns, dev, fmt.Sprintf("meta l4proto tcp numgen random mod 100 < %d @th,128,16 set @th,128,16 ^ 0x0100", pct))
+	return true
+}
+
+// netem adds a netem root qdisc on dev in ns; false when the kernel has no
+// netem.
+func netem(t testing.TB, ns, dev string, params ...string) bool {
+	t.Helper()
+	if _, err := exec.LookPath("tc"); err != nil {
+		return false
+	}
+	args := append([]string{"netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "netem"}, params...)
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		if strings.Contains(string(out), "unknown") {
+			return false
+		}
+		t.Fatalf("tc %s: %v: %s", strings.Join(args[3:], " "), err, out)
+	}
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root").Run() })
+	return true
+}
+
+// nftEgress installs one rule on dev's netdev egress hook in ns.
+func nftEgress(t testing.TB, ns, dev, rule string) {
+	t.Helper()
+	if _, err := exec.LookPath("nft"); err != nil {
+		testreq.Missing(t, "test needs netem (tc) or nft to inject loss")
+	}
+	table := "hstest_" + strings.ReplaceAll(dev, "-", "_")
+	script := fmt.Sprintf("table netdev %s {\n chain egress {\n  type filter hook egress device %q priority 0;\n  %s\n }\n}\n", table, dev, rule)
+	cmd := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft -f: %v: %s\n%s", err, out, script)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "exec", ns, "nft", "delete", "table", "netdev", table).Run() })
 }
 
 // ethtoolOff turns offloads off on dev in ns (e.g. "tx", "tso").

@@ -15,61 +15,93 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 )
 
-// Receive ring geometry (TPACKET_V2). A frame must hold the tpacket2
-// header, the sockaddr_ll, the virtio-net header and a whole GSO/GRO frame:
-// the kernel puts the MAC header at offset 76 (TPACKET_ALIGN(52+16) + 10 -
-// 14) and a GSO frame is up to 14+65535 bytes, so 65625 bytes. Blocks of
-// 1 MiB hold 15 frames of 69904 bytes (a multiple of TPACKET_ALIGNMENT);
-// a frame may not straddle two blocks. 16 blocks = 240 frames = 16 MiB:
-// 240 full-size frames (~15 MiB of TCP data) or, from a peer that does not
-// use TSO, 240 MTU-sized ones.
+// Receive ring geometry (TPACKET_V2). The kernel puts a frame's MAC header
+// at offset 76 of a ring slot (TPACKET_ALIGN(52+16) + the 10-byte virtio
+// header - 14), so a slot for an MTU-sized frame needs 76+14+4+MTU bytes
+// (the 4 for an unstripped VLAN tag). Slots are sized for the MTU, not for
+// 64 KiB GSO frames: with 64 KiB slots a 16 MiB ring holds only 240
+// frames and a peer sending MTU-sized frames (TSO off, or a real NIC
+// without GRO) overflowed it within microseconds (~11% of frames lost in
+// the tso-off test). Frames larger than a slot take the PACKET_COPY_THRESH
+// path instead: the kernel queues the whole frame on the socket's receive
+// queue, marks its (truncated) slot TP_STATUS_COPY, and we recvmsg(2) it
+// straight into gVisor buffers, in ring order.
 const (
-	blockSize  = 1 << 20
-	blockNR    = 16
-	frameSize  = (blockSize / 15) &^ 15
-	frameNR    = blockNR * (blockSize / frameSize)
+	macOffset  = 76
 	vnetHdrLen = 10 // struct virtio_net_hdr
+	ringBytes  = 8 << 20
 
 	// sockaddr_ll follows the tpacket2_hdr, TPACKET_ALIGN'ed.
 	sllOffset = (int(unsafe.Sizeof(unix.Tpacket2Hdr{})) + 15) &^ 15
+
+	// The largest frame taken from the socket queue: 64 KiB of IP plus
+	// Ethernet and VLAN headers, read into one pooled 64 KiB view and a
+	// small one. Larger frames (BIG TCP) are dropped and counted.
+	copyMax  = buffer.MaxChunkSize + copyTail
+	copyTail = 4096
+
+	// rcvBuf bounds the frames queued by the copy path (their truesize,
+	// ~64-128 KiB each); when full, the kernel truncates instead of
+	// queueing, and those frames count as drops.
+	rcvBuf = 32 << 20
 )
 
 type rxRing struct {
-	buf  []byte
-	next int // the frame we expect the kernel to fill next
+	buf       []byte
+	frameSize int
+	perBlock  int
+	blockSize int
+	frames    int
+	next      int // the slot we expect the kernel to fill next
 }
 
-func newRxRing(fd int) (*rxRing, error) {
+// newRxRing sets up the ring with slots for frames of up to mtu bytes of
+// payload.
+func newRxRing(fd int, mtu uint32) (*rxRing, error) {
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V2); err != nil {
 		return nil, fmt.Errorf("PACKET_VERSION TPACKET_V2: %w", err)
 	}
-	req := unix.TpacketReq{Block_size: blockSize, Block_nr: blockNR, Frame_size: frameSize, Frame_nr: frameNR}
-	if err := unix.SetsockoptTpacketReq(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &req); err != nil {
-		return nil, fmt.Errorf("PACKET_RX_RING: %w", err)
+	// Any non-zero value enables the copy path.
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_COPY_THRESH, 1); err != nil {
+		return nil, fmt.Errorf("PACKET_COPY_THRESH: %w", err)
 	}
-	buf, err := unix.Mmap(fd, 0, blockSize*blockNR, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvBuf); err != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvBuf)
+	}
+	r := &rxRing{frameSize: 2048}
+	for r.frameSize < macOffset+header.EthernetMinimumSize+4+int(mtu) {
+		r.frameSize *= 2
+	}
+	r.blockSize = max(1<<20, r.frameSize)
+	r.perBlock = r.blockSize / r.frameSize
+	blocks := max(2, ringBytes/r.blockSize)
+	r.frames = blocks * r.perBlock
+	req := unix.TpacketReq{Block_size: uint32(r.blockSize), Block_nr: uint32(blocks), Frame_size: uint32(r.frameSize), Frame_nr: uint32(r.frames)}
+	if err := unix.SetsockoptTpacketReq(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &req); err != nil {
+		return nil, fmt.Errorf("PACKET_RX_RING %+v: %w", req, err)
+	}
+	buf, err := unix.Mmap(fd, 0, r.blockSize*blocks, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
 		return nil, fmt.Errorf("mmap rx ring: %w", err)
 	}
-	return &rxRing{buf: buf}, nil
+	r.buf = buf
+	return r, nil
 }
 
 func (r *rxRing) unmap() { _ = unix.Munmap(r.buf) }
 
-// frame returns frame i's header. Frames are laid out block by block; with
-// whole frames per block and blockSize a multiple of frameSize's count,
-// frame i of block b starts at b*blockSize + (i%perBlock)*frameSize.
+// frame returns slot i's header and bytes. Slots are laid out block by
+// block and never straddle two.
 func (r *rxRing) frame(i int) (*unix.Tpacket2Hdr, []byte) {
-	const perBlock = blockSize / frameSize
-	off := (i/perBlock)*blockSize + (i%perBlock)*frameSize
-	f := r.buf[off : off+frameSize : off+frameSize]
+	off := (i/r.perBlock)*r.blockSize + (i%r.perBlock)*r.frameSize
+	f := r.buf[off : off+r.frameSize : off+r.frameSize]
 	return (*unix.Tpacket2Hdr)(unsafe.Pointer(&f[0])), f
 }
 
-// The kernel and we hand frames back and forth through tp_status: the
-// kernel writes the frame, then stores TP_STATUS_USER (with a release
-// barrier); we read the frame after an acquiring load of the status and
-// give it back by storing TP_STATUS_KERNEL.
+// The kernel and we hand slots back and forth through tp_status: the
+// kernel writes the slot, then stores TP_STATUS_USER (with a barrier); we
+// read the slot after an atomic load of the status and give it back by
+// storing TP_STATUS_KERNEL.
 func loadStatus(h *unix.Tpacket2Hdr) uint32     { return atomic.LoadUint32(&h.Status) }
 func storeStatus(h *unix.Tpacket2Hdr, s uint32) { atomic.StoreUint32(&h.Status, s) }
 
@@ -112,44 +144,42 @@ func (e *Endpoint) rxLoop(d stack.NetworkDispatcher, done chan<- struct{}) {
 			}
 			continue
 		}
-		e.rxFrame(&g, h, f)
+		e.rxSlot(&g, h, f)
 		storeStatus(h, unix.TP_STATUS_KERNEL)
 		r.next++
-		if r.next == frameNR {
+		if r.next == r.frames {
 			r.next = 0
 		}
 	}
 }
 
-// rxFrame copies one frame out of the ring and hands it to GRO (which
-// delivers it to the stack).
-func (e *Endpoint) rxFrame(g *gro.GRO, h *unix.Tpacket2Hdr, f []byte) {
+// rxSlot takes the frame of one ring slot (or, for a TP_STATUS_COPY slot,
+// from the socket queue) and hands it to GRO, which delivers it.
+func (e *Endpoint) rxSlot(g *gro.GRO, h *unix.Tpacket2Hdr, f []byte) {
+	status := loadStatus(h)
+	if status&unix.TP_STATUS_COPY != 0 {
+		e.rxQueued(g)
+		return
+	}
 	mac, snap := int(h.Mac), int(h.Snaplen)
 	if mac < sllOffset+unix.SizeofSockaddrLinklayer+vnetHdrLen || mac+snap > len(f) || snap < header.EthernetMinimumSize {
 		e.rxDrops.Add(1)
 		return
 	}
 	if snap < int(h.Len) {
-		// Larger than a frame (e.g. BIG TCP GRO beyond 64 KiB).
+		// Too large for a slot and not queued either (receive
+		// buffer full).
 		e.rxDrops.Add(1)
 		return
 	}
-	if loadStatus(h)&unix.TP_STATUS_VLAN_VALID != 0 {
+	if status&unix.TP_STATUS_VLAN_VALID != 0 {
 		// The kernel stripped a VLAN tag: the frame belongs to a VLAN
 		// we do not serve.
 		return
 	}
 	data := f[mac : mac+snap]
-	eth := header.Ethernet(data)
-	if dst := eth.DestinationAddress(); dst != e.LinkAddress() && dst[0]&1 == 0 {
-		// Unicast to another MAC: a veth or promiscuous device shows
-		// us frames for others.
-		return
-	}
-	proto := eth.Type()
-	switch proto {
-	case header.IPv4ProtocolNumber, header.IPv6ProtocolNumber, header.ARPProtocolNumber:
-	default:
+	proto, ok := e.wanted(data)
+	if !ok {
 		return
 	}
 	// Checksums: the virtio header says whether the kernel vouches for
@@ -158,19 +188,78 @@ func (e *Endpoint) rxFrame(g *gro.GRO, h *unix.Tpacket2Hdr, f []byte) {
 		e.rxCsumErrors.Add(1)
 		return
 	}
+	e.deliver(g, proto, buffer.MakeWithView(buffer.NewViewWithData(data)), snap)
+}
 
-	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
-		Payload: buffer.MakeWithView(buffer.NewViewWithData(data)),
-	})
+// rxQueued reads the frame of a TP_STATUS_COPY slot from the socket's
+// receive queue, where the kernel put it whole, into gVisor buffers.
+func (e *Endpoint) rxQueued(g *gro.GRO) {
+	var vnet [vnetHdrLen]byte
+	v1 := buffer.NewViewSize(buffer.MaxChunkSize)
+	v2 := buffer.NewViewSize(copyTail)
+	n, _, flags, _, err := unix.RecvmsgBuffers(e.fd, [][]byte{vnet[:], v1.AsSlice(), v2.AsSlice()}, nil, unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+	n -= vnetHdrLen
+	if err != nil || flags&unix.MSG_TRUNC != 0 || n < header.EthernetMinimumSize || n > copyMax {
+		v1.Release()
+		v2.Release()
+		e.rxDrops.Add(1)
+		return
+	}
+	var b buffer.Buffer
+	if n <= buffer.MaxChunkSize {
+		v1.CapLength(n)
+		v2.Release()
+		b = buffer.MakeWithView(v1)
+	} else {
+		v2.CapLength(n - buffer.MaxChunkSize)
+		b = buffer.MakeWithView(v1)
+		_ = b.Append(v2)
+	}
+	proto, ok := e.wanted(v1.AsSlice())
+	if ok && !rxChecksumTrusted(vnet[:]) {
+		// Rare: large frames are GSO/GRO frames, which the kernel
+		// marks checksum-partial. Verify on a flat copy.
+		ok = checksumOK(proto, b.Flatten()[header.EthernetMinimumSize:], false)
+		if !ok {
+			e.rxCsumErrors.Add(1)
+		}
+	}
+	if !ok {
+		b.Release()
+		return
+	}
+	e.deliver(g, proto, b, n)
+}
+
+// wanted reports whether an Ethernet frame (at least its header) is for
+// the stack: to our MAC or a group address, carrying IPv4, IPv6 or ARP.
+func (e *Endpoint) wanted(frame []byte) (tcpip.NetworkProtocolNumber, bool) {
+	eth := header.Ethernet(frame)
+	if dst := eth.DestinationAddress(); dst != e.LinkAddress() && dst[0]&1 == 0 {
+		// Unicast to another MAC: a veth or promiscuous device shows
+		// us frames for others.
+		return 0, false
+	}
+	switch proto := eth.Type(); proto {
+	case header.IPv4ProtocolNumber, header.IPv6ProtocolNumber, header.ARPProtocolNumber:
+		return proto, true
+	}
+	return 0, false
+}
+
+// deliver passes a checked frame of size bytes (Ethernet header included)
+// to GRO, which passes it to the stack.
+func (e *Endpoint) deliver(g *gro.GRO, proto tcpip.NetworkProtocolNumber, frame buffer.Buffer, size int) {
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: frame})
 	defer pkt.DecRef()
 	if _, ok := pkt.LinkHeader().Consume(header.EthernetMinimumSize); !ok {
 		e.rxDrops.Add(1)
 		return
 	}
 	pkt.NetworkProtocolNumber = proto
-	pkt.RXChecksumValidated = true // verified above, or vouched for
+	pkt.RXChecksumValidated = true // verified, or vouched for by the kernel
 	e.rxPackets.Add(1)
-	e.rxBytes.Add(uint64(snap))
+	e.rxBytes.Add(uint64(size))
 	g.Enqueue(pkt)
 }
 
