@@ -13,8 +13,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// EnvLogLevel overrides the EAL's log level (default "warning"; e.g.
-// "debug" to see what the PMDs do).
+// EnvLogLevel overrides the EAL's log level: space-separated --log-level
+// values (default "warning"; e.g. "debug pmd.net.af_xdp:debug" to see what
+// a PMD does).
 const EnvLogLevel = "HOSTSTACK_DPDK_LOG_LEVEL"
 
 var eal struct {
@@ -47,7 +48,7 @@ func ealArgs() ([]string, error) {
 	if level == "" {
 		level = "warning"
 	}
-	return []string{
+	args := []string{
 		"hoststack",
 		"--no-huge", "-m", "512",
 		"--no-pci",
@@ -55,8 +56,11 @@ func ealArgs() ([]string, error) {
 		"--no-telemetry",
 		"--file-prefix=hoststack-" + strconv.Itoa(os.Getpid()),
 		"--lcores=0@(" + strings.Join(cpus, ",") + ")",
-		"--log-level=" + level,
-	}, nil
+	}
+	for _, l := range strings.Fields(level) {
+		args = append(args, "--log-level="+l)
+	}
+	return args, nil
 }
 
 func startEAL() error {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
 	"strconv"
 	"sync"
@@ -182,6 +183,7 @@ func (e *Endpoint) open(n uint32, mtu uint32) error {
 	case DriverAFXDP:
 		devargs += ",start_queue=0,queue_count=1"
 	}
+	devargs += os.Getenv("HOSTSTACK_DPDK_DEVARGS_DEBUG")
 	cargs := C.CString(devargs)
 	defer C.free(unsafe.Pointer(cargs))
 	if rc := C.rte_dev_probe(cargs); rc < 0 {
@@ -537,4 +539,17 @@ func (e *Endpoint) deliver(b *C.struct_hs_burst, n int) {
 	if drops > 0 {
 		e.rxDrops.Add(drops)
 	}
+}
+
+// debugString describes the port's DPDK counters and pool occupancy (for
+// logs when something stalls); "" after Close.
+func (e *Endpoint) debugString() string {
+	e.txMu.Lock()
+	defer e.txMu.Unlock()
+	if e.released {
+		return ""
+	}
+	var buf [512]C.char
+	C.hs_port_debug(e.port, e.pool, &buf[0], C.int(len(buf)))
+	return C.GoString(&buf[0])
 }

@@ -116,3 +116,14 @@ uint64_t hs_missed(uint16_t port) {
 	if (rte_eth_stats_get(port, &st) != 0) return 0;
 	return st.imissed + st.rx_nombuf;
 }
+
+// hs_port_debug describes the port's counters and pool, for test logs.
+int hs_port_debug(uint16_t port, struct rte_mempool *mp, char *out, int n) {
+	struct rte_eth_stats st;
+	memset(&st, 0, sizeof st);
+	rte_eth_stats_get(port, &st);
+	return snprintf(out, n, "ipackets=%lu opackets=%lu ierrors=%lu oerrors=%lu imissed=%lu rx_nombuf=%lu pool_avail=%u pool_in_use=%u",
+		(unsigned long)st.ipackets, (unsigned long)st.opackets, (unsigned long)st.ierrors, (unsigned long)st.oerrors,
+		(unsigned long)st.imissed, (unsigned long)st.rx_nombuf,
+		rte_mempool_avail_count(mp), rte_mempool_in_use_count(mp));
+}

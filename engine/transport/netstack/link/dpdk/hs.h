@@ -3,6 +3,7 @@
 #ifndef HS_DPDK_H
 #define HS_DPDK_H
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <rte_eal.h>
@@ -35,5 +36,6 @@ int hs_rx_read(struct hs_burst *b, uint16_t i, void *dst, uint32_t len);
 uint16_t hs_tx_alloc(struct rte_mempool *mp, struct hs_burst *b, uint16_t n);
 uint16_t hs_tx(uint16_t port, struct hs_burst *b, uint16_t n);
 uint64_t hs_missed(uint16_t port);
+int hs_port_debug(uint16_t port, struct rte_mempool *mp, char *out, int n);
 
 #endif
