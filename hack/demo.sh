@@ -5,9 +5,13 @@
 #     proxy by hack/envtest-assets.sh) with the hoststack CRDs installed;
 #  2. hoststack-manager reconciling; config/samples applied; the objects and
 #     their conditions printed; the invalid samples refused by the API server;
-#  3. the session engine (hoststack-agent --standalone) with two app processes
-#     attached — an echo server and a client — exchanging bytes over a
-#     cut-through session in shared memory;
+#  3. the node agent (hoststack-agent, Kubernetes mode) on node demo-node, and
+#     two pods made as the kubelet would make them (a network namespace, the
+#     CNI ADD through the real hoststack-cni plugin, a per-pod attach socket)
+#     with an app in each: a cut-through session between them, a session to a
+#     plain kernel server outside through the kernel transport (from the
+#     pod's own address) and one from outside into a pod; a SessionRule
+#     applied with kubectl that denies; the statuses;
 #  4. a clean stop of everything it started (by PID), exit 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +21,7 @@ die() { printf '\033[31mdemo failed: %s\033[0m\n' "$*" >&2; exit 1; }
 
 work=$(mktemp -d -t hoststack-demo-XXXXXX)
 pids=()
+netns=()
 cleanup() {
 	local rc=$?
 	# Stop in reverse start order, each by the PID we started, and wait.
@@ -24,6 +29,7 @@ cleanup() {
 		kill -TERM "${pids[i]}" 2>/dev/null || true
 		wait "${pids[i]}" 2>/dev/null || true
 	done
+	for ns in "${netns[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
 	rm -rf "$work"
 	if ((rc == 0)); then say "stopped cleanly"; fi
 }
@@ -105,25 +111,128 @@ for f in config/samples/invalid/*.yaml; do
 done
 echo "    $refused invalid objects refused"
 
-say "session engine (standalone) with two apps attached"
-run="$work/run"
-bin/hoststack-agent --standalone --config examples/echo/config --run-dir "$run" >"$work/agent.log" 2>&1 &
+say "node agent on node demo-node (Kubernetes mode): per-pod sockets, CNI server, kernel transport"
+[ "$(id -u)" = 0 ] || die "the rest needs root: pods are real network namespaces (ip netns)"
+"$kubectl" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Node
+metadata: {name: demo-node, labels: {kubernetes.io/hostname: demo-node}}
+EOF
+bin/hoststack-agent --node-name demo-node --run-dir "$work/run" --status-interval 1s \
+	--metrics-bind-address 0 --health-probe-bind-address 0 \
+	--csi --csi-socket "$work/csi/csi.sock" --csi-registry-dir "$work/csi-registry" \
+	--hostpath-sockets-dir "$work/pods" \
+	--cni --cni-socket "$work/cni.sock" --cni-state-dir "$work/cni-state" --cni-pending-dir "$work/cni-pending" \
+	--transport kernel >"$work/agent.log" 2>&1 &
 pids+=($!)
-wait_for_line "$work/agent.log" "msg=ready" 30
-export HOSTSTACK_SOCKET="$run/default/echo/session.sock"
-echo "    attach socket: $HOSTSTACK_SOCKET"
-bin/echo-server -listen 127.0.0.1:7000 >"$work/server.log" 2>&1 &
+wait_for_line "$work/agent.log" "ready: configuration applied" 60
+echo "    agent (pid ${pids[-1]}) ready; it serves: $("$kubectl" get sessionnode demo-node -o jsonpath='{range .status.appNamespaces[*]}{.namespace}/{.name}={.state} {end}')"
+
+say "two pods as the kubelet would make them: a network namespace, the CNI ADD, the attach socket"
+# Pod network: client-0 10.98.1.1 and web-0 10.98.2.1, each on a veth to a
+# third namespace standing for the world outside the node (10.98.N.254),
+# where a plain kernel echo server listens.
+mkns() { ip netns add "$1"; netns+=("$1"); ip -n "$1" link set lo up; }
+world=hs-demo-world-$$
+mkns "$world"
+wire_pod() { # wire_pod POD-NETNS N: eth0 10.98.N.1 <-> world 10.98.N.254
+	ip link add "hsd$2-$$" netns "$world" type veth peer name eth0 netns "$1"
+	ip -n "$1" addr add "10.98.$2.1/24" dev eth0
+	ip -n "$1" link set eth0 up
+	ip -n "$world" addr add "10.98.$2.254/24" dev "hsd$2-$$"
+	ip -n "$world" link set "hsd$2-$$" up
+}
+cni_add() { # cni_add POD NETNS IP: what the container runtime runs after the main plugin
+	local uid
+	uid=$("$kubectl" get pod "$1" -o jsonpath='{.metadata.uid}')
+	printf '%s' "{\"cniVersion\": \"1.1.0\", \"name\": \"podnet\", \"type\": \"hoststack-cni\",
+ \"agentSocket\": \"$work/cni.sock\", \"pendingDir\": \"$work/cni-pending\",
+ \"prevResult\": {\"cniVersion\": \"1.1.0\", \"interfaces\": [{\"name\": \"eth0\", \"sandbox\": \"/var/run/netns/$2\"}],
+                \"ips\": [{\"interface\": 0, \"address\": \"$3/24\"}]}}" |
+	CNI_COMMAND=ADD CNI_CONTAINERID="sandbox-$1" CNI_NETNS="/var/run/netns/$2" CNI_IFNAME=eth0 CNI_PATH="$PWD/bin" \
+		CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=$1;K8S_POD_UID=$uid" bin/hoststack-cni >/dev/null \
+		|| die "CNI ADD of pod $1 failed"
+	echo "    pod $1 (uid $uid): network namespace $2, $3; CNI ADD told the agent"
+}
+n=1
+for pod in client-0 web-0; do
+	mkns "hs-demo-$pod-$$"
+	wire_pod "hs-demo-$pod-$$" $n
+	"$kubectl" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $pod, namespace: default, labels: {hoststack.dev/app-namespace: demo}}
+spec: {nodeName: demo-node, containers: [{name: app, image: registry.invalid/$pod}]}
+EOF
+	cni_add "$pod" "hs-demo-$pod-$$" "10.98.$n.1"
+	n=$((n+1))
+done
+for pod in client-0 web-0; do
+	sock="$work/pods/default/$pod/session.sock"
+	for ((i=0; i<100; i++)); do [ -S "$sock" ] && break; sleep 0.1; done
+	[ -S "$sock" ] || die "no attach socket for pod $pod"
+	echo "    pod $pod's attach socket: $sock"
+done
+# inpod POD CMD...: run CMD as a container of POD would: in its network
+# namespace, with the socket the pod webhook's env points at.
+inpod() {
+	local pod=$1
+	shift
+	ip netns exec "hs-demo-$pod-$$" env HOSTSTACK_SOCKET="$work/pods/default/$pod/session.sock" "$@"
+}
+
+say "the apps: an echo server in web-0, a client in client-0, a plain kernel server outside"
+inpod web-0 bin/echo-server -listen :7000 >"$work/web.log" 2>&1 &
 pids+=($!)
-wait_for_line "$work/server.log" "listening on" 30
-echo "    echo server (pid ${pids[-1]}) $(head -1 "$work/server.log")"
-bin/echo-client -to 127.0.0.1:7000 -msg "hello through shared memory" | sed 's/^/    /'
-bin/echo-client -to 127.0.0.1:7000 -bytes $((8<<20)) | sed 's/^/    /'
-if bin/echo-client -to 127.0.0.1:7001 2>"$work/refused.log"; then die "dial to a port nobody listens on succeeded"; fi
-echo "    nothing on :7001 -> $(cat "$work/refused.log")"
-bin/echo-server -listen 127.0.0.1:7002 >"$work/server2.log" 2>&1 &
+wait_for_line "$work/web.log" "listening on" 30
+echo "    web-0: echo server (pid ${pids[-1]}) $(head -1 "$work/web.log")"
+ip netns exec "$world" bin/echo-server -kernel -listen 10.98.1.254:7100 >"$work/world.log" 2>&1 &
 pids+=($!)
-wait_for_line "$work/server2.log" "listening on" 30
-if bin/echo-client -to 127.0.0.1:7002 2>"$work/denied.log"; then die "dial to :7002 succeeded despite the Deny rule"; fi
-echo "    a server on :7002, but a SessionRule denies it -> $(cat "$work/denied.log")"
-echo "    the rules the engine enforces (hoststack-agent rules):"
-bin/hoststack-agent rules --run-dir "$run" | sed 's/^/      /'
+wait_for_line "$work/world.log" "listening on" 30
+echo "    outside: kernel echo server (pid ${pids[-1]}) $(head -1 "$work/world.log")"
+
+echo "    client-0 -> web-0's pod address: cut-through, the bytes move through shared memory only"
+inpod client-0 bin/echo-client -to 10.98.2.1:7000 -bytes $((8<<20)) | sed 's/^/      /'
+echo "    client-0 -> the server outside: kernel transport, a socket in client-0's network namespace"
+inpod client-0 bin/echo-client -to 10.98.1.254:7100 -msg "hello, world outside" | sed 's/^/      /'
+wait_for_line "$work/world.log" "session from 10.98.1.1:" 10
+echo "      the server outside saw: $(grep 'session from' "$work/world.log" | tail -1 | sed 's/^echo-server: //')"
+echo "    outside -> web-0: its listener listens in web-0's network namespace too (global scope)"
+ip netns exec "$world" bin/echo-client -kernel -to 10.98.2.1:7000 -msg "hello, pod" | sed 's/^/      /'
+
+say "a SessionRule that denies: kubectl apply, and client-0's next connect out is refused"
+"$kubectl" apply -f - <<EOF
+apiVersion: hoststack.dev/v1alpha1
+kind: SessionRule
+metadata: {name: demo-no-outside-echo}
+spec:
+  appNamespaceRef: {name: demo}
+  scope: Global
+  transport: TCP
+  local: {cidr: 0.0.0.0/0, port: 0}
+  remote: {cidr: 10.98.1.254/32, port: 7100}
+  action: {type: Deny}
+EOF
+denied=
+for ((i=0; i<50; i++)); do
+	if ! inpod client-0 bin/echo-client -to 10.98.1.254:7100 >/dev/null 2>"$work/denied.log" &&
+		grep -q "denied by SessionRule default/demo-no-outside-echo" "$work/denied.log"; then
+		denied=1
+		break
+	fi
+	sleep 0.1
+done
+[ -n "$denied" ] || die "the deny rule did not take effect: $(cat "$work/denied.log")"
+echo "    $(cat "$work/denied.log")"
+inpod client-0 bin/echo-client -to 10.98.2.1:7000 -msg "cut-through to web-0 is still allowed" | sed 's/^/    /'
+
+say "statuses"
+for ((i=0; i<50; i++)); do # the agent refreshes its counters every --status-interval
+	[ "$("$kubectl" get sessionnode demo-node -o jsonpath='{.status.appNamespaces[0].apps}')" = 1 ] && break
+	sleep 0.1
+done
+"$kubectl" get sessionnodes -o wide
+echo
+"$kubectl" get sessionnode demo-node -o jsonpath='    engine {.status.engine.state}, transport {.status.transport.type} {.status.transport.state}, rulesGeneration {.status.rulesGeneration}, certKeyPairs loaded {.status.certKeyPairs}{"\n"}{range .status.appNamespaces[*]}    appNamespace {.namespace}/{.name}: {.state}, apps {.apps}, sessions {.sessions}, rules {.rules}, segmentBytes {.segmentBytes}{"\n"}{end}'
+echo
+"$kubectl" get appnamespaces,sessionrules -o wide

@@ -33,6 +33,12 @@ func newTransport(o Options, reg *cni.Registry, log *slog.Logger) (session.Trans
 			}
 			return reg.PodOfIP(ip)
 		},
+		HostAddrs: func(host string) []netip.Addr {
+			if reg == nil {
+				return nil
+			}
+			return podIPs(reg, host)
+		},
 		Logf: func(f string, args ...any) { log.Info(fmt.Sprintf(f, args...), "component", "kernel-transport") },
 	}), nil
 }
@@ -60,4 +66,19 @@ func (a *Agent) transportType() hsv1.TransportType {
 		return ""
 	}
 	return hsv1.TransportKernel
+}
+
+// podIPs are the addresses the CNI plugin reported for a pod.
+func podIPs(reg *cni.Registry, uid string) []netip.Addr {
+	a, ok := reg.Lookup(uid)
+	if !ok {
+		return nil
+	}
+	var ips []netip.Addr
+	for _, c := range a.IPs {
+		if p, err := netip.ParsePrefix(c.Address); err == nil {
+			ips = append(ips, p.Addr())
+		}
+	}
+	return ips
 }

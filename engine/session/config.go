@@ -189,6 +189,14 @@ type Transport interface {
 	Connect(req ConnectRequest) (wire.Code, string)
 }
 
+// HostAddresser is implemented by transports that know the addresses of the
+// hosts: a cut-through session then gets the connecting app's host address
+// of the destination's family as its local address, as a kernel socket in
+// that host would.
+type HostAddresser interface {
+	HostAddr(namespace, host string, like netip.Addr) (netip.Addr, bool)
+}
+
 // ListenRequest asks a transport to listen for an app's listener in global
 // scope (see StreamListener).
 type ListenRequest struct {

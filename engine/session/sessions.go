@@ -345,6 +345,19 @@ func (ns *namespace) lookupListener(proto wire.Proto, dst netip.AddrPort, from s
 	return ns.listeners[k]
 }
 
+// sourceAddr is the local address of a cut-through session of app a to
+// dst: the address of a's host in dst's family when the transport knows it
+// (what a kernel socket in the pod would get), else dst's own address
+// (loopback-style, as within one host).
+func (ns *namespace) sourceAddr(a *app, dst netip.Addr) netip.Addr {
+	if ha, ok := ns.e.cfg.Transport.(HostAddresser); ok && !dst.IsLoopback() {
+		if src, ok := ha.HostAddr(ns.key, a.host, dst); ok {
+			return src
+		}
+	}
+	return dst
+}
+
 func (ns *namespace) connect(w *worker, m *wire.Connect) {
 	a := w.app
 	cfg := ns.cfg
@@ -370,7 +383,7 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 			dst = netip.AddrPortFrom(netip.IPv6Loopback(), dst.Port())
 		}
 	}
-	local := netip.AddrPortFrom(dst.Addr(), ns.nextEphemeral())
+	local := netip.AddrPortFrom(ns.sourceAddr(a, dst.Addr()), ns.nextEphemeral())
 	var l *listener
 	if r := ns.e.cfg.Rules; r != nil {
 		v := r.Lookup(RuleQuery{Namespace: ns.key, App: a.name, Scope: LocalScope, Dir: Connect, Proto: wire.TCP, Local: local, Remote: dst})
@@ -388,7 +401,7 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 				dst = netip.AddrPortFrom(dst.Addr(), l.key.port)
 			case v.To.IsValid():
 				dst = v.To
-				local = netip.AddrPortFrom(dst.Addr(), local.Port())
+				local = netip.AddrPortFrom(ns.sourceAddr(a, dst.Addr()), local.Port())
 			}
 		}
 	}

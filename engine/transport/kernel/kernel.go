@@ -42,6 +42,10 @@ type Options struct {
 	// Hosts says which host owns an address of this node (a pod's IP: its
 	// Host); nil or ok=false: none, the address is outside.
 	Hosts func(addr netip.Addr) (host string, ok bool)
+	// HostAddrs returns the addresses of a host (a pod's IPs); nil or none:
+	// cut-through sessions of its apps show the destination's address as
+	// their local one.
+	HostAddrs func(host string) []netip.Addr
 	// ConnectTimeout bounds a TCP handshake.
 	ConnectTimeout time.Duration
 	// CloseTimeout bounds how long the data an app wrote before closing
@@ -62,6 +66,7 @@ type Transport struct {
 
 var (
 	_ session.Transport       = (*Transport)(nil)
+	_ session.HostAddresser   = (*Transport)(nil)
 	_ session.StreamListener  = (*Transport)(nil)
 	_ session.PacketTransport = (*Transport)(nil)
 )
@@ -104,6 +109,19 @@ func (t *Transport) Host(_ string, addr netip.Addr) (string, bool) {
 		return "", false
 	}
 	return t.opts.Hosts(addr.Unmap())
+}
+
+// HostAddr returns an address of host in like's family (Options.HostAddrs).
+func (t *Transport) HostAddr(_, host string, like netip.Addr) (netip.Addr, bool) {
+	if t.opts.HostAddrs == nil {
+		return netip.Addr{}, false
+	}
+	for _, a := range t.opts.HostAddrs(host) {
+		if a.Unmap().Is4() == like.Unmap().Is4() {
+			return a.Unmap(), true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 func (t *Transport) netnsOf(host string) (string, error) {

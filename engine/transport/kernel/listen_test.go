@@ -61,6 +61,13 @@ func newPodEnv(t *testing.T, pods ...pod) *podEnv {
 		Hosts: func(a netip.Addr) (string, bool) {
 			h, ok := byIP[a]
 			return h, ok
+		},
+		HostAddrs: func(host string) []netip.Addr {
+			var out []netip.Addr
+			for _, a := range byName[host].addrs {
+				out = append(out, netip.MustParseAddr(a))
+			}
+			return out
 		}})
 	eng, err := session.New(session.Config{RunDir: t.TempDir(), Transport: pe.tr, Rules: apply.RuleLookup{Table: pe.table}, Logf: t.Logf})
 	if err != nil {
@@ -206,16 +213,22 @@ func TestPodsShareAPort(t *testing.T) {
 		names[p] = echo(t, ln)
 	}
 	cli := pe.attach(t, "pod-a", "client")
-	for _, tc := range []struct{ dst, pod string }{{"10.99.0.2:8080", "pod-b"}, {"[fd99::1]:8080", "pod-a"}, {"127.0.0.1:8080", "pod-a"}} {
+	for _, tc := range []struct{ dst, pod, src string }{{"10.99.0.2:8080", "pod-b", "10.99.0.1"}, {"[fd99::1]:8080", "pod-a", "fd99::1"}, {"127.0.0.1:8080", "pod-a", "127.0.0.1"}} {
 		c, err := dial(t, cli, tc.dst)
 		if err != nil {
 			t.Fatalf("dial %s: %v", tc.dst, err)
+		}
+		if src := c.LocalAddr().(*net.TCPAddr).IP.String(); src != tc.src {
+			t.Errorf("dial %s: local address %s, want the client pod's %s", tc.dst, src, tc.src)
 		}
 		if err := roundTrip(c, []byte("which pod?")); err != nil {
 			t.Fatalf("%s: %v", tc.dst, err)
 		}
 		select {
-		case <-names[tc.pod]:
+		case r := <-names[tc.pod]:
+			if got := r.(*net.TCPAddr).IP.String(); got != tc.src {
+				t.Errorf("%s saw the session from %s, want %s", tc.pod, got, tc.src)
+			}
 		case <-time.After(10 * time.Second):
 			t.Fatalf("%s did not reach %s's listener", tc.dst, tc.pod)
 		}

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"os"
 	"time"
 
@@ -25,18 +26,26 @@ func main() {
 	to := flag.String("to", "127.0.0.1:7000", "echo server address")
 	msg := flag.String("msg", "hello through shared memory", "message to send")
 	size := flag.Int("bytes", 0, "send this many random bytes instead of -msg, and verify the echo by SHA-256")
+	kernel := flag.Bool("kernel", false, "dial with a plain kernel socket instead of hoststack (a client outside the cluster)")
 	flag.Parse()
 	log.SetFlags(0)
 	log.SetPrefix("echo-client: ")
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	app, err := client.Attach(ctx, client.Options{Socket: *socket, Name: "echo-client"})
-	if err != nil {
-		log.Fatalf("attach: %v", err)
+	var c net.Conn
+	var err error
+	if *kernel {
+		c, err = (&net.Dialer{}).DialContext(ctx, "tcp", *to)
+	} else {
+		var app *client.App
+		app, err = client.Attach(ctx, client.Options{Socket: *socket, Name: "echo-client"})
+		if err != nil {
+			log.Fatalf("attach: %v", err)
+		}
+		defer app.Close()
+		c, err = app.Dial(ctx, "tcp", *to)
 	}
-	defer app.Close()
-	c, err := app.Dial(ctx, "tcp", *to)
 	if err != nil {
 		log.Fatalf("dial: %v", err)
 	}

@@ -24,18 +24,26 @@ import (
 func main() {
 	socket := flag.String("socket", os.Getenv(client.EnvSocket), "engine attach socket (default $HOSTSTACK_SOCKET)")
 	listen := flag.String("listen", "127.0.0.1:7000", "address to listen on")
+	kernel := flag.Bool("kernel", false, "listen with a plain kernel socket instead of hoststack (a server outside the cluster)")
 	flag.Parse()
 	log.SetFlags(0)
 	log.SetPrefix("echo-server: ")
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	app, err := client.Attach(ctx, client.Options{Socket: *socket, Name: "echo-server"})
-	if err != nil {
-		log.Fatalf("attach: %v", err)
+	var ln net.Listener
+	var err error
+	if *kernel {
+		ln, err = net.Listen("tcp", *listen)
+	} else {
+		var app *client.App
+		app, err = client.Attach(ctx, client.Options{Socket: *socket, Name: "echo-server"})
+		if err != nil {
+			log.Fatalf("attach: %v", err)
+		}
+		defer app.Close()
+		ln, err = app.Listen("tcp", *listen)
 	}
-	defer app.Close()
-	ln, err := app.Listen("tcp", *listen)
 	if err != nil {
 		log.Fatalf("listen: %v", err)
 	}
