@@ -44,11 +44,20 @@ const (
 // Polling: after any RX or TX the RX thread keeps polling for spinWindow,
 // because a reply usually follows; then it sleeps, doubling from minSleep
 // to maxSleep while the queue stays empty.
-const (
+var (
 	spinWindow = 100 * time.Microsecond
 	minSleep   = 5 * time.Microsecond
 	maxSleep   = 200 * time.Microsecond
 )
+
+func init() {
+	if d, err := time.ParseDuration(os.Getenv("XSPIN")); err == nil {
+		spinWindow = d
+	}
+	if d, err := time.ParseDuration(os.Getenv("XMAXSLEEP")); err == nil {
+		maxSleep = d
+	}
+}
 
 var (
 	devSeq atomic.Uint32
