@@ -128,8 +128,11 @@ type Endpoint struct {
 	mac        tcpip.LinkAddress
 	onClose    func()
 
-	// frames is the per-frame ownership state; guarded by cb.UMEM's lock.
-	frames []uint8
+	// frames is the per-frame ownership state and inKernel the number of
+	// frames on the fill ring or with the kernel for RX; both guarded by
+	// cb.UMEM's lock.
+	frames   []uint8
+	inKernel uint32
 
 	txMu       sync.Mutex    // serialises TX ring producers
 	kickCh     chan struct{} // wakes the TX kicker
@@ -235,7 +238,7 @@ func (e *Endpoint) open(opts Options) error {
 	}
 	// Hand the kernel its receive buffers before traffic can arrive.
 	e.cb.UMEM.Lock()
-	e.cb.Fill.FillAll(&e.cb.UMEM)
+	e.fill()
 	e.cb.UMEM.Unlock()
 
 	// Bind: no mode flag lets the kernel pick zero-copy and fall back to

@@ -55,7 +55,7 @@ func (e *Endpoint) rxLoop() {
 func (e *Endpoint) block() {
 	e.cb.UMEM.Lock()
 	e.reap()
-	e.cb.Fill.FillAll(&e.cb.UMEM)
+	e.fill()
 	e.cb.UMEM.Unlock()
 	if e.fillH.needWakeup() {
 		e.c.fillWakeups.Add(1)
@@ -102,9 +102,12 @@ func (e *Endpoint) receive(b *rxBatch) int {
 	um.Lock()
 	for i := uint32(0); i < look; i++ {
 		d := e.cb.RX.Get(idx + i)
-		ok := e.validRX(d)
+		// The kernel cannot return more frames than the fill ring gave
+		// it, whatever the descriptors say.
+		ok := e.inKernel > 0 && e.validRX(d)
 		if ok {
 			e.frames[d.Addr/frameSize] = frameRX
+			e.inKernel--
 		} else {
 			e.c.rxBad.Add(1)
 		}
@@ -114,12 +117,15 @@ func (e *Endpoint) receive(b *rxBatch) int {
 	um.Unlock()
 
 	// Copy outside the lock: frames marked frameRX are ours alone.
+	e.mu.RLock()
+	mac := e.mac
+	e.mu.RUnlock()
 	for i, d := range b.descs {
 		if !b.ok[i] {
 			continue
 		}
 		data := um.Get(d)
-		if !e.forUs(data) {
+		if !forUs(data, mac) {
 			e.c.rxDrops.Add(1)
 			continue
 		}
@@ -136,7 +142,7 @@ func (e *Endpoint) receive(b *rxBatch) int {
 		}
 	}
 	e.cb.RX.Release(n)
-	e.cb.Fill.FillAll(um)
+	e.fill()
 	um.Unlock()
 	if e.fillH.needWakeup() {
 		// A zero-copy driver that ran out of fill buffers sleeps until
@@ -165,6 +171,15 @@ func (e *Endpoint) receive(b *rxBatch) int {
 	return int(n)
 }
 
+// fill moves free frames to the fill ring and counts them as the kernel's.
+// FillAll publishes the producer it advanced, so the published producer's
+// movement is the number of frames it handed over. Called with the UMEM lock.
+func (e *Endpoint) fill() {
+	before := atomic.LoadUint32(e.fillH.producer)
+	e.cb.Fill.FillAll(&e.cb.UMEM)
+	e.inKernel += atomic.LoadUint32(e.fillH.producer) - before
+}
+
 // validRX checks an RX descriptor from the kernel before anything trusts
 // it: inside the UMEM, inside one frame, long enough for an Ethernet
 // header, and naming a frame the kernel may hand back (not one on the TX
@@ -181,14 +196,11 @@ func (e *Endpoint) validRX(d unix.XDPDesc) bool {
 
 // forUs drops unicast frames for another MAC (the program steers by IP
 // address only).
-func (e *Endpoint) forUs(frame []byte) bool {
+func forUs(frame []byte, mac tcpip.LinkAddress) bool {
 	dst := frame[:6]
 	if dst[0]&1 != 0 {
 		return true // broadcast or multicast
 	}
-	e.mu.RLock()
-	mac := e.mac
-	e.mu.RUnlock()
 	return string(dst) == string(mac)
 }
 
