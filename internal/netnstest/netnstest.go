@@ -130,3 +130,33 @@ func Dial(path, network, addr string) (net.Conn, error) {
 	})
 	return c, err
 }
+
+// Loss drops pct percent of the packets the kernel of end's namespace
+// receives and sends, with nftables (numgen random) in both directions.
+// (tc netem would do for the sending side, but kernels built without
+// CONFIG_NET_SCH_NETEM — this CI's — lack it, and nftables also reaches
+// what arrives.) A userspace stack in that namespace sends and receives
+// below netfilter: put the loss on its kernel peer's side.
+func Loss(t testing.TB, end End, pct int) {
+	t.Helper()
+	if _, err := exec.LookPath("nft"); err != nil {
+		testreq.Missing(t, "test needs nft(8) from nftables to inject packet loss")
+	}
+	rules := fmt.Sprintf(`table inet hsloss {
+  chain in { type filter hook prerouting priority -300; policy accept; numgen random mod 100 < %d counter drop; }
+  chain out { type filter hook output priority -300; policy accept; numgen random mod 100 < %d counter drop; }
+}
+`, pct, pct)
+	cmd := exec.Command("ip", "netns", "exec", end.NS, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "exec", end.NS, "nft", "delete", "table", "inet", "hsloss").Run() })
+}
+
+// Dropped reports how many packets Loss dropped in end's namespace.
+func Dropped(t testing.TB, end End) string {
+	t.Helper()
+	return Run(t, "ip", "netns", "exec", end.NS, "nft", "list", "table", "inet", "hsloss")
+}

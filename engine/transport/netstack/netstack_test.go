@@ -78,7 +78,7 @@ func newNode(t testing.TB, kind string, end netnstest.End, addrs ...string) *nod
 		n.eng.Close()
 		tr.Close()
 	})
-	n.sock, err = n.eng.AddNamespace(session.NamespaceConfig{Namespace: "team", Name: "web", SegmentSize: 64 << 20,
+	n.sock, err = n.eng.AddNamespace(session.NamespaceConfig{Namespace: "team", Name: "web", SegmentSize: 256 << 20,
 		RxFifoSize: 4 << 20, TxFifoSize: 4 << 20})
 	if err != nil {
 		t.Fatal(err)

@@ -17,6 +17,11 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/hoststack/hoststack/engine/netns"
 	"github.com/hoststack/hoststack/engine/transport/netstack/link/afpacket"
 	"github.com/hoststack/hoststack/internal/netnstest"
 	"github.com/hoststack/hoststack/internal/stacktest"
@@ -89,18 +94,62 @@ func inNS(t testing.TB, ns string, args ...string) string {
 	return netnstest.Run(t, "ip", append([]string{"netns", "exec", ns}, args...)...)
 }
 
-// dropOnEgress drops pct% of the frames leaving dev in ns, like
-// `tc qdisc add dev <dev> root netem loss <pct>%`, which it uses when the
-// kernel has netem. Kernels without it (CONFIG_NET_SCH_NETEM unset, as on
-// the machines this was written on) get the same from an nftables rule on
-// the device's netdev egress hook. Both sit on the transmit path after the
-// qdisc layer's entry, so on A they see the endpoint's frames too (it does
-// not bypass the qdisc). Removed on cleanup.
-func dropOnEgress(t testing.TB, ns, dev string, pct int) {
+// lossyLink makes the link from one end of the pair to the other lose
+// pct% of its frames, as `tc qdisc add dev <sender's veth> root netem loss
+// <pct>%` does, which it uses when the kernel has netem. Kernels without
+// it (CONFIG_NET_SCH_NETEM unset, as on the machines this was written on)
+// get the same from an XDP program in generic mode on the receiver's veth
+// that drops a random pct% (written with cilium/ebpf's assembler, no C).
+// Both drop where the sender cannot tell: netem reports success, and XDP
+// runs on receive. (Dropping in an nftables egress hook or a tc egress
+// filter would not do: the sending kernel's TCP sees NET_XMIT_DROP and
+// just sends the segment again, without any loss recovery.) Generic XDP
+// runs before AF_PACKET taps, so on A it hides frames from the endpoint
+// like a lossy wire. Removed on cleanup.
+func lossyLink(t testing.TB, from, to netnstest.End, pct int) {
 	t.Helper()
-	if netem(t, ns, dev, "loss", fmt.Sprintf("%d%%", pct)) {
+	if netem(t, from.NS, from.Dev, "loss", fmt.Sprintf("%d%%", pct)) {
 		return
 	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:    "hstest_loss",
+		Type:    ebpf.XDP,
+		License: "GPL",
+		Instructions: asm.Instructions{
+			asm.FnGetPrandomU32.Call(),
+			asm.Mod.Imm(asm.R0, 100),
+			asm.JGE.Imm(asm.R0, int32(pct), "pass"),
+			asm.Mov.Imm(asm.R0, 1), // XDP_DROP
+			asm.Return(),
+			asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), // XDP_PASS
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		testreq.Missing(t, fmt.Sprintf("no netem, and loading an XDP program failed: %v", err))
+	}
+	t.Cleanup(func() { prog.Close() })
+	var l link.Link
+	if err := netns.Do(to.Path(), func() error {
+		ifc, err := net.InterfaceByName(to.Dev)
+		if err != nil {
+			return err
+		}
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifc.Index, Flags: link.XDPGenericMode})
+		return err
+	}); err != nil {
+		t.Fatalf("attach XDP loss program to %s: %v", to.Dev, err)
+	}
+	// The link stays referenced until cleanup: a collected link detaches.
+	t.Cleanup(func() { l.Close() })
+}
+
+// refuseOnEgress makes dev in ns refuse pct% of the frames sent on it,
+// with an nftables rule on its netdev egress hook: the sender gets
+// NET_XMIT_DROP back (the endpoint sees ENOBUFS from sendmmsg, counts a
+// TX drop and lets TCP recover). Removed on cleanup.
+func refuseOnEgress(t testing.TB, ns, dev string, pct int) {
+	t.Helper()
 	nftEgress(t, ns, dev, fmt.Sprintf("numgen random mod 100 < %d drop", pct))
 }
 

@@ -7,6 +7,8 @@ package afpacket_test
 
 import (
 	"net/netip"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -65,22 +67,33 @@ func TestNoStall(t *testing.T) {
 	t.Logf("slowest of %d runs of 64 MiB: %v; stats %+v", runs, worst.Round(time.Millisecond), e.ep.Stats())
 }
 
-// TestLoss drops 1% of the frames leaving B (the kernel's transmissions
-// to the stack), leaving A (the stack's transmissions: the endpoint does
-// not bypass the device's transmit path) and both (see dropOnEgress: netem
-// or nftables), and expects intact transfers both ways. Loss applies to
-// whole GSO frames, so each loss event takes up to 45 MSS-sized segments
-// at once.
+// TestLoss loses 1% of the frames on the link into the stack (B to A),
+// into the kernel (A to B), and both (see lossyLink: netem, or XDP), and
+// has A's own device refuse 1% of the endpoint's frames (see
+// refuseOnEgress); transfers both ways must arrive intact. Loss applies
+// to whole GSO frames, so one loss event takes up to 45 MSS-sized
+// segments at once.
 func TestLoss(t *testing.T) {
 	n := int64(32 << 20)
-	for _, where := range []string{"B", "A", "both"} {
-		t.Run("on-"+where, func(t *testing.T) {
+	for _, tc := range []struct {
+		name                      string
+		intoStack, intoKernel, tx bool
+	}{
+		{name: "into-stack", intoStack: true},
+		{name: "into-kernel", intoKernel: true},
+		{name: "both-ways", intoStack: true, intoKernel: true},
+		{name: "device-refuses", tx: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, keepKernelAddrs)
-			if where != "A" {
-				dropOnEgress(t, e.p.B.NS, e.p.B.Dev, 1)
+			if tc.intoStack {
+				lossyLink(t, e.p.B, e.p.A, 1)
 			}
-			if where != "B" {
-				dropOnEgress(t, e.p.A.NS, e.p.A.Dev, 1)
+			if tc.intoKernel {
+				lossyLink(t, e.p.A, e.p.B, 1)
+			}
+			if tc.tx {
+				refuseOnEgress(t, e.p.A.NS, e.p.A.Dev, 1)
 			}
 			for i, pfx := range []netip.Prefix{stack4, stack6} {
 				start := time.Now()
@@ -97,8 +110,20 @@ func TestLoss(t *testing.T) {
 				}
 				t.Logf("%s kernel-to-stack: %v", family(pfx), time.Since(start).Round(time.Millisecond))
 			}
+			// The loss must have happened: the senders behind the
+			// lossy links retransmitted.
 			st := e.ep.Stats()
-			t.Logf("stats: %+v", st)
+			kernelRetrans, stackRetrans := tcpRetrans(t, e.p.B.NS), e.s.Stats().TCP.Retransmits.Value()
+			t.Logf("stats: %+v; retransmitted segments: B's kernel %d, stack %d", st, kernelRetrans, stackRetrans)
+			if tc.intoStack && kernelRetrans == 0 {
+				t.Error("B's kernel retransmitted nothing: no loss on the way into the stack")
+			}
+			if (tc.intoKernel || tc.tx) && stackRetrans == 0 {
+				t.Error("the stack retransmitted nothing: no loss on the way into the kernel")
+			}
+			if tc.tx && st.TxDrops == 0 {
+				t.Error("no TX drop counted although the device refused 1% of the frames")
+			}
 		})
 	}
 }
@@ -124,4 +149,32 @@ func TestCorruption(t *testing.T) {
 	if st.RxDrops == 0 {
 		t.Error("no frame was dropped for a bad checksum although netem corrupted 1%")
 	}
+}
+
+// tcpRetrans is the TCP RetransSegs counter (IPv4 and IPv6) of the
+// namespace ns.
+func tcpRetrans(t testing.TB, ns string) uint64 {
+	t.Helper()
+	var names []string
+	for _, line := range strings.Split(inNS(t, ns, "cat", "/proc/net/snmp"), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Tcp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, name := range names {
+			if name == "RetransSegs" && i < len(f) {
+				n, err := strconv.ParseUint(f[i], 10, 64)
+				if err != nil {
+					t.Fatalf("RetransSegs %q: %v", f[i], err)
+				}
+				return n
+			}
+		}
+	}
+	t.Fatal("no Tcp RetransSegs in /proc/net/snmp")
+	return 0
 }

@@ -506,7 +506,7 @@ var _ stack.GSOEndpoint = (*Endpoint)(nil)
 func (e *Endpoint) GSOMaxSize() uint32 { return gsoMaxSize }
 
 // SupportedGSO implements stack.GSOEndpoint: gVisor GSO, where the TCP
-// sender works on large segments and hands the MTU-sized packets cut from
-// one of them to WritePackets as a single batch. The socket takes no
-// offload metadata, so host GSO is not possible.
+// sender works on segments of up to 64 KiB (fewer sender operations per
+// byte) and cuts them into MTU-sized packets just before the link. The
+// socket takes no offload metadata, so host GSO is not possible.
 func (e *Endpoint) SupportedGSO() stack.SupportedGSO { return stack.GVisorGSOSupported }

@@ -74,9 +74,9 @@
 //
 // # Offloads
 //
-// The endpoint offers gVisor GSO (the TCP sender builds up to 64 KiB
-// segments and gVisor cuts them into MTU-sized packets handed over in one
-// batch) but no checksum offload: AF_XDP frames carry no offload metadata, so
+// The endpoint offers gVisor GSO (the TCP sender works on segments of up to
+// 64 KiB, cut into MTU-sized packets just before the link) but no checksum
+// offload: AF_XDP frames carry no offload metadata, so
 // the stack computes checksums on transmit and verifies them on receive.
 //
 // # Modes

@@ -53,3 +53,11 @@ func newBurst() *C.struct_hs_burst {
 }
 
 func freeBurst(b *C.struct_hs_burst) { C.free(unsafe.Pointer(b)) }
+
+// newTxq allocates an empty pending-TX queue in C memory; freed with
+// freeTxq.
+func newTxq() *C.struct_hs_txq {
+	return (*C.struct_hs_txq)(C.calloc(1, C.size_t(unsafe.Sizeof(C.struct_hs_txq{}))))
+}
+
+func freeTxq(q *C.struct_hs_txq) { C.free(unsafe.Pointer(q)) }

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"runtime"
 	"strconv"
 	"sync"
@@ -44,20 +43,22 @@ const (
 // Polling: after any RX or TX the RX thread keeps polling for spinWindow,
 // because a reply usually follows; then it sleeps, doubling from minSleep
 // to maxSleep while the queue stays empty.
-var (
+const (
 	spinWindow = 100 * time.Microsecond
 	minSleep   = 5 * time.Microsecond
 	maxSleep   = 200 * time.Microsecond
 )
 
-func init() {
-	if d, err := time.ParseDuration(os.Getenv("XSPIN")); err == nil {
-		spinWindow = d
-	}
-	if d, err := time.ParseDuration(os.Getenv("XMAXSLEEP")); err == nil {
-		maxSleep = d
-	}
-}
+// TX coalescing: while the RX thread is polling, transmits wait until
+// txFlushAt frames are pending or the oldest has waited txCoalesce, so that
+// one PMD burst (one sendto for af_packet, measured at 8.8 µs a frame alone
+// and 3.3 µs a frame in bursts of 32 on a veth here) carries several frames.
+// When the RX thread sleeps or is not running, WritePackets flushes at once,
+// so an idle endpoint adds no latency.
+const (
+	txFlushAt  = 32
+	txCoalesce = 10 * time.Microsecond
+)
 
 var (
 	devSeq atomic.Uint32
@@ -80,12 +81,20 @@ type Endpoint struct {
 	mtu      atomic.Uint32
 	maxFrame uint32 // largest frame an mbuf holds
 
-	// txMu serialises the TX queue and the TX burst array, and guards
-	// released (the port is gone).
-	txMu     sync.Mutex
-	txb      *C.struct_hs_burst
-	released bool
-	missed   uint64 // PMD drops at release
+	// txMu serialises the TX queue, the TX burst array and the pending
+	// frames, and guards released (the port is gone).
+	txMu         sync.Mutex
+	txb          *C.struct_hs_burst
+	txq          *C.struct_hs_txq
+	pendingBytes uint64
+	released     bool
+	missed       uint64 // PMD drops at release
+	// txPending (frames waiting) and pendingSince (now() of the oldest)
+	// let the RX thread look without the lock.
+	txPending    atomic.Int32
+	pendingSince atomic.Int64
+	// polling is true while the RX thread spins and will flush.
+	polling atomic.Bool
 
 	// attachMu guards the dispatcher and the RX loop's lifecycle.
 	attachMu   sync.Mutex
@@ -153,6 +162,7 @@ func New(opts Options) (*Endpoint, error) {
 	e.linkAddr = tcpip.LinkAddress(e.mac[:])
 	e.txb = newBurst()
 	e.rxb = newBurst()
+	e.txq = newTxq()
 	return e, nil
 }
 
@@ -192,7 +202,6 @@ func (e *Endpoint) open(n uint32, mtu uint32) error {
 	case DriverAFXDP:
 		devargs += ",start_queue=0,queue_count=1"
 	}
-	devargs += os.Getenv("HOSTSTACK_DPDK_DEVARGS_DEBUG")
 	cargs := C.CString(devargs)
 	defer C.free(unsafe.Pointer(cargs))
 	if rc := C.rte_dev_probe(cargs); rc < 0 {
@@ -244,6 +253,7 @@ func (e *Endpoint) Shutdown() error {
 		e.attachMu.Unlock()
 
 		e.txMu.Lock()
+		e.flushLocked()
 		e.released = true
 		e.missed = uint64(C.hs_missed(e.port))
 		e.txMu.Unlock()
@@ -259,6 +269,7 @@ func (e *Endpoint) Shutdown() error {
 		C.rte_mempool_free(e.pool)
 		freeBurst(e.txb)
 		freeBurst(e.rxb)
+		freeTxq(e.txq)
 	})
 	return e.closeErr
 }
@@ -389,7 +400,8 @@ func (e *Endpoint) Wait() {
 }
 
 // WritePackets implements stack.LinkWriter. It copies each packet into an
-// mbuf and transmits the burst from the calling goroutine.
+// mbuf, queues it, and transmits the queue from the calling goroutine unless
+// the RX thread is polling and will (see txCoalesce).
 func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	list := pkts.AsSlice()
 	e.txMu.Lock()
@@ -397,7 +409,8 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 	if e.released {
 		return 0, &tcpip.ErrClosedForSend{}
 	}
-	e.lastActive.Store(now())
+	t := now()
+	e.lastActive.Store(t)
 	b := e.txb
 	for len(list) > 0 {
 		// Gather up to a burst of packets that fit an mbuf.
@@ -418,30 +431,61 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 		if k == 0 {
 			break
 		}
-		if C.hs_tx_alloc(e.pool, b, C.uint16_t(k)) == 0 {
-			e.txDrops.Add(uint64(k))
-			continue
+		if int(e.txq.n)+k > C.HS_TXQ {
+			e.flushLocked()
 		}
-		var bytes uint64
+		if C.hs_tx_alloc(e.pool, b, C.uint16_t(k)) == 0 {
+			// The pending frames may be what holds the pool.
+			e.flushLocked()
+			if C.hs_tx_alloc(e.pool, b, C.uint16_t(k)) == 0 {
+				e.txDrops.Add(uint64(k))
+				continue
+			}
+		}
 		for i, pkt := range batch[:k] {
 			dst := unsafe.Slice((*byte)(b.data[i]), int(b.len[i]))
 			off := 0
 			for _, s := range pkt.AsSlices() {
 				off += copy(dst[off:], s)
 			}
-			bytes += uint64(off)
+			e.pendingBytes += uint64(off)
 		}
-		sent := int(C.hs_tx(e.port, b, C.uint16_t(k)))
-		if sent < k {
-			e.txDrops.Add(uint64(k - sent))
-			for _, pkt := range batch[sent:k] {
-				bytes -= uint64(pkt.Size())
-			}
+		if e.txq.n == 0 {
+			e.pendingSince.Store(t)
 		}
-		e.txPackets.Add(uint64(sent))
-		e.txBytes.Add(bytes)
+		C.hs_txq_add(e.txq, b, C.uint16_t(k))
+		e.txPending.Store(int32(e.txq.n))
+	}
+	if e.txq.n >= txFlushAt || !e.polling.Load() {
+		e.flushLocked()
 	}
 	return pkts.Len(), nil
+}
+
+// flushLocked hands the pending frames to the PMD; txMu is held.
+func (e *Endpoint) flushLocked() {
+	n := int(e.txq.n)
+	if n == 0 {
+		return
+	}
+	var dropped C.uint64_t
+	sent := int(C.hs_txq_flush(e.port, e.txq, &dropped))
+	e.txPackets.Add(uint64(sent))
+	e.txBytes.Add(e.pendingBytes - uint64(dropped))
+	if sent < n {
+		e.txDrops.Add(uint64(n - sent))
+	}
+	e.pendingBytes = 0
+	e.txPending.Store(0)
+}
+
+// flush is flushLocked for the RX thread.
+func (e *Endpoint) flush() {
+	e.txMu.Lock()
+	if !e.released {
+		e.flushLocked()
+	}
+	e.txMu.Unlock()
 }
 
 // rxLoop polls the RX queue on a locked OS thread until rxStop.
@@ -461,22 +505,33 @@ func (e *Endpoint) rxLoop() {
 	b := e.rxb
 	var nfree C.uint16_t
 	sleep := minSleep
+	e.polling.Store(true)
 	for !e.rxStop.Load() {
 		n := C.hs_rx(e.port, b, nfree)
 		nfree = n
-		if n == 0 {
-			if now()-e.lastActive.Load() < int64(spinWindow) {
-				continue
-			}
-			ts := unix.NsecToTimespec(int64(sleep))
-			_ = unix.Nanosleep(&ts, nil)
-			sleep = min(sleep*2, maxSleep)
+		if n > 0 {
+			sleep = minSleep
+			e.lastActive.Store(now())
+			e.deliver(b, int(n))
+		}
+		if e.txPending.Load() > 0 && now()-e.pendingSince.Load() >= int64(txCoalesce) {
+			e.flush()
+		}
+		if n > 0 || now()-e.lastActive.Load() < int64(spinWindow) {
 			continue
 		}
-		sleep = minSleep
-		e.lastActive.Store(now())
-		e.deliver(b, int(n))
+		// Going to sleep: from here on WritePackets flushes itself, and
+		// whatever it queued before it saw polling go false is flushed
+		// now.
+		e.polling.Store(false)
+		e.flush()
+		ts := unix.NsecToTimespec(int64(sleep))
+		_ = unix.Nanosleep(&ts, nil)
+		sleep = min(sleep*2, maxSleep)
+		e.polling.Store(true)
 	}
+	e.polling.Store(false)
+	e.flush()
 	if nfree > 0 {
 		C.rte_pktmbuf_free_bulk(&b.m[0], C.uint(nfree))
 	}

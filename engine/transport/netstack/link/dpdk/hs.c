@@ -97,17 +97,29 @@ uint16_t hs_tx_alloc(struct rte_mempool *mp, struct hs_burst *b, uint16_t n) {
 	return n;
 }
 
-// hs_tx sends n filled mbufs, retrying a full queue a few times, and frees
-// what could not be sent. It returns how many were sent.
-uint16_t hs_tx(uint16_t port, struct hs_burst *b, uint16_t n) {
-	uint16_t sent = 0;
+// hs_txq_add appends the k mbufs of b (filled by Go) to the pending queue;
+// the caller has made room.
+void hs_txq_add(struct hs_txq *q, struct hs_burst *b, uint16_t k) {
+	memcpy(&q->m[q->n], b->m, k * sizeof(b->m[0]));
+	q->n += k;
+}
+
+// hs_txq_flush transmits the pending queue in bursts, retrying a full queue
+// a few times, frees what could not be sent and adds its bytes to
+// *dropped_bytes. It returns how many were sent and empties the queue.
+uint16_t hs_txq_flush(uint16_t port, struct hs_txq *q, uint64_t *dropped_bytes) {
+	uint16_t n = q->n, sent = 0;
 	int idle = 0;
 	while (sent < n) {
-		uint16_t k = rte_eth_tx_burst(port, 0, b->m + sent, n - sent);
+		uint16_t k = rte_eth_tx_burst(port, 0, q->m + sent, n - sent);
 		sent += k;
 		if (k == 0 && ++idle > 256) break;
 	}
-	if (sent < n) rte_pktmbuf_free_bulk(b->m + sent, n - sent);
+	for (uint16_t i = sent; i < n; i++) {
+		*dropped_bytes += q->m[i]->pkt_len;
+		rte_pktmbuf_free(q->m[i]);
+	}
+	q->n = 0;
 	return sent;
 }
 

@@ -26,6 +26,17 @@ struct hs_burst {
 	uint16_t segs[HS_BURST];
 };
 
+// HS_TXQ is the most frames waiting to be flushed in one TX burst series.
+#define HS_TXQ 256
+
+// hs_txq holds filled mbufs not yet handed to the PMD: transmits are
+// coalesced so that the PMD's per-burst kick (a sendto for af_packet)
+// covers many frames.
+struct hs_txq {
+	uint16_t n;
+	struct rte_mbuf *m[HS_TXQ];
+};
+
 int hs_errno(void);
 int hs_eal_init(int argc, char **argv);
 int hs_port_start(uint16_t port, struct rte_mempool *mp, uint16_t nrx, uint16_t ntx, uint16_t mtu, int *stage);
@@ -34,7 +45,8 @@ int hs_port_release(uint16_t port);
 uint16_t hs_rx(uint16_t port, struct hs_burst *b, uint16_t nfree);
 int hs_rx_read(struct hs_burst *b, uint16_t i, void *dst, uint32_t len);
 uint16_t hs_tx_alloc(struct rte_mempool *mp, struct hs_burst *b, uint16_t n);
-uint16_t hs_tx(uint16_t port, struct hs_burst *b, uint16_t n);
+void hs_txq_add(struct hs_txq *q, struct hs_burst *b, uint16_t k);
+uint16_t hs_txq_flush(uint16_t port, struct hs_txq *q, uint64_t *dropped_bytes);
 uint64_t hs_missed(uint16_t port);
 int hs_port_debug(uint16_t port, struct rte_mempool *mp, char *out, int n);
 
