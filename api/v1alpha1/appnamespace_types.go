@@ -80,8 +80,26 @@ type AppNamespaceNetwork struct {
 	Interface *NetworkInterface `json:"interface,omitempty"`
 }
 
-// NetworkInterface is a node network interface and the VRF table the
-// userspace stack uses on it.
+// LinkDriver is how the userspace stack reaches a node interface.
+// +kubebuilder:validation:Enum=AFXDP;AFPacket;DPDK
+type LinkDriver string
+
+const (
+	// LinkDriverAFXDP: an AF_XDP socket, with an XDP program that steers
+	// only the AppNamespace's addresses to it (zero-copy where the driver
+	// supports it).
+	LinkDriverAFXDP LinkDriver = "AFXDP"
+	// LinkDriverAFPacket: an AF_PACKET socket with a TPACKET ring and
+	// virtio-net headers (GSO); works on any interface.
+	LinkDriverAFPacket LinkDriver = "AFPacket"
+	// LinkDriverDPDK: a DPDK port (agents built with DPDK support only).
+	LinkDriverDPDK LinkDriver = "DPDK"
+)
+
+// NetworkInterface is a node network interface, the addresses the
+// userspace stack owns on it, and the VRF table the AppNamespace uses.
+// +kubebuilder:validation:XValidation:rule="!has(self.ipv4Gateway) || self.addresses.exists(a, cidr(a).ip().family() == 4)",message="spec.network.interface.ipv4Gateway needs an IPv4 address in spec.network.interface.addresses",fieldPath=".ipv4Gateway"
+// +kubebuilder:validation:XValidation:rule="!has(self.ipv6Gateway) || self.addresses.exists(a, cidr(a).ip().family() == 6)",message="spec.network.interface.ipv6Gateway needs an IPv6 address in spec.network.interface.addresses",fieldPath=".ipv6Gateway"
 type NetworkInterface struct {
 	// name is the Linux interface name on each selected node.
 	// +required
@@ -96,6 +114,37 @@ type NetworkInterface struct {
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=4294967295
 	VRF *int64 `json:"vrf,omitempty"`
+
+	// addresses are the userspace stack's own addresses on the interface,
+	// with their on-link prefix (e.g. 192.0.2.10/24). They must not be
+	// configured on the kernel's interface: the stack answers ARP and
+	// neighbour solicitation for them itself.
+	// +required
+	// +listType=set
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=8
+	// +kubebuilder:validation:items:MaxLength=43
+	// +kubebuilder:validation:items:XValidation:rule="isCIDR(self)",message="spec.network.interface.addresses must be CIDRs such as 192.0.2.10/24"
+	Addresses []string `json:"addresses,omitempty"`
+
+	// ipv4Gateway is the next hop of the stack's IPv4 default route;
+	// without it only on-link IPv4 destinations are reachable.
+	// +optional
+	// +kubebuilder:validation:MaxLength=15
+	// +kubebuilder:validation:XValidation:rule="isIP(self) && ip(self).family() == 4",message="spec.network.interface.ipv4Gateway must be an IPv4 address"
+	IPv4Gateway string `json:"ipv4Gateway,omitempty"`
+
+	// ipv6Gateway is the next hop of the stack's IPv6 default route.
+	// +optional
+	// +kubebuilder:validation:MaxLength=39
+	// +kubebuilder:validation:XValidation:rule="isIP(self) && ip(self).family() == 6",message="spec.network.interface.ipv6Gateway must be an IPv6 address"
+	IPv6Gateway string `json:"ipv6Gateway,omitempty"`
+
+	// driver is how the stack reaches the interface: AFXDP (default),
+	// AFPacket or DPDK.
+	// +optional
+	// +kubebuilder:default=AFXDP
+	Driver LinkDriver `json:"driver,omitempty"`
 }
 
 // SegmentsSpec sizes the shared-memory segments and FIFOs.

@@ -122,7 +122,7 @@ func TestAppNamespaceAdmission(t *testing.T) {
   nodeSelector: {kubernetes.io/os: linux}
   network:
     mode: Interface
-    interface: {name: eth1, vrf: 10}
+    interface: {name: eth1, vrf: 10, addresses: [192.0.2.10/24, "2001:db8::10/64"], ipv4Gateway: 192.0.2.1, ipv6Gateway: "2001:db8::1", driver: AFPacket}
   segments: {segmentSize: 1048576, rxFifoSize: 4096, txFifoSize: 4Ki, maxSegmentsPerApp: 1}
   quotas: {maxApps: 1, maxSessionsPerApp: 1}
   secretRef: {name: attach-secret}
@@ -131,15 +131,25 @@ func TestAppNamespaceAdmission(t *testing.T) {
 		{name: "missing spec", yaml: "", want: []string{"spec: Required value"}},
 		{name: "Interface mode without interface", yaml: "spec:\n  podSelector: {}\n  network: {mode: Interface}\n",
 			want: []string{"spec.network.interface", ifaceMsg}},
-		{name: "PodNetwork mode with interface", yaml: "spec:\n  podSelector: {}\n  network: {mode: PodNetwork, interface: {name: eth1, vrf: 0}}\n",
+		{name: "PodNetwork mode with interface", yaml: "spec:\n  podSelector: {}\n  network: {mode: PodNetwork, interface: {name: eth1, vrf: 0, addresses: [10.0.0.1/24]}}\n",
 			want: []string{"spec.network.interface", ifaceMsg}},
-		{name: "interface without vrf", yaml: "spec:\n  podSelector: {}\n  network: {mode: Interface, interface: {name: eth1}}\n",
+		{name: "interface without vrf", yaml: "spec:\n  podSelector: {}\n  network: {mode: Interface, interface: {name: eth1, addresses: [10.0.0.1/24]}}\n",
 			want: []string{"spec.network.interface.vrf: Required value"}},
-		{name: "interface name with a slash", yaml: "spec:\n  podSelector: {}\n  network: {mode: Interface, interface: {name: eth0/1, vrf: 0}}\n",
+		{name: "interface without addresses", yaml: "spec:\n  podSelector: {}\n  network: {mode: Interface, interface: {name: eth1, vrf: 0}}\n",
+			want: []string{"spec.network.interface.addresses: Required value"}},
+		{name: "interface address not a CIDR", yaml: "spec:\n  podSelector: {}\n  network: {mode: Interface, interface: {name: eth1, vrf: 0, addresses: [10.0.0.1]}}\n",
+			want: []string{"spec.network.interface.addresses[0]", "must be CIDRs such as"}},
+		{name: "gateway of a family without an address", yaml: "spec:\n  podSelector: {}\n  network: {mode: Interface, interface: {name: eth1, vrf: 0, addresses: [10.0.0.1/24], ipv6Gateway: 'fd00::1'}}\n",
+			want: []string{"spec.network.interface.ipv6Gateway", "needs an IPv6 address"}},
+		{name: "IPv4 gateway that is IPv6", yaml: "spec:\n  podSelector: {}\n  network: {mode: Interface, interface: {name: eth1, vrf: 0, addresses: [10.0.0.1/24], ipv4Gateway: 'fd00::1'}}\n",
+			want: []string{"spec.network.interface.ipv4Gateway", "must be an IPv4 address"}},
+		{name: "unknown driver", yaml: "spec:\n  podSelector: {}\n  network: {mode: Interface, interface: {name: eth1, vrf: 0, addresses: [10.0.0.1/24], driver: RDMA}}\n",
+			want: []string{"spec.network.interface.driver", `Unsupported value: "RDMA"`}},
+		{name: "interface name with a slash", yaml: "spec:\n  podSelector: {}\n  network: {mode: Interface, interface: {name: eth0/1, vrf: 0, addresses: [10.0.0.1/24]}}\n",
 			want: []string{"spec.network.interface.name", "should match"}},
-		{name: "interface name too long", yaml: "spec:\n  podSelector: {}\n  network: {mode: Interface, interface: {name: a-very-long-interface, vrf: 0}}\n",
+		{name: "interface name too long", yaml: "spec:\n  podSelector: {}\n  network: {mode: Interface, interface: {name: a-very-long-interface, vrf: 0, addresses: [10.0.0.1/24]}}\n",
 			want: []string{"spec.network.interface.name", "Too long"}},
-		{name: "vrf out of range", yaml: "spec:\n  podSelector: {}\n  network: {mode: Interface, interface: {name: eth1, vrf: 4294967296}}\n",
+		{name: "vrf out of range", yaml: "spec:\n  podSelector: {}\n  network: {mode: Interface, interface: {name: eth1, vrf: 4294967296, addresses: [10.0.0.1/24]}}\n",
 			want: []string{"spec.network.interface.vrf", "less than or equal to 4294967295"}},
 		{name: "unknown mode", yaml: "spec:\n  podSelector: {}\n  network: {mode: HostNetwork}\n",
 			want: []string{"spec.network.mode", `Unsupported value: "HostNetwork"`}},
