@@ -432,6 +432,9 @@ func TestReopen(t *testing.T) {
 		if got := ep.LinkAddress().String(); got != p.A.MAC {
 			t.Errorf("LinkAddress = %s, want the interface's %s", got, p.A.MAC)
 		}
+		if !ep.blocking() {
+			t.Errorf("the af_packet PMD's RX socket was not found: the RX thread sleeps instead of blocking in poll(2)")
+		}
 		if ep.MTU() != 1500 {
 			t.Errorf("MTU = %d, want the interface's 1500", ep.MTU())
 		}

@@ -41,12 +41,18 @@ const (
 )
 
 // Polling: after any RX or TX the RX thread keeps polling for spinWindow,
-// because a reply usually follows; then it sleeps, doubling from minSleep
-// to maxSleep while the queue stays empty.
+// because a reply usually follows. Then, for af_packet, it blocks in poll(2)
+// on the PMD's packet socket (the kernel wakes it when a frame lands in the
+// ring) and an eventfd that stops it; for af_xdp, or if the socket cannot be
+// found, it sleeps, doubling from minSleep to maxSleep while the queue
+// stays empty.
 const (
-	spinWindow = 100 * time.Microsecond
+	spinWindow = 50 * time.Microsecond
 	minSleep   = 5 * time.Microsecond
 	maxSleep   = 200 * time.Microsecond
+	// maxBlock bounds a poll(2) on the RX socket, in case a wake-up is
+	// ever missed.
+	maxBlock = 100 * time.Millisecond
 )
 
 // TX coalescing: while the RX thread is polling, transmits wait until
@@ -104,11 +110,14 @@ type Endpoint struct {
 	rxRunning  bool
 	rxb        *C.struct_hs_burst
 	lastActive atomic.Int64 // now() of the last RX or TX
+	rxFD       int          // the PMD's RX socket to poll(2), or -1
+	stopFD     int          // eventfd that wakes the RX thread to stop
 
 	closeOnce sync.Once
 	closeErr  error
 	onClose   atomic.Pointer[func()]
 
+	rxBursts, txBursts          atomic.Uint64 // for debugString: frames per burst
 	rxPackets, rxBytes, rxDrops atomic.Uint64
 	txPackets, txBytes, txDrops atomic.Uint64
 }
@@ -139,6 +148,7 @@ func New(opts Options) (*Endpoint, error) {
 		opts:    opts,
 		driver:  drv,
 		devName: "net_" + drv + strconv.FormatUint(uint64(n), 10),
+		rxFD:    -1,
 	}
 	var mtu uint32
 	err = netns.Do(opts.Netns, func() error {
@@ -153,10 +163,22 @@ func New(opts Options) (*Endpoint, error) {
 		if opts.MTU != 0 {
 			mtu = opts.MTU
 		}
-		return e.open(n, mtu)
+		if err := e.open(n, mtu); err != nil {
+			return err
+		}
+		if e.driver == DriverAFPacket {
+			e.rxFD = packetSocket(int(C.hs_rx_fd(e.port)), ifc.Index)
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
+	}
+	e.stopFD, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		_ = netns.Do(opts.Netns, func() error { C.hs_port_release(e.port); return nil })
+		C.rte_mempool_free(e.pool)
+		return nil, fmt.Errorf("dpdk: eventfd: %w", err)
 	}
 	e.mtu.Store(mtu)
 	e.linkAddr = tcpip.LinkAddress(e.mac[:])
@@ -227,6 +249,22 @@ func (e *Endpoint) open(n uint32, mtu uint32) error {
 	return nil
 }
 
+// packetSocket returns fd if it is an AF_PACKET socket bound to the
+// interface with index ifindex, else -1.
+func packetSocket(fd, ifindex int) int {
+	if fd < 0 {
+		return -1
+	}
+	if d, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN); err != nil || d != unix.AF_PACKET {
+		return -1
+	}
+	sa, err := unix.Getsockname(fd)
+	if ll, ok := sa.(*unix.SockaddrLinklayer); err != nil || !ok || ll.Ifindex != ifindex {
+		return -1
+	}
+	return fd
+}
+
 // dpdkErrno is the error of a negative errno return.
 func dpdkErrno(rc C.int) error {
 	if rc >= 0 {
@@ -270,6 +308,7 @@ func (e *Endpoint) Shutdown() error {
 		freeBurst(e.txb)
 		freeBurst(e.rxb)
 		freeTxq(e.txq)
+		unix.Close(e.stopFD)
 	})
 	return e.closeErr
 }
@@ -370,6 +409,8 @@ func (e *Endpoint) Attach(d stack.NetworkDispatcher) {
 	if !e.rxRunning {
 		e.rxRunning = true
 		e.rxStop.Store(false)
+		var drain [8]byte
+		_, _ = unix.Read(e.stopFD, drain[:])
 		e.rxWG.Add(1)
 		go e.rxLoop()
 	}
@@ -387,6 +428,7 @@ func (e *Endpoint) stopRX() {
 		return
 	}
 	e.rxStop.Store(true)
+	_, _ = unix.Write(e.stopFD, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 	e.rxWG.Wait()
 	e.rxRunning = false
 }
@@ -470,6 +512,7 @@ func (e *Endpoint) flushLocked() {
 	}
 	var dropped C.uint64_t
 	sent := int(C.hs_txq_flush(e.port, e.txq, &dropped))
+	e.txBursts.Add(1)
 	e.txPackets.Add(uint64(sent))
 	e.txBytes.Add(e.pendingBytes - uint64(dropped))
 	if sent < n {
@@ -512,6 +555,7 @@ func (e *Endpoint) rxLoop() {
 		if n > 0 {
 			sleep = minSleep
 			e.lastActive.Store(now())
+			e.rxBursts.Add(1)
 			e.deliver(b, int(n))
 		}
 		if e.txPending.Load() > 0 && now()-e.pendingSince.Load() >= int64(txCoalesce) {
@@ -525,9 +569,15 @@ func (e *Endpoint) rxLoop() {
 		// now.
 		e.polling.Store(false)
 		e.flush()
-		ts := unix.NsecToTimespec(int64(sleep))
-		_ = unix.Nanosleep(&ts, nil)
-		sleep = min(sleep*2, maxSleep)
+		if e.rxFD >= 0 {
+			fds := [2]unix.PollFd{{Fd: int32(e.rxFD), Events: unix.POLLIN}, {Fd: int32(e.stopFD), Events: unix.POLLIN}}
+			_, _ = unix.Poll(fds[:], int(maxBlock/time.Millisecond))
+			e.lastActive.Store(now())
+		} else {
+			ts := unix.NsecToTimespec(int64(sleep))
+			_ = unix.Nanosleep(&ts, nil)
+			sleep = min(sleep*2, maxSleep)
+		}
 		e.polling.Store(true)
 	}
 	e.polling.Store(false)
@@ -536,6 +586,10 @@ func (e *Endpoint) rxLoop() {
 		C.rte_pktmbuf_free_bulk(&b.m[0], C.uint(nfree))
 	}
 }
+
+// blocking reports whether the RX thread blocks in poll(2) when idle
+// (af_packet with its socket found) rather than sleeping.
+func (e *Endpoint) blocking() bool { return e.rxFD >= 0 }
 
 // deliver filters and hands n received frames to the stack.
 func (e *Endpoint) deliver(b *C.struct_hs_burst, n int) {
@@ -615,5 +669,5 @@ func (e *Endpoint) debugString() string {
 	}
 	var buf [512]C.char
 	C.hs_port_debug(e.port, e.pool, &buf[0], C.int(len(buf)))
-	return C.GoString(&buf[0])
+	return fmt.Sprintf("%s rx_bursts=%d tx_bursts=%d", C.GoString(&buf[0]), e.rxBursts.Load(), e.txBursts.Load())
 }

@@ -139,3 +139,13 @@ int hs_port_debug(uint16_t port, struct rte_mempool *mp, char *out, int n) {
 		(unsigned long)st.imissed, (unsigned long)st.rx_nombuf,
 		rte_mempool_avail_count(mp), rte_mempool_in_use_count(mp));
 }
+
+// hs_rx_fd guesses the file descriptor of an af_packet port's RX socket:
+// in DPDK 22.11 the PMD's struct pkt_rx_queue starts with it. The caller
+// verifies the guess (an AF_PACKET socket bound to the right interface)
+// before using it, and only ever polls it.
+int hs_rx_fd(uint16_t port) {
+	void **qs = rte_eth_fp_ops[port].rxq.data;
+	if (qs == NULL || qs[0] == NULL) return -1;
+	return *(int *)qs[0];
+}

@@ -48,6 +48,7 @@ uint16_t hs_tx_alloc(struct rte_mempool *mp, struct hs_burst *b, uint16_t n);
 void hs_txq_add(struct hs_txq *q, struct hs_burst *b, uint16_t k);
 uint16_t hs_txq_flush(uint16_t port, struct hs_txq *q, uint64_t *dropped_bytes);
 uint64_t hs_missed(uint16_t port);
+int hs_rx_fd(uint16_t port);
 int hs_port_debug(uint16_t port, struct rte_mempool *mp, char *out, int n);
 
 #endif
