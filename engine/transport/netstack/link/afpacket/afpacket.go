@@ -1,6 +1,6 @@
 // Package afpacket is a gVisor netstack link endpoint on a Linux interface
-// through one AF_PACKET socket, so the userspace stack can own addresses the
-// kernel does not have on that interface.
+// through one AF_PACKET socket, so the userspace stack can own addresses
+// the kernel does not have on that interface.
 //
 // Design:
 //
@@ -8,56 +8,84 @@
 //     Options.Netns (engine/netns.Do) and bound to the interface with
 //     ETH_P_ALL. PACKET_IGNORE_OUTGOING keeps our own transmissions out of
 //     the receive ring (an ETH_P_ALL tap otherwise sees every frame it
-//     sends, a full copy of each 64 KiB GSO segment).
+//     sends, a full copy of each 64 KiB GSO frame).
 //   - PACKET_VNET_HDR: every frame in either direction carries a
-//     virtio-net header. On transmit, it lets the stack hand the kernel
-//     64 KiB TCP segments with a partial checksum (gVisor's "host GSO");
-//     the kernel (or the peer, on a veth) segments and checksums them. On
-//     receive, it tells us how the kernel sees the frame's checksum:
-//     NEEDS_CSUM (checksum-partial: the frame was made on this host and the
-//     TCP/UDP checksum field holds only the pseudo-header sum — it is never
-//     going to be valid, and the kernel itself trusts such frames) and
-//     DATA_VALID (already verified) both mark the packet checksum-validated
-//     for gVisor; anything else is verified in software by gVisor. Large
-//     frames (a veth peer's TSO segments, or GRO'd ones from a NIC) arrive
-//     whole with a GSO type set and are delivered as one large TCP segment.
-//     Because of this no ethtool setting is needed on either veth end: the
-//     AF_XDP layer has to turn off TX checksum offload on the peer
-//     ("ethtool -K <peer> tx off") only because XDP frames do not carry
-//     the checksum-partial flag; here the virtio header does.
+//     virtio-net header. On transmit it lets the stack hand the kernel
+//     64 KiB TCP segments with a partial checksum (gVisor's host GSO):
+//     the kernel, the peer of a veth or the NIC segments and checksums
+//     them. On receive it tells how the kernel sees the frame's checksum
+//     (see "Checksums"), and large frames (a veth peer's TSO segments, a
+//     NIC's GRO'd ones) arrive whole with a GSO type and are delivered to
+//     gVisor as one large TCP segment.
 //   - Receive: a TPACKET_V2 ring (PACKET_RX_RING) mapped into our memory,
 //     drained by one goroutine that sleeps in poll(2) when the ring is
-//     empty. Frames are copied out of the ring into gVisor buffers,
-//     passed through gVisor's software GRO (pkg/tcpip/stack/gro), which is
-//     flushed whenever the ring runs dry, and delivered to the stack.
+//     empty. Slots are sized for the interface's MTU (2 KiB at 1500; 8
+//     MiB of ring, 4096 slots): frames larger than a slot (GSO/GRO) take
+//     the PACKET_COPY_THRESH path, where the kernel queues the whole frame
+//     on the socket and marks its slot TP_STATUS_COPY, and we recvmsg(2)
+//     it straight into gVisor buffers, in ring order. (64 KiB slots for
+//     everything held too few frames: a peer sending MTU-sized frames
+//     overflowed the ring.) Frames pass through gVisor's software GRO
+//     (pkg/tcpip/stack/gro), flushed whenever the ring runs dry.
 //   - Transmit: sendmmsg(2) of the stack's batches with a virtio header
 //     iovec in front of each frame (pkg/rawfile). On EAGAIN (socket send
-//     buffer full, e.g. behind a qdisc such as netem) the writer waits for
-//     POLLOUT rather than dropping; on ENOBUFS (a qdisc or the peer's
-//     backlog dropped it) the frame counts as a TX drop and TCP recovers.
-//     The qdisc is not bypassed, so tc rules on the interface apply.
+//     buffer full, e.g. behind a qdisc) the writer waits for POLLOUT
+//     rather than dropping; a frame the device refuses (ENOBUFS: a qdisc
+//     or the veth peer's backlog dropped it) counts as a TX drop and TCP
+//     recovers. The qdisc is not bypassed, so tc rules apply.
+//
+// Checksums: gVisor decides "checksum already verified" per NIC, not per
+// packet (the NIC overwrites each packet's RXChecksumValidated with the
+// endpoint's CapabilityRXChecksumOffload), and without that capability it
+// verifies every TCP/UDP checksum, which fails for checksum-partial frames:
+// a kernel sender with TX checksum offload (the default on a veth) leaves
+// only the pseudo-header sum in the field, and the stack would drop every
+// segment. So the endpoint claims RX checksum offload and keeps the
+// promise itself, frame by frame, from the virtio header: NEEDS_CSUM
+// (checksum-partial: built on this host, never crossed a wire; the kernel
+// accepts these unverified too) and DATA_VALID (verified by the device or
+// the kernel) are trusted; any other frame has its IPv4 header and TCP or
+// UDP checksum verified here, and is dropped (counted in RxDrops) when
+// wrong. The IPv4 header checksum is always verified. Not verifiable per
+// frame and passed on unverified: IP fragments and IPv6 packets with
+// extension headers. Because the virtio header carries the checksum
+// state, no ethtool setting is needed on either end of a veth; the AF_XDP
+// layer needs "ethtool -K <peer> tx off" only because XDP frames lack it.
 //
 // Why not gVisor's link/fdbased, which handles packet sockets: its
-// PacketMMap dispatcher uses a TPACKET_V1 ring of 32 frames without virtio
-// headers (frames of a vnet-header socket would be read but their checksum
-// flags ignored), and its readv/recvmmsg dispatchers discard the virtio
-// header, so checksum-partial frames from a local sender fail gVisor's
-// checksum check unless every frame is declared validated. It also starts
-// goroutines from New that only a dispatch loop releases. Its transmit path
-// is what this package does too (same header layout, same sendmmsg via
-// pkg/rawfile); we add backpressure on EAGAIN instead of dropping.
+// PacketMMap dispatcher uses a TPACKET_V1 ring of 32 frames without
+// virtio headers, and its readv/recvmmsg dispatchers read and discard the
+// virtio header, so checksum-partial frames only work with RX checksum
+// offload claimed for every frame, verified or not. It also starts
+// goroutines from New that only its dispatch loop releases. Its transmit
+// path is what this package does too (same header fields, sendmmsg via
+// pkg/rawfile), plus backpressure on EAGAIN instead of dropping.
 //
 // Why TPACKET_V2 and not V3: a V3 block reaches user space only when full
-// or when its retire timer (milliseconds) fires, which adds milliseconds to
-// every lone ACK; V2 hands over each frame as soon as it is written. The
-// price is fixed-size frames large enough for a 64 KiB GSO frame.
+// or when its retire timer (milliseconds) fires, which adds milliseconds
+// to every lone ACK; V2 hands over each frame as soon as it is written.
 //
 // Addresses: the kernel need not (and should not) have the stack's
 // addresses; the stack answers ARP and neighbour solicitation itself, with
-// the interface's MAC address. The kernel still sees every frame too: with
+// the interface's MAC address. The kernel still receives every frame: with
 // forwarding off (the default) it drops IP packets for addresses it does
-// not own without answering, and it ignores ARP for them. Keep kernel
-// sockets off the stack's addresses and ports.
+// not own without answering, and it ignores ARP for them; it may keep
+// addresses of its own on the same subnet. The endpoint copies every
+// frame the interface receives into its ring (the kernel's own traffic
+// too), so dedicate the interface to the stack where throughput matters.
+//
+// Sharp edge found in testing: a veth drops whole GSO frames (a qdisc, a
+// full backlog, netem), so one loss takes up to 45 segments. gVisor's TCP
+// as the sender recovers from such bursts far worse than the kernel's
+// (often a run of retransmission timeouts: seconds instead of
+// milliseconds); 16 KiB GSO frames avoided it in tests, at a cost in
+// throughput. On a NIC, which segments in hardware, the wire loses single
+// segments.
+//
+// Close has no error result, unlike the other link layers' documented
+// shape, because stack.LinkEndpoint's Close has none and *Endpoint must
+// implement stack.LinkEndpoint; nothing in closing an AF_PACKET socket
+// and unmapping its ring can fail in a way a caller could act on.
 package afpacket
 
 import (
@@ -229,9 +257,8 @@ func (e *Endpoint) release() {
 
 // Close detaches the endpoint from its stack (removing the NIC), stops the
 // receive goroutine and closes the socket. It is idempotent, and safe to
-// call whether the stack or the owner closes first. It has no error result
-// because stack.LinkEndpoint's Close has none: closing an AF_PACKET socket
-// and unmapping its ring cannot fail in a way a caller could act on.
+// call whether the stack or the owner closes first. (No error result: see
+// the package documentation.)
 func (e *Endpoint) Close() {
 	// The stack's close action removes the NIC, which detaches us
 	// (Attach(nil)) and calls Close again: that inner call does the work.
