@@ -491,3 +491,26 @@ func TestIdleDoesNotSpin(t *testing.T) {
 		t.Fatalf("endpoint busy while idle: %v CPU in %v", used, window)
 	}
 }
+
+// TestReopen closes and reopens the endpoint on the same queue many times
+// in a row (the kernel frees a socket's queue asynchronously; New must cope)
+// and checks the last one carries traffic.
+func TestReopen(t *testing.T) {
+	p := netnstest.NewPair(t)
+	netnstest.Run(t, "ip", "netns", "exec", p.B.NS, "ethtool", "-K", p.B.Dev, "tx", "off")
+	for i := range 10 {
+		ep, err := New(Options{Interface: p.A.Dev, Netns: p.A.Path(), Addrs: []netip.Prefix{stack4, stack6}})
+		if err != nil {
+			t.Fatalf("New #%d right after Close: %v", i, err)
+		}
+		ep.Close()
+	}
+	ep, err := New(Options{Interface: p.A.Dev, Netns: p.A.Path(), Addrs: []netip.Prefix{stack4, stack6}})
+	if err != nil {
+		t.Fatalf("final New: %v", err)
+	}
+	t.Cleanup(ep.Close)
+	e := &env{p: p, ep: ep, s: stacktest.New(t, ep, stack4, stack6)}
+	c, k := e.dialToStack(t, false)
+	transfer(t, k, c, size(4<<20), 6, 60*time.Second)
+}
