@@ -47,6 +47,9 @@ const (
 	rcvBuf = 32 << 20
 )
 
+// groBatch bounds how many frames GRO may see between flushes.
+const groBatch = 64
+
 type rxRing struct {
 	buf       []byte
 	frameSize int
@@ -112,7 +115,8 @@ func (e *Endpoint) rxLoop(d stack.NetworkDispatcher, done chan<- struct{}) {
 	// Software GRO merges consecutive MTU-sized segments of a flow into
 	// one large segment, so TCP processes one segment per ring batch
 	// instead of per frame. It is flushed when the ring runs dry, so it
-	// never holds a packet while we sleep.
+	// never holds a packet while we sleep, and every groBatch frames, so a
+	// busy ring does not hold one either.
 	var g gro.GRO
 	g.Init(true)
 	g.Dispatcher = d
@@ -121,10 +125,12 @@ func (e *Endpoint) rxLoop(d stack.NetworkDispatcher, done chan<- struct{}) {
 		{FD: int32(e.rxStop.EFD), Events: unix.POLLIN},
 		{FD: int32(e.fd), Events: unix.POLLIN | unix.POLLERR},
 	}
+	batch := 0
 	for {
 		h, f := r.frame(r.next)
 		if loadStatus(h)&unix.TP_STATUS_USER == 0 {
 			g.Flush()
+			batch = 0
 			pfd[0].Revents, pfd[1].Revents = 0, 0
 			if _, errno := rawfile.BlockingPoll(&pfd[0], len(pfd), nil); errno != 0 && errno != unix.EINTR {
 				// poll(2) on two valid fds has no other failure
@@ -147,6 +153,10 @@ func (e *Endpoint) rxLoop(d stack.NetworkDispatcher, done chan<- struct{}) {
 		}
 		e.rxSlot(&g, h, f)
 		storeStatus(h, unix.TP_STATUS_KERNEL)
+		if batch++; batch == groBatch {
+			g.Flush()
+			batch = 0
+		}
 		r.next++
 		if r.next == r.frames {
 			r.next = 0
