@@ -55,7 +55,21 @@ type Output struct {
 	// Rules of the served app namespaces, sorted by name; compile them with
 	// rules.Compile (which also finds conflicts).
 	Rules    []rules.Rule
-	Problems []Problem
+	// Interfaces are the userspace stacks of the served Interface-mode app
+	// namespaces, sorted by namespace key (at most one per node interface).
+	Interfaces []Interface
+	Problems   []Problem
+}
+
+// Interface is an Interface-mode app namespace's userspace stack: the node
+// interface, the stack's own addresses and default routes, the link driver.
+type Interface struct {
+	Namespace string // app namespace key
+	Name      string // node interface
+	VRF       int64
+	Addrs     []netip.Prefix
+	Gateways  []netip.Addr // at most one per family
+	Driver    hsv1.LinkDriver
 }
 
 // SecretKey is the key of the Secret data an AppNamespace secretRef uses.
@@ -64,6 +78,12 @@ const SecretKey = "secret"
 // Render computes the desired state.
 func Render(in Input) Output {
 	var out Output
+	type candidate struct {
+		an  *hsv1.AppNamespace
+		cfg session.NamespaceConfig
+		ifc *Interface
+	}
+	var candidates []candidate
 	for i := range in.AppNamespaces {
 		an := &in.AppNamespaces[i]
 		if !an.DeletionTimestamp.IsZero() {
@@ -74,13 +94,41 @@ func Render(in Input) Output {
 			continue
 		}
 		cfg, probs := namespaceConfig(an, in.Secrets)
+		ifc, iprobs := networkConfig(an)
+		probs = append(probs, iprobs...)
 		if len(probs) > 0 {
 			out.Problems = append(out.Problems, probs...)
 			continue
 		}
+		if ifc != nil {
+			cfg.SharedNetwork = true
+			candidates = append(candidates, candidate{an, cfg, ifc})
+			continue
+		}
 		out.Namespaces = append(out.Namespaces, cfg)
 	}
+	// One stack per node interface: of two app namespaces naming the same
+	// interface, the older one gets it.
+	sort.Slice(candidates, func(i, j int) bool {
+		a, b := candidates[i].an, candidates[j].an
+		if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
+			return a.CreationTimestamp.Before(&b.CreationTimestamp)
+		}
+		return candidates[i].cfg.Key() < candidates[j].cfg.Key()
+	})
+	owner := map[string]string{}
+	for _, c := range candidates {
+		if o, taken := owner[c.ifc.Name]; taken {
+			out.Problems = append(out.Problems, Problem{"AppNamespace " + c.cfg.Key(), "spec.network.interface.name", "InterfaceInUse",
+				fmt.Sprintf("interface %s is already used by AppNamespace %s (the older one keeps it)", c.ifc.Name, o)})
+			continue
+		}
+		owner[c.ifc.Name] = c.cfg.Key()
+		out.Namespaces = append(out.Namespaces, c.cfg)
+		out.Interfaces = append(out.Interfaces, *c.ifc)
+	}
 	sort.Slice(out.Namespaces, func(i, j int) bool { return out.Namespaces[i].Key() < out.Namespaces[j].Key() })
+	sort.Slice(out.Interfaces, func(i, j int) bool { return out.Interfaces[i].Namespace < out.Interfaces[j].Namespace })
 
 	served := make(map[string]bool, len(out.Namespaces))
 	for _, n := range out.Namespaces {
@@ -209,16 +257,63 @@ func namespaceConfig(an *hsv1.AppNamespace, secrets map[string]string) (session.
 			cfg.Secret = s
 		}
 	}
-	if an.Spec.Network.Mode == hsv1.NetworkModeInterface {
-		probs = append(probs, Problem{obj, "spec.network.mode", "TransportUnavailable",
-			"network mode Interface needs the userspace transport, which this agent does not provide yet"})
-	}
 	if len(probs) == 0 {
 		if err := cfg.Validate(); err != nil {
 			probs = append(probs, Problem{obj, "spec.segments", "InvalidSizing", err.Error()})
 		}
 	}
 	return cfg, probs
+}
+
+// networkConfig is the userspace stack of an Interface-mode app namespace
+// (nil in PodNetwork mode). The schema checked the fields; parsing again
+// guards against objects that bypassed it.
+func networkConfig(an *hsv1.AppNamespace) (*Interface, []Problem) {
+	if an.Spec.Network.Mode != hsv1.NetworkModeInterface {
+		return nil, nil
+	}
+	obj := "AppNamespace " + an.Namespace + "/" + an.Name
+	ni := an.Spec.Network.Interface
+	if ni == nil || ni.Name == "" {
+		return nil, []Problem{{obj, "spec.network.interface", "InvalidInterface", "Interface mode names no interface"}}
+	}
+	ifc := &Interface{Namespace: an.Namespace + "/" + an.Name, Name: ni.Name, Driver: ni.Driver}
+	if ni.VRF != nil {
+		ifc.VRF = *ni.VRF
+	}
+	if ifc.Driver == "" {
+		ifc.Driver = hsv1.LinkDriverAFXDP
+	}
+	var probs []Problem
+	fam := map[bool]bool{}
+	for i, a := range ni.Addresses {
+		p, err := netip.ParsePrefix(a)
+		if err != nil {
+			probs = append(probs, Problem{obj, fmt.Sprintf("spec.network.interface.addresses[%d]", i), "InvalidAddress", err.Error()})
+			continue
+		}
+		ifc.Addrs = append(ifc.Addrs, netip.PrefixFrom(p.Addr().Unmap(), p.Bits()))
+		fam[p.Addr().Unmap().Is4()] = true
+	}
+	if len(ni.Addresses) == 0 {
+		probs = append(probs, Problem{obj, "spec.network.interface.addresses", "InvalidAddress", "Interface mode needs the stack's own addresses"})
+	}
+	for _, g := range []struct {
+		field, v string
+		v4       bool
+	}{{"ipv4Gateway", ni.IPv4Gateway, true}, {"ipv6Gateway", ni.IPv6Gateway, false}} {
+		if g.v == "" {
+			continue
+		}
+		ip, err := netip.ParseAddr(g.v)
+		if err != nil || ip.Unmap().Is4() != g.v4 || !fam[g.v4] {
+			probs = append(probs, Problem{obj, "spec.network.interface." + g.field, "InvalidGateway",
+				fmt.Sprintf("%q is not an address of a family the stack has", g.v)})
+			continue
+		}
+		ifc.Gateways = append(ifc.Gateways, ip.Unmap())
+	}
+	return ifc, probs
 }
 
 func quantity(q *resource.Quantity) int {

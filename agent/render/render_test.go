@@ -1,9 +1,11 @@
 package render
 
 import (
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -100,11 +102,49 @@ func TestRender(t *testing.T) {
 			wantProbs: []string{"spec.segments"},
 		},
 		{
-			name: "Interface mode is reported, not silently served on the kernel",
+			name: "Interface mode: the stack's addresses, gateways and driver; shared network",
 			in: Input{AppNamespaces: []hsv1.AppNamespace{appns("a", "x", func(a *hsv1.AppNamespace) {
-				a.Spec.Network = hsv1.AppNamespaceNetwork{Mode: hsv1.NetworkModeInterface, Interface: &hsv1.NetworkInterface{Name: "eth1", VRF: ptr.To[int64](0)}}
+				a.Spec.Network = hsv1.AppNamespaceNetwork{Mode: hsv1.NetworkModeInterface, Interface: &hsv1.NetworkInterface{
+					Name: "eth1", VRF: ptr.To[int64](7), Addresses: []string{"192.0.2.10/24", "2001:db8::10/64"},
+					IPv4Gateway: "192.0.2.1", IPv6Gateway: "2001:db8::1"}}
 			})}},
-			wantProbs: []string{"spec.network.mode"},
+			wantKeys: []string{"a/x"},
+			check: func(t *testing.T, out Output) {
+				want := []Interface{{Namespace: "a/x", Name: "eth1", VRF: 7, Driver: hsv1.LinkDriverAFXDP,
+					Addrs:    []netip.Prefix{netip.MustParsePrefix("192.0.2.10/24"), netip.MustParsePrefix("2001:db8::10/64")},
+					Gateways: []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")}}}
+				if !reflect.DeepEqual(out.Interfaces, want) {
+					t.Errorf("interfaces %+v\nwant %+v", out.Interfaces, want)
+				}
+				if !out.Namespaces[0].SharedNetwork {
+					t.Error("an Interface-mode namespace must share one network identity")
+				}
+			},
+		},
+		{
+			name: "Interface mode: bad addresses and gateways are problems naming the field",
+			in: Input{AppNamespaces: []hsv1.AppNamespace{appns("a", "x", func(a *hsv1.AppNamespace) {
+				a.Spec.Network = hsv1.AppNamespaceNetwork{Mode: hsv1.NetworkModeInterface, Interface: &hsv1.NetworkInterface{
+					Name: "eth1", VRF: ptr.To[int64](0), Addresses: []string{"192.0.2.10/24", "nope"}, IPv6Gateway: "2001:db8::1"}}
+			})}},
+			wantProbs: []string{"spec.network.interface.addresses[1]", "spec.network.interface.ipv6Gateway"},
+		},
+		{
+			name: "Interface mode: one stack per interface, the older AppNamespace keeps it",
+			in: Input{AppNamespaces: []hsv1.AppNamespace{
+				appns("a", "young", func(a *hsv1.AppNamespace) {
+					a.CreationTimestamp = metav1.NewTime(now.Add(time.Hour))
+					a.Spec.Network = hsv1.AppNamespaceNetwork{Mode: hsv1.NetworkModeInterface, Interface: &hsv1.NetworkInterface{
+						Name: "eth1", VRF: ptr.To[int64](0), Addresses: []string{"192.0.2.11/24"}, Driver: hsv1.LinkDriverAFPacket}}
+				}),
+				appns("b", "old", func(a *hsv1.AppNamespace) {
+					a.CreationTimestamp = now
+					a.Spec.Network = hsv1.AppNamespaceNetwork{Mode: hsv1.NetworkModeInterface, Interface: &hsv1.NetworkInterface{
+						Name: "eth1", VRF: ptr.To[int64](0), Addresses: []string{"192.0.2.10/24"}}}
+				}),
+			}},
+			wantKeys:  []string{"b/old"},
+			wantProbs: []string{"interface eth1 is already used by AppNamespace b/old"},
 		},
 	}
 	for _, tc := range cases {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sort"
 
 	"github.com/hoststack/hoststack/agent/apply"
 	"github.com/hoststack/hoststack/agent/render"
@@ -30,8 +31,13 @@ type Options struct {
 	Ready func(sockets map[string]string)
 	// Reloaded, if set, is called after every reload attempt with its error.
 	Reloaded func(error)
-	// Transport carries sessions to the outside world; nil: cut-through only.
+	// Transport carries the sessions of PodNetwork-mode app namespaces to
+	// the outside world; nil: cut-through only. Interface-mode ones get a
+	// userspace stack on their interface.
 	Transport session.Transport
+	// OpenStack opens Interface-mode stacks; nil: apply.OpenLink in the
+	// process's own network namespace.
+	OpenStack apply.OpenStack
 }
 
 // SocketPath is where standalone mode serves an app namespace's attach socket.
@@ -84,23 +90,27 @@ func Run(ctx context.Context, o Options) error {
 	}
 	var table rules.Table
 	table.Store(d.set)
+	nets := apply.NewNetworks(o.Transport, o.OpenStack, func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...)) })
+	if errs := nets.Apply(d.out.Interfaces); len(errs) > 0 {
+		return errors.Join(stackErrors(errs), nets.Close())
+	}
 	eng, err := session.New(session.Config{
 		Rules:     apply.RuleLookup{Table: &table},
-		Transport: o.Transport,
+		Transport: nets.Transport(),
 		Logf:      func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...)) },
 	})
 	if err != nil {
-		return fmt.Errorf("starting engine: %w", err)
+		return errors.Join(fmt.Errorf("starting engine: %w", err), nets.Close())
 	}
 	ap := apply.New(eng, func(cfg session.NamespaceConfig) string { return SocketPath(o.RunDir, cfg) })
 	admin, err := serveAdmin(AdminSocketPath(o.RunDir), &table, log)
 	if err != nil {
-		return errors.Join(err, eng.Close())
+		return errors.Join(err, eng.Close(), nets.Close())
 	}
 	// Closing the engine tells every app it is shutting down, reaps them and
 	// removes the attach sockets.
 	shutdown := func() error {
-		return errors.Join(admin.Close(), eng.Close())
+		return errors.Join(admin.Close(), eng.Close(), nets.Close())
 	}
 	if _, err := ap.Apply(d.out.Namespaces); err != nil {
 		// Nothing half-started: undo what did start.
@@ -128,6 +138,9 @@ func Run(ctx context.Context, o Options) error {
 		logConflicts(log, next.conflicts)
 		// Rules first: a namespace added by this reload starts with its rules.
 		table.Store(next.set)
+		if errs := nets.Apply(next.out.Interfaces); len(errs) > 0 {
+			log.Error("userspace stacks not opened; their app namespaces have no transport", "err", stackErrors(errs))
+		}
 		changes, err := ap.Apply(next.out.Namespaces)
 		for _, c := range changes {
 			log.Info("reloaded", "op", c.Op, "appNamespace", c.Key)
@@ -151,6 +164,19 @@ func Run(ctx context.Context, o Options) error {
 			reload("file change")
 		}
 	}
+}
+
+func stackErrors(errs map[string]error) error {
+	keys := make([]string, 0, len(errs))
+	for k := range errs {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var out []error
+	for _, k := range keys {
+		out = append(out, fmt.Errorf("AppNamespace %s: userspace stack: %w", k, errs[k]))
+	}
+	return errors.Join(out...)
 }
 
 func logConflicts(log *slog.Logger, cs []rules.Conflict) {

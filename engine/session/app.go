@@ -249,6 +249,9 @@ func (ns *namespace) attach(a *app, at *wire.Attach) bool {
 		a.name = fmt.Sprintf("app-%d", a.id)
 	}
 	a.host = a.sock.host
+	if cfg.SharedNetwork {
+		a.host = ""
+	}
 	a.scope = scopeOf(at.Flags)
 	a.rxFifo = clampFifo(int(at.RxFifoSize), cfg.RxFifoSize)
 	a.txFifo = clampFifo(int(at.TxFifoSize), cfg.TxFifoSize)

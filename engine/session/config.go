@@ -31,6 +31,11 @@ type NamespaceConfig struct {
 	MaxApps           int
 	MaxSessionsPerApp int
 	MaxWorkersPerApp  int
+
+	// SharedNetwork says the namespace's apps share one network identity
+	// (a userspace stack's addresses, Interface mode): whatever socket they
+	// attached through, they all belong to the node's host "".
+	SharedNetwork bool
 }
 
 // Defaults for zero fields of NamespaceConfig.
@@ -195,6 +200,13 @@ type Transport interface {
 // that host would.
 type HostAddresser interface {
 	HostAddr(namespace, host string, like netip.Addr) (netip.Addr, bool)
+}
+
+// NamespaceRouter is implemented by transports that carry only some app
+// namespaces (a mux of per-namespace transports): for the others the engine
+// behaves as if it had no transport.
+type NamespaceRouter interface {
+	Serves(namespace string) bool
 }
 
 // ListenRequest asks a transport to listen for an app's listener in global

@@ -224,7 +224,7 @@ func (ns *namespace) listen(w *worker, m *wire.Listen) {
 		fail(wire.ErrInvalid, "unknown protocol %d", m.Addr.Proto)
 		return
 	}
-	st, _ := ns.e.cfg.Transport.(StreamListener)
+	st, _ := ns.transport().(StreamListener)
 	local := a.scope&scopeLocal != 0
 	global := a.scope&scopeGlobal != 0 && st != nil
 	if !local && !global {
@@ -324,7 +324,7 @@ func (ns *namespace) appListener(name string, port uint16) *listener {
 func (ns *namespace) lookupListener(proto wire.Proto, dst netip.AddrPort, from string) *listener {
 	ip := dst.Addr().Unmap()
 	host := from
-	if t := ns.e.cfg.Transport; t != nil && !ip.IsLoopback() {
+	if t := ns.transport(); t != nil && !ip.IsLoopback() {
 		h, ok := t.Host(ns.key, ip)
 		if !ok {
 			return nil
@@ -345,12 +345,21 @@ func (ns *namespace) lookupListener(proto wire.Proto, dst netip.AddrPort, from s
 	return ns.listeners[k]
 }
 
+// transport is the engine's transport if it carries this namespace.
+func (ns *namespace) transport() Transport {
+	t := ns.e.cfg.Transport
+	if r, ok := t.(NamespaceRouter); ok && !r.Serves(ns.key) {
+		return nil
+	}
+	return t
+}
+
 // sourceAddr is the local address of a cut-through session of app a to
 // dst: the address of a's host in dst's family when the transport knows it
 // (what a kernel socket in the pod would get), else dst's own address
 // (loopback-style, as within one host).
 func (ns *namespace) sourceAddr(a *app, dst netip.Addr) netip.Addr {
-	if ha, ok := ns.e.cfg.Transport.(HostAddresser); ok && !dst.IsLoopback() {
+	if ha, ok := ns.transport().(HostAddresser); ok && !dst.IsLoopback() {
 		if src, ok := ha.HostAddr(ns.key, a.host, dst); ok {
 			return src
 		}
@@ -408,7 +417,7 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 	if l == nil {
 		l = ns.lookupListener(wire.TCP, dst, a.host)
 	}
-	if t := ns.e.cfg.Transport; l == nil && t != nil {
+	if t := ns.transport(); l == nil && t != nil {
 		// The session would leave through the transport: the namespace's
 		// global-scope rules decide too.
 		if r := ns.e.cfg.Rules; r != nil {
@@ -431,7 +440,7 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 		}
 	}
 	if l == nil {
-		if ns.e.cfg.Transport == nil && !dst.Addr().IsLoopback() {
+		if ns.transport() == nil && !dst.Addr().IsLoopback() {
 			fail(wire.ErrRefused, "connection refused: nothing listens on %s in app namespace %s, and no transport is configured for remote addresses", dst, ns.key)
 			return
 		}

@@ -382,7 +382,7 @@ func (f *Flow) Permit(dir Direction, local, remote netip.AddrPort) (bool, string
 // whose fifos carry datagram records.
 func (ns *namespace) listenPacket(w *worker, m *wire.Listen, local netip.AddrPort, fail func(code wire.Code, format string, args ...any)) {
 	a := w.app
-	pt, ok := ns.e.cfg.Transport.(PacketTransport)
+	pt, ok := ns.transport().(PacketTransport)
 	if !ok {
 		fail(wire.ErrNoTransport, "udp sockets are carried by a transport, and app namespace %s has none that carries udp", ns.key)
 		return
