@@ -54,7 +54,7 @@ type Output struct {
 	Namespaces []session.NamespaceConfig
 	// Rules of the served app namespaces, sorted by name; compile them with
 	// rules.Compile (which also finds conflicts).
-	Rules    []rules.Rule
+	Rules []rules.Rule
 	// Interfaces are the userspace stacks of the served Interface-mode app
 	// namespaces, sorted by namespace key (at most one per node interface).
 	Interfaces []Interface
