@@ -411,8 +411,8 @@ func TestDescriptorValidation(t *testing.T) {
 
 // TestTXDrainsLargeBatch hands WritePackets 3000 frames in one call and
 // then nothing more: every frame must reach B. In copy mode the kernel sends
-// at most 32 frames per kick, and 3000 frames also overflow the 1024-slot TX
-// ring, so this needs both the kick-until-drained loop and the ring-full
+// at most a budget of frames per kick (32, or 256 where the kernel lets us
+// raise it), and 3000 frames also overflow the 1024-slot TX ring, so this needs both the kick-until-drained loop and the ring-full
 // path; an endpoint that kicks once per write (gVisor's) strands the rest.
 func TestTXDrainsLargeBatch(t *testing.T) {
 	p := netnstest.NewPair(t)

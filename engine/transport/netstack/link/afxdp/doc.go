@@ -41,7 +41,8 @@
 //
 // gVisor's own link/xdp endpoint stalled in about one bulk run in ten. In
 // copy mode (all veth, most virtual NICs) the kernel transmits only inside
-// sendto/poll, at most 32 frames per call, answering EAGAIN while
+// sendto/poll, at most 32 frames per call (256 here on kernels that take
+// XDP_MAX_TX_SKB_BUDGET), answering EAGAIN while
 // descriptors remain; one kick after a larger batch leaves the rest in the
 // TX ring until the next write, and if the sender is waiting for ACKs of
 // exactly those segments, nothing comes. Here:
@@ -49,7 +50,8 @@
 //   - WritePackets copies packets into frames and publishes them on the TX
 //     ring; a kicker goroutine then calls sendto until the kernel reports the
 //     ring drained (0), reaping completions on EAGAIN (a full completion ring
-//     also answers EAGAIN). It lingers briefly (yielding) for more work, then
+//     also answers EAGAIN); when the kernel stops consuming (device queue
+//     full, device down) it pauses (200 µs, 10 ms) instead of spinning. It lingers briefly (yielding) for more work, then
 //     sleeps on a channel; the sleep/wake hand-off re-checks the ring after
 //     announcing it sleeps, so a write can never be left unkicked. A stream of
 //     writes costs one sendto per ~32 frames instead of one per packet, and

@@ -337,47 +337,75 @@ func (e *Endpoint) wakeKicker() {
 	}
 }
 
+// kickResult says how a kick ended.
+type kickResult int
+
+const (
+	kickDone  kickResult = iota // drained, or a zero-copy driver is awake
+	kickBusy                    // the kernel makes no progress (device queue full): retry soon
+	kickError                   // hard error (e.g. ENETDOWN): retry later
+)
+
+// Retry delays of the kicker after kickBusy and kickError.
+const (
+	busyRetry  = 200 * time.Microsecond
+	errorRetry = 10 * time.Millisecond
+	// busyKicks is how many EAGAINs without the kernel consuming anything
+	// a kick tolerates before it reports kickBusy instead of spinning.
+	busyKicks = 16
+)
+
+// txNeedsKick reports whether the TX ring holds frames the kernel will not
+// send without a kick: in copy mode any queued frame; in zero-copy mode
+// only while the driver sets NEED_WAKEUP (otherwise it is running and will
+// take the frames itself, re-checking the ring before it sleeps).
+func (e *Endpoint) txNeedsKick() bool {
+	if e.txH.queued() == 0 {
+		return false
+	}
+	return e.mode != ModeZeroCopy || e.txH.needWakeup()
+}
+
 // kick makes the kernel drain the TX ring. In copy mode the kernel
 // transmits only inside sendto/poll, at most a small batch (32) per call,
 // answering EAGAIN while descriptors remain (also when the completion ring is
 // full, which reaping fixes) and 0 once the ring is empty: so kick until it
-// answers 0. In zero-copy mode kick only while the driver asks for it
-// (NEED_WAKEUP). It reports whether the ring is drained (or the driver
-// needs no help), false after a hard error such as ENETDOWN.
-func (e *Endpoint) kick() bool {
-	for {
-		if e.txH.queued() == 0 {
-			return true
-		}
-		if e.mode == ModeZeroCopy && !e.txH.needWakeup() {
-			return true
-		}
+// answers 0. In zero-copy mode one sendto wakes the driver.
+func (e *Endpoint) kick() kickResult {
+	stuck := 0
+	for e.txNeedsKick() {
+		before := atomic.LoadUint32(e.txH.consumer)
 		_, _, errno := unix.Syscall6(unix.SYS_SENDTO, uintptr(e.fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
 		e.c.txKicks.Add(1)
 		switch errno {
 		case 0:
-			if e.mode == ModeCopy {
-				return true
-			}
+			return kickDone
 		case unix.EAGAIN, unix.EBUSY, unix.ENOBUFS, unix.EINTR:
 		default:
 			e.c.txKickErrors.Add(1)
-			return false
+			return kickError
 		}
 		if e.closed.Load() {
-			return true
+			return kickDone
 		}
 		// EAGAIN may mean a full completion ring: make room.
 		e.cb.UMEM.Lock()
 		e.reap()
 		e.cb.UMEM.Unlock()
+		if atomic.LoadUint32(e.txH.consumer) != before {
+			stuck = 0
+		} else if stuck++; stuck >= busyKicks {
+			return kickBusy
+		}
 	}
+	return kickDone
 }
 
-// txLoop is the TX kicker: woken by WritePackets, it kicks until the ring
-// is drained, lingers a little for more, then sleeps. After a hard error
-// (device down) it retries every few milliseconds while work is queued, so
-// queued frames go out as soon as the device can take them.
+// txLoop is the TX kicker: woken by WritePackets, it kicks until nothing
+// needs a kick, lingers a little for more, then sleeps. When the kernel
+// cannot take frames (device queue full, device down) it retries after a
+// pause instead of spinning, so queued frames go out as soon as the device
+// can take them.
 func (e *Endpoint) txLoop() {
 	defer e.wg.Done()
 	for {
@@ -390,15 +418,22 @@ func (e *Endpoint) txLoop() {
 			if e.closed.Load() {
 				return
 			}
-			if e.txH.queued() == 0 {
+			if !e.txNeedsKick() {
 				linger++
 				runtime.Gosched()
 				continue
 			}
 			linger = 0
-			if !e.kick() {
+			var wait time.Duration
+			switch e.kick() {
+			case kickBusy:
+				wait = busyRetry
+			case kickError:
+				wait = errorRetry
+			}
+			if wait > 0 {
 				select {
-				case <-time.After(2 * time.Millisecond):
+				case <-time.After(wait):
 				case <-e.done:
 					return
 				}
@@ -407,7 +442,7 @@ func (e *Endpoint) txLoop() {
 		e.kickerIdle.Store(true)
 		// A write published between the last check and the flag store
 		// saw the kicker busy and did not wake it: look once more.
-		if e.txH.queued() != 0 && e.kickerIdle.CompareAndSwap(true, false) {
+		if e.txNeedsKick() && e.kickerIdle.CompareAndSwap(true, false) {
 			select {
 			case e.kickCh <- struct{}{}:
 			default:
