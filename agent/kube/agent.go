@@ -60,6 +60,7 @@ import (
 	"github.com/hoststack/hoststack/engine/rules"
 	"github.com/hoststack/hoststack/engine/session"
 	enginetls "github.com/hoststack/hoststack/engine/tls"
+	"github.com/hoststack/hoststack/engine/transport/netstack"
 )
 
 // FieldOwner is the server-side apply field manager of the agent.
@@ -107,6 +108,10 @@ type Options struct {
 	// CNI plugin) or TransportNone (cut-through only).
 	Transport      string
 	ConnectTimeout time.Duration // kernel transport TCP handshakes; 0: its default
+	// InterfaceNetns is the network namespace file holding the interfaces
+	// Interface-mode AppNamespaces name ("" the agent's own, the node's
+	// with hostNetwork).
+	InterfaceNetns string
 }
 
 // Transports of Options.Transport.
@@ -173,6 +178,10 @@ type Agent struct {
 	// Secrets the last reconcile read; the heartbeat compares them.
 	secretVersions map[client.ObjectKey]string
 	kick           chan event.GenericEvent
+
+	// nets gives each app namespace its transport (kernel or a userspace
+	// stack); under mu.
+	nets *apply.Networks
 
 	// tls holds the CertKeyPairs the node's apps may use; certs what was
 	// loaded for each (under mu).
@@ -247,13 +256,17 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	interfaceNetns := o.InterfaceNetns
+	a.nets = apply.NewNetworks(tr, func(ifc render.Interface) (*netstack.Transport, error) {
+		return apply.OpenLink(ifc, interfaceNetns)
+	}, func(f string, args ...any) { log.Info(fmt.Sprintf(f, args...), "component", "netstack") })
 	a.eng, err = session.New(session.Config{
 		Rules:     a.count,
-		Transport: tr,
+		Transport: a.nets.Transport(),
 		Logf:      func(f string, args ...any) { log.Info(fmt.Sprintf(f, args...), "component", "engine") },
 	})
 	if err != nil {
-		return fmt.Errorf("starting engine: %w", err)
+		return errors.Join(fmt.Errorf("starting engine: %w", err), a.nets.Close())
 	}
 	// Kubernetes mode has no attach socket per app namespace: pods attach
 	// through their own sockets (CSI volume or hostPath fallback).
@@ -261,7 +274,7 @@ func Run(ctx context.Context, o Options) error {
 
 	col := NewCollector(a.eng.Stats, a.count)
 	if err := crmetrics.Registry.Register(col); err != nil {
-		return errors.Join(fmt.Errorf("registering metrics: %w", err), a.eng.Close())
+		return errors.Join(fmt.Errorf("registering metrics: %w", err), a.eng.Close(), a.nets.Close())
 	}
 	defer crmetrics.Registry.Unregister(col)
 
@@ -274,7 +287,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	fail := func(err error) error {
 		cleanup()
-		return errors.Join(err, a.eng.Close())
+		return errors.Join(err, a.eng.Close(), a.nets.Close())
 	}
 
 	if err := a.setup(ctx, mgr); err != nil {
@@ -342,7 +355,7 @@ func Run(ctx context.Context, o Options) error {
 
 	log.Info("stopping: closing servers, telling apps, marking the SessionNode Stopped")
 	cleanup()
-	closeErr := a.eng.Close()
+	closeErr := errors.Join(a.eng.Close(), a.nets.Close())
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := a.writeStopped(sctx); err != nil {
@@ -475,6 +488,7 @@ func (a *Agent) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.R
 		a.rules = out.Rules
 		a.rulesGen++
 	}
+	stackErrs := a.nets.Apply(out.Interfaces)
 	changes, applyErr := a.ap.Apply(out.Namespaces)
 	for _, c := range changes {
 		a.log.Info("app namespace "+c.Op, "appNamespace", c.Key)
@@ -489,6 +503,12 @@ func (a *Agent) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.R
 		if got, ok := applied[cfg.Key()]; !ok || got != cfg {
 			applyErrs[cfg.Key()] = errorFor(applyErr, cfg.Key())
 		}
+	}
+	for key, err := range stackErrs {
+		// Served (its apps attach and talk cut-through) but without a way
+		// to the outside world.
+		applyErrs[key] = "userspace stack: " + err.Error()
+		a.log.Error("userspace stack not opened; the app namespace has no transport", "appNamespace", key, "err", err)
 	}
 	if applyErr != nil {
 		a.log.Error("applying app namespaces partly failed", "err", applyErr)

@@ -157,7 +157,7 @@ spec:
 	server := netnstest.Listen(t, tp.B.Path(), "tcp", "10.99.0.2:0")
 	serverPeers := echoOn(server)
 
-	ap := startAgent(t, kubeconfig, nodeName)
+	ap := startAgent(t, kubeconfig, nodeName, "--interface-netns", tp.A.Path())
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web-0", Labels: map[string]string{"app": "web"}},
 		Spec: corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "app", Image: "app"}}}}
 	g.Expect(k8s.Create(ctx, pod)).To(gomega.Succeed())
@@ -249,6 +249,39 @@ spec:
 		g.Expect(sn.Status.Errors).To(gomega.ContainElement(gomega.SatisfyAll(
 			gomega.HaveField("Reason", "CertKeyPairNotLoaded"),
 			gomega.HaveField("Object", "CertKeyPair/"+ns+"/bad"))))
+	}).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.Succeed())
+
+	// Interface mode: AppNamespace edge gets a userspace stack (AF_PACKET)
+	// on the veth with its own address; its pod's app reaches the server
+	// from that address, not the pod's.
+	createYAML(t, ctx, `apiVersion: hoststack.dev/v1alpha1
+kind: AppNamespace
+metadata: {name: edge, namespace: `+ns+`}
+spec:
+  podSelector: {matchLabels: {app: edge}}
+  network:
+    mode: Interface
+    interface: {name: `+tp.A.Dev+`, vrf: 0, addresses: [10.99.0.11/24], driver: AFPacket}
+`)
+	g.Expect(k8s.Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "edge-0", Labels: map[string]string{"app": "edge"}},
+		Spec: corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "app", Image: "app"}}}})).To(gomega.Succeed())
+	edgeSock := ap.path("hp", ns, "edge-0", "session.sock")
+	g.Eventually(func() bool { return isSocket(edgeSock) }).WithTimeout(20 * time.Second).WithPolling(50 * time.Millisecond).Should(gomega.BeTrue())
+	edge, err := hsclient.Attach(ctx, hsclient.Options{Socket: edgeSock, Name: "edge"})
+	g.Expect(err).NotTo(gomega.HaveOccurred())
+	defer edge.Close()
+	ec, err := edge.Dial(ctx, "tcp", server.Addr().String())
+	g.Expect(err).NotTo(gomega.HaveOccurred())
+	g.Expect(echoRoundTrip(ec, []byte("through the userspace stack"))).To(gomega.Succeed())
+	g.Expect(<-serverPeers).To(gomega.HavePrefix("10.99.0.11:"))
+	g.Eventually(func(g gomega.Gomega) {
+		var sn hsv1.SessionNode
+		g.Expect(k8s.Get(ctx, client.ObjectKey{Name: nodeName}, &sn)).To(gomega.Succeed())
+		var states []string
+		for _, e := range sn.Status.AppNamespaces {
+			states = append(states, e.Name+"="+string(e.State))
+		}
+		g.Expect(states).To(gomega.ContainElements("edge=Ready", "web=Ready"))
 	}).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.Succeed())
 
 	g.Expect(ap.cmd.Process.Signal(syscall.SIGTERM)).To(gomega.Succeed())

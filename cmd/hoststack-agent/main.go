@@ -78,6 +78,7 @@ func run(args []string) int {
 	cniBinDir := fs.String("cni-bin-dir", "/opt/cni/bin", "Kubernetes mode: the node's CNI binary directory")
 	cniConfDir := fs.String("cni-conf-dir", "/etc/cni/net.d", "Kubernetes mode: the node's CNI configuration directory")
 	transport := fs.String("transport", kube.TransportKernel, "how sessions reach the outside world: kernel (kernel sockets in each pod's network namespace, learned from the CNI plugin; the agent's own namespace in standalone mode) or none (cut-through between apps only)")
+	interfaceNetns := fs.String("interface-netns", "", "Kubernetes mode: network namespace file holding the interfaces Interface-mode AppNamespaces name (default: the agent's own)")
 	connectTimeout := fs.Duration("connect-timeout", kernel.DefaultConnectTimeout, "kernel transport: how long a TCP handshake to the outside world may take")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
@@ -131,7 +132,7 @@ func run(args []string) int {
 			HostPathDir: *hostPathDir,
 			CNI:         *cniEnable, CNISocket: *cniSocket, CNIStateDir: *cniState, CNIPendingDir: *cniPending,
 			CNIInstall: *cniInstall, CNIUninstall: *cniUninstall, CNIBinary: *cniBinary, CNIBinDir: *cniBinDir, CNIConfDir: *cniConfDir,
-			Transport: *transport, ConnectTimeout: *connectTimeout,
+			Transport: *transport, ConnectTimeout: *connectTimeout, InterfaceNetns: *interfaceNetns,
 		})
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "hoststack-agent: %v\n", err)
