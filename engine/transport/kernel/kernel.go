@@ -10,11 +10,9 @@ package kernel
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -23,6 +21,7 @@ import (
 
 	"github.com/hoststack/hoststack/engine/netns"
 	"github.com/hoststack/hoststack/engine/session"
+	"github.com/hoststack/hoststack/engine/transport/stream"
 	"github.com/hoststack/hoststack/engine/wire"
 )
 
@@ -357,199 +356,8 @@ func (t *Transport) dial(path string, dst netip.AddrPort, abort <-chan struct{})
 	return tc, nil
 }
 
-var errStopped = errors.New("stopped")
-
-// pump moves bytes both ways until both directions ended, either side
-// failed, or the app released the session; then it finishes the flow.
+// pump runs the session over c until it ends (see stream.Pump).
 func (t *Transport) pump(f *session.Flow, c *net.TCPConn, dst netip.AddrPort) {
-	stop := make(chan struct{})
-	var stopOnce sync.Once
-	halt := func(reset bool) {
-		stopOnce.Do(func() {
-			close(stop)
-			if reset {
-				_ = c.SetLinger(0)
-			}
-			c.Close()
-		})
-	}
-	// one kick channel per direction: a wake-up must reach both
-	kr, kw := make(chan struct{}, 1), make(chan struct{}, 1)
-	go func() {
-		for {
-			select {
-			case <-f.Kick():
-				for _, k := range []chan struct{}{kr, kw} {
-					select {
-					case k <- struct{}{}:
-					default:
-					}
-				}
-			case <-stop:
-				return
-			}
-		}
-	}()
-	type result struct {
-		toApp bool
-		err   error
-	}
-	done := make(chan result, 2)
-	go func() { done <- result{true, kernelToApp(f, c, kr, stop)} }()
-	go func() { done <- result{false, appToKernel(f, c, kw, stop)} }()
-	var first error
-	appClosed := f.AppClosed()
-	var drain <-chan time.Time
-	for pending := 2; pending > 0; {
-		select {
-		case r := <-done:
-			pending--
-			if r.err != nil && first == nil {
-				if !errors.Is(r.err, errStopped) {
-					first = r.err
-				}
-				halt(true)
-			}
-		case <-appClosed:
-			appClosed = nil
-			if f.AppReset() {
-				halt(true)
-				break
-			}
-			// the app closed: it reads no more; what it wrote drains
-			_ = c.CloseRead()
-			timer := time.NewTimer(t.opts.CloseTimeout)
-			defer timer.Stop()
-			drain = timer.C
-		case <-drain:
-			halt(true)
-		}
-	}
-	halt(false)
-	if first != nil {
-		f.Finish(wire.ErrReset, resetMessage(first, dst))
-		return
-	}
-	f.Finish(wire.OK, "")
-}
-
-func resetMessage(err error, dst netip.AddrPort) string {
-	if errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE) {
-		return fmt.Sprintf("connection reset by %s (kernel transport)", dst)
-	}
-	return fmt.Sprintf("kernel transport: session with %s: %v", dst, err)
-}
-
-// kernelToApp copies socket data into the app's rx fifo until the socket's
-// end of stream (then the fifo is closed for writing) or the app stops
-// reading.
-func kernelToApp(f *session.Flow, c *net.TCPConn, kick, stop <-chan struct{}) error {
-	rx := f.Rx
-	buf := make([]byte, 64<<10)
-	for {
-		if rx.ReadClosed() {
-			return nil
-		}
-		free, err := rx.Free()
-		if err != nil {
-			return err
-		}
-		if free == 0 {
-			rx.SetWriterWaiting()
-			if free, err = rx.Free(); err == nil && free == 0 && !rx.ReadClosed() {
-				select {
-				case <-kick:
-				case <-stop:
-					return errStopped
-				case <-f.AppClosed():
-					if !rx.ReadClosed() {
-						return errStopped // released without closing the fifo
-					}
-				}
-			}
-			continue
-		}
-		n, rerr := c.Read(buf[:min(free, len(buf))])
-		if n > 0 {
-			if _, err := rx.Write(buf[:n]); err != nil {
-				if rx.ReadClosed() {
-					return nil
-				}
-				return err
-			}
-			if rx.TakeReaderWaiting() {
-				f.WakeApp()
-			}
-		}
-		if rerr == io.EOF {
-			rx.CloseWrite()
-			f.WakeApp()
-			return nil
-		}
-		if rerr != nil {
-			select {
-			case <-stop:
-				return errStopped
-			default:
-			}
-			if rx.ReadClosed() {
-				return nil // the app closed; CloseRead ended the read
-			}
-			return rerr
-		}
-	}
-}
-
-// appToKernel copies the app's tx fifo to the socket until the app closes it
-// for writing (then the socket is shut down for writing).
-func appToKernel(f *session.Flow, c *net.TCPConn, kick, stop <-chan struct{}) error {
-	tx := f.Tx
-	for {
-		a, b, err := tx.Peek()
-		if len(a) > 0 {
-			n := 0
-			var werr error
-			for _, p := range [][]byte{a, b} {
-				if len(p) == 0 || werr != nil {
-					continue
-				}
-				var k int
-				k, werr = c.Write(p)
-				n += k
-			}
-			if cerr := tx.Consume(n); cerr != nil && werr == nil {
-				werr = cerr
-			}
-			if tx.TakeWriterWaiting() {
-				f.WakeApp()
-			}
-			if werr != nil {
-				select {
-				case <-stop:
-					return errStopped
-				default:
-				}
-				return werr
-			}
-			continue
-		}
-		if err == io.EOF {
-			return c.CloseWrite()
-		}
-		if err != nil {
-			return err
-		}
-		tx.SetReaderWaiting()
-		if n, lerr := tx.Len(); lerr == nil && n == 0 && !tx.WriteClosed() {
-			select {
-			case <-kick:
-			case <-stop:
-				return errStopped
-			case <-f.AppClosed():
-				if f.AppReset() || !tx.WriteClosed() {
-					return errStopped
-				}
-			}
-		}
-	}
+	stream.Pump(f, c, dst, stream.Options{CloseTimeout: t.opts.CloseTimeout, Name: "kernel transport",
+		Abort: func() { _ = c.SetLinger(0) }})
 }
