@@ -120,6 +120,10 @@ func engineError(code wire.Code, msg string) *Error {
 		e.Errno = syscall.ESHUTDOWN
 	case wire.ErrNoSession, wire.ErrNoWorker:
 		e.Errno = syscall.EBADF
+	case wire.ErrTLS:
+		e.Errno = syscall.EPROTO
+	case wire.ErrTimeout:
+		e.Errno = syscall.ETIMEDOUT
 	default:
 		e.Errno = syscall.EIO
 	}
@@ -148,6 +152,7 @@ type App struct {
 	cond     *sync.Cond
 	segs     map[uint64]*cseg
 	sockWait map[uint64]chan sockReply
+	tlsCtx   map[TLSConfig]uint32 // registered TLS contexts
 	detached chan struct{}
 	gone     error // why the attachment ended (socket closed, notice)
 	closed   bool
@@ -370,6 +375,9 @@ func (a *App) readLoop() {
 		case *wire.WorkerDelReply:
 			a.deliverSock(m.Ctx, m, fds)
 			continue
+		case *wire.TLSContextReply:
+			a.deliverSock(m.Ctx, m, fds)
+			continue
 		case *wire.DetachReply:
 			closeFDs(fds)
 			why = ErrAppClosed
@@ -457,6 +465,57 @@ func (a *App) sockCall(ctx context.Context, id uint64, m wire.Msg) (sockReply, e
 		a.mu.Unlock()
 		return sockReply{}, ctx.Err()
 	}
+}
+
+// TLSConfig asks the engine to terminate TLS for a listener or a connect
+// (ListenTLS, DialTLS): the wire carries TLS, the app reads and writes
+// plaintext. CertKeyPairs are named as "name" (of the app's Kubernetes
+// namespace, the only ones it may use) or "namespace/name".
+type TLSConfig struct {
+	// CertKeyPair is what a listener serves, and the client certificate a
+	// connect presents (optional there).
+	CertKeyPair string
+	// ServerName is what a connect verifies the server's certificate
+	// against and sends as SNI; default: the address dialled.
+	ServerName string
+	// Trust names a CertKeyPair whose CA bundle (its Secret's ca.crt) a
+	// connect trusts; default: the system roots.
+	Trust string
+}
+
+// tlsContext registers cfg with the engine once and returns its handle.
+func (a *App) tlsContext(ctx context.Context, cfg TLSConfig) (uint32, error) {
+	a.mu.Lock()
+	h, ok := a.tlsCtx[cfg]
+	a.mu.Unlock()
+	if ok {
+		return h, nil
+	}
+	for _, s := range []string{cfg.CertKeyPair, cfg.ServerName, cfg.Trust} {
+		if len(s) > wire.MaxTLSRef {
+			return 0, fmt.Errorf("hoststack: tls: %q is longer than %d bytes", s, wire.MaxTLSRef)
+		}
+	}
+	id := a.ctx.Add(1)
+	r, err := a.sockCall(ctx, id, &wire.TLSContextAdd{Ctx: id, CertKeyPair: cfg.CertKeyPair, ServerName: cfg.ServerName, Trust: cfg.Trust})
+	if err != nil {
+		return 0, fmt.Errorf("hoststack: tls: %w", err)
+	}
+	closeFDs(r.fds)
+	rep, ok := r.m.(*wire.TLSContextReply)
+	if !ok {
+		return 0, fmt.Errorf("hoststack: tls: unexpected %v", r.m.Type())
+	}
+	if rep.Code != wire.OK {
+		return 0, engineError(rep.Code, rep.Msg)
+	}
+	a.mu.Lock()
+	if a.tlsCtx == nil {
+		a.tlsCtx = map[TLSConfig]uint32{}
+	}
+	a.tlsCtx[cfg] = rep.Handle
+	a.mu.Unlock()
+	return rep.Handle, nil
 }
 
 func (a *App) addWorker(ctx context.Context) error {

@@ -549,6 +549,19 @@ func (d *deadline) expired() bool { return d.firedA.Load() }
 // pod's network namespace). Nothing listening is ECONNREFUSED; a session
 // rule's deny is EACCES naming the rule.
 func (a *App) Dial(ctx context.Context, network, address string) (net.Conn, error) {
+	return a.dial(ctx, network, address, nil)
+}
+
+// DialTLS dials like Dial, and the engine speaks TLS with the server: the
+// app reads and writes plaintext. cfg.ServerName (default: the address
+// dialled) is verified against cfg.Trust's CA bundle or the system roots;
+// cfg.CertKeyPair, if set, is the client certificate. A failed handshake
+// is an error wrapping EPROTO that says why.
+func (a *App) DialTLS(ctx context.Context, network, address string, cfg TLSConfig) (net.Conn, error) {
+	return a.dial(ctx, network, address, &cfg)
+}
+
+func (a *App) dial(ctx context.Context, network, address string, tc *TLSConfig) (net.Conn, error) {
 	if a.isClosed() {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: ErrAppClosed}
 	}
@@ -560,9 +573,15 @@ func (a *App) Dial(ctx context.Context, network, address string) (net.Conn, erro
 		return nil, err
 	}
 	ra := wireAddr(raddr)
+	var th uint32
+	if tc != nil {
+		if th, err = a.tlsContext(ctx, *tc); err != nil {
+			return nil, &net.OpError{Op: "dial", Net: network, Addr: raddr, Err: err}
+		}
+	}
 	w := a.pick()
 	id := a.ctx.Add(1)
-	r, err := w.call(ctx, id, &wire.Connect{Ctx: id, Remote: ra})
+	r, err := w.call(ctx, id, &wire.Connect{Ctx: id, Remote: ra, TLS: th})
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = os.ErrDeadlineExceeded
@@ -599,6 +618,19 @@ func wireAddr(t *net.TCPAddr) wire.Addr {
 // listens on the unspecified address ("tcp4": 0.0.0.0, else [::], which
 // also matches IPv4 destinations); port 0 picks a free port.
 func (a *App) Listen(network, address string) (net.Listener, error) {
+	return a.listen(network, address, nil)
+}
+
+// ListenTLS listens like Listen, and the engine terminates TLS with
+// cfg.CertKeyPair (of the app's own Kubernetes namespace) for every
+// session: the app reads and writes plaintext; peers that fail the
+// handshake never reach Accept. Rotating the CertKeyPair's Secret changes
+// the certificate of new handshakes; open sessions carry on.
+func (a *App) ListenTLS(network, address string, cfg TLSConfig) (net.Listener, error) {
+	return a.listen(network, address, &cfg)
+}
+
+func (a *App) listen(network, address string, tc *TLSConfig) (net.Listener, error) {
 	if a.isClosed() {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: ErrAppClosed}
 	}
@@ -609,9 +641,15 @@ func (a *App) Listen(network, address string) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
+	var th uint32
+	if tc != nil {
+		if th, err = a.tlsContext(context.Background(), *tc); err != nil {
+			return nil, &net.OpError{Op: "listen", Net: network, Addr: laddr, Err: err}
+		}
+	}
 	w := a.pick()
 	id := a.ctx.Add(1)
-	r, err := w.call(context.Background(), id, &wire.Listen{Ctx: id, Addr: wireAddr(laddr)})
+	r, err := w.call(context.Background(), id, &wire.Listen{Ctx: id, Addr: wireAddr(laddr), TLS: th})
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: laddr, Err: err}
 	}

@@ -262,6 +262,7 @@ func Run(ctx context.Context, o Options) error {
 	}, func(f string, args ...any) { log.Info(fmt.Sprintf(f, args...), "component", "netstack") })
 	a.eng, err = session.New(session.Config{
 		Rules:     a.count,
+		TLS:       a.tls,
 		Transport: a.nets.Transport(),
 		Logf:      func(f string, args ...any) { log.Info(fmt.Sprintf(f, args...), "component", "engine") },
 	})

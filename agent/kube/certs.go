@@ -65,6 +65,11 @@ func (a *Agent) syncCertKeyPairs(ctx context.Context, namespaces map[string]bool
 		if loadErr == nil {
 			loadErr = a.tls.Set(ckp.Namespace, ckp.Name, certPEM, keyPEM)
 		}
+		if loadErr == nil {
+			// cert-manager's ca.crt: what connects naming this pair as
+			// their trust anchor verify servers against
+			loadErr = a.tls.SetCA(ckp.Namespace, ckp.Name, s.Data["ca.crt"])
+		}
 		st := certState{secretVersion: s.ResourceVersion}
 		if loadErr != nil {
 			var me *enginetls.MaterialError

@@ -37,6 +37,8 @@ type app struct {
 	sock      *AttachSocket // the socket it attached through (per-pod sockets: the pod)
 	host      string        // the socket's host
 	scope     scope         // where its listeners are reachable
+	tls       map[uint32]*tlsContext
+	nextTLS   uint32
 	rxFifo    int
 	txFifo    int
 	workers   map[uint32]*worker
@@ -514,6 +516,8 @@ func (ns *namespace) sockRequest(a *app, m wire.Msg) bool {
 		}
 		a.workers[w.id] = w
 		ns.startWorker(w)
+	case *wire.TLSContextAdd:
+		ns.addTLSContext(a, m)
 	case *wire.WorkerDel:
 		w := a.workers[m.Worker]
 		if w == nil || m.Worker == 0 {

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	enginetls "github.com/hoststack/hoststack/engine/tls"
 )
 
 // Config configures an Engine.
@@ -24,6 +26,9 @@ type Config struct {
 	Rules Rules
 	// Transport, when set, receives connects to non-local addresses.
 	Transport Transport
+	// TLS holds the CertKeyPairs apps may name in their TLS contexts; nil:
+	// no TLS termination.
+	TLS *enginetls.Store
 	// Logf logs engine events; nil uses the standard logger.
 	Logf func(format string, args ...any)
 }

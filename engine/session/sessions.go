@@ -1,6 +1,7 @@
 package session
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
@@ -29,6 +30,7 @@ type listener struct {
 	w      *worker
 	local  bool               // in ns.listeners
 	tl     *TransportListener // global scope
+	tls    *tls.Config        // served by a TLS listener; nil: plaintext
 }
 
 // session is one end of a session, held by one app worker. A cut-through
@@ -251,9 +253,14 @@ func (ns *namespace) listen(w *worker, m *wire.Listen) {
 	if key.port != 0 && inUse() {
 		return
 	}
-	l := &listener{handle: ns.handle(), key: key, w: w, local: local}
+	srvTLS, code, msg := a.tlsServer(m.TLS)
+	if code != wire.OK {
+		fail(code, "%s", msg)
+		return
+	}
+	l := &listener{handle: ns.handle(), key: key, w: w, local: local, tls: srvTLS}
 	if global {
-		tl := &TransportListener{ns: ns, l: l, app: a.name, closed: make(chan struct{})}
+		tl := &TransportListener{ns: ns, l: l, app: a.name, tls: srvTLS, closed: make(chan struct{})}
 		bound, code, msg := st.Listen(ListenRequest{Namespace: ns.key, App: a.name, Host: a.host,
 			Local: netip.AddrPortFrom(ip, key.port), Listener: tl})
 		if code != wire.OK {
@@ -456,6 +463,16 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 		v := r.Lookup(RuleQuery{Namespace: ns.key, App: srv.app.name, Scope: LocalScope, Dir: Accept, Proto: wire.TCP, Local: dst, Remote: local})
 		if v.Action == Deny {
 			fail(wire.ErrDenied, "session to %s denied by SessionRule %s", dst, v.Rule)
+			return
+		}
+	}
+	if m.TLS != 0 || l.tls != nil {
+		tc, code, msg := ns.tlsClient(a, m.TLS, dst)
+		if code == wire.OK {
+			code, msg = localTLS(tc, l.tls, srv.app.name)
+		}
+		if code != wire.OK {
+			fail(code, "%s", msg)
 			return
 		}
 	}

@@ -1,6 +1,7 @@
 package session
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net/netip"
 	"os"
@@ -30,16 +31,17 @@ type Flow struct {
 	Rx *shm.Fifo // the transport writes, the app reads
 	Tx *shm.Fifo // the app writes, the transport reads
 
-	ns      *namespace
-	s       *session
-	app     string // for rule lookups without the lock
-	dgram   bool   // a datagram socket: records, Permit per datagram
-	ctx     uint64
-	remote  wire.Addr
-	rxOff   int
-	txOff   int
-	seg     *segment
-	appWake int // a duplicate of the app worker's wake eventfd
+	ns        *namespace
+	s         *session
+	app       string // for rule lookups without the lock
+	dgram     bool   // a datagram socket: records, Permit per datagram
+	tlsClient *tls.Config
+	ctx       uint64
+	remote    wire.Addr
+	rxOff     int
+	txOff     int
+	seg       *segment
+	appWake   int // a duplicate of the app worker's wake eventfd
 
 	kick     chan struct{}
 	closed   chan struct{}
@@ -276,12 +278,18 @@ func (ns *namespace) transportConnect(t Transport, w *worker, m *wire.Connect, d
 	fail func(code wire.Code, format string, args ...any)) {
 	a := w.app
 	ra := wire.Addr{Proto: wire.TCP, IP: dst.Addr(), Port: dst.Port()}
+	tc, code, msg := ns.tlsClient(a, m.TLS, dst)
+	if code != wire.OK {
+		fail(code, "%s", msg)
+		return
+	}
 	f, code, msg := ns.newFlowLocked(w, m.Ctx, wire.Addr{}, ra)
 	if code != wire.OK {
 		fail(code, "%s", msg)
 		return
 	}
 	f.s.client = true
+	f.tlsClient = tc
 	code, msg = t.Connect(ConnectRequest{Namespace: ns.key, App: a.name, Host: a.host, Remote: ra, Flow: f})
 	if code == wire.OK {
 		return
@@ -297,6 +305,7 @@ type TransportListener struct {
 	ns     *namespace
 	l      *listener
 	app    string
+	tls    *tls.Config
 	closed chan struct{} // under ns.mu
 	done   bool
 }
@@ -385,6 +394,10 @@ func (ns *namespace) listenPacket(w *worker, m *wire.Listen, local netip.AddrPor
 	pt, ok := ns.transport().(PacketTransport)
 	if !ok {
 		fail(wire.ErrNoTransport, "udp sockets are carried by a transport, and app namespace %s has none that carries udp", ns.key)
+		return
+	}
+	if m.TLS != 0 {
+		fail(wire.ErrInvalid, "TLS over UDP (DTLS) is not supported")
 		return
 	}
 	la := wire.Addr{Proto: wire.UDP, IP: local.Addr(), Port: local.Port()}

@@ -57,6 +57,18 @@ func RootCAs(pemBundle []byte) Option {
 	}
 }
 
+// RootPool (client only) verifies the server against pool instead of the
+// system roots (e.g. a pair's CA bundle from Store.TrustPool).
+func RootPool(pool *x509.CertPool) Option {
+	return func(s *settings) error {
+		if s.side != clientSide {
+			return errors.New("RootPool is a client option")
+		}
+		s.rootCAs = pool
+		return nil
+	}
+}
+
 // ClientCAs (server only) turns on mutual TLS: the server requires a
 // client certificate and verifies it against the PEM bundle.
 func ClientCAs(pemBundle []byte) Option {

@@ -7,6 +7,7 @@ Licensed under the Apache License, Version 2.0.
 package enginetls
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"strings"
@@ -48,6 +49,7 @@ type Store struct {
 	mu    sync.Mutex                    // serialises Set and Remove
 	slots atomic.Pointer[map[key]*slot] // immutable once published
 	now   func() time.Time              // for tests; nil means time.Now
+	cas   atomic.Pointer[map[key]*x509.CertPool]
 }
 
 func (s *Store) clock() time.Time {
@@ -203,4 +205,50 @@ func (s *Store) lookup(appNamespace string, k key) (*Pair, error) {
 		}
 	}
 	return nil, fmt.Errorf("app namespace %q: certkeypair %s: %w", appNamespace, k, ErrNotFound)
+}
+
+// SetCA records the CA bundle that comes with pair namespace/name (the
+// Secret's ca.crt: cert-manager puts the issuer's chain there). A connect
+// that names the pair as its trust anchor verifies servers against it. An
+// empty bundle forgets it.
+func (s *Store) SetCA(namespace, name string, caPEM []byte) error {
+	k := key{namespace, name}
+	var pool *x509.CertPool
+	if len(caPEM) > 0 {
+		var err error
+		if pool, err = parseCABundle("ca.crt of certkeypair "+k.String(), caPEM); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.cas.Load()
+	next := make(map[key]*x509.CertPool, 1)
+	if old != nil {
+		for kk, v := range *old {
+			next[kk] = v
+		}
+	}
+	if pool == nil {
+		delete(next, k)
+	} else {
+		next[k] = pool
+	}
+	s.cas.Store(&next)
+	return nil
+}
+
+// TrustPool returns the CA bundle of pair ref for an app of Kubernetes
+// namespace appNamespace, authorized as ServerConfig authorizes pairs.
+func (s *Store) TrustPool(appNamespace, ref string) (*x509.CertPool, error) {
+	k, err := authorize(appNamespace, ref)
+	if err != nil {
+		return nil, err
+	}
+	if m := s.cas.Load(); m != nil {
+		if p := (*m)[k]; p != nil {
+			return p, nil
+		}
+	}
+	return nil, fmt.Errorf("certkeypair %s has no CA bundle (ca.crt): %w", k, ErrNotFound)
 }

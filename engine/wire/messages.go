@@ -107,10 +107,13 @@ type Notice struct {
 	Msg  string
 }
 
-// Listen asks for a listener.
+// Listen asks for a listener. TLS, when not zero, is a TLS context of the
+// app (TLSContextAdd) naming the CertKeyPair the engine serves: sessions
+// are TLS on the wire, plaintext in the fifos.
 type Listen struct {
 	Ctx  uint64
 	Addr Addr
+	TLS  uint32
 }
 
 // Unlisten removes a listener.
@@ -119,10 +122,41 @@ type Unlisten struct {
 	Listener uint64
 }
 
-// Connect opens a session to Remote.
+// Connect opens a session to Remote; TLS, when not zero, is a TLS context
+// of the app: the engine is the TLS client.
 type Connect struct {
 	Ctx    uint64
 	Remote Addr
+	TLS    uint32
+}
+
+// MaxTLSRef is the longest CertKeyPair reference ("name" or
+// "namespace/name") or server name a TLS context carries.
+const MaxTLSRef = 255
+
+// TLSContextAdd registers TLS parameters for the app's listens and
+// connects (VPP's app cert/key pair add), on the attach socket. The engine
+// checks that the app may use the CertKeyPairs (only those of its own
+// Kubernetes namespace) and answers a handle.
+type TLSContextAdd struct {
+	Ctx uint64
+	// CertKeyPair is served by listeners, and presented as client
+	// certificate by connects; optional for connects.
+	CertKeyPair string
+	// ServerName is what a connect verifies the server's certificate
+	// against (and sends as SNI); empty: the address dialled.
+	ServerName string
+	// Trust names a CertKeyPair whose CA bundle (the Secret's ca.crt) a
+	// connect trusts; empty: the system roots.
+	Trust string
+}
+
+// TLSContextReply answers TLSContextAdd.
+type TLSContextReply struct {
+	Ctx    uint64
+	Code   Code
+	Msg    string
+	Handle uint32
 }
 
 // AcceptReply answers an Accepted event. A session is accepted unless the
@@ -373,18 +407,55 @@ func (m *Notice) decode(d *dec) {
 	m.Msg = d.str(MaxMessageLen, "message")
 }
 
-func (*Listen) Type() Type        { return TListen }
-func (*Listen) size() int         { return 8 + addrSize }
-func (m *Listen) encode(e *enc)   { e.u64(m.Ctx); e.addr(m.Addr) }
-func (m *Listen) decode(d *dec)   { m.Ctx = d.u64(); m.Addr = d.addr("listen address", true) }
+func (*Listen) Type() Type      { return TListen }
+func (*Listen) size() int       { return 8 + addrSize + 4 }
+func (m *Listen) encode(e *enc) { e.u64(m.Ctx); e.addr(m.Addr); e.u32(m.TLS) }
+func (m *Listen) decode(d *dec) {
+	m.Ctx = d.u64()
+	m.Addr = d.addr("listen address", true)
+	m.TLS = d.u32()
+}
 func (*Unlisten) Type() Type      { return TUnlisten }
 func (*Unlisten) size() int       { return 16 }
 func (m *Unlisten) encode(e *enc) { e.u64(m.Ctx); e.u64(m.Listener) }
 func (m *Unlisten) decode(d *dec) { m.Ctx = d.u64(); m.Listener = d.u64() }
 func (*Connect) Type() Type       { return TConnect }
-func (*Connect) size() int        { return 8 + addrSize }
-func (m *Connect) encode(e *enc)  { e.u64(m.Ctx); e.addr(m.Remote) }
-func (m *Connect) decode(d *dec)  { m.Ctx = d.u64(); m.Remote = d.addr("remote address", true) }
+func (*Connect) size() int        { return 8 + addrSize + 4 }
+func (m *Connect) encode(e *enc)  { e.u64(m.Ctx); e.addr(m.Remote); e.u32(m.TLS) }
+func (m *Connect) decode(d *dec) {
+	m.Ctx = d.u64()
+	m.Remote = d.addr("remote address", true)
+	m.TLS = d.u32()
+}
+
+func (*TLSContextAdd) Type() Type { return TTLSContextAdd }
+func (*TLSContextAdd) size() int  { return 8 + 3*strSize(MaxTLSRef) }
+func (m *TLSContextAdd) encode(e *enc) {
+	e.u64(m.Ctx)
+	e.str(m.CertKeyPair, MaxTLSRef, "certkeypair")
+	e.str(m.ServerName, MaxTLSRef, "server name")
+	e.str(m.Trust, MaxTLSRef, "trust")
+}
+func (m *TLSContextAdd) decode(d *dec) {
+	m.Ctx = d.u64()
+	m.CertKeyPair = d.str(MaxTLSRef, "certkeypair")
+	m.ServerName = d.str(MaxTLSRef, "server name")
+	m.Trust = d.str(MaxTLSRef, "trust")
+}
+func (*TLSContextReply) Type() Type { return TTLSContextReply }
+func (*TLSContextReply) size() int  { return 8 + 2 + strSize(MaxMessageLen) + 4 }
+func (m *TLSContextReply) encode(e *enc) {
+	e.u64(m.Ctx)
+	e.u16(uint16(m.Code))
+	e.str(m.Msg, MaxMessageLen, "message")
+	e.u32(m.Handle)
+}
+func (m *TLSContextReply) decode(d *dec) {
+	m.Ctx = d.u64()
+	m.Code = d.code("tls context reply")
+	m.Msg = d.str(MaxMessageLen, "message")
+	m.Handle = d.u32()
+}
 
 func (*AcceptReply) Type() Type       { return TAcceptReply }
 func (*AcceptReply) size() int        { return 10 }

@@ -81,6 +81,8 @@ const (
 	TDetachReply
 	TAddSegment // engine → app, carries the segment fd and the peer worker's wake eventfd
 	TNotice     // engine → app: the engine or the namespace is going away, with a reason
+	TTLSContextAdd
+	TTLSContextReply
 )
 
 // Requests, app → engine, through the worker's request queue.
@@ -112,6 +114,7 @@ var typeNames = map[Type]string{
 	TAttach: "attach", TAttachReply: "attach-reply", TWorkerAdd: "worker-add",
 	TWorkerAddReply: "worker-add-reply", TWorkerDel: "worker-del", TWorkerDelReply: "worker-del-reply",
 	TDetach: "detach", TDetachReply: "detach-reply", TAddSegment: "add-segment", TNotice: "notice",
+	TTLSContextAdd: "tls-context-add", TTLSContextReply: "tls-context-reply",
 	TListen: "listen", TUnlisten: "unlisten", TConnect: "connect", TAcceptReply: "accept-reply",
 	TDisconnect: "disconnect", TReset: "reset", TShutdown: "shutdown",
 	TAccepted: "accepted", TConnected: "connected", TBound: "bound", TUnlistenReply: "unlisten-reply",
@@ -147,6 +150,8 @@ const (
 	ErrShutdown         // the engine or namespace is shutting down
 	ErrInternal         // engine-side failure
 	ErrNoWorker         // unknown worker
+	ErrTLS              // the TLS handshake failed; the message says why
+	ErrTimeout          // the peer did not answer in time
 	codeMax
 )
 
@@ -156,6 +161,7 @@ var codeNames = [...]string{
 	ErrNoTransport: "no transport", ErrAddrInUse: "address already in use", ErrDenied: "denied by session rule",
 	ErrNoSession: "no such session", ErrReset: "connection reset", ErrQueueFull: "event queue full",
 	ErrShutdown: "shutting down", ErrInternal: "internal error", ErrNoWorker: "no such worker",
+	ErrTLS: "tls handshake failed", ErrTimeout: "timed out",
 }
 
 func (c Code) String() string {
@@ -268,6 +274,10 @@ func newMsg(t Type) Msg {
 		return new(AddSegment)
 	case TNotice:
 		return new(Notice)
+	case TTLSContextAdd:
+		return new(TLSContextAdd)
+	case TTLSContextReply:
+		return new(TLSContextReply)
 	case TListen:
 		return new(Listen)
 	case TUnlisten:

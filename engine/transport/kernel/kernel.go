@@ -8,6 +8,8 @@
 package kernel
 
 import (
+	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -21,6 +23,7 @@ import (
 
 	"github.com/hoststack/hoststack/engine/netns"
 	"github.com/hoststack/hoststack/engine/session"
+	enginetls "github.com/hoststack/hoststack/engine/tls"
 	"github.com/hoststack/hoststack/engine/transport/stream"
 	"github.com/hoststack/hoststack/engine/wire"
 )
@@ -170,9 +173,23 @@ func (t *Transport) run(req session.ConnectRequest) {
 			msg = fmt.Sprintf("connection refused: nothing listens on %s (kernel transport, network namespace of app %s)", dst, req.App)
 		case errors.Is(err, netns.ErrNetns):
 			code = wire.ErrNoTransport
+		case errors.Is(err, errConnectTimeout):
+			code = wire.ErrTimeout
 		}
 		f.Finish(code, msg)
 		return
+	}
+	var conn stream.Conn = c
+	if cfg := f.TLSClient(); cfg != nil {
+		tc := tls.Client(c, cfg)
+		if err := t.handshake(tc, f.AppClosed()); err != nil {
+			_ = c.SetLinger(0)
+			c.Close()
+			code, msg := session.HandshakeError(err)
+			f.Finish(code, fmt.Sprintf("tls with %s: %s", dst, msg))
+			return
+		}
+		conn = tc
 	}
 	local, _ := netip.ParseAddrPort(c.LocalAddr().String())
 	if !f.Connected(local) {
@@ -181,8 +198,25 @@ func (t *Transport) run(req session.ConnectRequest) {
 		f.Finish(wire.ErrReset, "app went away")
 		return
 	}
-	t.pump(f, c, dst)
+	t.pump(f, conn, c, dst)
 }
+
+// handshake runs a TLS handshake bounded by the connect timeout and
+// abandoned when abort closes.
+func (t *Transport) handshake(tc *tls.Conn, abort <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(context.Background(), t.opts.ConnectTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-abort:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return enginetls.Handshake(ctx, tc)
+}
+
+var errConnectTimeout = errors.New("connect timed out")
 
 // socketIn creates a non-blocking TCP socket in the network namespace at
 // path (the socket keeps it).
@@ -258,19 +292,40 @@ func (t *Transport) acceptLoop(req session.ListenRequest, ln *net.TCPListener) {
 		backoff = 5 * time.Millisecond
 		local := c.LocalAddr().(*net.TCPAddr).AddrPort()
 		remote := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-		f, code, msg := tl.Accept(local, remote)
-		if code != wire.OK {
-			t.stats.acceptRefused.Add(1)
-			_ = c.SetLinger(0)
-			c.Close()
-			if code != wire.ErrDenied {
-				t.opts.Logf("kernel transport: session from %s for app %s refused: %s", remote, req.App, msg)
-			}
+		if cfg := tl.TLS(); cfg != nil {
+			// the handshake first, off the accept loop: the app sees only
+			// sessions whose peer completed it
+			go func() {
+				tc := tls.Server(c, cfg)
+				if err := t.handshake(tc, tl.Closed()); err != nil {
+					_ = c.SetLinger(0)
+					c.Close()
+					_, msg := session.HandshakeError(err)
+					t.opts.Logf("kernel transport: tls from %s for app %s: %s", remote, req.App, msg)
+					return
+				}
+				t.accept(req, tl, tc, c, local, remote)
+			}()
 			continue
 		}
-		t.stats.accepted.Add(1)
-		go t.pump(f, c, remote)
+		t.accept(req, tl, c, c, local, remote)
 	}
+}
+
+// accept hands an accepted connection to the app and pumps it.
+func (t *Transport) accept(req session.ListenRequest, tl *session.TransportListener, conn stream.Conn, raw *net.TCPConn, local, remote netip.AddrPort) {
+	f, code, msg := tl.Accept(local, remote)
+	if code != wire.OK {
+		t.stats.acceptRefused.Add(1)
+		_ = raw.SetLinger(0)
+		conn.Close()
+		if code != wire.ErrDenied {
+			t.opts.Logf("kernel transport: session from %s for app %s refused: %s", remote, req.App, msg)
+		}
+		return
+	}
+	t.stats.accepted.Add(1)
+	go t.pump(f, conn, raw, remote)
 }
 
 // dial connects a socket of the namespace at path to dst without blocking a
@@ -336,7 +391,7 @@ func (t *Transport) dial(path string, dst netip.AddrPort, abort <-chan struct{})
 				return nil, errors.New("the app gave up")
 			default:
 			}
-			return nil, fmt.Errorf("no answer within %v", t.opts.ConnectTimeout)
+			return nil, fmt.Errorf("%w: no answer within %v", errConnectTimeout, t.opts.ConnectTimeout)
 		}
 		return nil, werr
 	}
@@ -356,8 +411,9 @@ func (t *Transport) dial(path string, dst netip.AddrPort, abort <-chan struct{})
 	return tc, nil
 }
 
-// pump runs the session over c until it ends (see stream.Pump).
-func (t *Transport) pump(f *session.Flow, c *net.TCPConn, dst netip.AddrPort) {
-	stream.Pump(f, c, dst, stream.Options{CloseTimeout: t.opts.CloseTimeout, Name: "kernel transport",
-		Abort: func() { _ = c.SetLinger(0) }})
+// pump runs the session over conn (raw itself, or TLS over it) until it
+// ends (see stream.Pump).
+func (t *Transport) pump(f *session.Flow, conn stream.Conn, raw *net.TCPConn, dst netip.AddrPort) {
+	stream.Pump(f, conn, dst, stream.Options{CloseTimeout: t.opts.CloseTimeout, Name: "kernel transport",
+		Abort: func() { _ = raw.SetLinger(0) }})
 }

@@ -3,6 +3,7 @@ package netstack_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -19,9 +20,11 @@ import (
 	"github.com/hoststack/hoststack/client"
 	"github.com/hoststack/hoststack/engine/rules"
 	"github.com/hoststack/hoststack/engine/session"
+	enginetls "github.com/hoststack/hoststack/engine/tls"
 	"github.com/hoststack/hoststack/engine/transport/netstack"
 	"github.com/hoststack/hoststack/engine/transport/netstack/link/afpacket"
 	"github.com/hoststack/hoststack/engine/transport/netstack/link/afxdp"
+	"github.com/hoststack/hoststack/internal/certstest"
 	"github.com/hoststack/hoststack/internal/netnstest"
 )
 
@@ -333,5 +336,65 @@ func TestRulesAndUDP(t *testing.T) {
 		if err != nil || string(buf[:k]) != "pong" || from.(*net.UDPAddr).IP.String() != fam.app {
 			t.Fatalf("peer got %q from %v: %v", buf[:k], from, err)
 		}
+	}
+}
+
+// TestTLS: over the userspace stack, a stock crypto/tls client reaches an
+// app's TLS listener and an app dials a stock TLS server; the app reads
+// and writes plaintext.
+func TestTLS(t *testing.T) {
+	p := pair(t)
+	ca := certstest.NewCA(t, "test CA")
+	store := &enginetls.Store{}
+	srvPair := ca.Issue(t, "edge.team")
+	if err := store.Set("team", "edge", srvPair.CertPEM, srvPair.KeyPEM); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.SetCA("team", "edge", ca.PEM); err != nil {
+		t.Fatal(err)
+	}
+	ps := []netip.Prefix{netip.MustParsePrefix("10.99.0.11/24")}
+	tr, err := netstack.New(netstack.Options{Link: newLink(t, "afpacket", p.A, ps), Addrs: ps, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := session.New(session.Config{RunDir: t.TempDir(), Transport: tr, TLS: store, Logf: func(string, ...any) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { eng.Close(); tr.Close() }()
+	sock, err := eng.AddNamespace(session.NamespaceConfig{Namespace: "team", Name: "edge", SegmentSize: 16 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &node{eng: eng, tr: tr, sock: sock}
+	app := n.attach(t, "edge")
+
+	ln, err := app.ListenTLS("tcp", ":8443", client.TLSConfig{CertKeyPair: "edge"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	echo(ln)
+	raw, err := netnstest.Dial(p.B.Path(), "tcp", "10.99.0.11:8443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := tls.Client(raw, &tls.Config{ServerName: "edge.team", RootCAs: ca.Pool()})
+	if err := roundTrip(tc, bytes.Repeat([]byte("tls over netstack "), 10_000)); err != nil {
+		t.Fatalf("stock client to the app's TLS listener: %v", err)
+	}
+
+	outside := ca.Issue(t, "api.outside")
+	sl := tls.NewListener(netnstest.Listen(t, p.B.Path(), "tcp", "10.99.0.2:0"), &tls.Config{Certificates: []tls.Certificate{outside.TLS}})
+	echo(sl)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := app.DialTLS(ctx, "tcp", sl.Addr().String(), client.TLSConfig{ServerName: "api.outside", Trust: "edge"})
+	if err != nil {
+		t.Fatalf("DialTLS over netstack: %v", err)
+	}
+	if err := roundTrip(c, bytes.Repeat([]byte("out "), 50_000)); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,6 +1,8 @@
 package netstack
 
 import (
+	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -8,11 +10,14 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
 	"github.com/hoststack/hoststack/engine/session"
 	"github.com/hoststack/hoststack/engine/shm"
+	enginetls "github.com/hoststack/hoststack/engine/tls"
+	"github.com/hoststack/hoststack/engine/transport/stream"
 	"github.com/hoststack/hoststack/engine/wire"
 )
 
@@ -63,6 +68,7 @@ func (t *Transport) connect(f *session.Flow, ep tcpip.Endpoint, wq *waiter.Queue
 			code = wire.ErrRefused
 			msg = fmt.Sprintf("connection refused: nothing listens on %s (netstack transport)", dst)
 		case *tcpip.ErrTimeout:
+			code = wire.ErrTimeout
 			msg = fmt.Sprintf("netstack: connect to %s: no answer within %v", dst, t.opts.ConnectTimeout)
 		case *tcpip.ErrHostUnreachable, *tcpip.ErrNetworkUnreachable:
 			code = wire.ErrRefused
@@ -72,12 +78,45 @@ func (t *Transport) connect(f *session.Flow, ep tcpip.Endpoint, wq *waiter.Queue
 		return
 	}
 	la, _ := ep.GetLocalAddress()
+	if cfg := f.TLSClient(); cfg != nil {
+		// TLS: the stack's connection as a net.Conn under crypto/tls, and
+		// the stream pump (the zero-copy path is for plaintext)
+		tc := tls.Client(gonet.NewTCPConn(wq, ep), cfg)
+		if err := t.handshake(tc, f.AppClosed()); err != nil {
+			ep.Abort()
+			code, msg := session.HandshakeError(err)
+			f.Finish(code, fmt.Sprintf("tls with %s: %s", dst, msg))
+			return
+		}
+		if !f.Connected(addrPort(la)) {
+			ep.Abort()
+			f.Finish(wire.ErrReset, "app went away")
+			return
+		}
+		stream.Pump(f, tc, dst, stream.Options{CloseTimeout: t.opts.CloseTimeout, Name: "netstack", Abort: ep.Abort})
+		return
+	}
 	if !f.Connected(addrPort(la)) {
 		ep.Abort()
 		f.Finish(wire.ErrReset, "app went away")
 		return
 	}
 	t.pump(f, ep, wq, dst)
+}
+
+// handshake runs a TLS handshake bounded by the connect timeout and
+// abandoned when abort closes.
+func (t *Transport) handshake(tc *tls.Conn, abort <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(context.Background(), t.opts.ConnectTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-abort:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return enginetls.Handshake(ctx, tc)
 }
 
 // Listen binds a listening endpoint for a global-scope listener and hands
@@ -142,6 +181,13 @@ func (t *Transport) acceptLoop(req session.ListenRequest, ep tcpip.Endpoint, wq 
 		}
 		la, _ := nep.GetLocalAddress()
 		remote := addrPort(peer)
+		if cfg := tl.TLS(); cfg != nil {
+			if !t.start(func() { t.acceptTLS(req, nep, nwq, cfg, addrPort(la), remote) }) {
+				nep.Abort()
+				return
+			}
+			continue
+		}
 		f, code, msg := tl.Accept(addrPort(la), remote)
 		if code != wire.OK {
 			nep.Abort() // a reset: the peer learns it was refused
@@ -156,6 +202,28 @@ func (t *Transport) acceptLoop(req session.ListenRequest, ep tcpip.Endpoint, wq 
 			return
 		}
 	}
+}
+
+// acceptTLS runs the server handshake of an accepted connection, then
+// hands it to the app and pumps plaintext.
+func (t *Transport) acceptTLS(req session.ListenRequest, ep tcpip.Endpoint, wq *waiter.Queue, cfg *tls.Config, local, remote netip.AddrPort) {
+	tl := req.Listener
+	tc := tls.Server(gonet.NewTCPConn(wq, ep), cfg)
+	if err := t.handshake(tc, tl.Closed()); err != nil {
+		ep.Abort()
+		_, msg := session.HandshakeError(err)
+		t.opts.Logf("netstack: tls from %s for app %s: %s", remote, req.App, msg)
+		return
+	}
+	f, code, msg := tl.Accept(local, remote)
+	if code != wire.OK {
+		ep.Abort()
+		if code != wire.ErrDenied {
+			t.opts.Logf("netstack: session from %s for app %s refused: %s", remote, req.App, msg)
+		}
+		return
+	}
+	stream.Pump(f, tc, remote, stream.Options{CloseTimeout: t.opts.CloseTimeout, Name: "netstack", Abort: ep.Abort})
 }
 
 // pump moves bytes between the flow's fifos and the endpoint until both

@@ -514,3 +514,30 @@ func TestReopen(t *testing.T) {
 	c, k := e.dialToStack(t, false)
 	transfer(t, k, c, size(4<<20), 6, 60*time.Second)
 }
+
+// TestInterfaceGone deletes the veth under an open endpoint with a flow in
+// progress: writes must not hang, the goroutines must not spin, and Close
+// must return.
+func TestInterfaceGone(t *testing.T) {
+	e := newEnv(t, ModeAuto)
+	c, k := e.dialFromStack(t, false)
+	transfer(t, c, k, size(1<<20), 7, 60*time.Second)
+	netnstest.Cmd(t, "-n", e.p.A.NS, "link", "del", "dev", e.p.A.Dev)
+	// The stack keeps sending into a dead socket until its write fails or
+	// times out; neither may hang the endpoint.
+	c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 1<<20)
+	for range 4 {
+		if _, err := c.Write(buf); err != nil {
+			break
+		}
+	}
+	done := make(chan struct{})
+	go func() { e.ep.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close hangs after the interface went away")
+	}
+	t.Logf("stats: %+v", e.ep.Stats())
+}

@@ -47,7 +47,7 @@ const (
 // found, it sleeps, doubling from minSleep to maxSleep while the queue
 // stays empty.
 const (
-	spinWindow = 50 * time.Microsecond
+	spinWindow = 10 * time.Microsecond
 	minSleep   = 5 * time.Microsecond
 	maxSleep   = 200 * time.Microsecond
 	// maxBlock bounds a poll(2) on the RX socket, in case a wake-up is
@@ -66,6 +66,7 @@ const (
 	txCoalesce = 10 * time.Microsecond
 )
 
+var DbgSum, DbgN, DbgTx atomic.Int64
 var (
 	devSeq atomic.Uint32
 	epoch  = time.Now()
@@ -453,6 +454,7 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 	}
 	t := now()
 	e.lastActive.Store(t)
+	DbgTx.Store(t)
 	b := e.txb
 	for len(list) > 0 {
 		// Gather up to a burst of packets that fit an mbuf.
@@ -556,6 +558,7 @@ func (e *Endpoint) rxLoop() {
 			sleep = minSleep
 			e.lastActive.Store(now())
 			e.rxBursts.Add(1)
+			DbgSum.Add(now() - DbgTx.Load()); DbgN.Add(1)
 			e.deliver(b, int(n))
 		}
 		if e.txPending.Load() > 0 && now()-e.pendingSince.Load() >= int64(txCoalesce) {
