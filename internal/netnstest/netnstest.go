@@ -152,7 +152,9 @@ func Loss(t testing.TB, end End, pct int) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("nft: %v: %s", err, out)
 	}
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "exec", end.NS, "nft", "delete", "table", "inet", "hsloss").Run() })
+	t.Cleanup(func() {
+		_ = exec.Command("ip", "netns", "exec", end.NS, "nft", "delete", "table", "inet", "hsloss").Run()
+	})
 }
 
 // Dropped reports how many packets Loss dropped in end's namespace.
