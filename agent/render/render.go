@@ -32,6 +32,10 @@ type Input struct {
 	// SessionRules, in any order. Of two rules with the same match the one
 	// created first wins (engine/rules resolves it).
 	SessionRules []hsv1.SessionRule
+	// CertKeyPairs and the data of the Secrets they name ("namespace/name"),
+	// in standalone mode (the Kubernetes agent reads Secrets one by one).
+	CertKeyPairs []hsv1.CertKeyPair
+	SecretData   map[string]map[string][]byte
 }
 
 // Problem is something about one object that the schema could not judge and

@@ -43,7 +43,7 @@ func Load(ctx context.Context, v *hsschema.Validator, dir string) (render.Input,
 	}
 	sort.Strings(names)
 
-	in := render.Input{Secrets: map[string]string{}}
+	in := render.Input{Secrets: map[string]string{}, SecretData: map[string]map[string][]byte{}}
 	var problems []string
 	seen := map[string]string{} // "Kind ns/name" → source
 	for _, name := range names {
@@ -59,6 +59,14 @@ func Load(ctx context.Context, v *hsschema.Validator, dir string) (render.Input,
 		}
 		for _, s := range secrets {
 			in.Secrets[s.Namespace+"/"+s.Name] = secretValue(s)
+			data := map[string][]byte{}
+			for k, v := range s.Data {
+				data[k] = v
+			}
+			for k, v := range s.StringData {
+				data[k] = []byte(v)
+			}
+			in.SecretData[s.Namespace+"/"+s.Name] = data
 		}
 		objs, err := v.Decode(ctx, path, rest)
 		var inv *hsschema.InvalidError
@@ -96,6 +104,13 @@ func Load(ctx context.Context, v *hsschema.Validator, dir string) (render.Input,
 				// cluster.
 				sr.CreationTimestamp = metav1.NewTime(orderEpoch.Add(time.Duration(len(in.SessionRules)) * time.Second))
 				in.SessionRules = append(in.SessionRules, sr)
+			case hsv1.GroupVersion.WithKind("CertKeyPair"):
+				var ckp hsv1.CertKeyPair
+				if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, &ckp); err != nil {
+					problems = append(problems, fmt.Sprintf("%s: %s: %v", o.Source, id, err))
+					continue
+				}
+				in.CertKeyPairs = append(in.CertKeyPairs, ckp)
 			default:
 				problems = append(problems, fmt.Sprintf("%s: %s: kind %s is not used in standalone mode", o.Source, id, o.GetKind()))
 			}

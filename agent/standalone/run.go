@@ -8,12 +8,14 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	"github.com/hoststack/hoststack/agent/apply"
 	"github.com/hoststack/hoststack/agent/render"
 	hsschema "github.com/hoststack/hoststack/api/schema"
 	"github.com/hoststack/hoststack/engine/rules"
 	"github.com/hoststack/hoststack/engine/session"
+	enginetls "github.com/hoststack/hoststack/engine/tls"
 )
 
 // Options configures Run.
@@ -53,6 +55,40 @@ type desired struct {
 	out       render.Output
 	set       *rules.Set
 	conflicts []rules.Conflict
+	pairs     []tlsPair
+}
+
+// tlsPair is a CertKeyPair's material, checked when loaded.
+type tlsPair struct {
+	namespace, name string
+	cert, key, ca   []byte
+}
+
+// applyTLS makes the store hold exactly pairs.
+func applyTLS(store *enginetls.Store, pairs []tlsPair, loaded map[string]bool) error {
+	keep := map[string]bool{}
+	var errs []error
+	for _, p := range pairs {
+		id := p.namespace + "/" + p.name
+		if err := store.Set(p.namespace, p.name, p.cert, p.key); err != nil {
+			errs = append(errs, fmt.Errorf("CertKeyPair %s: %w", id, err))
+			continue
+		}
+		if err := store.SetCA(p.namespace, p.name, p.ca); err != nil {
+			errs = append(errs, fmt.Errorf("CertKeyPair %s: %w", id, err))
+			continue
+		}
+		keep[id] = true
+		loaded[id] = true
+	}
+	for id := range loaded {
+		if !keep[id] {
+			ns, name, _ := strings.Cut(id, "/")
+			store.Remove(ns, name)
+			delete(loaded, id)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Run serves the configuration until ctx ends, then tells every app, removes
@@ -90,12 +126,17 @@ func Run(ctx context.Context, o Options) error {
 	}
 	var table rules.Table
 	table.Store(d.set)
+	store, loadedPairs := &enginetls.Store{}, map[string]bool{}
+	if err := applyTLS(store, d.pairs, loadedPairs); err != nil {
+		return err
+	}
 	nets := apply.NewNetworks(o.Transport, o.OpenStack, func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...)) })
 	if errs := nets.Apply(d.out.Interfaces); len(errs) > 0 {
 		return errors.Join(stackErrors(errs), nets.Close())
 	}
 	eng, err := session.New(session.Config{
 		Rules:     apply.RuleLookup{Table: &table},
+		TLS:       store,
 		Transport: nets.Transport(),
 		Logf:      func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...)) },
 	})
@@ -138,6 +179,10 @@ func Run(ctx context.Context, o Options) error {
 		logConflicts(log, next.conflicts)
 		// Rules first: a namespace added by this reload starts with its rules.
 		table.Store(next.set)
+		// A rotated certificate serves new handshakes; open sessions stay.
+		if err := applyTLS(store, next.pairs, loadedPairs); err != nil {
+			log.Error("CertKeyPairs partly refused; the previous material stays in service", "err", err)
+		}
 		if errs := nets.Apply(next.out.Interfaces); len(errs) > 0 {
 			log.Error("userspace stacks not opened; their app namespaces have no transport", "err", stackErrors(errs))
 		}
@@ -206,5 +251,38 @@ func load(ctx context.Context, v *hsschema.Validator, dir string) (desired, erro
 	if err != nil {
 		return desired{}, fmt.Errorf("compiling session rules: %w", err)
 	}
-	return desired{out: out, set: set, conflicts: conflicts}, nil
+	pairs, err := tlsPairs(in)
+	if err != nil {
+		return desired{}, err
+	}
+	return desired{out: out, set: set, conflicts: conflicts, pairs: pairs}, nil
+}
+
+// tlsPairs resolves each CertKeyPair's Secret (kubernetes.io/tls: tls.crt,
+// tls.key, optional ca.crt) from the directory.
+func tlsPairs(in render.Input) ([]tlsPair, error) {
+	var pairs []tlsPair
+	var problems []string
+	for _, ckp := range in.CertKeyPairs {
+		ns := ckp.Namespace
+		if ns == "" {
+			ns = "default"
+		}
+		ref := ns + "/" + ckp.Spec.SecretRef.Name
+		data, ok := in.SecretData[ref]
+		if !ok {
+			problems = append(problems, fmt.Sprintf("CertKeyPair %s/%s: spec.secretRef.name: Secret %s not found in the directory", ns, ckp.Name, ref))
+			continue
+		}
+		cert, key, err := enginetls.SecretData(data)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("CertKeyPair %s/%s: Secret %s: %v", ns, ckp.Name, ref, err))
+			continue
+		}
+		pairs = append(pairs, tlsPair{namespace: ns, name: ckp.Name, cert: cert, key: key, ca: data["ca.crt"]})
+	}
+	if len(problems) > 0 {
+		return nil, &hsschema.InvalidError{Problems: problems}
+	}
+	return pairs, nil
 }
