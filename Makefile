@@ -74,6 +74,10 @@ test: ## Run every test: unit, envtest (real kube-apiserver), multi-process engi
 	$(GO) test -race -count=1 -timeout 20m ./... && \
 	$(GO) test -count=1 -timeout 20m ./engine/... ./client/...
 
+.PHONY: test-dpdk
+test-dpdk: ## The userspace transport tests on the DPDK link layer (installs Debian's libdpdk-dev; cgo, -tags dpdk).
+	hack/test-dpdk.sh
+
 .PHONY: bench
 bench: ## Benchmarks side by side (hoststack vs TCP loopback, unix sockets, memcpy) -> bench/results.json.
 	$(GO) run ./bench -out bench/results.json

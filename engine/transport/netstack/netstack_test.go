@@ -24,11 +24,13 @@ import (
 	"github.com/hoststack/hoststack/engine/transport/netstack"
 	"github.com/hoststack/hoststack/engine/transport/netstack/link/afpacket"
 	"github.com/hoststack/hoststack/engine/transport/netstack/link/afxdp"
+	"github.com/hoststack/hoststack/engine/transport/netstack/link/dpdk"
 	"github.com/hoststack/hoststack/internal/certstest"
 	"github.com/hoststack/hoststack/internal/netnstest"
 )
 
-// links are the link layers the transport is tested on.
+// links are the link layers the transport is tested on (plus dpdk when
+// built with -tags dpdk: make test-dpdk).
 var links = []string{"afpacket", "afxdp"}
 
 // newLink opens a link endpoint of kind on end's veth for the addresses.
@@ -45,6 +47,12 @@ func newLink(t testing.TB, kind string, end netnstest.End, addrs []netip.Prefix)
 		ep, err := afxdp.New(afxdp.Options{Interface: end.Dev, Netns: end.Path(), Addrs: addrs})
 		if err != nil {
 			t.Fatalf("afxdp: %v", err)
+		}
+		return ep
+	case "dpdk":
+		ep, err := dpdk.New(dpdk.Options{Interface: end.Dev, Netns: end.Path(), Addrs: addrs})
+		if err != nil {
+			t.Fatalf("dpdk: %v", err)
 		}
 		return ep
 	}
