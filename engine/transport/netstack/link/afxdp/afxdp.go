@@ -333,6 +333,17 @@ func (e *Endpoint) Mode() Mode { return e.mode }
 // the NIC is removed. (It has no error result because stack.LinkEndpoint
 // defines Close without one; teardown failures are not actionable.)
 func (e *Endpoint) Close() {
+	// The close action runs first and outside the Once: gVisor's (set by
+	// CreateNIC) removes the NIC, which closes this endpoint again from
+	// inside; that inner Close does the teardown, and this one then finds
+	// it done instead of deadlocking on itself.
+	e.mu.Lock()
+	f := e.onClose
+	e.onClose = nil
+	e.mu.Unlock()
+	if f != nil {
+		f()
+	}
 	e.closeOnce.Do(func() {
 		e.closed.Store(true)
 		close(e.done)
@@ -343,12 +354,6 @@ func (e *Endpoint) Close() {
 		e.closeMu.Lock()
 		defer e.closeMu.Unlock()
 		e.teardown()
-		e.mu.RLock()
-		f := e.onClose
-		e.mu.RUnlock()
-		if f != nil {
-			f()
-		}
 	})
 }
 
