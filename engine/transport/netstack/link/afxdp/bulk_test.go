@@ -13,16 +13,19 @@ import (
 // These tests move gigabytes; under the race detector they would take many
 // minutes, so they run only in the plain `go test` pass.
 
-// TestBulk1GiB sends 1 GiB each way and checks its sha256.
+// TestBulk1GiB sends 1 GiB from the stack (the direction gVisor's own
+// endpoint stalled in) and 256 MiB back over IPv6, checking the sha256 of
+// each; the second half stays short to keep the plain test run brief.
 func TestBulk1GiB(t *testing.T) {
 	e := newEnv(t, ModeAuto)
 	const n = 1 << 30
 	c, k := e.dialFromStack(t, false)
 	d := transfer(t, c, k, n, 11, 5*time.Minute)
 	t.Logf("1 GiB stack->kernel in %v (%.2f Gbit/s)", d, gbits(n, d))
+	const m = 256 << 20
 	c2, k2 := e.dialToStack(t, true)
-	d = transfer(t, k2, c2, n, 12, 5*time.Minute)
-	t.Logf("1 GiB kernel->stack (IPv6) in %v (%.2f Gbit/s)", d, gbits(n, d))
+	d = transfer(t, k2, c2, m, 12, 5*time.Minute)
+	t.Logf("256 MiB kernel->stack (IPv6) in %v (%.2f Gbit/s)", d, gbits(m, d))
 }
 
 // TestBulkLoss runs transfers through 1% random loss in both directions and
