@@ -497,7 +497,7 @@ func TestIdleDoesNotSpin(t *testing.T) {
 // and checks the last one carries traffic.
 func TestReopen(t *testing.T) {
 	p := netnstest.NewPair(t)
-	netnstest.Run(t, "ip", "netns", "exec", p.B.NS, "ethtool", "-K", p.B.Dev, "tx", "off")
+	txChecksumOff(t, p.B)
 	for i := range 10 {
 		ep, err := New(Options{Interface: p.A.Dev, Netns: p.A.Path(), Addrs: []netip.Prefix{stack4, stack6}})
 		if err != nil {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hoststack/hoststack/internal/netnstest"
 	"github.com/hoststack/hoststack/internal/stacktest"
+	"github.com/hoststack/hoststack/internal/testreq"
 )
 
 // The userspace stack's addresses on A's veth; the kernel in A has .1/::1.
@@ -38,7 +39,7 @@ type env struct {
 func newEnv(t testing.TB, mode Mode) *env {
 	t.Helper()
 	p := netnstest.NewPair(t)
-	netnstest.Run(t, "ip", "netns", "exec", p.B.NS, "ethtool", "-K", p.B.Dev, "tx", "off")
+	txChecksumOff(t, p.B)
 	ep, err := New(Options{Interface: p.A.Dev, Netns: p.A.Path(), Addrs: []netip.Prefix{stack4, stack6}, ZeroCopy: mode})
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -187,6 +188,16 @@ func xdpAttached(t testing.TB, p *netnstest.Pair) bool {
 	t.Helper()
 	out := netnstest.Cmd(t, "-n", p.A.NS, "-d", "link", "show", "dev", p.A.Dev)
 	return strings.Contains(out, "xdp") || strings.Contains(out, "prog/xdp")
+}
+
+// txChecksumOff turns off TX checksum offload on end's veth, so the frames
+// it sends carry complete checksums (see the package doc).
+func txChecksumOff(t testing.TB, end netnstest.End) {
+	t.Helper()
+	if _, err := exec.LookPath("ethtool"); err != nil {
+		testreq.Missing(t, "test needs ethtool(8) to turn off TX checksum offload on the veth peer")
+	}
+	netnstest.Run(t, "ip", "netns", "exec", end.NS, "ethtool", "-K", end.Dev, "tx", "off")
 }
 
 // inNS runs a command inside the namespace ns.
