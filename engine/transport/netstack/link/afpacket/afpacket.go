@@ -143,7 +143,8 @@ type Endpoint struct {
 	dispatcher stack.NetworkDispatcher
 	attached   atomic.Bool // dispatcher != nil, readable without mu
 	rxStop     stopfd.StopFD
-	rxDone     chan struct{}
+	rxStopping atomic.Bool
+	rxDone     chan struct{} // closed when the receive goroutine returns
 	onClose    func()
 
 	// closing is set before fdMu is taken for writing, so a writer
@@ -276,7 +277,10 @@ func (e *Endpoint) Close() {
 		return
 	}
 	e.closed = true
-	e.stopRx()
+	e.mu.Lock()
+	e.stopRxLocked()
+	e.joinRxLocked()
+	e.mu.Unlock()
 	e.closing.Store(true)
 	e.fdMu.Lock()
 	e.release()
@@ -310,45 +314,61 @@ func (e *Endpoint) readKernelDrops() {
 }
 
 // Attach implements stack.LinkEndpoint: a dispatcher starts the receive
-// goroutine, nil stops it (and waits for it).
+// goroutine; nil tells it to stop, without waiting. The stack calls
+// Attach(nil) and Wait while holding its own lock, which the receive
+// goroutine may need to finish delivering a packet (ipv4 looks up the
+// NIC's name under it), so waiting there could deadlock. Close, which the
+// stack calls after releasing its locks, waits; so does a later Attach.
 func (e *Endpoint) Attach(d stack.NetworkDispatcher) {
-	if d == nil {
-		e.stopRx()
-		return
-	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if d == nil {
+		e.stopRxLocked()
+		return
+	}
 	if e.dispatcher != nil || e.ring == nil {
 		return
 	}
+	// A receive goroutine told to stop must be gone before a new one
+	// takes the ring.
+	e.joinRxLocked()
 	e.dispatcher = d
 	e.attached.Store(true)
 	e.rxDone = make(chan struct{})
 	go e.rxLoop(d, e.rxDone)
 }
 
-// stopRx stops the receive goroutine, if any, and waits for it.
-func (e *Endpoint) stopRx() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+// stopRxLocked tells the receive goroutine, if any, to stop.
+func (e *Endpoint) stopRxLocked() {
 	if e.dispatcher == nil {
 		return
 	}
+	// The flag stops a goroutine that never finds the ring empty; the
+	// eventfd wakes one sleeping in poll.
+	e.rxStopping.Store(true)
 	e.rxStop.Stop()
+	e.dispatcher = nil
+	e.attached.Store(false)
+}
+
+// joinRxLocked waits for a stopped receive goroutine to return.
+func (e *Endpoint) joinRxLocked() {
+	if e.rxDone == nil {
+		return
+	}
 	<-e.rxDone
+	e.rxDone = nil
+	e.rxStopping.Store(false)
 	// Consume the eventfd's count so that a later Attach can run again.
 	var b [8]byte
 	_, _ = unix.Read(e.rxStop.EFD, b[:])
-	e.dispatcher = nil
-	e.attached.Store(false)
-	e.rxDone = nil
 }
 
 // IsAttached implements stack.LinkEndpoint.
 func (e *Endpoint) IsAttached() bool { return e.attached.Load() }
 
-// Wait implements stack.LinkEndpoint; Attach(nil) already waits for the
-// receive goroutine.
+// Wait implements stack.LinkEndpoint. It does not wait for the receive
+// goroutine (see Attach); Close does.
 func (e *Endpoint) Wait() {}
 
 // MTU implements stack.LinkEndpoint.

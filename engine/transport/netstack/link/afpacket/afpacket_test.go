@@ -2,6 +2,7 @@ package afpacket_test
 
 import (
 	"bytes"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -301,4 +302,58 @@ func TestCloseAndReattach(t *testing.T) {
 	if st := ep.Stats(); st.TxPackets == 0 {
 		t.Errorf("stats after close: %+v", st)
 	}
+}
+
+// TestCloseUnderLoad closes the endpoint (its owner's Close, which removes
+// the NIC from the stack) while frames stream both ways, so the receive
+// goroutine is busy delivering into the stack and never finds the ring
+// empty. Close must return promptly: the stack detaches the endpoint while
+// holding its own lock, which the receive goroutine may be waiting for.
+func TestCloseUnderLoad(t *testing.T) {
+	for i := range 3 {
+		e := newEnv(t, flushKernelAddrs)
+		in := e.kernelDials(t, e.stackListener(t, stack4, 7400), stackAddr(stack4, 7400))
+		out := e.stackDials(t, stack6)
+		flowing := make(chan struct{}, 2)
+		for _, c := range []struct{ w, r net.Conn }{{in.kernel, in.stack}, {out.stack, out.kernel}} {
+			c.w.SetDeadline(time.Now().Add(quick))
+			c.r.SetDeadline(time.Now().Add(quick))
+			go io.Copy(struct{ io.Writer }{c.w}, stacktest.NewSource(1<<40, uint64(i)))
+			go io.Copy(&signalAfter{n: 4 << 20, ch: flowing}, struct{ io.Reader }{c.r})
+		}
+		<-flowing
+		<-flowing
+		closed := make(chan struct{})
+		go func() {
+			e.ep.Close()
+			close(closed)
+		}()
+		select {
+		case <-closed:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("run %d: Close did not return within 20s while traffic was flowing", i)
+		}
+		if _, ok := e.s.NICInfo()[stacktest.NIC]; ok {
+			t.Fatalf("run %d: the NIC survived the endpoint's Close", i)
+		}
+		in.close()
+		out.close()
+	}
+}
+
+// signalAfter discards what is written to it and closes ch once n bytes
+// have arrived.
+type signalAfter struct {
+	n    int64
+	ch   chan struct{}
+	seen int64
+}
+
+func (s *signalAfter) Write(p []byte) (int, error) {
+	before := s.seen
+	s.seen += int64(len(p))
+	if before < s.n && s.seen >= s.n {
+		s.ch <- struct{}{}
+	}
+	return len(p), nil
 }

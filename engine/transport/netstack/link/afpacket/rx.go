@@ -120,13 +120,15 @@ func (e *Endpoint) rxLoop(d stack.NetworkDispatcher, done chan<- struct{}) {
 	var g gro.GRO
 	g.Init(true)
 	g.Dispatcher = d
+	// Release what GRO holds: into a detached NIC, which drops it.
+	defer g.Flush()
 	r := e.ring
 	pfd := [2]rawfile.PollEvent{
 		{FD: int32(e.rxStop.EFD), Events: unix.POLLIN},
 		{FD: int32(e.fd), Events: unix.POLLIN | unix.POLLERR},
 	}
 	batch := 0
-	for {
+	for !e.rxStopping.Load() {
 		h, f := r.frame(r.next)
 		if loadStatus(h)&unix.TP_STATUS_USER == 0 {
 			g.Flush()
