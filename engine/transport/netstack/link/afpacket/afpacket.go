@@ -196,6 +196,9 @@ func New(opts Options) (*Endpoint, error) {
 		return err
 	})
 	if err != nil {
+		// The socket may exist even so (e.g. the thread could not
+		// return to its namespace).
+		e.release()
 		return nil, fmt.Errorf("afpacket: %s: %w", opts.Interface, err)
 	}
 	if err := e.setup(); err != nil {
@@ -238,6 +241,8 @@ func (e *Endpoint) setup() error {
 // sndBuf is the socket send buffer; see setup.
 const sndBuf = 4 << 20
 
+// htons converts to network byte order on the little-endian hosts this
+// runs on (amd64, arm64).
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // release frees the ring and the fds (those that exist).

@@ -38,7 +38,12 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 		return 0, &tcpip.ErrClosedForSend{}
 	}
 	b := txPool.Get().(*txBatch)
-	defer txPool.Put(b)
+	defer func() {
+		// Do not keep the packets' memory reachable from the pool.
+		clear(b.iovs)
+		clear(b.msgs[:])
+		txPool.Put(b)
+	}()
 	all := pkts.AsSlice()
 	done := 0
 	for done < len(all) {
