@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"testing"
-	"time"
 
 	"github.com/hoststack/hoststack/internal/netnstest"
 )
@@ -131,9 +130,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 		e := newEnv(b, DriverAFPacket)
 		to := ap(e.p.B.Addr4, 7101)
 		echo(b, netnstest.Listen(b, e.p.B.Path(), "tcp", to.String()))
-		DbgSum.Store(0); DbgN.Store(0)
 		run(b, e.dialStack(b, to))
-		b.Logf("tx->rx %v avg over %d", time.Duration(DbgSum.Load()/max(1, DbgN.Load())), DbgN.Load())
 	})
 	b.Run("kernel<->kernel", func(b *testing.B) {
 		p := netnstest.NewPair(b)

@@ -65,29 +65,39 @@
 // # Threads and the data path
 //
 // Each port has one RX queue and one TX queue, and one RX thread: a
-// goroutine locked to its OS thread (runtime.LockOSThread) while the
-// endpoint is attached to a stack, registered with DPDK as a non-EAL lcore
+// goroutine locked to its OS thread (runtime.LockOSThread) from the first
+// Attach until Close, registered with DPDK as a non-EAL lcore
 // (rte_thread_register) so that its mempool operations use a per-lcore
 // cache. It polls rte_eth_rx_burst and hands received frames to the stack
 // on that thread, after filtering (our MAC, broadcast and multicast in; our
 // own and the kernel's outgoing frames, which a packet socket also sees
-// and which carry our MAC as source, out). These virtual PMDs have no RX
-// interrupts, so after 50 µs without traffic the thread stops spinning:
-// for af_packet it blocks in poll(2) on the PMD's packet socket (the kernel
-// wakes it when a frame lands in the ring) and on an eventfd that stops it;
-// for af_xdp it sleeps in growing nanosleeps (timer slack 1 µs, 5 to
-// 200 µs). Spinning for good is not an option on a two-core node. The
-// packet socket's descriptor is not in DPDK's API: it is read from the
-// PMD's RX queue (DPDK 22.11 keeps it as the first field) and used only
-// after checking that it is an AF_PACKET socket bound to our interface;
-// otherwise the thread sleeps like for af_xdp.
+// and which carry our MAC as source, out). It polls without pause while
+// bursts keep coming; these virtual PMDs have no RX interrupts, so when the
+// queue is empty, for af_packet it blocks in poll(2) on the PMD's packet
+// socket (the kernel wakes it when a frame lands in the ring) and on an
+// eventfd that stops it, and for af_xdp it sleeps in growing nanosleeps
+// (timer slack 1 µs, 5 to 200 µs). It does not spin on an empty queue: on
+// two cores spinning took the CPU the stack's goroutines needed (see
+// spinWindow). The packet socket's descriptor is not in DPDK's API: it is
+// read from the PMD's RX queue (DPDK 22.11 keeps it as the first field) and
+// used only after checking that it is an AF_PACKET socket bound to our
+// interface; otherwise the thread sleeps as for af_xdp. The same socket
+// carries the TX ring, and its send buffer is raised to the ring's size:
+// a sent frame stays charged to it until the receiver frees the skb, and
+// the default buffer (~200 KB) made the kernel refuse frames long before
+// the ring was full.
+//
+// Attach(nil) and Wait do not wait for the RX thread, because gVisor calls
+// them with the stack's lock held and a delivery in progress may need that
+// lock (a reset for a closed endpoint looks up a route); Close, which gVisor
+// calls after releasing the lock, stops the thread and waits for it.
 //
 // TX runs in the goroutines that call WritePackets: each packet is copied
-// into an mbuf and queued under a mutex. While the RX thread is spinning
-// (traffic is flowing), the queue is handed to the PMD when 32 frames are
+// into an mbuf and queued under a mutex. While the RX thread is busy
+// (bursts are arriving), the queue is handed to the PMD when 32 frames are
 // waiting or the oldest has waited 10 µs, by whichever of the writer or the
-// RX thread notices first; when the RX thread is blocked or not running, the
-// writer hands it over at once. The point is the PMD's per-burst cost: the
+// RX thread notices first; when the RX thread is blocked, asleep or not running,
+// the writer hands it over at once. The point is the PMD's per-burst cost: the
 // af_packet PMD kicks the kernel with one sendto per rte_eth_tx_burst, and
 // on a veth here a frame sent alone costs 8.8 µs against 3.3 µs in bursts of
 // 32. Handing every transmit to the RX thread instead would add a wake-up
