@@ -74,6 +74,7 @@ const (
 )
 
 var (
+	portMu sync.Mutex // serialises probing and releasing ports
 	devSeq atomic.Uint32
 	epoch  = time.Now()
 )
@@ -84,15 +85,16 @@ func now() int64 { return int64(time.Since(epoch)) }
 // Endpoint is a gVisor link endpoint on a DPDK port. It implements
 // stack.LinkEndpoint; the stack calls Close when its NIC is removed.
 type Endpoint struct {
-	opts     Options
-	driver   string
-	devName  string // the vdev name, e.g. net_af_packet3
-	port     C.uint16_t
-	pool     *C.struct_rte_mempool
-	mac      [6]byte
-	linkAddr tcpip.LinkAddress
-	mtu      atomic.Uint32
-	maxFrame uint32 // largest frame an mbuf holds
+	opts      Options
+	driver    string
+	devName   string // the vdev name, e.g. net_af_packet3
+	port      C.uint16_t
+	pool      *C.struct_rte_mempool
+	mac       [6]byte
+	linkAddr  tcpip.LinkAddress
+	mtu       atomic.Uint32
+	maxFrame  uint32 // largest frame an mbuf holds
+	ringBytes int    // size of one af_packet ring
 
 	// txMu serialises the TX queue, the TX burst array and the pending
 	// frames, and guards released (the port is gone).
@@ -106,7 +108,8 @@ type Endpoint struct {
 	// let the RX thread look without the lock.
 	txPending    atomic.Int32
 	pendingSince atomic.Int64
-	// polling is true while the RX thread spins and will flush.
+	// polling is true while the RX thread is between bursts and will look
+	// at the pending frames again without blocking first.
 	polling atomic.Bool
 
 	// attachMu guards the dispatcher and the RX loop's lifecycle.
@@ -171,6 +174,10 @@ func New(opts Options) (*Endpoint, error) {
 		if opts.MTU != 0 {
 			mtu = opts.MTU
 		}
+		// DPDK's hotplug and port setup are not documented as
+		// thread-safe: one port at a time.
+		portMu.Lock()
+		defer portMu.Unlock()
 		if err := e.open(n, mtu); err != nil {
 			return err
 		}
@@ -182,7 +189,7 @@ func New(opts Options) (*Endpoint, error) {
 				// skb (across a veth, when the peer application has read
 				// it), and with the default send buffer (~200 KB) the
 				// kernel refuses frames long before the ring is full.
-				_ = unix.SetsockoptInt(e.rxFD, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, afPacketFrames*2048)
+				_ = unix.SetsockoptInt(e.rxFD, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, e.ringBytes)
 			}
 		}
 		return nil
@@ -235,6 +242,7 @@ func (e *Endpoint) open(n uint32, mtu uint32) error {
 			frame *= 2
 		}
 		block := max(4096, frame)
+		e.ringBytes = afPacketFrames * frame
 		devargs += ",qpairs=1,qdisc_bypass=0,framesz=" + strconv.Itoa(frame) +
 			",blocksz=" + strconv.Itoa(block) + ",framecnt=" + strconv.Itoa(afPacketFrames)
 	case DriverAFXDP:
@@ -249,7 +257,9 @@ func (e *Endpoint) open(n uint32, mtu uint32) error {
 	cname := C.CString(e.devName)
 	defer C.free(unsafe.Pointer(cname))
 	if rc := C.rte_eth_dev_get_port_by_name(cname, &e.port); rc < 0 {
-		_ = C.rte_eal_hotplug_remove(C.CString("vdev"), cname)
+		vdev := C.CString("vdev")
+		_ = C.rte_eal_hotplug_remove(vdev, cname)
+		C.free(unsafe.Pointer(vdev))
 		C.rte_mempool_free(e.pool)
 		return fmt.Errorf("dpdk: no port for %s: %w", e.devName, dpdkErrno(rc))
 	}
@@ -316,6 +326,8 @@ func (e *Endpoint) Shutdown() error {
 		// Stop and close do interface ioctls (af_packet) and detach the
 		// XDP program over netlink (af_xdp): in the interface's namespace.
 		e.closeErr = netns.Do(e.opts.Netns, func() error {
+			portMu.Lock()
+			defer portMu.Unlock()
 			if rc := C.hs_port_release(e.port); rc < 0 {
 				return fmt.Errorf("dpdk: releasing %s: %w", e.devName, dpdkErrno(rc))
 			}
