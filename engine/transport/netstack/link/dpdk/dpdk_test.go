@@ -483,3 +483,49 @@ func asErr(e tcpip.Error) error {
 	}
 	return nil
 }
+
+// TestTwoPorts opens two ports at once (concurrent New), on veths in
+// different namespaces, on the one EAL, and moves data through both at the
+// same time.
+func TestTwoPorts(t *testing.T) {
+	pairs := []*netnstest.Pair{netnstest.NewPair(t), netnstest.NewPair(t)}
+	eps := make([]*Endpoint, len(pairs))
+	errs := make([]error, len(pairs))
+	var wg sync.WaitGroup
+	for i, p := range pairs {
+		inNS(t, p.B.NS, "ethtool", "-K", p.B.Dev, "tx", "off")
+		inNS(t, p.A.NS, "ethtool", "-K", p.A.Dev, "gro", "off")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			eps[i], errs[i] = New(Options{Interface: p.A.Dev, Netns: p.A.Path()})
+		}()
+	}
+	wg.Wait()
+	envs := make([]*env, len(pairs))
+	for i, p := range pairs {
+		if errs[i] != nil {
+			t.Fatalf("New on %s: %v", p.A.Dev, errs[i])
+		}
+		ep := eps[i]
+		t.Cleanup(func() {
+			if err := ep.Shutdown(); err != nil {
+				t.Errorf("Shutdown: %v", err)
+			}
+		})
+		envs[i] = &env{p: p, ep: ep, s: stacktest.New(t, ep, stack4, stack6)}
+	}
+	if eps[0].devName == eps[1].devName {
+		t.Fatalf("both ports are %s", eps[0].devName)
+	}
+	for i, e := range envs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t.Run(fmt.Sprint("flow", i), func(t *testing.T) {
+				stackToKernel(t, e, ap(e.p.B.Addr4, 5201), 16<<20, uint64(20+i))
+			})
+		}()
+	}
+	wg.Wait()
+}
