@@ -91,7 +91,7 @@ func main() {
 	out := flag.String("out", "bench/results.json", "where to write the JSON report")
 	dur := flag.Duration("d", 700*time.Millisecond, "measuring time per point (each point is the median of -n runs)")
 	runs := flag.Int("n", 3, "runs per point")
-	only := flag.String("only", "", "comma-separated groups to run (stream,rr,connect,memory,rules); empty = all")
+	only := flag.String("only", "", "comma-separated groups to run (stream,rr,connect,memory,rules,transport); empty = all")
 	onlyVariants := flag.String("variants", "", "comma-separated variants to run (e.g. hoststack,tcp-loopback); empty = all")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	flag.Parse()
@@ -194,6 +194,11 @@ func main() {
 		}
 	}
 
+	if want("transport") {
+		fmt.Fprintln(os.Stderr, "transports over a veth between two network namespaces (needs root):")
+		runTransport(rep, m)
+	}
+
 	addTargets(rep)
 	printTable(rep)
 	data, _ := json.MarshalIndent(rep, "", "  ")
@@ -221,11 +226,19 @@ func addTargets(r *Report) {
 	r.target("rule lookup at 100k <= 3x lookup at 10", rl("lookup-100000"), rl("lookup-10"), 0, 3)
 	r.target("rule lookup at 100k <= 100 ns", rl("lookup-100000"), rl("ref-100ns"), 0, 1)
 	r.target("compile+swap 100k rules < 1 s", rl("compile-100000"), rl("ref-1s"), 0, 1)
+	tr := func(cs, v string) [3]string { return [3]string{"transport", cs, v} }
+	r.target("netstack-afxdp single flow >= 0.8x kernel", tr("1flow", "netstack-afxdp"), tr("1flow", "kernel"), 0.8, 0)
+	r.target("netstack-afpacket single flow >= 0.8x kernel", tr("1flow", "netstack-afpacket"), tr("1flow", "kernel"), 0.8, 0)
+	// No stalls: the runs that completed over the runs made (ref-stall-runs, 20) must be 1.
+	r.target("netstack-afpacket 20x64MiB runs, none stalled", tr("stall-free", "netstack-afpacket"), tr("ref-stall-runs", "netstack-afpacket"), 1, 0)
+	r.target("netstack-afxdp 20x64MiB runs, none stalled", tr("stall-free", "netstack-afxdp"), tr("ref-stall-runs", "netstack-afxdp"), 1, 0)
+	r.target("TLS single flow >= 0.7x plaintext, kernel transport", tr("tls", "engine-kernel"), tr("tls-plain", "engine-kernel"), 0.7, 0)
+	r.target("TLS single flow >= 0.7x plaintext, netstack-afpacket", tr("tls", "netstack-afpacket"), tr("tls-plain", "netstack-afpacket"), 0.7, 0)
 }
 
 func printTable(r *Report) {
 	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "GROUP\tCASE\tVARIANT\tVALUE\tUNIT\tvs tcp-loopback")
+	fmt.Fprintln(w, "GROUP\tCASE\tVARIANT\tVALUE\tUNIT\tvs tcp-loopback (transport: vs kernel)")
 	rs := append([]Result(nil), r.Results...)
 	sort.SliceStable(rs, func(i, j int) bool { return rs[i].Group < rs[j].Group })
 	for _, x := range rs {
@@ -233,7 +246,11 @@ func printTable(r *Report) {
 			continue // fixed references for absolute targets
 		}
 		ratio := ""
-		if base, ok := r.get(x.Group, x.Case, "tcp-loopback"); ok && base != 0 && x.Variant != "tcp-loopback" {
+		ref := "tcp-loopback"
+		if x.Group == "transport" {
+			ref = "kernel"
+		}
+		if base, ok := r.get(x.Group, x.Case, ref); ok && base != 0 && x.Variant != ref {
 			ratio = fmt.Sprintf("%.2fx", x.Value/base)
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%.3f\t%s\t%s\n", x.Group, x.Case, x.Variant, x.Value, x.Unit, ratio)

@@ -35,6 +35,8 @@ func (e End) Path() string { return "/var/run/netns/" + e.NS }
 // with loopback up and IPv6 DAD off.
 type Pair struct {
 	A, B End
+
+	made []string // namespaces Create added, for Delete
 }
 
 // Cmd runs ip(8) with args and fails the test when it fails.
@@ -62,22 +64,63 @@ func Run(t testing.TB, name string, args ...string) string {
 func NewPair(t testing.TB) *Pair {
 	t.Helper()
 	testreq.NetNS(t)
+	p, err := Create()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Delete)
+	return p
+}
+
+// Create is NewPair outside tests (a benchmark command, say): it needs root
+// and ip(8), and returns why it could not build the pair. Names are unique
+// per process and call; the caller must call Delete, which Create has done
+// itself when it fails.
+func Create() (p *Pair, err error) {
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("network namespaces need root")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		return nil, fmt.Errorf("network namespaces need ip(8) from iproute2: %w", err)
+	}
 	n := seq.Add(1)
 	pid := os.Getpid() % 100000
-	p := &Pair{
+	p = &Pair{
 		A: End{NS: fmt.Sprintf("hs-a-%d-%d", pid, n), Dev: fmt.Sprintf("hsa%dx%d", pid, n), Addr4: "10.99.0.1", Addr6: "fd99::1"},
 		B: End{NS: fmt.Sprintf("hs-b-%d-%d", pid, n), Dev: fmt.Sprintf("hsb%dx%d", pid, n), Addr4: "10.99.0.2", Addr6: "fd99::2"},
 	}
-	for _, e := range []End{p.A, p.B} {
-		Cmd(t, "netns", "add", e.NS)
-		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", e.NS).Run() })
+	defer func() {
+		if err != nil {
+			p.Delete()
+		}
+	}()
+	ip := func(args ...string) error {
+		out, err := exec.Command("ip", args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		return nil
 	}
-	Cmd(t, "link", "add", p.A.Dev, "netns", p.A.NS, "type", "veth", "peer", "name", p.B.Dev, "netns", p.B.NS)
+	for _, e := range []End{p.A, p.B} {
+		if err := ip("netns", "add", e.NS); err != nil {
+			return p, err
+		}
+		p.made = append(p.made, e.NS)
+	}
+	if err := ip("link", "add", p.A.Dev, "netns", p.A.NS, "type", "veth", "peer", "name", p.B.Dev, "netns", p.B.NS); err != nil {
+		return p, err
+	}
 	for _, e := range []*End{&p.A, &p.B} {
-		Cmd(t, "-n", e.NS, "addr", "add", e.Addr4+"/24", "dev", e.Dev)
-		Cmd(t, "-n", e.NS, "addr", "add", e.Addr6+"/64", "dev", e.Dev, "nodad")
-		Cmd(t, "-n", e.NS, "link", "set", e.Dev, "up")
-		Cmd(t, "-n", e.NS, "link", "set", "lo", "up")
+		for _, args := range [][]string{
+			{"-n", e.NS, "addr", "add", e.Addr4 + "/24", "dev", e.Dev},
+			{"-n", e.NS, "addr", "add", e.Addr6 + "/64", "dev", e.Dev, "nodad"},
+			{"-n", e.NS, "link", "set", e.Dev, "up"},
+			{"-n", e.NS, "link", "set", "lo", "up"},
+		} {
+			if err := ip(args...); err != nil {
+				return p, err
+			}
+		}
 		if err := netns.Do(e.Path(), func() error {
 			ifc, err := net.InterfaceByName(e.Dev)
 			if err != nil {
@@ -86,10 +129,19 @@ func NewPair(t testing.TB) *Pair {
 			e.MAC = ifc.HardwareAddr.String()
 			return nil
 		}); err != nil {
-			t.Fatalf("reading %s's address: %v", e.Dev, err)
+			return p, fmt.Errorf("reading %s's address: %w", e.Dev, err)
 		}
 	}
-	return p
+	return p, nil
+}
+
+// Delete removes the namespaces Create made (and with them the veth pair).
+// It may be called more than once.
+func (p *Pair) Delete() {
+	for _, ns := range p.made {
+		_ = exec.Command("ip", "netns", "del", ns).Run()
+	}
+	p.made = nil
 }
 
 // Listen listens on network/addr inside the namespace at path; the listener
