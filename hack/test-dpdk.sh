@@ -23,7 +23,6 @@
 # Environment:
 #   GO                       go command (default go)
 #   HOSTSTACK_DPDK_LARGE     bytes for TestLargeTransfer (default 1 GiB)
-#   HOSTSTACK_DPDK_AFXDP=1   also run the af_xdp PMD test (known to fail on veth here)
 #   HOSTSTACK_DPDK_LOG_LEVEL EAL --log-level values, space separated (default warning)
 set -euo pipefail
 

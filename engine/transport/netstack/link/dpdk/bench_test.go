@@ -15,7 +15,8 @@ import (
 //
 //   - stack->kernel: the gVisor stack on the DPDK port in A sends to a
 //     kernel socket in B (1500-byte frames: these PMDs have no TSO);
-//   - kernel->stack: the reverse;
+//   - stack->kernel-afxdp: the same over the af_xdp PMD;
+//   - kernel->stack: the reverse (af_packet);
 //   - kernel->kernel: A's kernel sends to B's on the same veth with its
 //     offloads (TSO/GSO: 64 KiB frames cross the veth);
 //   - kernel->kernel-noTSO: the same with TSO and GSO off on A, so that
@@ -27,6 +28,12 @@ func BenchmarkTCP(b *testing.B) {
 	b.Run("stack->kernel", func(b *testing.B) {
 		e := newEnv(b, DriverAFPacket)
 		to := ap(e.p.B.Addr4, 7001)
+		l := netnstest.Listen(b, e.p.B.Path(), "tcp", to.String())
+		benchFlow(b, l, func() (net.Conn, error) { return e.dialStack(b, to), nil })
+	})
+	b.Run("stack->kernel-afxdp", func(b *testing.B) {
+		e := newEnv(b, DriverAFXDP)
+		to := ap(e.p.B.Addr4, 7004)
 		l := netnstest.Listen(b, e.p.B.Path(), "tcp", to.String())
 		benchFlow(b, l, func() (net.Conn, error) { return e.dialStack(b, to), nil })
 	})

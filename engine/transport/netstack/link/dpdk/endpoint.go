@@ -226,9 +226,9 @@ func (e *Endpoint) open(n uint32, mtu uint32) error {
 
 	poolName := C.CString("hs_pool" + strconv.FormatUint(uint64(n), 10))
 	defer C.free(unsafe.Pointer(poolName))
-	e.pool = C.rte_pktmbuf_pool_create(poolName, poolSize, poolCache, 0, C.uint16_t(room), C.SOCKET_ID_ANY)
+	e.pool = C.hs_pool_create(poolName, poolSize, poolCache, C.uint16_t(room))
 	if e.pool == nil {
-		return fmt.Errorf("dpdk: rte_pktmbuf_pool_create: %w", rteErrno())
+		return fmt.Errorf("dpdk: creating the mbuf pool: %w", rteErrno())
 	}
 
 	devargs := e.devName + ",iface=" + e.opts.Interface

@@ -13,6 +13,7 @@
 #include <rte_ethdev.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
+#include <rte_mbuf_pool_ops.h>
 
 // HS_BURST is the most frames one RX or TX burst call moves.
 #define HS_BURST 64
@@ -49,6 +50,7 @@ void hs_txq_add(struct hs_txq *q, struct hs_burst *b, uint16_t k);
 uint16_t hs_txq_flush(uint16_t port, struct hs_txq *q, uint64_t *dropped_bytes);
 uint64_t hs_missed(uint16_t port);
 int hs_rx_fd(uint16_t port);
+struct rte_mempool *hs_pool_create(const char *name, unsigned n, unsigned cache, uint16_t data_room);
 int hs_port_debug(uint16_t port, struct rte_mempool *mp, char *out, int n);
 
 #endif
