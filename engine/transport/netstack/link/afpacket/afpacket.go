@@ -70,17 +70,26 @@
 // the interface's MAC address. The kernel still receives every frame: with
 // forwarding off (the default) it drops IP packets for addresses it does
 // not own without answering, and it ignores ARP for them; it may keep
-// addresses of its own on the same subnet. The endpoint copies every
-// frame the interface receives into its ring (the kernel's own traffic
-// too), so dedicate the interface to the stack where throughput matters.
+// addresses of its own on the same subnet. With forwarding on (Kubernetes
+// nodes, routers) it instead routes every packet for the stack's addresses
+// back out of the interface (they are on-link and not its own) and sends
+// ICMP redirects: the stack still works, but at a cost. An nftables drop
+// rule for the stack's addresses on the interface's netdev ingress hook
+// cures that without hiding anything from the endpoint, since AF_PACKET
+// taps see a frame before that hook (see TestKernelForwarding); installing
+// it is the transport's or the operator's call, not this package's. The
+// endpoint copies every frame the interface receives into its ring (the
+// kernel's own traffic too), so dedicate the interface to the stack where
+// throughput matters.
 //
 // Sharp edge found in testing: a veth drops whole GSO frames (a qdisc, a
 // full backlog, netem), so one loss takes up to 45 segments. gVisor's TCP
 // as the sender recovers from such bursts far worse than the kernel's
 // (often a run of retransmission timeouts: seconds instead of
-// milliseconds); 16 KiB GSO frames avoided it in tests, at a cost in
-// throughput. On a NIC, which segments in hardware, the wire loses single
-// segments.
+// milliseconds, in ~40% of 32 MiB runs at 1% frame loss); with 16 KiB GSO
+// frames it did not happen in 12 runs (the throughput cost could not be
+// measured on the loaded test machine), so GSOMaxSize stays 64 KiB. On a
+// NIC, which segments in hardware, the wire loses single segments.
 //
 // Close has no error result, unlike the other link layers' documented
 // shape, because stack.LinkEndpoint's Close has none and *Endpoint must

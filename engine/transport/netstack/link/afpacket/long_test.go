@@ -7,8 +7,6 @@ package afpacket_test
 
 import (
 	"net/netip"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 )
@@ -173,26 +171,5 @@ func TestCorruption(t *testing.T) {
 // namespace ns.
 func tcpRetrans(t testing.TB, ns string) uint64 {
 	t.Helper()
-	var names []string
-	for _, line := range strings.Split(inNS(t, ns, "cat", "/proc/net/snmp"), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 || f[0] != "Tcp:" {
-			continue
-		}
-		if names == nil {
-			names = f
-			continue
-		}
-		for i, name := range names {
-			if name == "RetransSegs" && i < len(f) {
-				n, err := strconv.ParseUint(f[i], 10, 64)
-				if err != nil {
-					t.Fatalf("RetransSegs %q: %v", f[i], err)
-				}
-				return n
-			}
-		}
-	}
-	t.Fatal("no Tcp RetransSegs in /proc/net/snmp")
-	return 0
+	return snmp(t, ns, "/proc/net/snmp", "Tcp:", "RetransSegs")
 }
