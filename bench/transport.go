@@ -130,7 +130,10 @@ func runTransport(rep *Report, m measurer) {
 
 	// The kernel's flow figures are of all its runs: its own, and those
 	// alternating with each netstack variant's, so the ratios compare
-	// figures taken back to back on this noisy machine.
+	// figures taken back to back on this noisy machine. (While a netstack
+	// variant is up its link still sees the kernel runs' frames from B:
+	// AF_PACKET copies them into its ring and the stack drops them, the
+	// XDP program passes them on; that cost falls on the kernel's runs.)
 	k := tp.kernel
 	if len(k.one) > 0 {
 		rep.add("transport", "1flow", "kernel", median(k.one), "Gbit/s")
