@@ -161,6 +161,9 @@ spec:
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web-0", Labels: map[string]string{"app": "web"}},
 		Spec: corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "app", Image: "app"}}}}
 	g.Expect(k8s.Create(ctx, pod)).To(gomega.Succeed())
+	// Before the agent listens, the plugin answers "try again later" (11),
+	// and the runtime retries: wait as it would.
+	g.Eventually(func() bool { return isSocket(ap.path("cni.sock")) }).WithTimeout(30 * time.Second).WithPolling(50 * time.Millisecond).Should(gomega.BeTrue())
 	cniAdd(t, ap, pod, tp.A.Path(), "10.99.0.1/24")
 	sock := ap.path("hp", ns, "web-0", "session.sock")
 	g.Eventually(func() bool { return isSocket(sock) }).WithTimeout(20 * time.Second).WithPolling(50 * time.Millisecond).Should(gomega.BeTrue())
