@@ -4,12 +4,14 @@
 package netnstest
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/hoststack/hoststack/engine/netns"
@@ -83,11 +85,14 @@ func Create() (p *Pair, err error) {
 	if _, err := exec.LookPath("ip"); err != nil {
 		return nil, fmt.Errorf("network namespaces need ip(8) from iproute2: %w", err)
 	}
+	collectStale()
 	n := seq.Add(1)
-	pid := os.Getpid() % 100000
+	pid := os.Getpid()
+	// Namespace names carry the whole pid (collectStale reads it back);
+	// interface names hold 15 bytes, so theirs is cut.
 	p = &Pair{
-		A: End{NS: fmt.Sprintf("hs-a-%d-%d", pid, n), Dev: fmt.Sprintf("hsa%dx%d", pid, n), Addr4: "10.99.0.1", Addr6: "fd99::1"},
-		B: End{NS: fmt.Sprintf("hs-b-%d-%d", pid, n), Dev: fmt.Sprintf("hsb%dx%d", pid, n), Addr4: "10.99.0.2", Addr6: "fd99::2"},
+		A: End{NS: fmt.Sprintf("hs-a-%d-%d", pid, n), Dev: fmt.Sprintf("hsa%dx%d", pid%100000, n), Addr4: "10.99.0.1", Addr6: "fd99::1"},
+		B: End{NS: fmt.Sprintf("hs-b-%d-%d", pid, n), Dev: fmt.Sprintf("hsb%dx%d", pid%100000, n), Addr4: "10.99.0.2", Addr6: "fd99::2"},
 	}
 	defer func() {
 		if err != nil {
@@ -133,6 +138,28 @@ func Create() (p *Pair, err error) {
 		}
 	}
 	return p, nil
+}
+
+// collectStale deletes the namespaces of earlier pairs whose process is
+// gone: a test binary killed by a timeout never runs its cleanups.
+func collectStale() {
+	entries, err := os.ReadDir("/var/run/netns")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		var side byte
+		var pid, n int
+		if c, _ := fmt.Sscanf(e.Name(), "hs-%c-%d-%d", &side, &pid, &n); c != 3 || (side != 'a' && side != 'b') || pid <= 0 {
+			continue
+		}
+		if fmt.Sprintf("hs-%c-%d-%d", side, pid, n) != e.Name() {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			_ = exec.Command("ip", "netns", "del", e.Name()).Run()
+		}
+	}
 }
 
 // Delete removes the namespaces Create made (and with them the veth pair).
