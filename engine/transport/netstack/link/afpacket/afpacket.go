@@ -82,14 +82,17 @@
 // kernel's own traffic too), so dedicate the interface to the stack where
 // throughput matters.
 //
-// Sharp edge found in testing: a veth drops whole GSO frames (a qdisc, a
-// full backlog, netem), so one loss takes up to 45 segments. gVisor's TCP
-// as the sender recovers from such bursts far worse than the kernel's
-// (often a run of retransmission timeouts: seconds instead of
-// milliseconds, in ~40% of 32 MiB runs at 1% frame loss); with 16 KiB GSO
-// frames it did not happen in 12 runs (the throughput cost could not be
-// measured on the loaded test machine), so GSOMaxSize stays 64 KiB. On a
-// NIC, which segments in hardware, the wire loses single segments.
+// Sharp edge found in testing: a veth drops whole GSO frames (a qdisc,
+// netem, XDP), so one loss takes up to 45 segments. gVisor's TCP as the
+// sender recovers from such bursts far worse than the kernel's: often a
+// run of retransmission timeouts, seconds instead of milliseconds. With 1%
+// frame loss, 16 MiB transfers: 64 KiB GSO 7 of 32 runs slow (45 s in
+// all), 32 KiB 3 of 32 (12 s), 16 KiB none of 12; lossless single-flow
+// send rate (noisy, loaded 2-core machine) 64 KiB ~9, 32 KiB ~8, 16 KiB ~5
+// Gbit/s. GSOMaxSize stays 64 KiB, the kernel's default. On a NIC, which
+// segments in hardware, the wire loses single segments; on a veth the
+// loss of whole frames is rare without tc rules (no TX drops in the bulk
+// tests: the peer's backlog is drained in the sender's own softirq).
 //
 // Close has no error result, unlike the other link layers' documented
 // shape, because stack.LinkEndpoint's Close has none and *Endpoint must
