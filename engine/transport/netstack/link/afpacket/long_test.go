@@ -76,7 +76,7 @@ func TestNoStall(t *testing.T) {
 // happens, in ~40% of runs; with 16 KiB GSO frames never), hence the
 // modest sizes and the generous deadline.
 func TestLoss(t *testing.T) {
-	n := int64(16 << 20)
+	n := int64(8 << 20)
 	for _, tc := range []struct {
 		name                      string
 		intoStack, intoKernel, tx bool
@@ -113,7 +113,7 @@ func TestLoss(t *testing.T) {
 				t.Logf("%s kernel-to-stack: %v", family(pfx), time.Since(start).Round(time.Millisecond))
 			}
 			// The loss must have happened: the senders behind the
-			// lossy links retransmitted. A run can be lucky (~250 data
+			// lossy links retransmitted. A run can be lucky (~130 data
 			// frames each way per transfer at 1%), so transfer more
 			// until it is not, a few times at most.
 			kernelRetrans, stackRetrans := tcpRetrans(t, e.p.B.NS), e.s.Stats().TCP.Retransmits.Value()
