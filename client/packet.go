@@ -115,12 +115,12 @@ func (p *PacketConn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) 
 			return 0, netip.AddrPort{}, c.opErr("read", err)
 		}
 		if avail := len(x) + len(y); avail > 0 {
-			h, err := record(hdr[:], x, y)
+			h, err := wire.PeekDgram(hdr[:], x, y)
 			if err != nil {
 				return 0, netip.AddrPort{}, p.broken(err)
 			}
 			n := min(len(b), h.Len)
-			gatherAt(b[:n], x, y, wire.DgramHeaderSize)
+			wire.Gather(b[:n], x, y, wire.DgramHeaderSize)
 			if err := c.rx.Consume(wire.DgramHeaderSize + h.Len); err != nil {
 				return 0, netip.AddrPort{}, c.opErr("read", err)
 			}
@@ -138,24 +138,6 @@ func (p *PacketConn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) 
 	}
 }
 
-// record decodes the record at the head of the ring slices x, y, checking
-// that all of it is there (the engine publishes whole records).
-func record(hdr, x, y []byte) (wire.DgramHeader, error) {
-	avail := len(x) + len(y)
-	if avail < wire.DgramHeaderSize {
-		return wire.DgramHeader{}, fmt.Errorf("a cut datagram record of %d bytes", avail)
-	}
-	gatherAt(hdr, x, y, 0)
-	h, err := wire.ParseDgramHeader(hdr)
-	if err != nil {
-		return h, err
-	}
-	if avail < wire.DgramHeaderSize+h.Len {
-		return h, fmt.Errorf("a datagram record announcing %d bytes holds %d", h.Len, avail-wire.DgramHeaderSize)
-	}
-	return h, nil
-}
-
 // broken resets the socket after a malformed record: the fifo can no longer
 // be trusted.
 func (p *PacketConn) broken(err error) error {
@@ -163,16 +145,6 @@ func (p *PacketConn) broken(err error) error {
 	p.c.resetErr.CompareAndSwap(nil, e)
 	_ = p.c.w.request(&wire.Reset{Session: p.c.h})
 	return p.c.opErr("read", e)
-}
-
-// gatherAt copies len(dst) bytes starting off bytes into x then y.
-func gatherAt(dst, x, y []byte, off int) {
-	if off < len(x) {
-		n := copy(dst, x[off:])
-		copy(dst[n:], y)
-		return
-	}
-	copy(dst, y[off-len(x):])
 }
 
 // WriteTo sends one datagram to addr (a *net.UDPAddr). It waits while the

@@ -324,3 +324,18 @@ func pickLocalError(c, s *Error) *Error {
 	}
 	return c
 }
+
+// HandshakeUntil is Handshake bounded by timeout and abandoned when abort
+// closes (the app that asked went away, the listener closed).
+func HandshakeUntil(conn *tls.Conn, timeout time.Duration, abort <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-abort:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return Handshake(ctx, conn)
+}

@@ -78,3 +78,34 @@ func ParseDgramHeader(b []byte) (DgramHeader, error) {
 	}
 	return DgramHeader{Len: int(n), Remote: netip.AddrPortFrom(ip, port)}, nil
 }
+
+// Gather copies len(dst) bytes starting off bytes into the two slices a, b
+// of a ring (what a fifo's Peek returns).
+func Gather(dst, a, b []byte, off int) {
+	if off < len(a) {
+		n := copy(dst, a[off:])
+		copy(dst[n:], b)
+		return
+	}
+	copy(dst, b[off-len(a):])
+}
+
+// PeekDgram decodes the datagram record at the head of the ring slices a,
+// b, checking that all of it is there (writers publish whole records, so
+// anything less is a broken or hostile peer). hdr is scratch space of
+// DgramHeaderSize bytes.
+func PeekDgram(hdr, a, b []byte) (DgramHeader, error) {
+	avail := len(a) + len(b)
+	if avail < DgramHeaderSize {
+		return DgramHeader{}, &Error{fmt.Sprintf("datagram record of %d bytes, shorter than its header", avail)}
+	}
+	Gather(hdr[:DgramHeaderSize], a, b, 0)
+	h, err := ParseDgramHeader(hdr)
+	if err != nil {
+		return h, err
+	}
+	if avail < DgramHeaderSize+h.Len {
+		return h, &Error{fmt.Sprintf("datagram record announcing %d bytes holds %d", h.Len, avail-DgramHeaderSize)}
+	}
+	return h, nil
+}

@@ -44,3 +44,27 @@ func TestDgramHeaderRejectsGarbage(t *testing.T) {
 		}
 	}
 }
+
+func TestPeekDgramAcrossTheWrap(t *testing.T) {
+	var rec [DgramHeaderSize + 5]byte
+	DgramHeader{Len: 5, Remote: netip.MustParseAddrPort("10.0.0.1:53")}.Put(rec[:])
+	copy(rec[DgramHeaderSize:], "hello")
+	hdr := make([]byte, DgramHeaderSize)
+	for cut := 0; cut <= len(rec); cut++ { // the ring wraps after cut bytes
+		a, b := rec[:cut], rec[cut:]
+		h, err := PeekDgram(hdr, a, b)
+		if err != nil || h.Len != 5 {
+			t.Fatalf("wrap at %d: %+v, %v", cut, h, err)
+		}
+		p := make([]byte, h.Len)
+		Gather(p, a, b, DgramHeaderSize)
+		if string(p) != "hello" {
+			t.Fatalf("wrap at %d: payload %q", cut, p)
+		}
+	}
+	for n := 0; n < len(rec); n++ { // anything short of the whole record
+		if _, err := PeekDgram(hdr, rec[:n], nil); err == nil {
+			t.Fatalf("a record cut at %d bytes was accepted", n)
+		}
+	}
+}

@@ -8,7 +8,6 @@
 package kernel
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -182,7 +181,7 @@ func (t *Transport) run(req session.ConnectRequest) {
 	var conn stream.Conn = c
 	if cfg := f.TLSClient(); cfg != nil {
 		tc := tls.Client(c, cfg)
-		if err := t.handshake(tc, f.AppClosed()); err != nil {
+		if err := enginetls.HandshakeUntil(tc, t.opts.ConnectTimeout, f.AppClosed()); err != nil {
 			_ = c.SetLinger(0)
 			c.Close()
 			code, msg := session.HandshakeError(err)
@@ -199,21 +198,6 @@ func (t *Transport) run(req session.ConnectRequest) {
 		return
 	}
 	t.pump(f, conn, c, dst)
-}
-
-// handshake runs a TLS handshake bounded by the connect timeout and
-// abandoned when abort closes.
-func (t *Transport) handshake(tc *tls.Conn, abort <-chan struct{}) error {
-	ctx, cancel := context.WithTimeout(context.Background(), t.opts.ConnectTimeout)
-	defer cancel()
-	go func() {
-		select {
-		case <-abort:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	return enginetls.Handshake(ctx, tc)
 }
 
 var errConnectTimeout = errors.New("connect timed out")
@@ -297,7 +281,7 @@ func (t *Transport) acceptLoop(req session.ListenRequest, ln *net.TCPListener) {
 			// sessions whose peer completed it
 			go func() {
 				tc := tls.Server(c, cfg)
-				if err := t.handshake(tc, tl.Closed()); err != nil {
+				if err := enginetls.HandshakeUntil(tc, t.opts.ConnectTimeout, tl.Closed()); err != nil {
 					_ = c.SetLinger(0)
 					c.Close()
 					_, msg := session.HandshakeError(err)

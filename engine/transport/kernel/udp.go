@@ -128,20 +128,13 @@ func (t *Transport) datagramsFromApp(f *session.Flow, uc *net.UDPConn, local net
 		if err != nil {
 			return err
 		}
-		if avail := len(a) + len(b); avail > 0 {
-			if avail < wire.DgramHeaderSize {
-				return fmt.Errorf("malformed datagram record from the app: %d bytes, shorter than a header", avail)
-			}
-			gather(hdr[:], a, b)
-			h, err := wire.ParseDgramHeader(hdr[:])
+		if len(a)+len(b) > 0 {
+			h, err := wire.PeekDgram(hdr[:], a, b)
 			if err != nil {
 				return fmt.Errorf("malformed datagram record from the app: %v", err)
 			}
-			if avail < wire.DgramHeaderSize+h.Len {
-				return fmt.Errorf("malformed datagram record from the app: %d bytes announced, %d written", h.Len, avail-wire.DgramHeaderSize)
-			}
 			p := buf[:h.Len]
-			gatherAt(p, a, b, wire.DgramHeaderSize)
+			wire.Gather(p, a, b, wire.DgramHeaderSize)
 			if err := tx.Consume(wire.DgramHeaderSize + h.Len); err != nil {
 				return err
 			}
@@ -182,17 +175,4 @@ func (t *Transport) datagramsFromApp(f *session.Flow, uc *net.UDPConn, local net
 			}
 		}
 	}
-}
-
-// gather copies the first len(dst) bytes of the two ring slices a, b.
-func gather(dst, a, b []byte) { gatherAt(dst, a, b, 0) }
-
-// gatherAt copies len(dst) bytes starting off bytes into a then b.
-func gatherAt(dst, a, b []byte, off int) {
-	if off < len(a) {
-		n := copy(dst, a[off:])
-		copy(dst[n:], b)
-		return
-	}
-	copy(dst, b[off-len(a):])
 }

@@ -1,7 +1,6 @@
 package netstack
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -82,7 +81,7 @@ func (t *Transport) connect(f *session.Flow, ep tcpip.Endpoint, wq *waiter.Queue
 		// TLS: the stack's connection as a net.Conn under crypto/tls, and
 		// the stream pump (the zero-copy path is for plaintext)
 		tc := tls.Client(gonet.NewTCPConn(wq, ep), cfg)
-		if err := t.handshake(tc, f.AppClosed()); err != nil {
+		if err := enginetls.HandshakeUntil(tc, t.opts.ConnectTimeout, f.AppClosed()); err != nil {
 			ep.Abort()
 			code, msg := session.HandshakeError(err)
 			f.Finish(code, fmt.Sprintf("tls with %s: %s", dst, msg))
@@ -102,21 +101,6 @@ func (t *Transport) connect(f *session.Flow, ep tcpip.Endpoint, wq *waiter.Queue
 		return
 	}
 	t.pump(f, ep, wq, dst)
-}
-
-// handshake runs a TLS handshake bounded by the connect timeout and
-// abandoned when abort closes.
-func (t *Transport) handshake(tc *tls.Conn, abort <-chan struct{}) error {
-	ctx, cancel := context.WithTimeout(context.Background(), t.opts.ConnectTimeout)
-	defer cancel()
-	go func() {
-		select {
-		case <-abort:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	return enginetls.Handshake(ctx, tc)
 }
 
 // Listen binds a listening endpoint for a global-scope listener and hands
@@ -209,7 +193,7 @@ func (t *Transport) acceptLoop(req session.ListenRequest, ep tcpip.Endpoint, wq 
 func (t *Transport) acceptTLS(req session.ListenRequest, ep tcpip.Endpoint, wq *waiter.Queue, cfg *tls.Config, local, remote netip.AddrPort) {
 	tl := req.Listener
 	tc := tls.Server(gonet.NewTCPConn(wq, ep), cfg)
-	if err := t.handshake(tc, tl.Closed()); err != nil {
+	if err := enginetls.HandshakeUntil(tc, t.opts.ConnectTimeout, tl.Closed()); err != nil {
 		ep.Abort()
 		_, msg := session.HandshakeError(err)
 		t.opts.Logf("netstack: tls from %s for app %s: %s", remote, req.App, msg)

@@ -125,13 +125,13 @@ func (t *Transport) pumpPackets(f *session.Flow, ep tcpip.Endpoint, wq *waiter.Q
 				}
 				break
 			}
-			h, err := record(hdr[:], a, b)
+			h, err := wire.PeekDgram(hdr[:], a, b)
 			if err != nil {
 				f.Finish(wire.ErrReset, "malformed datagram record from the app: "+err.Error())
 				return
 			}
 			p := out[:h.Len]
-			gatherAt(p, a, b, wire.DgramHeaderSize)
+			wire.Gather(p, a, b, wire.DgramHeaderSize)
 			dst := netip.AddrPortFrom(h.Remote.Addr().Unmap(), h.Remote.Port())
 			if ok, _ := f.Permit(session.Connect, local, dst); ok {
 				to := fullAddr(dst)
@@ -162,32 +162,4 @@ func (t *Transport) pumpPackets(f *session.Flow, ep tcpip.Endpoint, wq *waiter.Q
 			return
 		}
 	}
-}
-
-// record decodes the record at the head of the ring slices a, b, checking
-// that all of it is there (the app publishes whole records).
-func record(hdr, a, b []byte) (wire.DgramHeader, error) {
-	avail := len(a) + len(b)
-	if avail < wire.DgramHeaderSize {
-		return wire.DgramHeader{}, fmt.Errorf("%d bytes, shorter than a header", avail)
-	}
-	gatherAt(hdr, a, b, 0)
-	h, err := wire.ParseDgramHeader(hdr)
-	if err != nil {
-		return h, err
-	}
-	if avail < wire.DgramHeaderSize+h.Len {
-		return h, fmt.Errorf("%d bytes announced, %d written", h.Len, avail-wire.DgramHeaderSize)
-	}
-	return h, nil
-}
-
-// gatherAt copies len(dst) bytes starting off bytes into a then b.
-func gatherAt(dst, a, b []byte, off int) {
-	if off < len(a) {
-		n := copy(dst, a[off:])
-		copy(dst[n:], b)
-		return
-	}
-	copy(dst, b[off-len(a):])
 }
