@@ -7,25 +7,20 @@ Licensed under the Apache License, Version 2.0.
 package controllers
 
 import (
-	"bytes"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"fmt"
 	"time"
 
 	hsv1 "github.com/hoststack/hoststack/api/v1alpha1"
+	enginetls "github.com/hoststack/hoststack/engine/tls"
 )
 
 // MaxPEMBytes bounds tls.crt and tls.key each. The agents hand this
 // material to every engine that terminates TLS for the namespace, and a
 // real chain is a few KiB; anything larger is a mistake or an attack.
-const MaxPEMBytes = 64 << 10
+const MaxPEMBytes = enginetls.MaxPEMBytes
 
 // keyPairVerdict is what evaluateKeyPair concludes about a cert/key pair.
 type keyPairVerdict struct {
@@ -58,7 +53,7 @@ func evaluateKeyPair(certPEM, keyPEM []byte, now time.Time) keyPairVerdict {
 		return keyPairVerdict{Reason: hsv1.ReasonTooLarge,
 			Message: fmt.Sprintf("tls.key is %d bytes, more than the %d allowed", len(keyPEM), MaxPEMBytes)}
 	}
-	chain, err := parseChain(certPEM)
+	chain, err := enginetls.ParseChain(certPEM)
 	if err != nil {
 		return keyPairVerdict{Reason: hsv1.ReasonInvalidCertificate, Message: "tls.crt: " + err.Error()}
 	}
@@ -73,11 +68,11 @@ func evaluateKeyPair(certPEM, keyPEM []byte, now time.Time) keyPairVerdict {
 		return v
 	}
 
-	key, err := parsePrivateKey(keyPEM)
+	key, err := enginetls.ParsePrivateKey(keyPEM)
 	if err != nil {
 		return verdict(hsv1.ReasonInvalidKey, "tls.key: "+err.Error())
 	}
-	if !publicKeyMatches(key, leaf.PublicKey) {
+	if !enginetls.KeyMatches(key, leaf.PublicKey) {
 		return verdict(hsv1.ReasonKeyMismatch, "tls.key is not the private key of the first certificate in tls.crt")
 	}
 	if now.Before(first.NotBefore) {
@@ -121,85 +116,6 @@ func earliestNotAfter(chain []*x509.Certificate) (int, *x509.Certificate) {
 		}
 	}
 	return at, chain[at]
-}
-
-// parseChain decodes every PEM block of tls.crt. Only CERTIFICATE blocks
-// are allowed (a private key pasted into tls.crt must not be served), and
-// each certificate must be signed by the one after it, so a chain in the
-// wrong order is caught here rather than by a failing TLS client.
-func parseChain(data []byte) ([]*x509.Certificate, error) {
-	var chain []*x509.Certificate
-	rest := bytes.TrimSpace(data)
-	for len(rest) > 0 {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			return nil, fmt.Errorf("data after certificate %d is not PEM", len(chain))
-		}
-		if block.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("PEM block %d is %q, want CERTIFICATE", len(chain), block.Type)
-		}
-		cert, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("certificate %d: %w", len(chain), err)
-		}
-		chain = append(chain, cert)
-		rest = bytes.TrimSpace(rest)
-	}
-	if len(chain) == 0 {
-		return nil, fmt.Errorf("no PEM certificate found")
-	}
-	for i := 0; i+1 < len(chain); i++ {
-		if err := chain[i].CheckSignatureFrom(chain[i+1]); err != nil {
-			return nil, fmt.Errorf("certificate %d is not signed by certificate %d (chain must be leaf first): %w", i, i+1, err)
-		}
-	}
-	return chain, nil
-}
-
-// parsePrivateKey decodes the single PEM private key of tls.key, in any of
-// the encodings cert-manager and openssl write (PKCS#8, PKCS#1, SEC 1).
-func parsePrivateKey(data []byte) (crypto.Signer, error) {
-	block, rest := pem.Decode(bytes.TrimSpace(data))
-	if block == nil {
-		return nil, fmt.Errorf("no PEM private key found")
-	}
-	if len(bytes.TrimSpace(rest)) > 0 {
-		return nil, fmt.Errorf("more than one PEM block; want exactly one private key")
-	}
-	var (
-		key any
-		err error
-	)
-	switch block.Type {
-	case "PRIVATE KEY":
-		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
-	case "RSA PRIVATE KEY":
-		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
-	case "EC PRIVATE KEY":
-		key, err = x509.ParseECPrivateKey(block.Bytes)
-	default:
-		return nil, fmt.Errorf("PEM block is %q, want PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY", block.Type)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("parse %s: %w", block.Type, err)
-	}
-	switch k := key.(type) {
-	case *rsa.PrivateKey:
-		return k, nil
-	case *ecdsa.PrivateKey:
-		return k, nil
-	case ed25519.PrivateKey:
-		return k, nil
-	default:
-		return nil, fmt.Errorf("unsupported private key type %T", key)
-	}
-}
-
-// publicKeyMatches reports whether key is the private half of pub.
-func publicKeyMatches(key crypto.Signer, pub any) bool {
-	p, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool })
-	return ok && p.Equal(pub)
 }
 
 // fingerprintSHA256 is the lower-case hex SHA-256 of a certificate's DER.

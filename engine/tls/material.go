@@ -111,16 +111,16 @@ func parsePair(certPEM, keyPEM []byte, now time.Time) (*Pair, *MaterialError) {
 	if len(keyPEM) > MaxPEMBytes {
 		return nil, invalid(ReasonTooLarge, "tls.key is %d bytes, more than the %d allowed", len(keyPEM), MaxPEMBytes)
 	}
-	chain, err := parseChain(certPEM)
+	chain, err := ParseChain(certPEM)
 	if err != nil {
 		return nil, invalid(ReasonInvalidCertificate, "tls.crt: %v", err)
 	}
 	leaf := chain[0]
-	key, err := parsePrivateKey(keyPEM)
+	key, err := ParsePrivateKey(keyPEM)
 	if err != nil {
 		return nil, invalid(ReasonInvalidKey, "tls.key: %v", err)
 	}
-	if !publicKeyMatches(key, leaf.PublicKey) {
+	if !KeyMatches(key, leaf.PublicKey) {
 		return nil, invalid(ReasonKeyMismatch, "tls.key is not the private key of the first certificate in tls.crt")
 	}
 	p := &Pair{Leaf: leaf, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}
@@ -159,11 +159,11 @@ func describe(i int, c *x509.Certificate) string {
 	return fmt.Sprintf("chain certificate %d (%s)", i, c.Subject)
 }
 
-// parseChain decodes tls.crt. Only CERTIFICATE blocks are accepted (a key
+// ParseChain decodes tls.crt. Only CERTIFICATE blocks are accepted (a key
 // pasted into tls.crt must never be sent to peers), and each certificate
 // must be signed by the next, so a chain in the wrong order is refused
 // here with a message instead of failing at every peer.
-func parseChain(data []byte) ([]*x509.Certificate, error) {
+func ParseChain(data []byte) ([]*x509.Certificate, error) {
 	certs, err := parseCertificates(data)
 	if err != nil {
 		return nil, err
@@ -204,9 +204,9 @@ func parseCertificates(data []byte) ([]*x509.Certificate, error) {
 	return certs, nil
 }
 
-// parsePrivateKey decodes the single PEM key of tls.key in the encodings
+// ParsePrivateKey decodes the single PEM key of tls.key in the encodings
 // cert-manager and openssl write.
-func parsePrivateKey(data []byte) (crypto.Signer, error) {
+func ParsePrivateKey(data []byte) (crypto.Signer, error) {
 	block, rest := pem.Decode(bytes.TrimSpace(data))
 	if block == nil {
 		return nil, errors.New("no PEM private key found")
@@ -243,7 +243,8 @@ func parsePrivateKey(data []byte) (crypto.Signer, error) {
 	}
 }
 
-func publicKeyMatches(key crypto.Signer, pub any) bool {
+// KeyMatches reports whether key is the private half of pub.
+func KeyMatches(key crypto.Signer, pub any) bool {
 	p, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool })
 	return ok && p.Equal(pub)
 }
