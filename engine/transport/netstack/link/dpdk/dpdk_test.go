@@ -445,6 +445,51 @@ func TestReopen(t *testing.T) {
 	}
 }
 
+// TestCloseWhileAttached closes the endpoint, not the stack, while traffic
+// flows: the stack's close action removes the NIC, which closes the
+// endpoint again from inside Close; that must neither deadlock nor leave
+// the NIC behind, and the connection must fail rather than hang.
+func TestCloseWhileAttached(t *testing.T) {
+	e := newEnv(t, DriverAFPacket)
+	to := ap(e.p.B.Addr4, 5301)
+	l := netnstest.Listen(t, e.p.B.Path(), "tcp", to.String())
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			deadline(c)
+			_, _ = io.Copy(io.Discard, c)
+			c.Close()
+		}
+	}()
+	c := e.dialStack(t, to)
+	if _, err := c.Write(make([]byte, 1<<20)); err != nil {
+		t.Fatalf("write before Close: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.ep.Shutdown() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Shutdown while attached did not return in 30 s (deadlock?)")
+	}
+	if e.s.HasNIC(stacktest.NIC) {
+		t.Error("the NIC is still in the stack after the endpoint closed")
+	}
+	if e.ep.IsAttached() {
+		t.Error("the endpoint still reports a dispatcher")
+	}
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	for {
+		if _, err := c.Write(make([]byte, 64<<10)); err != nil {
+			break // any error: the point is not hanging
+		}
+	}
+	c.Close()
+}
+
 // TestNamespaceAndOptions checks the errors a caller sees: an interface
 // that exists only in another namespace, an MTU above the interface's, and
 // an unknown driver.

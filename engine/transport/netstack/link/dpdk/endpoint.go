@@ -307,10 +307,13 @@ func (e *Endpoint) Close() { _ = e.Shutdown() }
 // Shutdown is Close returning what went wrong releasing the port (the
 // gVisor interface's Close has no result). Later calls return the same.
 func (e *Endpoint) Shutdown() error {
+	// The stack's close action removes the NIC, which calls Close again
+	// (after releasing the stack's lock): that inner call does the work
+	// below. It must run outside closeOnce, which does not nest.
+	if f := e.onClose.Swap(nil); f != nil {
+		(*f)()
+	}
 	e.closeOnce.Do(func() {
-		if f := e.onClose.Swap(nil); f != nil {
-			(*f)()
-		}
 		e.attachMu.Lock()
 		e.closed = true
 		e.stopRX()
