@@ -125,6 +125,26 @@
 // external buffers pinned in Go memory on TX, whose lifetime the PMD
 // controls (af_xdp frees them on completion), and is not done.
 //
+// # Sharp edges
+//
+//   - Close has no error result, because stack.LinkEndpoint's Close has
+//     none; Shutdown is the same operation returning the error.
+//   - The stack shares the interface and its MAC with the kernel. With
+//     af_packet the kernel also receives every frame for the stack's
+//     addresses; it drops them unless IP forwarding is on in that
+//     namespace, in which case it forwards them too. With af_xdp the XDP
+//     program takes every frame of the queue, so the kernel's own traffic
+//     on that interface stops.
+//   - The af_packet PMD's rte_eth_tx_burst blocks in poll(2), without a
+//     timeout, when its next TX frame is still owned by the kernel; that
+//     happens only once the 4096-frame TX ring is full, and it holds the
+//     endpoint's TX lock while it waits.
+//   - With af_xdp, libbpf and libxdp print notices to stderr when the PMD
+//     loads its XDP program (no bpffs, no dispatcher): harmless.
+//   - Debian's EAL loads every PMD in its plugin directory (~130 shared
+//     objects) at startup; the first New takes a fraction of a second
+//     longer for it.
+//
 // Frames are at most MTU+14 bytes: these PMDs have no TSO/GSO and no
 // checksum offload, so gVisor segments and checksums in software, and the
 // peer must not send partially checksummed frames (on a veth, turn TX
