@@ -118,12 +118,24 @@ apiVersion: v1
 kind: Node
 metadata: {name: demo-node, labels: {kubernetes.io/hostname: demo-node}}
 EOF
+# The world outside the node is a network namespace of its own; eth1 of
+# namespace $edge stands for a second node NIC, on which an Interface-mode
+# AppNamespace runs its userspace stack (--interface-netns).
+mkns() { ip netns add "$1"; netns+=("$1"); ip -n "$1" link set lo up; }
+world=hs-demo-world-$$
+mkns "$world"
+edge=hs-demo-edge-$$
+mkns "$edge"
+ip link add "hsde-$$" netns "$world" type veth peer name eth1 netns "$edge"
+ip -n "$world" addr add 10.98.3.254/24 dev "hsde-$$"
+ip -n "$world" link set "hsde-$$" up
+ip -n "$edge" link set eth1 up
 bin/hoststack-agent --node-name demo-node --run-dir "$work/run" --status-interval 1s \
 	--metrics-bind-address 0 --health-probe-bind-address 0 \
 	--csi --csi-socket "$work/csi/csi.sock" --csi-registry-dir "$work/csi-registry" \
 	--hostpath-sockets-dir "$work/pods" \
 	--cni --cni-socket "$work/cni.sock" --cni-state-dir "$work/cni-state" --cni-pending-dir "$work/cni-pending" \
-	--transport kernel >"$work/agent.log" 2>&1 &
+	--transport kernel --interface-netns "/var/run/netns/$edge" >"$work/agent.log" 2>&1 &
 pids+=($!)
 wait_for_line "$work/agent.log" "ready: configuration applied" 60
 echo "    agent (pid ${pids[-1]}) ready; it serves: $("$kubectl" get sessionnode demo-node -o jsonpath='{range .status.appNamespaces[*]}{.namespace}/{.name}={.state} {end}')"
@@ -132,9 +144,6 @@ say "two pods as the kubelet would make them: a network namespace, the CNI ADD, 
 # Pod network: client-0 10.98.1.1 and web-0 10.98.2.1, each on a veth to a
 # third namespace standing for the world outside the node (10.98.N.254),
 # where a plain kernel echo server listens.
-mkns() { ip netns add "$1"; netns+=("$1"); ip -n "$1" link set lo up; }
-world=hs-demo-world-$$
-mkns "$world"
 wire_pod() { # wire_pod POD-NETNS N: eth0 10.98.N.1 <-> world 10.98.N.254
 	ip link add "hsd$2-$$" netns "$world" type veth peer name eth0 netns "$1"
 	ip -n "$1" addr add "10.98.$2.1/24" dev eth0
@@ -225,6 +234,47 @@ done
 [ -n "$denied" ] || die "the deny rule did not take effect: $(cat "$work/denied.log")"
 echo "    $(cat "$work/denied.log")"
 inpod client-0 bin/echo-client -to 10.98.2.1:7000 -msg "cut-through to web-0 is still allowed" | sed 's/^/    /'
+
+say "TLS with the CertKeyPair demo-tls: the engine speaks TLS, the apps read and write plaintext"
+inpod web-0 bin/echo-server -listen :7443 -tls demo-tls >"$work/web-tls.log" 2>&1 &
+pids+=($!)
+wait_for_line "$work/web-tls.log" "listening on" 30
+echo "    web-0: TLS echo server (pid ${pids[-1]}) $(head -1 "$work/web-tls.log")"
+echo "    client-0 -> web-0 with TLS: the engine runs the handshake between both configurations, then cut-through"
+inpod client-0 bin/echo-client -to 10.98.2.1:7443 -tls-server-name demo.hoststack.example -tls-trust demo-tls \
+	-msg "verified by TLS, carried by shared memory" | sed 's/^/      /'
+echo "    a stock crypto/tls client outside -> web-0: TLS on the wire, through the kernel transport"
+"$kubectl" get secret demo-tls -o jsonpath='{.data.ca\.crt}' | base64 -d >"$work/demo-ca.pem"
+ip netns exec "$world" bin/echo-client -kernel -to 10.98.2.1:7443 -tls-server-name demo.hoststack.example \
+	-tls-ca "$work/demo-ca.pem" -msg "hello over TLS" | sed 's/^/      /'
+
+say "Interface mode: AppNamespace edge gets a userspace TCP/IP stack (AF_PACKET) on eth1, with its own address"
+"$kubectl" apply -f - <<EOF
+apiVersion: hoststack.dev/v1alpha1
+kind: AppNamespace
+metadata: {name: edge}
+spec:
+  podSelector: {matchLabels: {hoststack.dev/app-namespace: edge}}
+  network:
+    mode: Interface
+    interface: {name: eth1, vrf: 0, addresses: [10.98.3.10/24], driver: AFPacket}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: edge-0, namespace: default, labels: {hoststack.dev/app-namespace: edge}}
+spec: {nodeName: demo-node, containers: [{name: app, image: registry.invalid/edge-0}]}
+EOF
+sock="$work/pods/default/edge-0/session.sock"
+for ((i=0; i<100; i++)); do [ -S "$sock" ] && break; sleep 0.1; done
+[ -S "$sock" ] || die "no attach socket for pod edge-0"
+wait_for_line "$work/agent.log" "userspace stack of default/edge on eth1" 30
+echo "    $(grep -o 'userspace stack of default/edge[^"]*' "$work/agent.log" | head -1)"
+ip netns exec "$world" bin/echo-server -kernel -listen 10.98.3.254:7200 >"$work/world-edge.log" 2>&1 &
+pids+=($!)
+wait_for_line "$work/world-edge.log" "listening on" 30
+HOSTSTACK_SOCKET="$sock" bin/echo-client -to 10.98.3.254:7200 -bytes $((4<<20)) | sed 's/^/    /'
+wait_for_line "$work/world-edge.log" "session from 10.98.3.10:" 10
+echo "    the server outside saw: $(grep 'session from' "$work/world-edge.log" | tail -1 | sed 's/^echo-server: //') (the stack's own address)"
 
 say "statuses"
 for ((i=0; i<50; i++)); do # the agent refreshes its counters every --status-interval

@@ -10,6 +10,8 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
@@ -27,6 +29,9 @@ func main() {
 	msg := flag.String("msg", "hello through shared memory", "message to send")
 	size := flag.Int("bytes", 0, "send this many random bytes instead of -msg, and verify the echo by SHA-256")
 	kernel := flag.Bool("kernel", false, "dial with a plain kernel socket instead of hoststack (a client outside the cluster)")
+	serverName := flag.String("tls-server-name", "", "speak TLS and verify the server as this name (with hoststack the engine speaks it)")
+	trust := flag.String("tls-trust", "", "hoststack: the CertKeyPair whose ca.crt is trusted (default: system roots)")
+	caFile := flag.String("tls-ca", "", "-kernel: PEM file of the CA to trust (default: system roots)")
 	flag.Parse()
 	log.SetFlags(0)
 	log.SetPrefix("echo-client: ")
@@ -37,6 +42,23 @@ func main() {
 	var err error
 	if *kernel {
 		c, err = (&net.Dialer{}).DialContext(ctx, "tcp", *to)
+		if err == nil && *serverName != "" {
+			cfg := &tls.Config{ServerName: *serverName}
+			if *caFile != "" {
+				pem, rerr := os.ReadFile(*caFile)
+				if rerr != nil {
+					log.Fatalf("reading -tls-ca: %v", rerr)
+				}
+				cfg.RootCAs = x509.NewCertPool()
+				cfg.RootCAs.AppendCertsFromPEM(pem)
+			}
+			tc := tls.Client(c, cfg)
+			if err = tc.HandshakeContext(ctx); err == nil {
+				st := tc.ConnectionState()
+				fmt.Printf("tls %s with %s\n", tls.VersionName(st.Version), st.PeerCertificates[0].Subject.CommonName)
+			}
+			c = tc
+		}
 	} else {
 		var app *client.App
 		app, err = client.Attach(ctx, client.Options{Socket: *socket, Name: "echo-client"})
@@ -44,7 +66,11 @@ func main() {
 			log.Fatalf("attach: %v", err)
 		}
 		defer app.Close()
-		c, err = app.Dial(ctx, "tcp", *to)
+		if *serverName != "" {
+			c, err = app.DialTLS(ctx, "tcp", *to, client.TLSConfig{ServerName: *serverName, Trust: *trust})
+		} else {
+			c, err = app.Dial(ctx, "tcp", *to)
+		}
 	}
 	if err != nil {
 		log.Fatalf("dial: %v", err)

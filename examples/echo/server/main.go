@@ -25,6 +25,7 @@ func main() {
 	socket := flag.String("socket", os.Getenv(client.EnvSocket), "engine attach socket (default $HOSTSTACK_SOCKET)")
 	listen := flag.String("listen", "127.0.0.1:7000", "address to listen on")
 	kernel := flag.Bool("kernel", false, "listen with a plain kernel socket instead of hoststack (a server outside the cluster)")
+	tlsPair := flag.String("tls", "", "serve TLS with this CertKeyPair (the engine terminates it; the app reads plaintext)")
 	flag.Parse()
 	log.SetFlags(0)
 	log.SetPrefix("echo-server: ")
@@ -42,7 +43,11 @@ func main() {
 			log.Fatalf("attach: %v", err)
 		}
 		defer app.Close()
-		ln, err = app.Listen("tcp", *listen)
+		if *tlsPair != "" {
+			ln, err = app.ListenTLS("tcp", *listen, client.TLSConfig{CertKeyPair: *tlsPair})
+		} else {
+			ln, err = app.Listen("tcp", *listen)
+		}
 	}
 	if err != nil {
 		log.Fatalf("listen: %v", err)
