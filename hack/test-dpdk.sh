@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # test-dpdk.sh: run the DPDK link layer's tests (engine/transport/netstack/link/dpdk,
-# build tag dpdk) against real DPDK, installing what they need first.
+# build tag dpdk) and the userspace transport's tests on it against real DPDK,
+# installing what they need first.
 #
 #   hack/test-dpdk.sh                      # all tests
 #   hack/test-dpdk.sh -run TestNetemLoss   # extra arguments go to `go test`
@@ -28,7 +29,9 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 GO="${GO:-go}"
-PKG=./engine/transport/netstack/link/dpdk
+# The link layer's own tests, and the userspace transport's tests (engine,
+# netstack, apps) with DPDK added to the link layers they run on.
+PKGS=(./engine/transport/netstack/link/dpdk ./engine/transport/netstack)
 
 need=()
 for p in libdpdk-dev pkg-config gcc iproute2 ethtool nftables; do
@@ -55,4 +58,4 @@ esac
 echo "test-dpdk.sh: DPDK $ver" >&2
 
 export HOSTSTACK_REQUIRE_PRIVILEGED=1
-exec "$GO" test -tags dpdk -count=1 -timeout 20m "$@" "$PKG"
+exec "$GO" test -tags dpdk -count=1 -timeout 20m "$@" "${PKGS[@]}"
