@@ -283,6 +283,6 @@ for ((i=0; i<50; i++)); do # the agent refreshes its counters every --status-int
 done
 "$kubectl" get sessionnodes -o wide
 echo
-"$kubectl" get sessionnode demo-node -o jsonpath='    engine {.status.engine.state}, transport {.status.transport.type} {.status.transport.state}, rulesGeneration {.status.rulesGeneration}, certKeyPairs loaded {.status.certKeyPairs}{"\n"}{range .status.appNamespaces[*]}    appNamespace {.namespace}/{.name}: {.state}, apps {.apps}, sessions {.sessions}, rules {.rules}, segmentBytes {.segmentBytes}{"\n"}{end}'
+"$kubectl" get sessionnode demo-node -o jsonpath='    engine {.status.engine.state}, transport {.status.transport.type} {.status.transport.state}, rulesGeneration {.status.rulesGeneration}, certKeyPairs loaded {.status.certKeyPairs}{"\n"}{range .status.appNamespaces[*]}    appNamespace {.namespace}/{.name}: {.state}, transport {.transport}, apps {.apps}, sessions {.sessions}, rules {.rules}, segmentBytes {.segmentBytes}{"\n"}{end}'
 echo
 "$kubectl" get appnamespaces,sessionrules -o wide

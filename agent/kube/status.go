@@ -95,6 +95,10 @@ func BuildStatus(in StatusInput) hsv1.SessionNodeStatus {
 		}
 	}
 
+	ifaces := map[string]render.Interface{}
+	for _, ifc := range in.Render.Interfaces {
+		ifaces[ifc.Namespace] = ifc
+	}
 	for i := range in.AppNamespaces {
 		an := &in.AppNamespaces[i]
 		if !Selected(an, in.NodeLabels) {
@@ -112,6 +116,10 @@ func BuildStatus(in StatusInput) hsv1.SessionNodeStatus {
 		case in.Applied[key]:
 			e.State = hsv1.AppNamespaceReady
 			e.Rules = ruleCount[key]
+			e.Transport = in.Transport
+			if ifc, ok := ifaces[key]; ok {
+				e.Transport = driverTransport(ifc.Driver)
+			}
 			if s, ok := in.Stats[key]; ok {
 				e.Apps = int32(s.Apps)
 				e.Sessions = int64(s.Sessions)
@@ -198,4 +206,15 @@ func clip(s string, n int) string {
 		return s
 	}
 	return s[:n-3] + "..."
+}
+
+// driverTransport is the SessionNode name of a userspace stack's link driver.
+func driverTransport(d hsv1.LinkDriver) hsv1.TransportType {
+	switch d {
+	case hsv1.LinkDriverAFPacket:
+		return hsv1.TransportAFPacket
+	case hsv1.LinkDriverDPDK:
+		return hsv1.TransportDPDK
+	}
+	return hsv1.TransportAFXDP
 }

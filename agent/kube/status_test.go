@@ -62,7 +62,7 @@ func TestBuildStatus(t *testing.T) {
 		{Namespace: "a", Name: "bad", ObservedGeneration: 2, State: hsv1.AppNamespaceFailed, Message: "spec.secretRef.name: Secret a/s not found"},
 		{Namespace: "a", Name: "broken", ObservedGeneration: 5, State: hsv1.AppNamespaceFailed, Message: "adding app namespace a/broken: boom"},
 		{Namespace: "a", Name: "pending", ObservedGeneration: 1, State: hsv1.AppNamespacePending},
-		{Namespace: "t", Name: "web", ObservedGeneration: 3, State: hsv1.AppNamespaceReady, Apps: 2, Sessions: 7, SegmentBytes: 4096, Rules: 2},
+		{Namespace: "t", Name: "web", ObservedGeneration: 3, State: hsv1.AppNamespaceReady, Apps: 2, Sessions: 7, SegmentBytes: 4096, Rules: 2, Transport: hsv1.TransportKernel},
 	}
 	if !reflect.DeepEqual(got.AppNamespaces, wantANs) {
 		t.Errorf("appNamespaces:\n got %+v\nwant %+v", got.AppNamespaces, wantANs)
@@ -106,6 +106,18 @@ func TestBuildStatusCases(t *testing.T) {
 				}
 				if c := ReadyCondition(st); c.Status != metav1.ConditionTrue || c.Reason != "Running" {
 					t.Errorf("%+v", c)
+				}
+			}},
+		{"an Interface-mode namespace reports its link driver", StatusInput{Engine: hsv1.EngineRunning, Transport: hsv1.TransportKernel,
+			AppNamespaces: []hsv1.AppNamespace{an("n", "edge", 1, nil), an("n", "pods", 1, nil)}, Applied: map[string]bool{"n/edge": true, "n/pods": true},
+			Render: render.Output{Interfaces: []render.Interface{{Namespace: "n/edge", Name: "eth1", Driver: hsv1.LinkDriverAFPacket}}}},
+			func(t *testing.T, st hsv1.SessionNodeStatus) {
+				got := map[string]hsv1.TransportType{}
+				for _, e := range st.AppNamespaces {
+					got[e.Name] = e.Transport
+				}
+				if got["edge"] != hsv1.TransportAFPacket || got["pods"] != hsv1.TransportKernel {
+					t.Errorf("transports %v", got)
 				}
 			}},
 		{"no transport reports none", StatusInput{Engine: hsv1.EngineRunning},

@@ -174,6 +174,12 @@ type AppNamespaceNodeStatus struct {
 	// +kubebuilder:validation:Minimum=0
 	SegmentBytes int64 `json:"segmentBytes,omitempty"`
 
+	// transport carries this AppNamespace's sessions to the outside world
+	// on this node: Kernel (PodNetwork mode) or the link driver of its
+	// userspace stack (Interface mode); empty when it has none.
+	// +optional
+	Transport TransportType `json:"transport,omitempty"`
+
 	// rules is the number of SessionRules of this AppNamespace enforced.
 	// +optional
 	// +kubebuilder:validation:Minimum=0
