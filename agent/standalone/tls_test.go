@@ -17,7 +17,9 @@ import (
 )
 
 func tlsSecretYAML(l certstest.Leaf, ca *certstest.CA) string {
-	indent := func(b []byte) string { return "    " + strings.ReplaceAll(strings.TrimSpace(string(b)), "\n", "\n    ") }
+	indent := func(b []byte) string {
+		return "    " + strings.ReplaceAll(strings.TrimSpace(string(b)), "\n", "\n    ")
+	}
 	return `apiVersion: v1
 kind: Secret
 metadata: {name: web-tls}
