@@ -409,11 +409,13 @@ func TestDescriptorValidation(t *testing.T) {
 	}
 }
 
-// TestTXDrainsLargeBatch hands WritePackets 3000 frames in one call and
-// then nothing more: every frame must reach B. In copy mode the kernel sends
-// at most a budget of frames per kick (32, or 256 where the kernel lets us
-// raise it), and 3000 frames also overflow the 1024-slot TX ring, so this needs both the kick-until-drained loop and the ring-full
-// path; an endpoint that kicks once per write (gVisor's) strands the rest.
+// TestTXDrainsLargeBatch hands WritePackets twice a ring's worth of frames
+// plus 1000 in one call and then nothing more: every frame must reach B. In
+// copy mode the kernel sends at most a budget of frames per kick (32, or 256
+// where the kernel lets us raise it), and the batch also overflows the TX
+// ring (and the frames TX can get), so this needs both the
+// kick-until-drained loop and the ring-full path; an endpoint that kicks
+// once per write (gVisor's) strands the rest.
 func TestTXDrainsLargeBatch(t *testing.T) {
 	p := netnstest.NewPair(t)
 	ep, err := New(Options{Interface: p.A.Dev, Netns: p.A.Path(), Addrs: []netip.Prefix{stack4}})
@@ -426,7 +428,7 @@ func TestTXDrainsLargeBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := rxPackets(t, p.B)
-	const n = 3000
+	n := int(2*ep.ringSize) + 1000
 	var list stack.PacketBufferList
 	for i := range n {
 		f := make([]byte, 60+i%1000)
@@ -446,15 +448,15 @@ func TestTXDrainsLargeBatch(t *testing.T) {
 	}
 	// B's veth counts every frame it receives; wait (bounded) for all.
 	deadline := time.Now().Add(10 * time.Second)
-	for got := rxPackets(t, p.B) - before; got < n; got = rxPackets(t, p.B) - before {
+	for got := rxPackets(t, p.B) - before; got < uint64(n); got = rxPackets(t, p.B) - before {
 		if time.Now().After(deadline) {
 			t.Fatalf("STALL: B received %d of %d frames written in one call; %+v", got, n, ep.Stats())
 		}
 		runtime.Gosched()
 	}
 	st := ep.Stats()
-	t.Logf("stats after 3000 frames: kicks %d, ring full %d", st.TXKicks, st.TXRingFull)
-	if st.TXPackets != n || st.TXDrops != 0 {
+	t.Logf("stats after %d frames: kicks %d, ring full %d", n, st.TXKicks, st.TXRingFull)
+	if st.TXPackets != uint64(n) || st.TXDrops != 0 || st.TXRingFull == 0 {
 		t.Fatalf("stats: %+v", st)
 	}
 }

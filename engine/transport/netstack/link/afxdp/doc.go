@@ -25,8 +25,12 @@
 //
 // # Rings and frames
 //
-// gVisor's pkg/xdp sets up the UMEM (8 MiB: 2048 frames of 4 KiB) and the
-// four rings (1024 slots each) and provides the ring primitives. The UMEM has
+// gVisor's pkg/xdp sets up the UMEM (32 MiB: 8192 frames of 4 KiB) and the
+// four rings (4096 slots each) and provides the ring primitives. The kernel
+// charges the UMEM to RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK;
+// without it New raises the soft limit as far as it may (process-wide) and,
+// where that is not enough, falls back to an 8 MiB UMEM and 1024-slot rings
+// (the default limit is 8 MiB). The UMEM has
 // twice as many frames as a ring has slots, so the fill ring can never hold
 // every frame and transmit always finds frames once completions are reaped:
 // RX and TX cannot starve each other. Every descriptor read from the RX and

@@ -31,7 +31,7 @@ const (
 // only producer of the fill ring.
 func (e *Endpoint) rxLoop() {
 	defer e.wg.Done()
-	b := newRXBatch()
+	b := newRXBatch(e.ringSize)
 	idle := 0
 	for !e.closed.Load() {
 		n := e.receive(b)
@@ -78,8 +78,8 @@ type rxBatch struct {
 	pkts  []*stack.PacketBuffer
 }
 
-func newRXBatch() *rxBatch {
-	return &rxBatch{descs: make([]unix.XDPDesc, 0, nDesc), ok: make([]bool, 0, nDesc), pkts: make([]*stack.PacketBuffer, 0, nDesc)}
+func newRXBatch(n uint32) *rxBatch {
+	return &rxBatch{descs: make([]unix.XDPDesc, 0, n), ok: make([]bool, 0, n), pkts: make([]*stack.PacketBuffer, 0, n)}
 }
 
 // receive takes one batch off the RX ring: validate the descriptors, copy
@@ -92,7 +92,7 @@ func (e *Endpoint) receive(b *rxBatch) int {
 	}
 	// A producer more than a ring ahead is corrupt: look at one ring's
 	// worth and skip the rest.
-	look := min(n, nDesc)
+	look := min(n, e.ringSize)
 	if n > look {
 		e.c.rxBad.Add(uint64(n - look))
 	}
@@ -212,7 +212,7 @@ func (e *Endpoint) reap() {
 	if n == 0 {
 		return
 	}
-	look := min(n, nDesc)
+	look := min(n, e.ringSize)
 	if n > look {
 		e.c.compBad.Add(uint64(n - look))
 	}
@@ -307,11 +307,7 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 		for j, addr := range got {
 			pkt := list[i+j]
 			size := uint32(pkt.Size())
-			buf := e.cb.UMEM.Get(unix.XDPDesc{Addr: addr, Len: size})
-			off := 0
-			for _, s := range pkt.AsSlices() {
-				off += copy(buf[off:], s)
-			}
+			copyPacket(e.cb.UMEM.Get(unix.XDPDesc{Addr: addr, Len: size}), pkt)
 			e.cb.TX.Set(idx+uint32(j), unix.XDPDesc{Addr: addr, Len: size})
 			e.c.txBytes.Add(uint64(size))
 		}
@@ -325,6 +321,23 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 	}
 	e.wakeKicker()
 	return written, nil
+}
+
+// copyPacket copies pkt's headers and payload into dst, which holds at
+// least pkt.Size() bytes. It walks the packet's view list in place:
+// PacketBuffer.AsSlices would allocate a slice of slices per packet.
+func copyPacket(dst []byte, pkt *stack.PacketBuffer) {
+	vl, skip := pkt.AsViewList()
+	n := 0
+	for v := vl.Front(); v != nil && n < len(dst); v = v.Next() {
+		b := v.AsSlice()
+		if skip >= len(b) {
+			skip -= len(b)
+			continue
+		}
+		n += copy(dst[n:], b[skip:])
+		skip = 0
+	}
 }
 
 // wakeKicker hands the TX ring to the kicker if it sleeps.
