@@ -588,8 +588,8 @@ func (e *Endpoint) wake() {
 	unix.Write(e.evfd, one[:])
 }
 
-// gsoMaxSize is how large a segment gVisor's TCP may build before it
-// splits it into MTU-sized packets itself (gVisor GSO).
+// gsoMaxSize is the largest TCP segment the stack hands WritePackets,
+// which cuts it into MTU-sized frames (host GSO, see gso.go).
 const gsoMaxSize = 1 << 16
 
 var _ stack.GSOEndpoint = (*Endpoint)(nil)
@@ -597,8 +597,8 @@ var _ stack.GSOEndpoint = (*Endpoint)(nil)
 // GSOMaxSize implements stack.GSOEndpoint.
 func (e *Endpoint) GSOMaxSize() uint32 { return gsoMaxSize }
 
-// SupportedGSO implements stack.GSOEndpoint: gVisor GSO, where the TCP
-// sender works on segments of up to 64 KiB (fewer sender operations per
-// byte) and cuts them into MTU-sized packets just before the link. The
-// socket takes no offload metadata, so host GSO is not possible.
-func (e *Endpoint) SupportedGSO() stack.SupportedGSO { return stack.GVisorGSOSupported }
+// SupportedGSO implements stack.GSOEndpoint: host GSO. gVisor's TCP hands
+// WritePackets segments of up to 64 KiB with TCP GSO options, and
+// WritePackets cuts them into MTU-sized frames with complete headers and
+// checksums (see writeFrame), as a NIC's TSO would.
+func (e *Endpoint) SupportedGSO() stack.SupportedGSO { return stack.HostGSOSupported }

@@ -266,28 +266,37 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 		e.c.txDrops.Add(uint64(len(list)))
 		return 0, &tcpip.ErrClosedForSend{}
 	}
+	if len(list) == 0 {
+		return 0, nil
+	}
 	var (
 		frames   [64]uint64
 		written  int
+		i, seg   int                 // next frame: segment seg of list[i]
+		cur      = txFrames(list[0]) // frames of list[i]; 0: cannot be sent
 		deadline time.Time
 		backoff  = 20 * time.Microsecond
 	)
-	for i := 0; i < len(list); {
-		// Packets that cannot fit a frame are dropped one by one.
-		if list[i].Size() > frameSize {
+	for i < len(list) {
+		// Packets that cannot be sent are dropped one by one.
+		if cur == 0 {
 			e.c.txDrops.Add(1)
-			i++
+			if i++; i < len(list) {
+				cur = txFrames(list[i])
+			}
 			continue
 		}
-		k := 1
-		for k < len(frames) && i+k < len(list) && list[i+k].Size() <= frameSize {
-			k++
+		// The rest of this packet, then whole packets, up to a batch.
+		want := cur - seg
+		for j := i + 1; want < len(frames) && j < len(list); j++ {
+			want += txFrames(list[j])
 		}
-		got, idx := e.reserveTX(uint32(k), frames[:0])
+		want = min(want, len(frames))
+		got, idx := e.reserveTX(uint32(want), frames[:0])
 		if len(got) == 0 {
 			e.c.txRingFull.Add(1)
 			e.kick()
-			if got, idx = e.reserveTX(uint32(k), frames[:0]); len(got) == 0 {
+			if got, idx = e.reserveTX(uint32(want), frames[:0]); len(got) == 0 {
 				now := time.Now()
 				if deadline.IsZero() {
 					deadline = now.Add(txWaitLimit)
@@ -304,40 +313,35 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 			}
 		}
 		deadline = time.Time{}
+		var bytes uint64
 		for j, addr := range got {
-			pkt := list[i+j]
-			size := uint32(pkt.Size())
-			copyPacket(e.cb.UMEM.Get(unix.XDPDesc{Addr: addr, Len: size}), pkt)
+			// want counted only frames of sendable packets, so one is
+			// left for every frame reserved.
+			for cur == 0 {
+				e.c.txDrops.Add(1)
+				i++
+				cur = txFrames(list[i])
+			}
+			size := writeFrame(e.cb.UMEM.Get(unix.XDPDesc{Addr: addr, Len: frameSize}), list[i], seg, cur)
 			e.cb.TX.Set(idx+uint32(j), unix.XDPDesc{Addr: addr, Len: size})
-			e.c.txBytes.Add(uint64(size))
+			bytes += uint64(size)
+			if seg++; seg == cur {
+				written++
+				seg = 0
+				if i++; i < len(list) {
+					cur = txFrames(list[i])
+				}
+			}
 		}
 		// Publish the descriptors. TXQueue.Notify would also kick, one
 		// syscall per call; the kicker batches instead. Reserve advanced
 		// the queue's private producer to exactly idx+len(got).
 		atomic.StoreUint32(e.txH.producer, idx+uint32(len(got)))
 		e.c.txPackets.Add(uint64(len(got)))
-		written += len(got)
-		i += len(got)
+		e.c.txBytes.Add(bytes)
 	}
 	e.wakeKicker()
 	return written, nil
-}
-
-// copyPacket copies pkt's headers and payload into dst, which holds at
-// least pkt.Size() bytes. It walks the packet's view list in place:
-// PacketBuffer.AsSlices would allocate a slice of slices per packet.
-func copyPacket(dst []byte, pkt *stack.PacketBuffer) {
-	vl, skip := pkt.AsViewList()
-	n := 0
-	for v := vl.Front(); v != nil && n < len(dst); v = v.Next() {
-		b := v.AsSlice()
-		if skip >= len(b) {
-			skip -= len(b)
-			continue
-		}
-		n += copy(dst[n:], b[skip:])
-		skip = 0
-	}
 }
 
 // wakeKicker hands the TX ring to the kicker if it sleeps.
