@@ -213,27 +213,36 @@ func socketIn(path string, domain int) (int, error) {
 	return fd, err
 }
 
-// Listen listens for a global-scope listener in the app's host's network
-// namespace and hands every accepted connection to the engine.
-func (t *Transport) Listen(req session.ListenRequest) (netip.AddrPort, wire.Code, string) {
-	path, err := t.netnsOf(req.Host)
+// bindIn runs bind (a listen or a UDP socket, named by what) in the network
+// namespace of host and maps its failure to the code and message the app
+// is told.
+func (t *Transport) bindIn(host, app, what string, bind func() error) (wire.Code, string) {
+	path, err := t.netnsOf(host)
 	if err != nil {
-		return netip.AddrPort{}, wire.ErrNoTransport, fmt.Sprintf("kernel transport: no network namespace for app %s (%s): %v", req.App, hostName(req.Host), err)
+		return wire.ErrNoTransport, fmt.Sprintf("kernel transport: no network namespace for app %s (%s): %v", app, hostName(host), err)
 	}
-	var ln *net.TCPListener
-	err = netns.Do(path, func() error {
-		l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(req.Local))
-		ln = l
-		return err
-	})
-	if err != nil {
+	if err := netns.Do(path, bind); err != nil {
 		code := wire.ErrInternal
 		if errors.Is(err, unix.EADDRINUSE) {
 			code = wire.ErrAddrInUse
 		} else if errors.Is(err, unix.EADDRNOTAVAIL) {
 			code = wire.ErrInvalid
 		}
-		return netip.AddrPort{}, code, fmt.Sprintf("kernel transport: listen on %s in the network namespace of app %s: %v", req.Local, req.App, err)
+		return code, fmt.Sprintf("kernel transport: %s in the network namespace of app %s: %v", what, app, err)
+	}
+	return wire.OK, ""
+}
+
+// Listen listens for a global-scope listener in the app's host's network
+// namespace and hands every accepted connection to the engine.
+func (t *Transport) Listen(req session.ListenRequest) (netip.AddrPort, wire.Code, string) {
+	var ln *net.TCPListener
+	code, msg := t.bindIn(req.Host, req.App, "listen on "+req.Local.String(), func() (err error) {
+		ln, err = net.ListenTCP("tcp", net.TCPAddrFromAddrPort(req.Local))
+		return err
+	})
+	if code != wire.OK {
+		return netip.AddrPort{}, code, msg
 	}
 	bound := ln.Addr().(*net.TCPAddr).AddrPort()
 	go t.acceptLoop(req, ln)

@@ -8,9 +8,7 @@ import (
 	"net/netip"
 	"sync"
 
-	"golang.org/x/sys/unix"
 
-	"github.com/hoststack/hoststack/engine/netns"
 	"github.com/hoststack/hoststack/engine/session"
 	"github.com/hoststack/hoststack/engine/shm"
 	"github.com/hoststack/hoststack/engine/wire"
@@ -19,24 +17,13 @@ import (
 // ListenPacket opens a UDP socket in the app's host's network namespace and
 // pumps datagram records between it and the flow's fifos.
 func (t *Transport) ListenPacket(req session.PacketRequest) (netip.AddrPort, wire.Code, string) {
-	path, err := t.netnsOf(req.Host)
-	if err != nil {
-		return netip.AddrPort{}, wire.ErrNoTransport, fmt.Sprintf("kernel transport: no network namespace for app %s (%s): %v", req.App, hostName(req.Host), err)
-	}
 	var uc *net.UDPConn
-	err = netns.Do(path, func() error {
-		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(req.Local))
-		uc = c
+	code, msg := t.bindIn(req.Host, req.App, "udp socket on "+req.Local.String(), func() (err error) {
+		uc, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(req.Local))
 		return err
 	})
-	if err != nil {
-		code := wire.ErrInternal
-		if errors.Is(err, unix.EADDRINUSE) {
-			code = wire.ErrAddrInUse
-		} else if errors.Is(err, unix.EADDRNOTAVAIL) {
-			code = wire.ErrInvalid
-		}
-		return netip.AddrPort{}, code, fmt.Sprintf("kernel transport: udp socket on %s in the network namespace of app %s: %v", req.Local, req.App, err)
+	if code != wire.OK {
+		return netip.AddrPort{}, code, msg
 	}
 	bound := uc.LocalAddr().(*net.UDPAddr).AddrPort()
 	bound = netip.AddrPortFrom(bound.Addr().Unmap(), bound.Port())
