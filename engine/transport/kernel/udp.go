@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"sync"
 
-
 	"github.com/hoststack/hoststack/engine/session"
 	"github.com/hoststack/hoststack/engine/shm"
 	"github.com/hoststack/hoststack/engine/wire"
