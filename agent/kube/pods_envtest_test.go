@@ -12,7 +12,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"math/big"
 	"net"
 	"os"
@@ -32,6 +31,7 @@ import (
 
 	hsv1 "github.com/hoststack/hoststack/api/v1alpha1"
 	hsclient "github.com/hoststack/hoststack/client"
+	"github.com/hoststack/hoststack/internal/echotest"
 	"github.com/hoststack/hoststack/internal/netnstest"
 )
 
@@ -83,53 +83,6 @@ func cniAdd(t *testing.T, ap *agentProc, pod *corev1.Pod, netns, addr string) {
 	}
 }
 
-// echoOn echoes every session of ln and reports each peer's address.
-func echoOn(ln net.Listener) <-chan string {
-	peers := make(chan string, 16)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			peers <- c.RemoteAddr().String()
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-				if cw, ok := c.(interface{ CloseWrite() error }); ok {
-					_ = cw.CloseWrite()
-				}
-			}()
-		}
-	}()
-	return peers
-}
-
-// echoRoundTrip sends msg, half-closes and expects it back.
-func echoRoundTrip(c net.Conn, msg []byte) error {
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-	werr := make(chan error, 1)
-	go func() {
-		_, err := c.Write(msg)
-		if err == nil {
-			err = c.(interface{ CloseWrite() error }).CloseWrite()
-		}
-		werr <- err
-	}()
-	got, err := io.ReadAll(c)
-	if err != nil {
-		return err
-	}
-	if err := <-werr; err != nil {
-		return err
-	}
-	if !bytes.Equal(got, msg) {
-		return fmt.Errorf("echo: %d bytes back of %d, or different", len(got), len(msg))
-	}
-	return nil
-}
-
 // TestAgentCarriesPodTraffic: a pod (a real network namespace, announced by
 // the real CNI plugin) attaches through its hostPath socket; its sessions to
 // a kernel TCP server in another namespace leave from the pod's own address
@@ -155,7 +108,7 @@ spec:
   podSelector: {matchLabels: {app: web}}
 `)
 	server := netnstest.Listen(t, tp.B.Path(), "tcp", "10.99.0.2:0")
-	serverPeers := echoOn(server)
+	serverPeers := echotest.Serve(server)
 
 	ap := startAgent(t, kubeconfig, nodeName, "--interface-netns", tp.A.Path())
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web-0", Labels: map[string]string{"app": "web"}},
@@ -175,17 +128,17 @@ spec:
 	c, err := app.Dial(ctx, "tcp", server.Addr().String())
 	g.Expect(err).NotTo(gomega.HaveOccurred())
 	g.Expect(c.LocalAddr().(*net.TCPAddr).IP.String()).To(gomega.Equal("10.99.0.1"))
-	g.Expect(echoRoundTrip(c, bytes.Repeat([]byte("pod traffic "), 50_000))).To(gomega.Succeed())
-	g.Expect(<-serverPeers).To(gomega.HavePrefix("10.99.0.1:"))
+	g.Expect(echotest.RoundTrip(c, bytes.Repeat([]byte("pod traffic "), 50_000), 20*time.Second)).To(gomega.Succeed())
+	g.Expect((<-serverPeers).String()).To(gomega.HavePrefix("10.99.0.1:"))
 
 	// In from outside: the app's listener listens in the pod's namespace.
 	ln, err := app.Listen("tcp", ":8080")
 	g.Expect(err).NotTo(gomega.HaveOccurred())
-	appPeers := echoOn(ln)
+	appPeers := echotest.Serve(ln)
 	oc, err := netnstest.Dial(tp.B.Path(), "tcp", "10.99.0.1:8080")
 	g.Expect(err).NotTo(gomega.HaveOccurred())
-	g.Expect(echoRoundTrip(oc, []byte("from outside"))).To(gomega.Succeed())
-	g.Expect(<-appPeers).To(gomega.HavePrefix("10.99.0.2:"))
+	g.Expect(echotest.RoundTrip(oc, []byte("from outside"), 20*time.Second)).To(gomega.Succeed())
+	g.Expect((<-appPeers).String()).To(gomega.HavePrefix("10.99.0.2:"))
 
 	// kubectl apply a global deny: within a second new sessions to the
 	// server are refused, naming the rule; a session opened before stays.
@@ -225,7 +178,7 @@ spec:
 		gomega.MatchError(gomega.ContainSubstring("denied by SessionRule "+ns+"/no-server")),
 		gomega.WithTransform(func(err error) bool { return errors.Is(err, syscall.EACCES) }, gomega.BeTrue())))
 	t.Logf("the SessionRule took effect %v after kubectl apply returned", time.Since(applied).Round(time.Millisecond))
-	g.Expect(echoRoundTrip(before, []byte("still here"))).To(gomega.Succeed())
+	g.Expect(echotest.RoundTrip(before, []byte("still here"), 20*time.Second)).To(gomega.Succeed())
 
 	// CertKeyPairs of the namespace are loaded; one whose Secret holds a
 	// key of another certificate is reported, naming it.
@@ -275,10 +228,10 @@ spec:
 	defer edge.Close()
 	ec, err := edge.Dial(ctx, "tcp", server.Addr().String())
 	g.Expect(err).NotTo(gomega.HaveOccurred())
-	g.Expect(echoRoundTrip(ec, []byte("through the userspace stack"))).To(gomega.Succeed())
+	g.Expect(echotest.RoundTrip(ec, []byte("through the userspace stack"), 20*time.Second)).To(gomega.Succeed())
 	// (dials that raced the deny above left peers of the pod queued: skip
 	// them)
-	g.Eventually(serverPeers).WithTimeout(10 * time.Second).Should(gomega.Receive(gomega.HavePrefix("10.99.0.11:")))
+	g.Eventually(serverPeers).WithTimeout(10 * time.Second).Should(gomega.Receive(gomega.WithTransform(func(a net.Addr) string { return a.String() }, gomega.HavePrefix("10.99.0.11:"))))
 	g.Eventually(func(g gomega.Gomega) {
 		var sn hsv1.SessionNode
 		g.Expect(k8s.Get(ctx, client.ObjectKey{Name: nodeName}, &sn)).To(gomega.Succeed())

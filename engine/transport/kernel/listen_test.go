@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -20,6 +19,7 @@ import (
 	"github.com/hoststack/hoststack/engine/rules"
 	"github.com/hoststack/hoststack/engine/session"
 	"github.com/hoststack/hoststack/engine/transport/kernel"
+	"github.com/hoststack/hoststack/internal/echotest"
 	"github.com/hoststack/hoststack/internal/netnstest"
 )
 
@@ -105,55 +105,6 @@ func (pe *podEnv) attach(t *testing.T, podName, app string, opts ...func(*client
 	return a
 }
 
-// echo serves ln: every session is echoed until the peer's end of stream.
-func echo(t *testing.T, ln net.Listener) <-chan net.Addr {
-	remotes := make(chan net.Addr, 16)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			remotes <- c.RemoteAddr()
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-				if cw, ok := c.(interface{ CloseWrite() error }); ok {
-					_ = cw.CloseWrite()
-				}
-			}()
-		}
-	}()
-	return remotes
-}
-
-// roundTrip writes msg, half-closes and reads the echo back.
-func roundTrip(c net.Conn, msg []byte) error {
-	defer c.Close()
-	if err := c.SetDeadline(time.Now().Add(20 * time.Second)); err != nil {
-		return err
-	}
-	werr := make(chan error, 1)
-	go func() {
-		_, err := c.Write(msg)
-		if err == nil {
-			err = c.(interface{ CloseWrite() error }).CloseWrite()
-		}
-		werr <- err
-	}()
-	got, err := io.ReadAll(c)
-	if err != nil {
-		return fmt.Errorf("read: %w", err)
-	}
-	if err := <-werr; err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	if !bytes.Equal(got, msg) {
-		return fmt.Errorf("echo of %d bytes came back as %d different bytes", len(msg), len(got))
-	}
-	return nil
-}
-
 // TestGlobalListenerAcceptsFromOutside: an app's listener also listens in
 // its pod's network namespace; a plain kernel client in another namespace
 // reaches it there, and the app sees the client's real address.
@@ -166,14 +117,14 @@ func TestGlobalListenerAcceptsFromOutside(t *testing.T) {
 		t.Fatal(err)
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
-	remotes := echo(t, ln)
+	remotes := echotest.Serve(ln)
 	msg := bytes.Repeat([]byte("outside in "), 100_000)
 	for dst, from := range map[string]string{"10.99.0.1": "10.99.0.2", "fd99::1": "fd99::2"} {
 		c, err := netnstest.Dial(tp.B.Path(), "tcp", net.JoinHostPort(dst, fmt.Sprint(port)))
 		if err != nil {
 			t.Fatalf("dial %s from outside: %v", dst, err)
 		}
-		if err := roundTrip(c, msg); err != nil {
+		if err := echotest.RoundTrip(c, msg, 20*time.Second); err != nil {
 			t.Fatalf("%s: %v", dst, err)
 		}
 		if r := (<-remotes).(*net.TCPAddr); r.IP.String() != from {
@@ -210,7 +161,7 @@ func TestPodsShareAPort(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s listen: %v", p, err)
 		}
-		names[p] = echo(t, ln)
+		names[p] = echotest.Serve(ln)
 	}
 	cli := pe.attach(t, "pod-a", "client")
 	for _, tc := range []struct{ dst, pod, src string }{{"10.99.0.2:8080", "pod-b", "10.99.0.1"}, {"[fd99::1]:8080", "pod-a", "fd99::1"}, {"127.0.0.1:8080", "pod-a", "127.0.0.1"}} {
@@ -221,7 +172,7 @@ func TestPodsShareAPort(t *testing.T) {
 		if src := c.LocalAddr().(*net.TCPAddr).IP.String(); src != tc.src {
 			t.Errorf("dial %s: local address %s, want the client pod's %s", tc.dst, src, tc.src)
 		}
-		if err := roundTrip(c, []byte("which pod?")); err != nil {
+		if err := echotest.RoundTrip(c, []byte("which pod?"), 20*time.Second); err != nil {
 			t.Fatalf("%s: %v", tc.dst, err)
 		}
 		select {
@@ -253,13 +204,13 @@ func TestScopes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	echo(t, lln)
+	echotest.Serve(lln)
 	global := pe.attach(t, "pod-a", "global", func(o *client.Options) { o.Scope = client.ScopeGlobal })
 	gln, err := global.Listen("tcp", ":7002")
 	if err != nil {
 		t.Fatal(err)
 	}
-	echo(t, gln)
+	echotest.Serve(gln)
 	if _, err := netnstest.Dial(tp.B.Path(), "tcp", "10.99.0.1:7001"); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("outside dial of a local-scope listener: %v, want ECONNREFUSED", err)
 	}
@@ -269,7 +220,7 @@ func TestScopes(t *testing.T) {
 		if err != nil {
 			t.Fatalf("dial %s: %v", dst, err)
 		}
-		if err := roundTrip(c, []byte("scope")); err != nil {
+		if err := echotest.RoundTrip(c, []byte("scope"), 20*time.Second); err != nil {
 			t.Fatalf("%s: %v", dst, err)
 		}
 	}
@@ -293,7 +244,7 @@ func TestGlobalAcceptDeny(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	remotes := echo(t, ln)
+	remotes := echotest.Serve(ln)
 	// The kernel completes the handshake before the engine decides: the
 	// reset reaches the client as its connect returns or on its first read.
 	c, err := netnstest.Dial(tp.B.Path(), "tcp", "10.99.0.1:7003")

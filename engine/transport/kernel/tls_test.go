@@ -19,6 +19,7 @@ import (
 	enginetls "github.com/hoststack/hoststack/engine/tls"
 	"github.com/hoststack/hoststack/engine/transport/kernel"
 	"github.com/hoststack/hoststack/internal/certstest"
+	"github.com/hoststack/hoststack/internal/echotest"
 	"github.com/hoststack/hoststack/internal/netnstest"
 )
 
@@ -113,7 +114,7 @@ func TestTLSListenerAndRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	echo(t, ln)
+	echotest.Serve(ln)
 	addr := fmt.Sprintf("10.99.0.1:%d", ln.Addr().(*net.TCPAddr).Port)
 
 	old, err := stockClient(tp.B.Path(), addr, "web.team", te.ca)
@@ -217,7 +218,7 @@ func TestTLSAuthorizationAndCutThrough(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	echo(t, ln)
+	echotest.Serve(ln)
 	cli := te.attach(t, "client")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

@@ -26,6 +26,7 @@ import (
 	"github.com/hoststack/hoststack/engine/transport/netstack/link/afxdp"
 	"github.com/hoststack/hoststack/engine/transport/netstack/link/dpdk"
 	"github.com/hoststack/hoststack/internal/certstest"
+	"github.com/hoststack/hoststack/internal/echotest"
 	"github.com/hoststack/hoststack/internal/netnstest"
 )
 
@@ -119,55 +120,6 @@ func pair(t testing.TB) *netnstest.Pair {
 	return p
 }
 
-// echo serves ln, echoing each session until its end of stream, and
-// reports every peer.
-func echo(ln net.Listener) <-chan net.Addr {
-	peers := make(chan net.Addr, 64)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			select {
-			case peers <- c.RemoteAddr():
-			default:
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-				_ = c.(interface{ CloseWrite() error }).CloseWrite()
-			}()
-		}
-	}()
-	return peers
-}
-
-// roundTrip sends msg, half-closes and checks the echo.
-func roundTrip(c net.Conn, msg []byte) error {
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
-	werr := make(chan error, 1)
-	go func() {
-		_, err := c.Write(msg)
-		if err == nil {
-			err = c.(interface{ CloseWrite() error }).CloseWrite()
-		}
-		werr <- err
-	}()
-	got, err := io.ReadAll(c)
-	if err != nil {
-		return fmt.Errorf("read after %d bytes: %w", len(got), err)
-	}
-	if err := <-werr; err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	if !bytes.Equal(got, msg) {
-		return fmt.Errorf("echo: %d bytes back of %d, or different", len(got), len(msg))
-	}
-	return nil
-}
-
 func dial(app *client.App, addr string) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -188,13 +140,13 @@ func TestWithKernelPeer(t *testing.T) {
 
 			for _, srv := range []string{"10.99.0.2", "fd99::2"} {
 				ln := netnstest.Listen(t, p.B.Path(), "tcp", net.JoinHostPort(srv, "0"))
-				peers := echo(ln)
+				peers := echotest.Serve(ln)
 				c, err := dial(app, ln.Addr().String())
 				if err != nil {
 					t.Fatalf("dial %s: %v", ln.Addr(), err)
 				}
 				src := c.LocalAddr().(*net.TCPAddr).IP.String()
-				if err := roundTrip(c, msg); err != nil {
+				if err := echotest.RoundTrip(c, msg, 60*time.Second); err != nil {
 					t.Fatalf("%s: %v", srv, err)
 				}
 				if got := (<-peers).(*net.TCPAddr).IP.String(); got != src || !strings.HasSuffix(got, "::11") && got != "10.99.0.11" {
@@ -207,14 +159,14 @@ func TestWithKernelPeer(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer ln.Close()
-			peers := echo(ln)
+			peers := echotest.Serve(ln)
 			port := ln.Addr().(*net.TCPAddr).Port
 			for _, dst := range []string{"10.99.0.11", "fd99::11"} {
 				c, err := netnstest.Dial(p.B.Path(), "tcp", net.JoinHostPort(dst, fmt.Sprint(port)))
 				if err != nil {
 					t.Fatalf("kernel client to %s: %v", dst, err)
 				}
-				if err := roundTrip(c, msg[:100_000]); err != nil {
+				if err := echotest.RoundTrip(c, msg[:100_000], 60*time.Second); err != nil {
 					t.Fatalf("inbound to %s: %v", dst, err)
 				}
 				<-peers
@@ -261,14 +213,14 @@ func TestTwoEngines(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			peers := echo(ln)
+			peers := echotest.Serve(ln)
 			cli := a.attach(t, "client")
 			for _, dst := range []string{"10.99.0.12:7000", "[fd99::12]:7000"} {
 				c, err := dial(cli, dst)
 				if err != nil {
 					t.Fatalf("dial %s: %v", dst, err)
 				}
-				if err := roundTrip(c, bytes.Repeat([]byte{7, 1, 3}, 1<<20)); err != nil {
+				if err := echotest.RoundTrip(c, bytes.Repeat([]byte{7, 1, 3}, 1<<20), 60*time.Second); err != nil {
 					t.Fatalf("%s: %v", dst, err)
 				}
 				if r := (<-peers).(*net.TCPAddr).IP.String(); r != "10.99.0.11" && r != "fd99::11" {
@@ -303,7 +255,7 @@ func TestRulesAndUDP(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	peers := echo(ln)
+	peers := echotest.Serve(ln)
 	c, err := netnstest.Dial(p.B.Path(), "tcp", "10.99.0.11:7002")
 	if err == nil {
 		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
@@ -383,26 +335,26 @@ func TestTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	echo(ln)
+	echotest.Serve(ln)
 	raw, err := netnstest.Dial(p.B.Path(), "tcp", "10.99.0.11:8443")
 	if err != nil {
 		t.Fatal(err)
 	}
 	tc := tls.Client(raw, &tls.Config{ServerName: "edge.team", RootCAs: ca.Pool()})
-	if err := roundTrip(tc, bytes.Repeat([]byte("tls over netstack "), 10_000)); err != nil {
+	if err := echotest.RoundTrip(tc, bytes.Repeat([]byte("tls over netstack "), 10_000), 60*time.Second); err != nil {
 		t.Fatalf("stock client to the app's TLS listener: %v", err)
 	}
 
 	outside := ca.Issue(t, "api.outside")
 	sl := tls.NewListener(netnstest.Listen(t, p.B.Path(), "tcp", "10.99.0.2:0"), &tls.Config{Certificates: []tls.Certificate{outside.TLS}})
-	echo(sl)
+	echotest.Serve(sl)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c, err := app.DialTLS(ctx, "tcp", sl.Addr().String(), client.TLSConfig{ServerName: "api.outside", Trust: "edge"})
 	if err != nil {
 		t.Fatalf("DialTLS over netstack: %v", err)
 	}
-	if err := roundTrip(c, bytes.Repeat([]byte("out "), 50_000)); err != nil {
+	if err := echotest.RoundTrip(c, bytes.Repeat([]byte("out "), 50_000), 60*time.Second); err != nil {
 		t.Fatal(err)
 	}
 }
