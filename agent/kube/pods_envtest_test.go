@@ -3,16 +3,9 @@ package kube
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -31,6 +24,7 @@ import (
 
 	hsv1 "github.com/hoststack/hoststack/api/v1alpha1"
 	hsclient "github.com/hoststack/hoststack/client"
+	"github.com/hoststack/hoststack/internal/certstest"
 	"github.com/hoststack/hoststack/internal/echotest"
 	"github.com/hoststack/hoststack/internal/netnstest"
 )
@@ -182,11 +176,11 @@ spec:
 
 	// CertKeyPairs of the namespace are loaded; one whose Secret holds a
 	// key of another certificate is reported, naming it.
-	good, _ := selfSigned(t, "web."+ns)
-	_, otherKey := selfSigned(t, "other")
+	ca := certstest.NewCA(t, "test CA")
+	good, other := ca.Issue(t, "web."+ns), ca.Issue(t, "other")
 	for name, data := range map[string]map[string][]byte{
-		"good": {"tls.crt": good.cert, "tls.key": good.key},
-		"bad":  {"tls.crt": good.cert, "tls.key": otherKey.key},
+		"good": {"tls.crt": good.CertPEM, "tls.key": good.KeyPEM},
+		"bad":  {"tls.crt": good.CertPEM, "tls.key": other.KeyPEM},
 	} {
 		g.Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name + "-tls"},
 			Type: corev1.SecretTypeTLS, Data: data})).To(gomega.Succeed())
@@ -244,30 +238,4 @@ spec:
 
 	g.Expect(ap.cmd.Process.Signal(syscall.SIGTERM)).To(gomega.Succeed())
 	g.Expect(ap.wait(ctx)).To(gomega.Succeed(), "agent exit status")
-}
-
-type pemPair struct{ cert, key []byte }
-
-// selfSigned returns a fresh self-signed ECDSA certificate for name and its
-// key, PEM encoded (the key alone in the second value's key).
-func selfSigned(t *testing.T, name string) (pemPair, pemPair) {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
-		DNSNames: []string{name}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kd, err := x509.MarshalECPrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := pemPair{cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		key: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd})}
-	return p, p
 }
