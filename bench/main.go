@@ -20,6 +20,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/hoststack/hoststack/agent/netpol/netpolbench"
 	"github.com/hoststack/hoststack/engine/rules/rulesbench"
 )
 
@@ -91,7 +92,7 @@ func main() {
 	out := flag.String("out", "bench/results.json", "where to write the JSON report")
 	dur := flag.Duration("d", 700*time.Millisecond, "measuring time per point (each point is the median of -n runs)")
 	runs := flag.Int("n", 3, "runs per point")
-	only := flag.String("only", "", "comma-separated groups to run (stream,rr,connect,memory,rules,transport); empty = all")
+	only := flag.String("only", "", "comma-separated groups to run (stream,rr,connect,memory,rules,netpol,transport); empty = all")
 	onlyVariants := flag.String("variants", "", "comma-separated variants to run (e.g. hoststack,tcp-loopback); empty = all")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	flag.Parse()
@@ -191,6 +192,17 @@ func main() {
 		}
 		for _, x := range res {
 			rep.add("rules", x.Case, "hoststack", x.Value, x.Unit)
+		}
+	}
+
+	if want("netpol") {
+		fmt.Fprintln(os.Stderr, "NetworkPolicy decisions for cut-through sessions (agent/netpol, 10,000 policies):")
+		res, err := netpolbench.Run(*dur)
+		if err != nil {
+			fail("netpol", "decide", err)
+		}
+		for _, x := range res {
+			rep.add("netpol", x.Case, "hoststack", x.Value, x.Unit)
 		}
 	}
 

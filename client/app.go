@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"sync"
@@ -23,14 +24,15 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hoststack/hoststack/api/attach"
 	"github.com/hoststack/hoststack/engine/shm"
 	"github.com/hoststack/hoststack/engine/wire"
 )
 
-// Environment variables the pod webhook injects.
+// Environment variables the pod webhook injects (api/attach).
 const (
-	EnvSocket    = "HOSTSTACK_SOCKET"
-	EnvNamespace = "HOSTSTACK_APP_NAMESPACE"
+	EnvSocket    = attach.EnvSocket
+	EnvNamespace = attach.EnvAppNamespace
 )
 
 // Options configure Attach.
@@ -61,6 +63,20 @@ type Options struct {
 	// (the engine's transport listens in the pod's network namespace), or
 	// both, the default.
 	Scope Scope
+	// NoReattach turns off re-attaching when the engine goes away (agent
+	// restart or upgrade): the app then ends as it did before, every
+	// session reset and Accept failing. By default the app attaches again
+	// through the same socket (backing off from 10ms to 2s while it is
+	// away), re-creates its listeners on their addresses, and dials wait for
+	// the new attachment (bounded by their context); cut-through sessions
+	// keep moving data meanwhile, sessions through the engine's transport
+	// are reset.
+	NoReattach bool
+	// OnEngine, if set, is called when the app loses its engine (attached
+	// false, err the reason) and when it has attached again and re-created
+	// its listeners (attached true). From a goroutine of the client: do
+	// not block in it.
+	OnEngine func(attached bool, err error)
 }
 
 // Scope is where an app's listeners are reachable (VPP's attach scopes).
@@ -136,28 +152,40 @@ func engineError(code wire.Code, msg string) *Error {
 // ErrAppClosed is returned by operations on a closed or detached App.
 var ErrAppClosed = errors.New("hoststack: app detached")
 
-// App is one attachment to the engine.
+// App is one attachment to the engine, renewed by itself when the engine
+// restarts (see Options.NoReattach).
 type App struct {
 	opts    Options
-	conn    *net.UnixConn
-	id      uint32
-	reply   wire.AttachReply
-	own     *shm.Segment
-	workers []*worker
 	rr      atomic.Uint32
 	ctx     atomic.Uint64
 	spinFor time.Duration
 
-	mu       sync.Mutex
-	cond     *sync.Cond
+	mu   sync.Mutex
+	cond *sync.Cond
+	// The current attachment: replaced as a whole by a re-attach.
+	conn     *net.UnixConn
+	codec    wire.Codec // the wire version agreed at attach
+	id       uint32
+	reply    wire.AttachReply
+	workers  []*worker
 	segs     map[uint64]*cseg
 	sockWait map[uint64]chan sockReply
 	tlsCtx   map[TLSConfig]uint32 // registered TLS contexts
-	detached chan struct{}
-	gone     error // why the attachment ended (socket closed, notice)
-	closed   bool
 	sockDone chan struct{}
-	closing  chan struct{}
+	gen      uint64 // counts attachments; workers carry theirs
+	// down says why there is no attachment while the app re-attaches; up
+	// is closed once it is back.
+	down error
+	up   chan struct{}
+	// orphans are workers of lost attachments that still serve cut-through
+	// sessions (they need no engine); each retires with its last session.
+	orphans   map[*worker]struct{}
+	listeners map[*listener]struct{} // open listeners, re-created on re-attach
+	gone      error                  // why the app ended for good (closed, or the engine lost without re-attach)
+	closed    bool
+	closing   chan struct{}
+	bg        sync.WaitGroup // the re-attach goroutine
+	restoreMu sync.Mutex     // serialises restoreListeners
 }
 
 type sockReply struct {
@@ -165,13 +193,24 @@ type sockReply struct {
 	fds []int
 }
 
-// cseg is a segment mapped in this process.
+// cseg is a segment mapped in this process. It is unmapped only once it is
+// deleted (the engine's del-segment, or App.Close) and no reference is left:
+// every session on it holds one until the engine released the session, and
+// every zero-copy use (WriteTo, Peek until Consume) holds one while slices
+// of it may be reachable.
 type cseg struct {
-	handle   uint64
-	seg      *shm.Segment
-	peerWake int
-	refs     int
-	deleted  bool
+	handle uint64
+	seg    *shm.Segment
+	// ring is our end of the doorbell shared with the peer worker of a
+	// cut-through segment (-1: an own segment, whose sessions ring their
+	// worker's transport doorbell); wait is the end our worker's loop
+	// watches (the same end, or the second one when a worker is its own
+	// peer); w is that worker.
+	ring, wait int
+	w          *worker
+	refs       int
+	deleted    bool
+	closed     bool
 }
 
 // Attach connects to the engine and attaches.
@@ -188,29 +227,85 @@ func Attach(ctx context.Context, opts Options) (*App, error) {
 	if opts.Workers <= 0 {
 		opts.Workers = 1
 	}
+	switch opts.Scope {
+	case ScopeLocalAndGlobal, ScopeLocal, ScopeGlobal:
+	default:
+		return nil, fmt.Errorf("hoststack: attach: unknown scope %d", opts.Scope)
+	}
+	a := &App{opts: opts, segs: map[uint64]*cseg{}, sockWait: map[uint64]chan sockReply{},
+		orphans: map[*worker]struct{}{}, listeners: map[*listener]struct{}{}, closing: make(chan struct{})}
+	a.cond = sync.NewCond(&a.mu)
+	a.spinFor = opts.SpinFor
+	if a.spinFor == 0 {
+		a.spinFor = 20 * time.Microsecond
+	}
+	if err := a.attach(ctx, true); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// attachMsg is the Attach of these options, written in version v.
+func (a *App) attachMsg(v uint8) ([]byte, error) {
+	opts := a.opts
 	at := &wire.Attach{Name: wire.Truncate(opts.Name, wire.MaxNameLen), Namespace: opts.Namespace, Secret: opts.Secret,
-		RxFifoSize: uint32(max(0, min(opts.RxFifoSize, 1<<30))), TxFifoSize: uint32(max(0, min(opts.TxFifoSize, 1<<30)))}
+		RxFifoSize: uint32(max(0, min(opts.RxFifoSize, 1<<30))), TxFifoSize: uint32(max(0, min(opts.TxFifoSize, 1<<30))),
+		MinVersion: wire.MinVersion, MaxVersion: v}
 	if opts.Spin {
 		at.Flags |= wire.FlagSpin
 	}
 	switch opts.Scope {
-	case ScopeLocalAndGlobal:
 	case ScopeLocal:
 		at.Flags |= wire.FlagScopeLocal
 	case ScopeGlobal:
 		at.Flags |= wire.FlagScopeGlobal
-	default:
-		return nil, fmt.Errorf("hoststack: attach: unknown scope %d", opts.Scope)
 	}
 	var b [wire.SocketMsgMax]byte
-	n, err := wire.Encode(b[:], at)
+	n, err := wire.Codec{V: v}.Encode(b[:], at)
 	if err != nil {
 		return nil, fmt.Errorf("hoststack: attach: %w", err)
 	}
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "unixpacket", opts.Socket)
+	return b[:n], nil
+}
+
+// handshake dials the attach socket and attaches in the newest wire version
+// both sides speak: an engine one version older refuses the newest with
+// ErrVersion naming its own, and is asked again in that one.
+func (a *App) handshake(ctx context.Context) (*net.UnixConn, wire.Codec, *wire.AttachReply, []int, error) {
+	v := uint8(wire.Version)
+	for {
+		uc, codec, rep, fds, err := a.handshakeV(ctx, v)
+		if err != nil {
+			return nil, codec, nil, nil, err
+		}
+		if rep.Code == wire.ErrVersion && rep.EngineVersion < v && wire.Supported(rep.EngineVersion) {
+			uc.Close()
+			v = rep.EngineVersion
+			continue
+		}
+		if rep.Code != wire.OK {
+			uc.Close()
+			return nil, codec, nil, nil, fmt.Errorf("hoststack: attach to %s: %w", a.opts.Socket, engineError(rep.Code, rep.Msg))
+		}
+		if len(fds) != wire.AttachFDs {
+			closeFDs(fds)
+			uc.Close()
+			return nil, codec, nil, nil, fmt.Errorf("hoststack: attach: got %d descriptors, want %d", len(fds), wire.AttachFDs)
+		}
+		return uc, codec, rep, fds, nil
+	}
+}
+
+func (a *App) handshakeV(ctx context.Context, v uint8) (*net.UnixConn, wire.Codec, *wire.AttachReply, []int, error) {
+	codec := wire.Codec{V: v}
+	msg, err := a.attachMsg(v)
 	if err != nil {
-		return nil, fmt.Errorf("hoststack: attach socket %s: %w", opts.Socket, err)
+		return nil, codec, nil, nil, err
+	}
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unixpacket", a.opts.Socket)
+	if err != nil {
+		return nil, codec, nil, nil, fmt.Errorf("hoststack: attach socket %s: %w", a.opts.Socket, err)
 	}
 	uc := nc.(*net.UnixConn)
 	if dl, ok := ctx.Deadline(); ok {
@@ -218,69 +313,112 @@ func Attach(ctx context.Context, opts Options) (*App, error) {
 	}
 	stop := context.AfterFunc(ctx, func() { _ = uc.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	if _, err := uc.Write(b[:n]); err != nil {
+	if _, err := uc.Write(msg); err != nil {
 		uc.Close()
-		return nil, fmt.Errorf("hoststack: attach: %w", err)
+		return nil, codec, nil, nil, fmt.Errorf("hoststack: attach: %w", err)
 	}
-	m, fds, err := readSock(uc)
+	m, fds, rv, err := readSockAny(uc)
 	if err != nil {
 		uc.Close()
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("hoststack: attach: %w", ctx.Err())
+			return nil, codec, nil, nil, fmt.Errorf("hoststack: attach: %w", ctx.Err())
 		}
-		return nil, fmt.Errorf("hoststack: attach: %w", err)
+		return nil, codec, nil, nil, fmt.Errorf("hoststack: attach: %w", err)
 	}
 	rep, ok := m.(*wire.AttachReply)
 	if !ok {
 		closeFDs(fds)
 		uc.Close()
-		return nil, fmt.Errorf("hoststack: attach: engine answered %v", m.Type())
+		return nil, codec, nil, nil, fmt.Errorf("hoststack: attach: engine answered %v", m.Type())
 	}
-	if rep.Code != wire.OK {
+	if rep.Code == wire.OK && (rv != rep.EngineVersion || rv > v) {
 		closeFDs(fds)
 		uc.Close()
-		return nil, fmt.Errorf("hoststack: attach to %s: %w", opts.Socket, engineError(rep.Code, rep.Msg))
-	}
-	if len(fds) != wire.AttachFDs {
-		closeFDs(fds)
-		uc.Close()
-		return nil, fmt.Errorf("hoststack: attach: got %d descriptors, want %d", len(fds), wire.AttachFDs)
+		return nil, codec, nil, nil, fmt.Errorf("hoststack: attach: engine answered in wire version %d, agreeing on %d, to an app speaking %d to %d",
+			rv, rep.EngineVersion, wire.MinVersion, v)
 	}
 	_ = uc.SetDeadline(time.Time{})
-	a := &App{opts: opts, conn: uc, id: rep.AppID, reply: *rep, segs: map[uint64]*cseg{},
-		sockWait: map[uint64]chan sockReply{}, sockDone: make(chan struct{}), closing: make(chan struct{})}
-	a.cond = sync.NewCond(&a.mu)
-	a.spinFor = opts.SpinFor
-	if a.spinFor == 0 {
-		a.spinFor = 20 * time.Microsecond
+	return uc, wire.Codec{V: rv}, rep, fds, nil
+}
+
+// errLostAgain: a re-attachment was lost before it was complete; the new
+// loss starts the next round.
+var errLostAgain = errors.New("hoststack: the new attachment was lost while setting it up")
+
+// attach attaches (the first time, or again after the engine was lost) and
+// makes the new attachment the current one.
+func (a *App) attach(ctx context.Context, first bool) error {
+	uc, codec, rep, fds, err := a.handshake(ctx)
+	if err != nil {
+		return err
 	}
 	own, err := shm.OpenSegment(fds[3])
 	if err != nil {
 		closeFDs(fds[:3])
 		uc.Close()
-		return nil, fmt.Errorf("hoststack: attach: fifo segment: %w", err)
+		return fmt.Errorf("hoststack: attach: fifo segment: %w", err)
 	}
-	a.own = own
 	w, err := a.newWorker(rep.Worker, fds[:3])
 	if err != nil {
 		own.Close()
 		uc.Close()
-		return nil, fmt.Errorf("hoststack: attach: %w", err)
+		return fmt.Errorf("hoststack: attach: %w", err)
 	}
-	a.workers = append(a.workers, w)
-	go a.readLoop()
+	sockDone := make(chan struct{})
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		w.release()
+		own.Close()
+		uc.Close()
+		return ErrAppClosed
+	}
+	a.conn, a.codec, a.id, a.reply = uc, codec, rep.AppID, *rep
+	a.gen++
+	w.gen, w.codec = a.gen, codec
+	a.workers = []*worker{w}
+	// the own segment carries transport sessions: no doorbell of its own
+	a.segs = map[uint64]*cseg{rep.Segment: {handle: rep.Segment, seg: own, ring: -1, wait: -1}}
+	a.sockWait = map[uint64]chan sockReply{}
+	a.tlsCtx = nil
+	a.sockDone = sockDone
+	a.down = nil
+	if a.up != nil {
+		close(a.up)
+		a.up = nil
+	}
+	a.cond.Broadcast()
+	a.mu.Unlock()
+	go a.readLoop(uc, sockDone)
 	go w.loop()
-	for len(a.workers) < opts.Workers {
+	for n := 1; n < a.opts.Workers; n++ {
 		if err := a.addWorker(ctx); err != nil {
-			a.Close()
-			return nil, err
+			// the first attach fails as a whole; a re-attach starts over
+			// (closing the socket makes readLoop report the loss)
+			if first {
+				a.Close()
+				return err
+			}
+			uc.Close()
+			return errLostAgain
 		}
 	}
-	return a, nil
+	return nil
 }
 
-// ID returns the app id the engine assigned.
-func (a *App) ID() uint32 { return a.id }
+// ID returns the app id the engine assigned (a re-attach gets a new one).
+func (a *App) ID() uint32 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.id
+}
+
+// WireVersion returns the wire version agreed with the engine.
+func (a *App) WireVersion() uint8 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.codec.V
+}
 
 func closeFDs(fds []int) {
 	for _, fd := range fds {
@@ -288,8 +426,36 @@ func closeFDs(fds []int) {
 	}
 }
 
-// readSock reads one attach-socket message with its descriptors.
-func readSock(c *net.UnixConn) (wire.Msg, []int, error) {
+// readSock reads one attach-socket message of the agreed version with its
+// descriptors.
+func readSock(c *net.UnixConn, codec wire.Codec) (wire.Msg, []int, error) {
+	n, fds, err := readSockRaw(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := codec.Decode(n)
+	if err != nil {
+		closeFDs(fds)
+		return nil, nil, err
+	}
+	return m, fds, nil
+}
+
+// readSockAny reads the attach reply, in any version this side speaks.
+func readSockAny(c *net.UnixConn) (wire.Msg, []int, uint8, error) {
+	n, fds, err := readSockRaw(c)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	m, v, err := wire.DecodeAny(n)
+	if err != nil {
+		closeFDs(fds)
+		return nil, nil, 0, err
+	}
+	return m, fds, v, nil
+}
+
+func readSockRaw(c *net.UnixConn) ([]byte, []int, error) {
 	buf := make([]byte, wire.SocketMsgMax+1)
 	oob := make([]byte, unix.CmsgSpace(4*wire.MaxFDs)+64)
 	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
@@ -319,44 +485,29 @@ func readSock(c *net.UnixConn) (wire.Msg, []int, error) {
 	for _, fd := range fds {
 		unix.CloseOnExec(fd)
 	}
-	m, err := wire.Decode(buf[:n])
-	if err != nil {
-		closeFDs(fds)
-		return nil, nil, err
-	}
-	return m, fds, nil
+	return buf[:n], fds, nil
 }
 
-// readLoop serves the attach socket: segments, worker replies, notices.
-func (a *App) readLoop() {
-	defer close(a.sockDone)
+// readLoop serves the attach socket of one attachment: segments, worker
+// replies, notices.
+func (a *App) readLoop(conn *net.UnixConn, sockDone chan struct{}) {
+	defer close(sockDone)
+	a.mu.Lock()
+	codec := a.codec
+	a.mu.Unlock()
 	var why error
 	for {
-		m, fds, err := readSock(a.conn)
+		m, fds, err := readSock(conn, codec)
 		if err != nil {
 			why = err
 			break
 		}
 		switch m := m.(type) {
 		case *wire.AddSegment:
-			want := 1
-			if m.HasPeerWake {
-				want = 2
-			}
-			if len(fds) != want {
-				closeFDs(fds)
-				why = fmt.Errorf("add-segment with %d descriptors, want %d", len(fds), want)
-				break
-			}
-			seg, err := shm.OpenSegment(fds[0])
+			cs, err := a.addSegment(m, fds)
 			if err != nil {
-				closeFDs(fds[1:])
-				why = fmt.Errorf("add-segment: %w", err)
+				why = err
 				break
-			}
-			cs := &cseg{handle: m.Segment, seg: seg, peerWake: -1}
-			if m.HasPeerWake {
-				cs.peerWake = fds[1]
 			}
 			a.mu.Lock()
 			if old := a.segs[m.Segment]; old != nil {
@@ -395,20 +546,244 @@ func (a *App) readLoop() {
 			break
 		}
 	}
+	a.lost(conn, why)
+}
+
+// lost ends the attachment whose socket is conn. Unless the app is
+// closing or re-attaching is off, the app re-attaches in the background:
+// sessions through the engine's transport end (the engine held their other
+// end), cut-through sessions go on (their data and wake-ups pass between
+// the two apps only), listeners are re-created on the new attachment.
+func (a *App) lost(conn *net.UnixConn, why error) {
 	a.mu.Lock()
-	if a.gone == nil {
-		a.gone = why
+	if a.conn != conn {
+		a.mu.Unlock()
+		return
 	}
 	for k, ch := range a.sockWait {
 		close(ch)
 		delete(a.sockWait, k)
 	}
+	reattach := !a.closed && !a.opts.NoReattach && why != ErrAppClosed
+	ws := a.workers
+	if !reattach {
+		if a.gone == nil {
+			a.gone = why
+		}
+		a.cond.Broadcast()
+		a.mu.Unlock()
+		// The engine is gone or we detached: every session is dead.
+		for _, w := range ws {
+			w.engineGone(a.goneErr())
+		}
+		a.notify(false, why)
+		return
+	}
+	a.down = fmt.Errorf("hoststack: lost the engine (%v); re-attaching to %s", why, a.opts.Socket)
+	a.up = make(chan struct{})
+	segs := a.segs
+	a.workers, a.segs, a.tlsCtx, a.sockWait = nil, map[uint64]*cseg{}, nil, map[uint64]chan sockReply{}
+	for _, w := range ws {
+		a.orphans[w] = struct{}{}
+	}
+	a.bg.Add(1)
 	a.cond.Broadcast()
 	a.mu.Unlock()
-	// The engine is gone or we detached: every session is dead.
-	for _, w := range a.workers {
-		w.engineGone(a.goneErr())
+	conn.Close()
+	// The old engine's segments are unmapped once no local session uses
+	// them (the new engine's handles may repeat theirs: they left a.segs).
+	for _, cs := range segs {
+		a.mu.Lock()
+		cs.deleted = true
+		drop := cs.refs == 0 && !cs.closed
+		if drop {
+			cs.closed = true
+		}
+		a.mu.Unlock()
+		if drop {
+			cs.close()
+		}
 	}
+	for _, w := range ws {
+		w.engineLost(why)
+	}
+	a.notify(false, why)
+	go a.reattach()
+}
+
+// reattach attaches again, backing off while the engine is away, until it
+// succeeds or the app is closed; then it re-creates the listeners.
+func (a *App) reattach() {
+	defer a.bg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-a.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	delay := 10 * time.Millisecond
+	for {
+		t := time.NewTimer(delay/2 + time.Duration(rand.Int64N(int64(delay)))) // jittered: apps of a node do not stampede
+		select {
+		case <-a.closing:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+		err := a.attach(actx, false)
+		acancel()
+		if err == nil {
+			break
+		}
+		if errors.Is(err, ErrAppClosed) || errors.Is(err, errLostAgain) {
+			return
+		}
+		a.mu.Lock()
+		if a.down != nil {
+			a.down = fmt.Errorf("hoststack: re-attaching to %s: %w", a.opts.Socket, err)
+		}
+		a.mu.Unlock()
+		delay = min(2*delay, 2*time.Second)
+	}
+	a.restoreListeners()
+	a.notify(true, nil)
+}
+
+// notify calls Options.OnEngine, if set.
+func (a *App) notify(attached bool, err error) {
+	if f := a.opts.OnEngine; f != nil {
+		f(attached, err)
+	}
+}
+
+// restoreListeners listens again on the new attachment, on the addresses
+// the listeners had (a port the engine picked is kept); a listener that
+// cannot be re-created fails its Accept with the reason.
+func (a *App) restoreListeners() {
+	// one restorer at a time (an attachment lost while its listeners were
+	// being re-created starts another round)
+	a.restoreMu.Lock()
+	defer a.restoreMu.Unlock()
+	a.mu.Lock()
+	ls := make([]*listener, 0, len(a.listeners))
+	for l := range a.listeners {
+		ls = append(ls, l)
+	}
+	a.mu.Unlock()
+	for _, l := range ls {
+		l.mu.Lock()
+		cur := l.w.gen
+		l.mu.Unlock()
+		a.mu.Lock()
+		done := cur == a.gen
+		a.mu.Unlock()
+		if done {
+			continue // bound on the current attachment already
+		}
+		w, b, err := a.bind(context.Background(), wireAddr(l.addr), l.tls)
+		if err != nil {
+			l.fail(fmt.Errorf("re-creating the listener after the engine restarted: %w", err))
+			continue
+		}
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			_ = w.request(&wire.Unlisten{Listener: b.Listener})
+			continue
+		}
+		l.w, l.h = w, b.Listener
+		w.mu.Lock()
+		w.listeners[l.h] = l
+		w.mu.Unlock()
+		l.mu.Unlock()
+	}
+}
+
+// waitUp waits for an attachment (while the app re-attaches) and returns a
+// worker of it.
+func (a *App) waitUp(ctx context.Context) (*worker, error) {
+	for {
+		a.mu.Lock()
+		if a.closed || a.gone != nil {
+			err := a.gone
+			a.mu.Unlock()
+			if err == nil {
+				err = ErrAppClosed
+			}
+			return nil, err
+		}
+		if a.down == nil && len(a.workers) > 0 {
+			w := a.workers[int(a.rr.Add(1))%len(a.workers)]
+			a.mu.Unlock()
+			return w, nil
+		}
+		up, down := a.up, a.down
+		a.mu.Unlock()
+		if up == nil {
+			return nil, down
+		}
+		select {
+		case <-up:
+		case <-a.closing:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %w", down, ctx.Err())
+		}
+	}
+}
+
+// retireWorker stops an orphaned worker whose last session is gone.
+func (a *App) retireWorker(w *worker) {
+	a.mu.Lock()
+	_, ok := a.orphans[w]
+	delete(a.orphans, w)
+	a.mu.Unlock()
+	if ok {
+		w.stopLoop()
+		w.release()
+	}
+}
+
+// addSegment maps an announced segment. Its fds: the memfd, then for a
+// cut-through segment (HasPeerWake) our end of the segment's doorbell, or
+// both ends when our worker is its own peer (ring the first, watch the
+// second); an own segment comes alone.
+func (a *App) addSegment(m *wire.AddSegment, fds []int) (*cseg, error) {
+	okN := len(fds) == 1
+	if m.HasPeerWake {
+		okN = len(fds) == 2 || len(fds) == 3
+	}
+	if !okN {
+		closeFDs(fds)
+		return nil, fmt.Errorf("add-segment with %d descriptors (has doorbell: %v)", len(fds), m.HasPeerWake)
+	}
+	seg, err := shm.OpenSegment(fds[0])
+	if err != nil {
+		closeFDs(fds[1:])
+		return nil, fmt.Errorf("add-segment: %w", err)
+	}
+	cs := &cseg{handle: m.Segment, seg: seg, ring: -1, wait: -1}
+	if len(fds) == 1 {
+		return cs, nil
+	}
+	cs.ring, cs.wait = fds[1], fds[len(fds)-1]
+	a.mu.Lock()
+	for _, w := range a.workers {
+		if w.id == m.Worker {
+			cs.w = w
+		}
+	}
+	a.mu.Unlock()
+	if cs.w == nil || cs.w.watch(cs.wait) != nil {
+		// no such worker (a confused engine): sessions there cannot be woken
+		cs.w = nil
+		closeFDs(fds[1:])
+		cs.ring, cs.wait = -1, -1
+	}
+	return cs, nil
 }
 
 func (a *App) goneErr() error {
@@ -436,16 +811,22 @@ func (a *App) deliverSock(ctx uint64, m wire.Msg, fds []int) {
 func (a *App) sockCall(ctx context.Context, id uint64, m wire.Msg) (sockReply, error) {
 	ch := make(chan sockReply, 1)
 	a.mu.Lock()
-	if a.gone != nil {
+	if a.gone != nil || a.closed {
 		a.mu.Unlock()
 		return sockReply{}, a.goneErr()
 	}
+	if a.down != nil {
+		err := a.down
+		a.mu.Unlock()
+		return sockReply{}, err
+	}
 	a.sockWait[id] = ch
+	conn, codec := a.conn, a.codec
 	a.mu.Unlock()
 	var b [wire.SocketMsgMax]byte
-	n, err := wire.Encode(b[:], m)
+	n, err := codec.Encode(b[:], m)
 	if err == nil {
-		_, err = a.conn.Write(b[:n])
+		_, err = conn.Write(b[:n])
 	}
 	if err != nil {
 		a.mu.Lock()
@@ -456,7 +837,13 @@ func (a *App) sockCall(ctx context.Context, id uint64, m wire.Msg) (sockReply, e
 	select {
 	case r, ok := <-ch:
 		if !ok {
-			return sockReply{}, a.goneErr()
+			a.mu.Lock()
+			err := a.down
+			a.mu.Unlock()
+			if err == nil {
+				err = a.goneErr()
+			}
+			return sockReply{}, err
 		}
 		return r, nil
 	case <-ctx.Done():
@@ -538,6 +925,12 @@ func (a *App) addWorker(ctx context.Context) error {
 		return fmt.Errorf("hoststack: add worker: %w", err)
 	}
 	a.mu.Lock()
+	if a.down != nil || a.closed || len(a.workers) == 0 {
+		a.mu.Unlock()
+		w.release()
+		return fmt.Errorf("hoststack: add worker: the attachment was lost")
+	}
+	w.gen, w.codec = a.workers[0].gen, a.codec
 	a.workers = append(a.workers, w)
 	a.mu.Unlock()
 	go w.loop()
@@ -547,10 +940,13 @@ func (a *App) addWorker(ctx context.Context) error {
 // segment returns a mapped segment, waiting for its add-segment message (the
 // engine sends it on the socket before any event that refers to it). It
 // takes a reference.
-func (a *App) segment(h uint64) (*cseg, error) {
+func (a *App) segment(w *worker, h uint64) (*cseg, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for {
+		if w.gen != a.gen || a.down != nil {
+			return nil, errors.New("hoststack: the attachment was lost")
+		}
 		if s := a.segs[h]; s != nil && !s.deleted {
 			s.refs++
 			return s, nil
@@ -562,11 +958,24 @@ func (a *App) segment(h uint64) (*cseg, error) {
 	}
 }
 
+// pin takes a reference on a segment still mapped, for a zero-copy use;
+// false once it is unmapped (the caller's session is gone then).
+func (a *App) pin(s *cseg) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.refs++
+	return true
+}
+
 func (a *App) unref(s *cseg) {
 	a.mu.Lock()
 	s.refs--
-	drop := s.refs == 0 && s.deleted
+	drop := s.refs == 0 && s.deleted && !s.closed
 	if drop {
+		s.closed = true
 		if a.segs[s.handle] == s {
 			delete(a.segs, s.handle)
 		}
@@ -585,8 +994,9 @@ func (a *App) delSegment(h uint64) {
 		return
 	}
 	s.deleted = true
-	drop := s.refs == 0
+	drop := s.refs == 0 && !s.closed
 	if drop {
+		s.closed = true
 		delete(a.segs, h)
 	}
 	a.mu.Unlock()
@@ -595,24 +1005,26 @@ func (a *App) delSegment(h uint64) {
 	}
 }
 
+// close unmaps the segment and releases its doorbell end(s). Called once,
+// with no reference left.
 func (s *cseg) close() {
 	s.seg.Close()
-	if s.peerWake >= 0 {
-		unix.Close(s.peerWake)
-		s.peerWake = -1
+	if s.ring >= 0 && s.ring != s.wait {
+		unix.Close(s.ring)
 	}
-}
-
-func (a *App) pick() *worker {
-	a.mu.Lock()
-	ws := a.workers
-	a.mu.Unlock()
-	return ws[int(a.rr.Add(1))%len(ws)]
+	if s.wait >= 0 {
+		if s.w != nil {
+			s.w.retire(s.wait) // the loop may be about to drain it
+		} else {
+			unix.Close(s.wait)
+		}
+	}
+	s.ring, s.wait = -1, -1
 }
 
 // Close detaches: every listener and session of the app is closed (peers
 // see their sessions end), the engine reaps what it held, and the shared
-// memory is unmapped.
+// memory is unmapped. It also stops re-attaching.
 func (a *App) Close() error {
 	a.mu.Lock()
 	if a.closed {
@@ -621,23 +1033,41 @@ func (a *App) Close() error {
 	}
 	a.closed = true
 	close(a.closing)
-	ws := append([]*worker(nil), a.workers...)
 	a.mu.Unlock()
+	a.bg.Wait() // no re-attach installs anything from now on
+	a.mu.Lock()
+	ws := append([]*worker(nil), a.workers...)
+	orphans := make([]*worker, 0, len(a.orphans))
+	for w := range a.orphans {
+		orphans = append(orphans, w)
+	}
+	a.orphans = map[*worker]struct{}{}
+	ls := make([]*listener, 0, len(a.listeners))
+	for l := range a.listeners {
+		ls = append(ls, l)
+	}
+	conn, sockDone, codec, attached := a.conn, a.sockDone, a.codec, a.down == nil
+	a.mu.Unlock()
+	for _, l := range ls {
+		l.fail(ErrAppClosed)
+	}
 	// close local objects first: no goroutine may touch shared memory
 	// once it is unmapped below
-	for _, w := range ws {
+	for _, w := range append(ws, orphans...) {
 		w.closeAll()
 	}
-	var b [64]byte
-	n, _ := wire.Encode(b[:], &wire.Detach{})
-	_, _ = a.conn.Write(b[:n])
-	select {
-	case <-a.sockDone:
-	case <-time.After(5 * time.Second):
+	if attached {
+		var b [64]byte
+		n, _ := codec.Encode(b[:], &wire.Detach{})
+		_, _ = conn.Write(b[:n])
+		select {
+		case <-sockDone:
+		case <-time.After(5 * time.Second):
+		}
+		conn.Close()
+		<-sockDone
 	}
-	a.conn.Close()
-	<-a.sockDone
-	for _, w := range ws {
+	for _, w := range append(ws, orphans...) {
 		w.stopLoop()
 	}
 	// Sessions the loops created after the first pass (a dial answered
@@ -645,15 +1075,24 @@ func (a *App) Close() error {
 	for _, w := range ws {
 		w.closeAll()
 	}
+	// Unmap what nothing uses any more; a segment still pinned (an io.Copy
+	// out of a session inside its writer, Peek'ed slices not yet consumed)
+	// is unmapped by its last user.
 	a.mu.Lock()
-	segs := a.segs
-	a.segs = map[uint64]*cseg{}
+	var drop []*cseg
+	for h, s := range a.segs {
+		s.deleted = true
+		if s.refs == 0 && !s.closed {
+			s.closed = true
+			drop = append(drop, s)
+		}
+		delete(a.segs, h)
+	}
 	a.mu.Unlock()
-	for _, s := range segs {
+	for _, s := range drop {
 		s.close()
 	}
-	a.own.Close()
-	for _, w := range ws {
+	for _, w := range append(ws, orphans...) {
 		w.release()
 	}
 	return nil

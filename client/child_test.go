@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/hoststack/hoststack/client"
+	"github.com/hoststack/hoststack/engine/session"
+	"github.com/hoststack/hoststack/engine/transport/kernel"
 )
 
 // Child processes: the test binary re-executed with HS_TEST_CHILD naming a
@@ -24,7 +26,11 @@ const (
 
 func TestMain(m *testing.M) {
 	if role := os.Getenv(envChild); role != "" {
-		if err := runChild(role); err != nil {
+		run := runChild
+		if role == "engine" {
+			run = runEngine
+		}
+		if err := run(role); err != nil {
 			fmt.Fprintf(os.Stderr, "child %s: %v\n", role, err)
 			os.Exit(1)
 		}
@@ -33,10 +39,27 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// rawRoles are child roles that do not start by attaching with the client
+// library; test files register theirs in init.
+var rawRoles = map[string]func(role string) error{}
+
 func runChild(role string) error {
+	if f := rawRoles[role]; f != nil {
+		return f(role)
+	}
 	ctx := context.Background()
-	app, err := client.Attach(ctx, client.Options{Socket: os.Getenv(envSocket), Name: "child-" + role,
-		Spin: os.Getenv("HS_TEST_SPIN") == "1"})
+	opts := client.Options{Socket: os.Getenv(envSocket), Name: "child-" + role, Spin: os.Getenv("HS_TEST_SPIN") == "1"}
+	if role == "restart-echo" {
+		// tell the parent when the engine goes and when the app is back
+		opts.OnEngine = func(attached bool, err error) {
+			if attached {
+				fmt.Println("attached")
+			} else {
+				fmt.Println("lost", err)
+			}
+		}
+	}
+	app, err := client.Attach(ctx, opts)
 	if err != nil {
 		return err
 	}
@@ -60,7 +83,7 @@ func runChild(role string) error {
 		}
 		fmt.Fprintf(c, "%d %x", n, h.Sum(nil))
 		return c.Close()
-	case "echo-server":
+	case "echo-server", "restart-echo":
 		ln, err := app.Listen("tcp", os.Getenv(envAddr))
 		if err != nil {
 			return err
@@ -168,4 +191,22 @@ func childStderr() io.Writer {
 		}
 	}
 	return os.Stderr
+}
+
+const envRunDir = "HS_TEST_RUNDIR"
+
+// runEngine is the "engine" child: a session engine with the kernel
+// transport serving one app namespace in $HS_TEST_RUNDIR until killed.
+func runEngine(string) error {
+	e, err := session.New(session.Config{RunDir: os.Getenv(envRunDir), Transport: kernel.New(kernel.Options{}),
+		Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, "engine: "+f+"\n", a...) }})
+	if err != nil {
+		return err
+	}
+	sock, err := e.AddNamespace(session.NamespaceConfig{Namespace: "restart", Name: "default", RxFifoSize: 1 << 20, TxFifoSize: 1 << 20})
+	if err != nil {
+		return err
+	}
+	fmt.Println("ready", sock)
+	select {} // until killed
 }

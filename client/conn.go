@@ -20,17 +20,21 @@ import (
 
 // Conn is a session: a net.Conn over a pair of shared-memory fifos. Reads
 // and writes do not enter the kernel unless the peer sleeps on the fifo
-// (then one eventfd write wakes it). Read, Write, Close, CloseWrite and the
+// (then one doorbell ring wakes it). Read, Write, Close, CloseWrite and the
 // deadline setters may be called concurrently from different goroutines.
 type Conn struct {
-	w        *worker
-	h        uint64
-	seg      *cseg
-	rx, tx   *shm.Fifo
-	peerWake int
-	laddr    *net.TCPAddr
-	raddr    *net.TCPAddr
-	udp      *net.UDPAddr // set for the session under a PacketConn
+	// The pads keep this Conn's hot words off the cache lines of whatever
+	// the allocator puts next to it (often the peer's Conn of a cut-through
+	// session in the same process, whose locks change on every operation).
+	_      [64]byte
+	w      *worker
+	h      uint64
+	seg    *cseg
+	rx, tx *shm.Fifo
+	ring   int // the doorbell end that wakes the peer (see newConn)
+	laddr  *net.TCPAddr
+	raddr  *net.TCPAddr
+	udp    *net.UDPAddr // set for the session under a PacketConn
 
 	rmu, wmu sync.Mutex // one reader, one writer at a time; Close takes both
 	closeMu  sync.Mutex // serialises Close
@@ -47,6 +51,9 @@ type Conn struct {
 	refused  bool
 	released bool // engine sent cleanup
 	sentBye  bool
+
+	peekPin bool // Peek holds a segment reference until Consume (under rmu)
+	_       [64]byte
 }
 
 var _ net.Conn = (*Conn)(nil)
@@ -106,7 +113,8 @@ func (c *Conn) writeErr() error {
 	if c.wshut.Load() {
 		return c.opErr("write", syscall.EPIPE)
 	}
-	if c.peerClosed.Load() {
+	if c.peerClosed.Load() || (c.w.orphan.Load() && c.tx.ReadClosed()) {
+		// without an engine to say so, the peer's close is seen in the fifo
 		return c.opErr("write", &Error{Code: wire.ErrReset, Msg: "peer closed the session: broken pipe", Errno: syscall.EPIPE})
 	}
 	if c.wdl.expired() {
@@ -129,7 +137,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 		n, err := c.rx.Read(p)
 		if n > 0 {
 			if c.rx.TakeWriterWaiting() {
-				_ = shm.Signal(c.peerWake)
+				_ = shm.Ring(c.ring)
 			}
 			return n, nil
 		}
@@ -155,7 +163,7 @@ func (c *Conn) readable() bool {
 }
 
 func (c *Conn) writable() bool {
-	if c.closed.Load() || c.resetErr.Load() != nil || c.peerClosed.Load() {
+	if c.closed.Load() || c.resetErr.Load() != nil || c.peerClosed.Load() || (c.w.orphan.Load() && c.tx.ReadClosed()) {
 		return true
 	}
 	n, err := c.tx.Free()
@@ -201,7 +209,7 @@ func (c *Conn) wait(dl *deadline, cond func() bool, set func(), clear func() boo
 	w := c.w
 	wt := &waiter{ready: cond, arm: set, ch: make(chan struct{})}
 	w.mu.Lock()
-	if w.dead != nil {
+	if w.dead != nil && !w.orphan.Load() {
 		w.mu.Unlock()
 		return nil
 	}
@@ -245,7 +253,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 		if n > 0 {
 			total += n
 			if c.tx.TakeReaderWaiting() {
-				_ = shm.Signal(c.peerWake)
+				_ = shm.Ring(c.ring)
 			}
 			continue
 		}
@@ -288,7 +296,7 @@ func (c *Conn) WriteBuffers(bufs [][]byte) (int, error) {
 				}
 			}
 			if c.tx.TakeReaderWaiting() {
-				_ = shm.Signal(c.peerWake)
+				_ = shm.Ring(c.ring)
 			}
 			continue
 		}
@@ -303,9 +311,11 @@ func (c *Conn) WriteBuffers(bufs [][]byte) (int, error) {
 
 // Peek is the zero-copy read: it waits for data (honouring the read
 // deadline) and returns the readable bytes as up to two slices aliasing the
-// shared fifo. They stay valid until Consume, Close or the next Peek; the
-// peer can scribble on them, so validate what you parse. Use from a single
-// reading goroutine; io.EOF at end of stream.
+// shared fifo. Their content is valid until Consume, Close or the next Peek;
+// the peer can scribble on them, so validate what you parse. The memory
+// itself stays mapped until Consume (call it also after Close), even if the
+// app is closed meanwhile: touching the slices never faults. Use from a
+// single reading goroutine; io.EOF at end of stream.
 func (c *Conn) Peek() (a, b []byte, err error) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
@@ -318,6 +328,12 @@ func (c *Conn) Peek() (a, b []byte, err error) {
 			if err != nil && err != io.EOF {
 				err = c.opErr("read", err)
 			}
+			if len(a) > 0 && !c.peekPin {
+				if !c.w.app.pin(c.seg) {
+					return nil, nil, c.opErr("read", net.ErrClosed)
+				}
+				c.peekPin = true
+			}
 			return a, b, err
 		}
 		if err := c.waitReadable(); err != nil {
@@ -326,10 +342,14 @@ func (c *Conn) Peek() (a, b []byte, err error) {
 	}
 }
 
-// Consume commits n bytes returned by Peek.
+// Consume commits n bytes returned by Peek and lets their memory go.
 func (c *Conn) Consume(n int) error {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
+	if c.peekPin {
+		c.peekPin = false
+		defer c.w.app.unref(c.seg)
+	}
 	if err := c.readErr(); err != nil {
 		return err
 	}
@@ -337,14 +357,20 @@ func (c *Conn) Consume(n int) error {
 		return c.opErr("read", err)
 	}
 	if c.rx.TakeWriterWaiting() {
-		_ = shm.Signal(c.peerWake)
+		_ = shm.Ring(c.ring)
 	}
 	return nil
 }
 
 // WriteTo copies the session's data to w straight out of the shared fifo
-// (no intermediate buffer) until end of stream; io.Copy uses it.
+// (no intermediate buffer) until end of stream; io.Copy uses it. w.Write
+// runs without the Conn's locks, so a Close (or App.Close) may happen while
+// it reads the fifo: the segment stays mapped until WriteTo returns.
 func (c *Conn) WriteTo(w io.Writer) (int64, error) {
+	if !c.w.app.pin(c.seg) {
+		return 0, c.opErr("read", net.ErrClosed)
+	}
+	defer c.w.app.unref(c.seg)
 	var total int64
 	for {
 		a, b, err := c.Peek()
@@ -409,7 +435,7 @@ func (c *Conn) CloseWrite() error {
 	if c.resetErr.Load() == nil {
 		c.tx.CloseWrite()
 		if c.tx.TakeReaderWaiting() {
-			_ = shm.Signal(c.peerWake)
+			_ = shm.Ring(c.ring)
 		}
 	}
 	_ = c.w.request(&wire.Shutdown{Session: c.h})
@@ -447,9 +473,14 @@ func (c *Conn) Close() error {
 	if !reset && !c.abort.Load() {
 		c.tx.CloseWrite()
 		if c.tx.TakeReaderWaiting() {
-			_ = shm.Signal(c.peerWake)
+			_ = shm.Ring(c.ring)
 		}
 		c.rx.CloseRead()
+		// a peer blocked writing into a full fifo learns of it too (with
+		// no engine to tell it, after a restart)
+		if c.rx.TakeWriterWaiting() {
+			_ = shm.Ring(c.ring)
+		}
 	}
 	c.wmu.Unlock()
 	c.rmu.Unlock()
@@ -481,6 +512,11 @@ func (c *Conn) cleanup() {
 	c.released = true
 	c.mu.Unlock()
 	c.w.app.unref(c.seg)
+	// after the unref: the segment's doorbell end leaves the worker's loop
+	// before an orphaned worker retires
+	if c.w.orphan.Load() {
+		c.w.dropSession(c)
+	}
 }
 
 // ---- deadlines ----
@@ -573,13 +609,21 @@ func (a *App) dial(ctx context.Context, network, address string, tc *TLSConfig) 
 		return nil, err
 	}
 	ra := wireAddr(raddr)
+	// While the app re-attaches (its engine restarts), a dial waits for
+	// the new attachment, as long as its context allows.
+	w, err := a.waitUp(ctx)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = os.ErrDeadlineExceeded
+		}
+		return nil, &net.OpError{Op: "dial", Net: network, Addr: raddr, Err: err}
+	}
 	var th uint32
 	if tc != nil {
 		if th, err = a.tlsContext(ctx, *tc); err != nil {
 			return nil, &net.OpError{Op: "dial", Net: network, Addr: raddr, Err: err}
 		}
 	}
-	w := a.pick()
 	id := a.ctx.Add(1)
 	r, err := w.call(ctx, id, &wire.Connect{Ctx: id, Remote: ra, TLS: th})
 	if err != nil {
@@ -641,40 +685,67 @@ func (a *App) listen(network, address string, tc *TLSConfig) (net.Listener, erro
 	if err != nil {
 		return nil, err
 	}
-	var th uint32
-	if tc != nil {
-		if th, err = a.tlsContext(context.Background(), *tc); err != nil {
-			return nil, &net.OpError{Op: "listen", Net: network, Addr: laddr, Err: err}
-		}
-	}
-	w := a.pick()
-	id := a.ctx.Add(1)
-	r, err := w.call(context.Background(), id, &wire.Listen{Ctx: id, Addr: wireAddr(laddr), TLS: th})
+	// While the app re-attaches, a listen waits for the new attachment
+	// (up to listenWait).
+	ctx, cancel := context.WithTimeout(context.Background(), listenWait)
+	defer cancel()
+	w, b, err := a.bind(ctx, wireAddr(laddr), tc)
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: laddr, Err: err}
 	}
-	b, ok := r.(*wire.Bound)
-	if !ok {
-		return nil, &net.OpError{Op: "listen", Net: network, Addr: laddr, Err: errors.New("unexpected reply")}
+	l := &listener{w: w, h: b.Listener, addr: tcpAddr(b.Local), tls: tc, ch: make(chan *Conn, 4096), done: make(chan struct{})}
+	a.mu.Lock()
+	if w.gen != a.gen || a.down != nil {
+		a.mu.Unlock()
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: laddr, Err: errors.New("hoststack: the engine was lost while listening; try again")}
 	}
-	if b.Code != wire.OK {
-		return nil, &net.OpError{Op: "listen", Net: network, Addr: laddr, Err: engineError(b.Code, b.Msg)}
-	}
-	l := &listener{w: w, h: b.Listener, addr: tcpAddr(b.Local), ch: make(chan *Conn, 4096), done: make(chan struct{})}
+	a.listeners[l] = struct{}{}
+	a.mu.Unlock()
 	w.mu.Lock()
 	w.listeners[l.h] = l
 	w.mu.Unlock()
 	return l, nil
 }
 
+// listenWait bounds how long Listen waits for a re-attachment.
+const listenWait = 10 * time.Second
+
+// bind asks the engine for a listener on addr (with TLS when tc is set).
+func (a *App) bind(ctx context.Context, addr wire.Addr, tc *TLSConfig) (*worker, *wire.Bound, error) {
+	w, err := a.waitUp(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	var th uint32
+	if tc != nil {
+		if th, err = a.tlsContext(ctx, *tc); err != nil {
+			return nil, nil, err
+		}
+	}
+	id := a.ctx.Add(1)
+	r, err := w.call(ctx, id, &wire.Listen{Ctx: id, Addr: addr, TLS: th})
+	if err != nil {
+		return nil, nil, err
+	}
+	b, ok := r.(*wire.Bound)
+	if !ok {
+		return nil, nil, errors.New("unexpected reply")
+	}
+	if b.Code != wire.OK {
+		return nil, nil, engineError(b.Code, b.Msg)
+	}
+	return w, b, nil
+}
+
 // listener is the net.Listener of the client.
 type listener struct {
-	w    *worker
-	h    uint64
 	addr *net.TCPAddr
+	tls  *TLSConfig // re-created with it after a re-attach
 	ch   chan *Conn
 
 	mu     sync.Mutex
+	w      *worker // the worker and handle of the current attachment
+	h      uint64
 	done   chan struct{}
 	err    error
 	closed bool
@@ -722,10 +793,16 @@ func (l *listener) fail(err error) bool {
 	l.closed = true
 	l.err = err
 	close(l.done)
+	w, h := l.w, l.h
 	l.mu.Unlock()
-	l.w.mu.Lock()
-	delete(l.w.listeners, l.h)
-	l.w.mu.Unlock()
+	w.mu.Lock()
+	if w.listeners[h] == l {
+		delete(w.listeners, h)
+	}
+	w.mu.Unlock()
+	w.app.mu.Lock()
+	delete(w.app.listeners, l)
+	w.app.mu.Unlock()
 	for {
 		select {
 		case c := <-l.ch:
@@ -741,13 +818,16 @@ func (l *listener) Close() error {
 	if !l.fail(net.ErrClosed) {
 		return &net.OpError{Op: "close", Net: "tcp", Addr: l.addr, Err: net.ErrClosed}
 	}
-	if l.w.deadErr() != nil {
+	l.mu.Lock()
+	w, h := l.w, l.h
+	l.mu.Unlock()
+	if w.deadErr() != nil {
 		return nil
 	}
-	id := l.w.app.ctx.Add(1)
+	id := w.app.ctx.Add(1)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	r, err := l.w.call(ctx, id, &wire.Unlisten{Ctx: id, Listener: l.h})
+	r, err := w.call(ctx, id, &wire.Unlisten{Ctx: id, Listener: h})
 	if err != nil {
 		return &net.OpError{Op: "close", Net: "tcp", Addr: l.addr, Err: err}
 	}

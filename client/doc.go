@@ -40,3 +40,20 @@ package client
 // Events come from the engine, which is trusted; fifo contents and indices
 // come from the peer app and are validated by engine/shm (a corrupted fifo
 // fails that session with an error, nothing else).
+
+// # Engine loss
+//
+// When the attach socket ends (the agent died, stopped or is being
+// upgraded) the attachment is lost, not the app (unless
+// Options.NoReattach): App.lost moves the attachment's workers to the
+// orphans, resets the sessions whose other end was the engine (those in the
+// app's own segment, and UDP sockets), fails pending requests, and starts
+// re-attaching with back-off. Orphaned workers keep their event loops: a
+// cut-through session needs only its fifos and the peer's wake-up
+// descriptor, both held by the two apps, so its Read and Write go on; its
+// end travels in the fifos (a write after the peer's CloseRead fails with
+// EPIPE, since no engine will say the peer closed), and Close releases it
+// locally. A worker retires, and a segment of the old engine is unmapped,
+// with the last local session using it. The new attachment gets fresh
+// tables (the new engine's handles may repeat the old one's); listeners
+// are bound again on their addresses by restoreListeners.

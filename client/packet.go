@@ -48,7 +48,12 @@ func (a *App) ListenUDP(network, address string) (*PacketConn, error) {
 		return nil, err
 	}
 	la := net.UDPAddrFromAddrPort(ta.AddrPort())
-	w := a.pick()
+	wctx, cancel := context.WithTimeout(context.Background(), listenWait)
+	defer cancel()
+	w, err := a.waitUp(wctx)
+	if err != nil {
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: la, Err: err}
+	}
 	id := a.ctx.Add(1)
 	addr := wireAddr(ta)
 	addr.Proto = wire.UDP
@@ -125,7 +130,7 @@ func (p *PacketConn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) 
 				return 0, netip.AddrPort{}, c.opErr("read", err)
 			}
 			if c.rx.TakeWriterWaiting() {
-				_ = shm.Signal(c.peerWake)
+				_ = shm.Ring(c.ring)
 			}
 			return n, h.Remote, nil
 		}
@@ -191,7 +196,7 @@ func (p *PacketConn) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, err
 				return 0, c.opErr("write", err)
 			}
 			if c.tx.TakeReaderWaiting() {
-				_ = shm.Signal(c.peerWake)
+				_ = shm.Ring(c.ring)
 			}
 			return len(b), nil
 		}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hoststack/hoststack/client"
 	"github.com/hoststack/hoststack/engine/session"
 )
 
@@ -39,12 +40,14 @@ func TestSelfConnect(t *testing.T) {
 	})
 }
 
-// TestEngineShutdownSeenByApps: Engine.Close tells the apps; their sessions
-// fail with a reset naming the reason, and App.Close still works.
+// TestEngineShutdownSeenByApps: Engine.Close tells the apps; with
+// re-attaching off their sessions fail with a reset naming the reason, and
+// App.Close still works. (TestCutThroughSurvivesEngineStop: the default.)
 func TestEngineShutdownSeenByApps(t *testing.T) {
 	e, sock := startEngine(t, testNS)
-	srv := attach(t, sock, "server")
-	cli := attach(t, sock, "client")
+	noReattach := func(o *client.Options) { o.NoReattach = true }
+	srv := attach(t, sock, "server", noReattach)
+	cli := attach(t, sock, "client", noReattach)
 	ln, err := srv.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -17,19 +17,30 @@ import (
 	"github.com/hoststack/hoststack/engine/wire"
 )
 
-// worker is one engine worker of the app: a queue pair, a wake eventfd and
-// an event loop goroutine (on its own OS thread) that drains the event queue
-// and wakes the Read/Write calls blocked on this worker's sessions.
+// worker is one engine worker of the app: a queue pair, doorbells and an
+// event loop goroutine (blocking its OS thread in epoll_wait, not the
+// netpoller) that drains the event queue and wakes the Read/Write calls
+// blocked on this worker's sessions.
 type worker struct {
-	app    *App
-	id     uint32
-	mq     *shm.Segment
-	evq    *shm.Queue
-	rq     *shm.Queue
-	wakeFD int
-	engFD  int
+	app   *App
+	gen   uint64     // the attachment it belongs to
+	codec wire.Codec // that attachment's wire version
+	id    uint32
+	mq    *shm.Segment
+	evq   *shm.Queue
+	rq    *shm.Queue
+	// bell is our end of the worker's doorbell with the engine: the engine
+	// rings it (events, transport progress), we ring it for requests.
+	bell int
+	// tbell is our end of the worker's transport doorbell: rung after
+	// progress on a transport fifo whose waiting flag the engine set.
+	tbell int
+	// ep is the loop's epoll set: intr, bell and the doorbell end of every
+	// cut-through segment serving this worker (added by the socket reader).
+	ep   int
+	intr int // a private eventfd: stopLoop and bell removals wake the loop
 	// sleeping is this loop's flag in the worker's control line: set before
-	// sleeping so the engine writes the wake eventfd for new events
+	// sleeping so the engine rings the doorbell for new events
 	sleeping *atomic.Uint64
 
 	reqMu sync.Mutex // the request queue has one producer at a time
@@ -40,13 +51,21 @@ type worker struct {
 	listeners map[uint64]*listener
 	waiters   map[*waiter]struct{}
 	dead      error
+	// orphan: its engine is gone but it still serves cut-through sessions
+	// (App.lost); it retires with the last of them
+	orphan atomic.Bool
+	// retired are doorbell ends removed from ep that the loop closes before
+	// it waits again: it may still hold a ready event naming one, and a
+	// closed fd number can be reused by anything
+	retired  []int
+	loopDone bool // the loop exited: retired ends are closed at once
 
 	stop atomic.Bool
 	done chan struct{}
 }
 
 // waiter is a Read or Write blocked on a fifo; the event loop checks its
-// condition after each wake-up of the worker's eventfd.
+// condition after each wake-up.
 type waiter struct {
 	ready func() bool // called with worker.mu held, the waiting goroutine parked
 	arm   func()      // sets the fifo's waiting flag again
@@ -59,18 +78,32 @@ func (a *App) newWorker(info wire.WorkerInfo, fds []int) (*worker, error) {
 		closeFDs(fds[1:])
 		return nil, fmt.Errorf("queue segment: %w", err)
 	}
-	w := &worker{app: a, id: info.ID, mq: mq, wakeFD: fds[1], engFD: fds[2],
+	w := &worker{app: a, id: info.ID, mq: mq, bell: fds[1], tbell: fds[2], ep: -1, intr: -1,
 		pending: map[uint64]chan any{}, sessions: map[uint64]*Conn{},
 		listeners: map[uint64]*listener{}, waiters: map[*waiter]struct{}{}, done: make(chan struct{})}
+	if w.intr, err = shm.NewEventFD(); err != nil {
+		w.release()
+		return nil, err
+	}
+	if w.ep, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		w.release()
+		return nil, fmt.Errorf("epoll: %w", err)
+	}
+	for _, fd := range []int{w.intr, w.bell} {
+		if err := w.watch(fd); err != nil {
+			w.release()
+			return nil, err
+		}
+	}
 	if info.EvqOff > uint64(mq.Size()) || info.ReqOff > uint64(mq.Size()) {
 		w.release()
 		return nil, errors.New("queue offsets outside the queue segment")
 	}
-	if w.evq, err = shm.OpenQueue(mq, int(info.EvqOff), int(info.EvqSlots), w.wakeFD); err != nil {
+	if w.evq, err = shm.OpenQueue(mq, int(info.EvqOff), int(info.EvqSlots), w.bell); err != nil {
 		w.release()
 		return nil, fmt.Errorf("event queue: %w", err)
 	}
-	if w.rq, err = shm.OpenQueue(mq, int(info.ReqOff), int(info.ReqSlots), w.engFD); err != nil {
+	if w.rq, err = shm.OpenQueue(mq, int(info.ReqOff), int(info.ReqSlots), w.bell); err != nil {
 		w.release()
 		return nil, fmt.Errorf("request queue: %w", err)
 	}
@@ -87,8 +120,47 @@ func (a *App) newWorker(info wire.WorkerInfo, fds []int) (*worker, error) {
 
 func (w *worker) release() {
 	w.mq.Close()
-	unix.Close(w.wakeFD)
-	unix.Close(w.engFD)
+	for _, fd := range []int{w.bell, w.tbell, w.ep, w.intr} {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
+}
+
+// watch adds a doorbell end (or intr) to the loop's epoll set. Level
+// triggered: an end rung before it was added wakes the loop at once.
+func (w *worker) watch(fd int) error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}
+	if err := unix.EpollCtl(w.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return fmt.Errorf("epoll add: %w", err)
+	}
+	return nil
+}
+
+// retire removes a cut-through doorbell end from the loop's set and has the
+// loop close it (at once when the loop has exited).
+func (w *worker) retire(fd int) {
+	w.mu.Lock()
+	if w.loopDone {
+		w.mu.Unlock()
+		unix.Close(fd)
+		return
+	}
+	_ = unix.EpollCtl(w.ep, unix.EPOLL_CTL_DEL, fd, nil)
+	w.retired = append(w.retired, fd)
+	w.mu.Unlock()
+	_ = shm.Signal(w.intr)
+}
+
+// closeRetired closes the ends retired since the last wait (loop only).
+func (w *worker) closeRetired() {
+	w.mu.Lock()
+	fds := w.retired
+	w.retired = nil
+	w.mu.Unlock()
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
 }
 
 // loop is the worker's event loop.
@@ -98,7 +170,14 @@ func (w *worker) loop() {
 	// just woke (below) instead of leaving them queued behind a P that
 	// sits in a syscall until sysmon retakes it.
 	defer close(w.done)
+	defer func() {
+		w.mu.Lock()
+		w.loopDone = true
+		w.mu.Unlock()
+		w.closeRetired()
+	}()
 	buf := make([]byte, shm.MsgSize)
+	var events [16]unix.EpollEvent
 	armed := false
 	for !w.stop.Load() {
 		progress := false
@@ -112,7 +191,7 @@ func (w *worker) loop() {
 				break
 			}
 			progress = true
-			m, err := wire.Decode(buf[:n])
+			m, err := w.codec.Decode(buf[:n])
 			if err != nil {
 				continue // a malformed event: ignore it, never trust it
 			}
@@ -137,11 +216,23 @@ func (w *worker) loop() {
 			armed = true
 			continue
 		}
-		// The engine signals the eventfd for events queued while the flag
-		// is set, and fifo peers after making progress on a fifo whose
-		// waiting flag is set, so a wake-up after the checks above is not
-		// lost: the counter stays readable.
-		_ = shm.WaitFD(w.wakeFD, time.Time{})
+		// The engine rings the worker doorbell for events queued while the
+		// flag is set, and fifo peers ring their doorbell after making
+		// progress on a fifo whose waiting flag is set, so a wake-up after
+		// the checks above is not lost: the ring stays pending in our end.
+		w.closeRetired()
+		n, err := unix.EpollWait(w.ep, events[:], -1)
+		if err != nil && err != unix.EINTR {
+			w.engineGone(fmt.Errorf("worker %d: epoll_wait: %w", w.id, err))
+			return
+		}
+		for _, ev := range events[:max(n, 0)] {
+			if int(ev.Fd) == w.intr {
+				_ = shm.DrainEventFD(w.intr)
+			} else {
+				_ = shm.DrainBell(int(ev.Fd))
+			}
+		}
 		w.sleeping.Store(0)
 		armed = false
 	}
@@ -149,7 +240,7 @@ func (w *worker) loop() {
 
 func (w *worker) stopLoop() {
 	w.stop.Store(true)
-	_ = shm.Signal(w.wakeFD)
+	_ = shm.Signal(w.intr)
 	<-w.done
 }
 
@@ -205,6 +296,54 @@ func (w *worker) engineGone(why error) {
 	w.wakeAll()
 }
 
+// engineLost is engineGone for an app that re-attaches: pending requests
+// fail and sessions through the engine's transport are reset (the engine
+// held their other end), but cut-through sessions go on: their fifos and
+// the peer's wake-up descriptor are the two apps' own. Listeners are left
+// to App.restoreListeners. The worker retires with its last session.
+func (w *worker) engineLost(why error) {
+	w.mu.Lock()
+	if w.dead == nil {
+		w.dead = why
+	}
+	w.orphan.Store(true)
+	pend := w.pending
+	w.pending = map[uint64]chan any{}
+	var reset []*Conn
+	for _, c := range w.sessions {
+		if c.seg.ring < 0 || c.udp != nil {
+			reset = append(reset, c)
+		}
+	}
+	w.listeners = map[uint64]*listener{}
+	empty := len(w.sessions) == 0
+	w.mu.Unlock()
+	for _, ch := range pend {
+		close(ch)
+	}
+	for _, c := range reset {
+		c.setReset(engineError(wire.ErrReset, "session ended: the engine restarted (it held the session's other end): "+why.Error()))
+	}
+	w.wakeAll()
+	if empty {
+		go w.app.retireWorker(w)
+	}
+}
+
+// dropSession forgets a session released without the engine (its worker
+// lost the engine); an orphan worker retires with its last one.
+func (w *worker) dropSession(c *Conn) {
+	w.mu.Lock()
+	if w.sessions[c.h] == c {
+		delete(w.sessions, c.h)
+	}
+	empty := len(w.sessions) == 0
+	w.mu.Unlock()
+	if empty && w.orphan.Load() {
+		go w.app.retireWorker(w)
+	}
+}
+
 func (w *worker) wakeAll() {
 	w.mu.Lock()
 	for wt := range w.waiters {
@@ -237,8 +376,11 @@ func (w *worker) closeAll() {
 // request sends one request to the engine. A full request queue means the
 // engine is momentarily behind: retry briefly.
 func (w *worker) request(m wire.Msg) error {
+	if w.orphan.Load() {
+		return w.deadErr()
+	}
 	var b [wire.QueueMsgMax]byte
-	n, err := wire.Encode(b[:], m)
+	n, err := w.codec.Encode(b[:], m)
 	if err != nil {
 		return err
 	}
@@ -329,7 +471,7 @@ func (w *worker) conn(h uint64) *Conn {
 func (w *worker) dispatch(m wire.Msg) {
 	switch m := m.(type) {
 	case *wire.Connected:
-		if m.Code != wire.OK {
+		if m.Code != wire.OK || w.orphan.Load() {
 			w.deliver(m.Ctx, m)
 			return
 		}
@@ -350,6 +492,9 @@ func (w *worker) dispatch(m wire.Msg) {
 		}
 		ch <- &connResult{c}
 	case *wire.Accepted:
+		if w.orphan.Load() {
+			return // left in the queue by the engine that is gone
+		}
 		w.mu.Lock()
 		l := w.listeners[m.Listener]
 		w.mu.Unlock()
@@ -406,7 +551,7 @@ func (w *worker) dispatch(m wire.Msg) {
 type connResult struct{ c *Conn }
 
 func (w *worker) newConn(h uint64, f wire.FifoPair, local, remote wire.Addr) (*Conn, error) {
-	seg, err := w.app.segment(f.Segment)
+	seg, err := w.app.segment(w, f.Segment)
 	if err != nil {
 		return nil, err
 	}
@@ -420,7 +565,12 @@ func (w *worker) newConn(h uint64, f wire.FifoPair, local, remote wire.Addr) (*C
 		w.app.unref(seg)
 		return nil, fmt.Errorf("tx fifo: %w", err)
 	}
-	c := &Conn{w: w, h: h, seg: seg, rx: rx, tx: tx, peerWake: seg.peerWake,
+	ring := seg.ring
+	if ring < 0 {
+		// a transport session: the engine's flows watch the transport doorbell
+		ring = w.tbell
+	}
+	c := &Conn{w: w, h: h, seg: seg, rx: rx, tx: tx, ring: ring,
 		laddr: tcpAddr(local), raddr: tcpAddr(remote), closing: make(chan struct{})}
 	c.rdl.init()
 	c.wdl.init()

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 
@@ -48,20 +49,26 @@ func validateAppNamespace(spec *hsv1.AppNamespaceSpec) *specProblem {
 	return nil
 }
 
-// nodeAggregate is an AppNamespace's state summed over the SessionNodes
-// that report it.
+// nodeAggregate is an AppNamespace's state summed over the live
+// SessionNodes that report it.
 type nodeAggregate struct {
-	Selected, Ready, Apps int32
-	Sessions              int64
+	Selected, Ready int32
 	// NotReady describes each selected node that is not ready, sorted by
 	// node name.
 	NotReady []string
+	// NotServing describes each node that reports the AppNamespace but is
+	// not live (its SessionNode is not Serving), sorted by node name: it
+	// is counted nowhere else.
+	NotServing []string
 }
 
-// aggregateNodes sums what the SessionNodes report for the AppNamespace
-// namespace/name at generation. A node counts as ready when its engine
-// runs, its entry is Ready, and the entry has caught up with generation:
-// an agent still on an older spec is not ready for the current one.
+// aggregateNodes sums what the live SessionNodes report for the
+// AppNamespace namespace/name at generation. A node whose agent stopped
+// renewing its Lease (or whose Node is NotReady) is not counted at all:
+// its report is the last word of an agent that may be dead. A live node
+// counts as ready when its engine runs, its entry is Ready, and the entry
+// has caught up with generation: an agent still on an older spec is not
+// ready for the current one.
 func aggregateNodes(namespace, name string, generation int64, nodes []hsv1.SessionNode) nodeAggregate {
 	var agg nodeAggregate
 	sorted := append([]hsv1.SessionNode(nil), nodes...)
@@ -72,9 +79,11 @@ func aggregateNodes(namespace, name string, generation int64, nodes []hsv1.Sessi
 		if entry == nil {
 			continue
 		}
+		if why := notServing(node); why != "" {
+			agg.NotServing = append(agg.NotServing, node.Name+": "+why)
+			continue
+		}
 		agg.Selected++
-		agg.Apps += entry.Apps
-		agg.Sessions += entry.Sessions
 		if why := nodeNotReady(node, entry, generation); why != "" {
 			agg.NotReady = append(agg.NotReady, node.Name+": "+why)
 			continue
@@ -82,6 +91,20 @@ func aggregateNodes(namespace, name string, generation int64, nodes []hsv1.Sessi
 		agg.Ready++
 	}
 	return agg
+}
+
+// notServing says why the manager does not count a SessionNode as live,
+// or "". Until the liveness controller has judged a node, it is not live:
+// Ready must never run ahead of what is known.
+func notServing(node *hsv1.SessionNode) string {
+	c := meta.FindStatusCondition(node.Status.Conditions, hsv1.ConditionServing)
+	switch {
+	case c == nil:
+		return "liveness not yet known"
+	case c.Status != metav1.ConditionTrue:
+		return c.Reason
+	}
+	return ""
 }
 
 func findEntry(entries []hsv1.AppNamespaceNodeStatus, namespace, name string) *hsv1.AppNamespaceNodeStatus {

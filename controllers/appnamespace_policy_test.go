@@ -59,23 +59,35 @@ func TestValidateAppNamespace(t *testing.T) {
 	}
 }
 
-// node builds a SessionNode with an engine state and entries.
+// node builds a live SessionNode with an engine state and entries.
 func node(name string, engine hsv1.EngineState, entries ...hsv1.AppNamespaceNodeStatus) hsv1.SessionNode {
 	n := hsv1.SessionNode{}
 	n.Name = name
 	n.Status.Engine.State = engine
 	n.Status.AppNamespaces = entries
+	n.Status.Conditions = []metav1.Condition{{Type: hsv1.ConditionServing, Status: metav1.ConditionTrue, Reason: hsv1.ReasonLeaseRenewed}}
 	return n
 }
 
-func entry(ns, name string, gen int64, state hsv1.AppNamespaceState, apps int32, sessions int64) hsv1.AppNamespaceNodeStatus {
-	return hsv1.AppNamespaceNodeStatus{Namespace: ns, Name: name, ObservedGeneration: gen, State: state, Apps: apps, Sessions: sessions}
+// dead is node with the manager's verdict that it is not serving (reason),
+// or with no verdict yet (reason "").
+func dead(name, reason string, entries ...hsv1.AppNamespaceNodeStatus) hsv1.SessionNode {
+	n := node(name, hsv1.EngineRunning, entries...)
+	n.Status.Conditions = nil
+	if reason != "" {
+		n.Status.Conditions = []metav1.Condition{{Type: hsv1.ConditionServing, Status: metav1.ConditionFalse, Reason: reason}}
+	}
+	return n
+}
+
+func entry(ns, name string, gen int64, state hsv1.AppNamespaceState) hsv1.AppNamespaceNodeStatus {
+	return hsv1.AppNamespaceNodeStatus{Namespace: ns, Name: name, ObservedGeneration: gen, State: state}
 }
 
 func TestAggregateNodes(t *testing.T) {
 	const gen = 4
-	ready := func(apps int32, sessions int64) hsv1.AppNamespaceNodeStatus {
-		return entry("team", "demo", gen, hsv1.AppNamespaceReady, apps, sessions)
+	ready := func() hsv1.AppNamespaceNodeStatus {
+		return entry("team", "demo", gen, hsv1.AppNamespaceReady)
 	}
 	tests := []struct {
 		name  string
@@ -84,26 +96,36 @@ func TestAggregateNodes(t *testing.T) {
 	}{
 		{"no nodes", nil, nodeAggregate{}},
 		{"nodes that do not serve it", []hsv1.SessionNode{
-			node("n1", hsv1.EngineRunning, entry("team", "other", gen, hsv1.AppNamespaceReady, 1, 1)),
-			node("n2", hsv1.EngineRunning, entry("other-team", "demo", gen, hsv1.AppNamespaceReady, 1, 1)),
+			node("n1", hsv1.EngineRunning, entry("team", "other", gen, hsv1.AppNamespaceReady)),
+			node("n2", hsv1.EngineRunning, entry("other-team", "demo", gen, hsv1.AppNamespaceReady)),
 		}, nodeAggregate{}},
 		{"two ready nodes sum", []hsv1.SessionNode{
-			node("n1", hsv1.EngineRunning, ready(2, 10)),
-			node("n2", hsv1.EngineDegraded, ready(3, 5), entry("team", "other", gen, hsv1.AppNamespaceReady, 7, 7)),
-		}, nodeAggregate{Selected: 2, Ready: 2, Apps: 5, Sessions: 15}},
+			node("n1", hsv1.EngineRunning, ready()),
+			node("n2", hsv1.EngineDegraded, ready(), entry("team", "other", gen, hsv1.AppNamespaceReady)),
+		}, nodeAggregate{Selected: 2, Ready: 2}},
 		{"not ready for every reason, sorted by node", []hsv1.SessionNode{
-			node("n5", hsv1.EngineRunning, entry("team", "demo", gen-1, hsv1.AppNamespaceReady, 1, 1)),
-			node("n4", hsv1.EngineRunning, entry("team", "demo", gen, hsv1.AppNamespaceFailed, 0, 0)),
-			node("n3", hsv1.EngineRunning, entry("team", "demo", gen, hsv1.AppNamespacePending, 0, 0)),
-			node("n2", "", ready(0, 0)),
-			node("n1", hsv1.EngineStopped, ready(1, 2)),
-			node("n0", hsv1.EngineRunning, ready(1, 1)),
-		}, nodeAggregate{Selected: 6, Ready: 1, Apps: 3, Sessions: 4, NotReady: []string{
+			node("n5", hsv1.EngineRunning, entry("team", "demo", gen-1, hsv1.AppNamespaceReady)),
+			node("n4", hsv1.EngineRunning, entry("team", "demo", gen, hsv1.AppNamespaceFailed)),
+			node("n3", hsv1.EngineRunning, entry("team", "demo", gen, hsv1.AppNamespacePending)),
+			node("n2", "", ready()),
+			node("n1", hsv1.EngineStopped, ready()),
+			node("n0", hsv1.EngineRunning, ready()),
+		}, nodeAggregate{Selected: 6, Ready: 1, NotReady: []string{
 			"n1: engine Stopped",
 			"n2: engine state not reported",
 			"n3: Pending",
 			"n4: Failed",
 			"n5: applied generation 3, want 4",
+		}}},
+		{"nodes not serving are not counted", []hsv1.SessionNode{
+			dead("n3", "", ready()),
+			dead("n2", hsv1.ReasonNodeNotReady, ready()),
+			dead("n1", hsv1.ReasonLeaseExpired, ready()),
+			node("n0", hsv1.EngineRunning, ready()),
+		}, nodeAggregate{Selected: 1, Ready: 1, NotServing: []string{
+			"n1: LeaseExpired",
+			"n2: NodeNotReady",
+			"n3: liveness not yet known",
 		}}},
 	}
 	for _, tt := range tests {
@@ -129,8 +151,9 @@ func TestSetAppNamespaceStatus(t *testing.T) {
 		reason  string
 		msg     string
 	}{
-		{"no nodes yet", nil, nodeAggregate{}, "True", hsv1.ReasonNoNodesSelected, "no node serves"},
-		{"all nodes ready", nil, nodeAggregate{Selected: 2, Ready: 2, Apps: 3, Sessions: 4}, "True", hsv1.ReasonNodesReady, "2/2 nodes ready"},
+		{"no nodes yet", nil, nodeAggregate{}, "False", hsv1.ReasonNoNodesSelected, "no live node serves"},
+		{"only dead nodes", nil, nodeAggregate{NotServing: []string{"n1: LeaseExpired"}}, "False", hsv1.ReasonNoNodesSelected, "not serving (not counted): n1: LeaseExpired"},
+		{"all nodes ready", nil, nodeAggregate{Selected: 2, Ready: 2}, "True", hsv1.ReasonNodesReady, "2/2 nodes ready"},
 		{"a node not ready", nil, nodeAggregate{Selected: 2, Ready: 1, NotReady: []string{"n2: Pending"}}, "False", hsv1.ReasonNodesNotReady, "1/2 nodes ready; n2: Pending"},
 		{"long list is cut", nil, many, "False", hsv1.ReasonNodesNotReady, "n4: Pending; and 2 more"},
 		{"invalid spec wins", &specProblem{Reason: hsv1.ReasonInvalidNodeSelector, Message: "bad"}, nodeAggregate{Selected: 1, Ready: 1}, "False", hsv1.ReasonInvalidNodeSelector, "bad"},
@@ -141,8 +164,7 @@ func TestSetAppNamespaceStatus(t *testing.T) {
 			an.Generation = 5
 			setAppNamespaceStatus(an, tt.problem, tt.agg)
 			st := an.Status
-			if st.ObservedGeneration != 5 || st.SelectedNodes != tt.agg.Selected || st.ReadyNodes != tt.agg.Ready ||
-				st.Apps != tt.agg.Apps || st.Sessions != tt.agg.Sessions {
+			if st.ObservedGeneration != 5 || st.SelectedNodes != tt.agg.Selected || st.ReadyNodes != tt.agg.Ready {
 				t.Errorf("counters = %+v, want from %+v", st, tt.agg)
 			}
 			c := findCondition(st.Conditions, hsv1.ConditionReady)

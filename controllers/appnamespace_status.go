@@ -20,14 +20,14 @@ import (
 const maxNotReadyListed = 5
 
 // setAppNamespaceStatus writes the counters and the Valid, NodesReady and
-// Ready conditions. Ready needs a valid spec and every selected node
-// ready; with no node selected yet (no agent runs, or none matches the
-// nodeSelector) there is nothing to wait for, and Ready says so.
+// Ready conditions. Ready needs a valid spec and at least one live node
+// serving the AppNamespace, every live selected node ready: with none,
+// nothing can attach yet, so a script waiting for Ready keeps waiting.
 func setAppNamespaceStatus(an *hsv1.AppNamespace, problem *specProblem, agg nodeAggregate) {
 	st := &an.Status
 	gen := an.Generation
 	st.ObservedGeneration = gen
-	st.SelectedNodes, st.ReadyNodes, st.Apps, st.Sessions = agg.Selected, agg.Ready, agg.Apps, agg.Sessions
+	st.SelectedNodes, st.ReadyNodes = agg.Selected, agg.Ready
 
 	set := func(t string, ok bool, reason, msg string) {
 		s := metav1.ConditionFalse
@@ -58,18 +58,26 @@ func setAppNamespaceStatus(an *hsv1.AppNamespace, problem *specProblem, agg node
 }
 
 func nodesCondition(agg nodeAggregate) (ok bool, reason, msg string) {
+	gone := ""
+	if len(agg.NotServing) > 0 {
+		gone = "; not serving (not counted): " + listed(agg.NotServing)
+	}
 	switch {
 	case agg.Selected == 0:
-		return true, hsv1.ReasonNoNodesSelected, "no node serves this AppNamespace yet; apps can attach once an agent on a selected node reports it"
+		return false, hsv1.ReasonNoNodesSelected, "no live node serves this AppNamespace; apps can attach once an agent on a selected node reports it" + gone
 	case agg.Ready == agg.Selected:
-		return true, hsv1.ReasonNodesReady, fmt.Sprintf("%d/%d nodes ready", agg.Ready, agg.Selected)
-	}
-	listed := agg.NotReady
-	more := ""
-	if len(listed) > maxNotReadyListed {
-		more = fmt.Sprintf("; and %d more", len(listed)-maxNotReadyListed)
-		listed = listed[:maxNotReadyListed]
+		return true, hsv1.ReasonNodesReady, fmt.Sprintf("%d/%d nodes ready%s", agg.Ready, agg.Selected, gone)
 	}
 	return false, hsv1.ReasonNodesNotReady,
-		fmt.Sprintf("%d/%d nodes ready; %s%s", agg.Ready, agg.Selected, strings.Join(listed, "; "), more)
+		fmt.Sprintf("%d/%d nodes ready; %s%s", agg.Ready, agg.Selected, listed(agg.NotReady), gone)
+}
+
+// listed joins at most maxNotReadyListed node descriptions.
+func listed(nodes []string) string {
+	more := ""
+	if len(nodes) > maxNotReadyListed {
+		more = fmt.Sprintf("; and %d more", len(nodes)-maxNotReadyListed)
+		nodes = nodes[:maxNotReadyListed]
+	}
+	return strings.Join(nodes, "; ") + more
 }

@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	hsv1 "github.com/hoststack/hoststack/api/v1alpha1"
 )
@@ -31,6 +32,10 @@ import (
 // references and reports the certificate's facts and usability.
 type CertKeyPairReconciler struct {
 	client.Client
+	// Secrets watches the Secrets CertKeyPairs name (and only those).
+	Secrets *NamedSecrets
+	// publish copies the material to the agent namespace.
+	publish *publisher
 	// Now is the clock; tests replace it.
 	Now func() time.Time
 }
@@ -39,14 +44,20 @@ type CertKeyPairReconciler struct {
 // +kubebuilder:rbac:groups=hoststack.dev,resources=certkeypairs/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
 
-// Reconcile evaluates one CertKeyPair and patches its status once.
+// Reconcile evaluates one CertKeyPair, publishes its material for the
+// agents and patches its status once.
 func (r *CertKeyPairReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Result, retErr error) {
+	referrer := "CertKeyPair/" + req.String()
 	pair := &hsv1.CertKeyPair{}
 	if err := r.Get(ctx, req.NamespacedName, pair); err != nil {
-		if apierrors.IsNotFound(err) {
-			certNotAfter.DeleteLabelValues(req.Namespace, req.Name)
+		if !apierrors.IsNotFound(err) {
+			return ctrl.Result{}, err
 		}
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+		certNotAfter.DeleteLabelValues(req.String())
+		if err := r.Secrets.Want(ctx, referrer, client.ObjectKey{}); err != nil {
+			return ctrl.Result{}, err
+		}
+		return ctrl.Result{}, r.publish.publish(ctx, "CertKeyPair", req.Namespace, req.Name, client.ObjectKey{}, nil)
 	}
 	before := pair.DeepCopy()
 	defer func() {
@@ -55,37 +66,52 @@ func (r *CertKeyPairReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		}
 	}()
 
-	v, err := r.evaluate(ctx, pair)
+	key := types.NamespacedName{Namespace: pair.Namespace, Name: pair.Spec.SecretRef.Name}
+	if err := r.Secrets.Want(ctx, referrer, key); err != nil {
+		return ctrl.Result{}, err
+	}
+	secret, err := r.Secrets.Get(key)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	v := r.evaluate(pair, secret)
+	// The agents get the material whenever the Secret is a TLS Secret:
+	// they judge it again and report what they refuse on their node.
+	var data map[string][]byte
+	if secret != nil && secret.Type == corev1.SecretTypeTLS {
+		data = map[string][]byte{}
+		for _, k := range []string{corev1.TLSCertKey, corev1.TLSPrivateKeyKey, "ca.crt"} {
+			if b, ok := secret.Data[k]; ok {
+				data[k] = b
+			}
+		}
+	}
 	setKeyPairStatus(pair, v)
 	if v.Leaf != nil {
-		certNotAfter.WithLabelValues(pair.Namespace, pair.Name).Set(float64(v.NotAfter.Unix()))
+		certNotAfter.WithLabelValues(pair.Namespace + "/" + pair.Name).Set(float64(v.NotAfter.Unix()))
 	} else {
-		certNotAfter.DeleteLabelValues(pair.Namespace, pair.Name)
+		certNotAfter.DeleteLabelValues(pair.Namespace + "/" + pair.Name)
+	}
+	// After the status: an agent namespace that does not exist (yet)
+	// costs the status nothing; the error retries it.
+	if err := r.publish.publish(ctx, "CertKeyPair", pair.Namespace, pair.Name, key, data); err != nil {
+		return ctrl.Result{}, err
 	}
 	return ctrl.Result{RequeueAfter: nextValidityChange(v, r.now())}, nil
 }
 
-// evaluate loads the Secret and judges it.
-func (r *CertKeyPairReconciler) evaluate(ctx context.Context, pair *hsv1.CertKeyPair) (keyPairVerdict, error) {
-	secret := &corev1.Secret{}
-	key := types.NamespacedName{Namespace: pair.Namespace, Name: pair.Spec.SecretRef.Name}
-	if err := r.Get(ctx, key, secret); err != nil {
-		if apierrors.IsNotFound(err) {
-			// The manager caches only kubernetes.io/tls Secrets, so a
-			// Secret of another type is "not found" here too.
-			return keyPairVerdict{Reason: hsv1.ReasonSecretNotFound,
-				Message: fmt.Sprintf("no Secret %q of type %s in namespace %q", key.Name, corev1.SecretTypeTLS, key.Namespace)}, nil
-		}
-		return keyPairVerdict{}, fmt.Errorf("get Secret %s: %w", key, err)
+// evaluate judges the Secret (nil: it does not exist).
+func (r *CertKeyPairReconciler) evaluate(pair *hsv1.CertKeyPair, secret *corev1.Secret) keyPairVerdict {
+	name := pair.Spec.SecretRef.Name
+	if secret == nil {
+		return keyPairVerdict{Reason: hsv1.ReasonSecretNotFound,
+			Message: fmt.Sprintf("no Secret %q of type %s in namespace %q", name, corev1.SecretTypeTLS, pair.Namespace)}
 	}
 	if secret.Type != corev1.SecretTypeTLS {
 		return keyPairVerdict{Reason: hsv1.ReasonInvalidSecretType,
-			Message: fmt.Sprintf("Secret %q has type %q, want %s", key.Name, secret.Type, corev1.SecretTypeTLS)}, nil
+			Message: fmt.Sprintf("Secret %q has type %q, want %s", name, secret.Type, corev1.SecretTypeTLS)}
 	}
-	return evaluateKeyPair(secret.Data[corev1.TLSCertKey], secret.Data[corev1.TLSPrivateKeyKey], r.now()), nil
+	return evaluateKeyPair(secret.Data[corev1.TLSCertKey], secret.Data[corev1.TLSPrivateKeyKey], r.now())
 }
 
 func (r *CertKeyPairReconciler) now() time.Time {
@@ -114,7 +140,10 @@ func (r *CertKeyPairReconciler) SetupWithManager(mgr ctrl.Manager, opts controll
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("certkeypair").
 		For(&hsv1.CertKeyPair{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.pairsForSecret)).
+		// The Secrets CertKeyPairs name, from their own watches.
+		WatchesRawSource(source.Channel(r.Secrets.Subscribe(), handler.EnqueueRequestsFromMapFunc(r.pairsForSecret))).
+		// The published copies (the only Secrets in the manager's cache).
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(publishedFor("CertKeyPair"))).
 		WithOptions(opts).
 		Complete(r)
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -55,7 +56,7 @@ func exportedNotAfter(t *testing.T, ns, name string) (float64, bool) {
 			for _, l := range m.GetLabel() {
 				labels[l.GetName()] = l.GetValue()
 			}
-			if labels["namespace"] == ns && labels["name"] == name {
+			if labels["certkeypair"] == ns+"/"+name {
 				return m.GetGauge().GetValue(), true
 			}
 		}
@@ -160,8 +161,14 @@ func TestCertKeyPairController(t *testing.T) {
 			Spec:       hsv1.CertKeyPairSpec{SecretRef: hsv1.SecretReference{Name: "opaque"}},
 		}
 		g.Expect(k8s.Create(ctx, ref)).To(gomega.Succeed())
-		c := wantCondition(g, ref, hsv1.ConditionReady, metav1.ConditionFalse, hsv1.ReasonSecretNotFound)
-		g.Expect(c.Message).To(gomega.ContainSubstring("of type kubernetes.io/tls"))
+		// The manager watches the Secrets CertKeyPairs name, whatever
+		// their type, so it can say what is wrong.
+		c := wantCondition(g, ref, hsv1.ConditionReady, metav1.ConditionFalse, hsv1.ReasonInvalidSecretType)
+		g.Expect(c.Message).To(gomega.ContainSubstring(`has type "Opaque", want kubernetes.io/tls`))
+		// Nothing is published for the agents.
+		g.Consistently(func() bool {
+			return apierrors.IsNotFound(k8s.Get(ctx, publishedKey("CertKeyPair", ns, "opaque-ref"), &corev1.Secret{}))
+		}).WithTimeout(time.Second).Should(gomega.BeTrue())
 	})
 
 	t.Run("secretRef changed", func(t *testing.T) {
@@ -175,9 +182,25 @@ func TestCertKeyPairController(t *testing.T) {
 		g.Expect(pair.Status.FingerprintSHA256).To(gomega.Equal(fingerprintSHA256(other.cert)))
 	})
 
+	t.Run("material published for the agents", func(t *testing.T) {
+		g := newG(t)
+		g.Eventually(func(g gomega.Gomega) {
+			var s corev1.Secret
+			g.Expect(k8s.Get(ctx, publishedKey("CertKeyPair", ns, "web"), &s)).To(gomega.Succeed())
+			g.Expect(s.Labels).To(gomega.HaveKeyWithValue(hsv1.LabelPublished, "true"))
+			g.Expect(s.Annotations).To(gomega.HaveKeyWithValue(hsv1.AnnotationPublishedFor, "CertKeyPair/"+ns+"/web"))
+			g.Expect(s.Annotations).To(gomega.HaveKeyWithValue(hsv1.AnnotationPublishedFrom, ns+"/web-tls-2"))
+			g.Expect(s.Data).To(gomega.HaveKeyWithValue(corev1.TLSCertKey, other.certPEM))
+			g.Expect(s.Data).To(gomega.HaveKeyWithValue(corev1.TLSPrivateKeyKey, other.keyPEM))
+		}).Should(gomega.Succeed())
+	})
+
 	t.Run("CertKeyPair deleted", func(t *testing.T) {
 		g := newG(t)
 		g.Expect(k8s.Delete(ctx, pair)).To(gomega.Succeed())
+		g.Eventually(func() bool {
+			return apierrors.IsNotFound(k8s.Get(ctx, publishedKey("CertKeyPair", ns, "web"), &corev1.Secret{}))
+		}).Should(gomega.BeTrue(), "the published copy goes with the CertKeyPair")
 		g.Eventually(func() bool { _, ok := exportedNotAfter(t, ns, "web"); return ok }).Should(gomega.BeFalse())
 	})
 }

@@ -22,6 +22,8 @@ import (
 const (
 	// indexSecretRef: CertKeyPair by spec.secretRef.name.
 	indexSecretRef = "spec.secretRef.name"
+	// indexAppNamespaceSecretRef: AppNamespace by spec.secretRef.name.
+	indexAppNamespaceSecretRef = "appnamespace.spec.secretRef.name"
 	// indexAppNamespaceRef: SessionRule by spec.appNamespaceRef.name.
 	indexAppNamespaceRef = "spec.appNamespaceRef.name"
 	// indexServedAppNamespaces: SessionNode by "namespace/name" of every
@@ -39,6 +41,14 @@ func setupIndexes(ctx context.Context, mgr manager.Manager) error {
 		return []string{o.(*hsv1.CertKeyPair).Spec.SecretRef.Name}
 	}); err != nil {
 		return fmt.Errorf("index CertKeyPair %s: %w", indexSecretRef, err)
+	}
+	if err := idx.IndexField(ctx, &hsv1.AppNamespace{}, indexAppNamespaceSecretRef, func(o client.Object) []string {
+		if ref := o.(*hsv1.AppNamespace).Spec.SecretRef; ref != nil {
+			return []string{ref.Name}
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("index AppNamespace %s: %w", indexAppNamespaceSecretRef, err)
 	}
 	if err := idx.IndexField(ctx, &hsv1.SessionRule{}, indexAppNamespaceRef, func(o client.Object) []string {
 		return []string{o.(*hsv1.SessionRule).Spec.AppNamespaceRef.Name}

@@ -9,41 +9,28 @@ package controllers
 import (
 	"fmt"
 	"path"
-	"sort"
 	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/utils/ptr"
 
+	"github.com/hoststack/hoststack/api/attach"
 	hsv1 "github.com/hoststack/hoststack/api/v1alpha1"
 )
 
-// What the pod webhook injects. The agent's CSI node service publishes the
-// pod's attach socket, SocketFile, in the volume it mounts.
+// What the pod webhook injects: the names of the attach contract
+// (api/attach), shared with the agent and the client.
 const (
-	// InjectAnnotation set to "false" on a pod opts it out of injection.
-	InjectAnnotation = "hoststack.dev/inject"
-	// InjectedAnnotation records the AppNamespace ("namespace/name") the
-	// webhook attached the pod to.
-	InjectedAnnotation = "hoststack.dev/injected"
-	// CSIDriverName is the agent's CSI driver serving attach volumes.
-	CSIDriverName = "csi.hoststack.dev"
-	// CSIAttrAppNamespace is the volume attribute naming the AppNamespace
-	// (in the pod's namespace) the pod attaches to.
-	CSIAttrAppNamespace = "appNamespace"
-	// AttachVolumeName is the name of the injected volume.
-	AttachVolumeName = "hoststack"
-	// AttachMountPath is where the attach volume is mounted in containers.
-	AttachMountPath = "/var/run/hoststack"
-	// SocketFile is the attach socket's name inside the volume.
-	SocketFile = "session.sock"
-	// EnvSocket and EnvAppNamespace are the variables injected into
-	// containers; the client library reads EnvSocket.
-	EnvSocket       = "HOSTSTACK_SOCKET"
-	EnvAppNamespace = "HOSTSTACK_APP_NAMESPACE"
+	InjectAnnotation    = attach.InjectAnnotation
+	InjectedAnnotation  = attach.InjectedAnnotation
+	CSIDriverName       = attach.CSIDriver
+	CSIAttrAppNamespace = attach.VolumeAttrAppNamespace
+	AttachVolumeName    = attach.VolumeName
+	AttachMountPath     = attach.MountPath
+	SocketFile          = attach.SocketFile
+	EnvSocket           = attach.EnvSocket
+	EnvAppNamespace     = attach.EnvAppNamespace
 )
 
 // injection is what injectPod did to a pod.
@@ -172,38 +159,10 @@ func (res *injection) setEnv(c *corev1.Container, name, value string) {
 	res.Changed = true
 }
 
-// selectAppNamespace returns the AppNamespace of candidates whose
-// podSelector selects podLabels — the oldest, name breaking ties — and the
-// names of the others that select it too. AppNamespaces being deleted and
-// those with an invalid selector (their status says so) select nothing.
+// selectAppNamespace is the choice the agent also makes for a socket
+// without the webhook's (hsv1.SelectAppNamespace).
 func selectAppNamespace(podLabels map[string]string, candidates []hsv1.AppNamespace) (*hsv1.AppNamespace, []string) {
-	var matches []*hsv1.AppNamespace
-	for i := range candidates {
-		an := &candidates[i]
-		if an.DeletionTimestamp != nil {
-			continue
-		}
-		sel, err := metav1.LabelSelectorAsSelector(&an.Spec.PodSelector)
-		if err != nil || !sel.Matches(labels.Set(podLabels)) {
-			continue
-		}
-		matches = append(matches, an)
-	}
-	if len(matches) == 0 {
-		return nil, nil
-	}
-	sort.Slice(matches, func(i, j int) bool {
-		ti, tj := matches[i].CreationTimestamp, matches[j].CreationTimestamp
-		if !ti.Equal(&tj) {
-			return ti.Before(&tj)
-		}
-		return matches[i].Name < matches[j].Name
-	})
-	others := make([]string, 0, len(matches)-1)
-	for _, an := range matches[1:] {
-		others = append(others, an.Name)
-	}
-	return matches[0], others
+	return hsv1.SelectAppNamespace(podLabels, candidates)
 }
 
 // attachVolume is the CSI inline volume attaching a pod to AppNamespace

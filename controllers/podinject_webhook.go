@@ -17,8 +17,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	hsv1 "github.com/hoststack/hoststack/api/v1alpha1"
@@ -39,12 +37,18 @@ const PodWebhookPath = "/mutate-v1-pod"
 //     (kubectl diff, --dry-run=server) see the injection too.
 //   - reinvocationPolicy IfNeeded: a webhook that adds a container after us
 //     gets it mounted on the second call (injection is idempotent).
-//   - namespaceSelector: never kube-system, nor a namespace labelled
-//     hoststack.dev/webhook=disabled (an escape hatch for a whole namespace).
+//   - namespaceSelector: opt-in, only namespaces labelled
+//     hoststack.dev/webhook=enabled: pods that nothing could select never
+//     call the manager (and never wait on it). A pod an AppNamespace
+//     selects that was created without injection — namespace not opted
+//     in, webhook down — is reported: an Event on the pod and
+//     status.podsNotInjected of the AppNamespace.
+//   - matchConditions: a pod annotated hoststack.dev/inject=false is not
+//     sent at all.
 //   - timeoutSeconds 5: the handler reads only the cache; a slow answer is
 //     a sick manager, and pods should not wait for it.
 //
-// +kubebuilder:webhook:path=/mutate-v1-pod,mutating=true,failurePolicy=ignore,sideEffects=None,groups="",resources=pods,verbs=create,versions=v1,name=inject.pods.hoststack.dev,admissionReviewVersions=v1,reinvocationPolicy=IfNeeded,timeoutSeconds=5,serviceName=hoststack-webhook,serviceNamespace=hoststack-system,patch=`{"namespaceSelector":{"matchExpressions":[{"key":"kubernetes.io/metadata.name","operator":"NotIn","values":["kube-system"]},{"key":"hoststack.dev/webhook","operator":"NotIn","values":["disabled"]}]}}`
+// +kubebuilder:webhook:path=/mutate-v1-pod,mutating=true,failurePolicy=ignore,sideEffects=None,groups="",resources=pods,verbs=create,versions=v1,name=inject.pods.hoststack.dev,admissionReviewVersions=v1,reinvocationPolicy=IfNeeded,timeoutSeconds=5,serviceName=hoststack-webhook,serviceNamespace=hoststack-system,patch=`{"namespaceSelector":{"matchLabels":{"hoststack.dev/webhook":"enabled"}},"matchConditions":[{"name":"not-opted-out","expression":"!has(object.metadata.annotations) || !('hoststack.dev/inject' in object.metadata.annotations) || object.metadata.annotations['hoststack.dev/inject'] != 'false'"}]}`
 
 // PodInjector is the mutating admission handler that attaches pods to the
 // AppNamespace selecting them (see injectPod). It reads AppNamespaces from
@@ -95,13 +99,4 @@ func podName(p *corev1.Pod) string {
 		return p.Name
 	}
 	return p.GenerateName + "*"
-}
-
-// setupPodWebhook registers the pod injector with mgr's webhook server.
-func setupPodWebhook(mgr manager.Manager, namespaces []string) {
-	mgr.GetWebhookServer().Register(PodWebhookPath, &webhook.Admission{Handler: &PodInjector{
-		Client:     mgr.GetClient(),
-		Decoder:    admission.NewDecoder(mgr.GetScheme()),
-		Namespaces: namespaces,
-	}})
 }

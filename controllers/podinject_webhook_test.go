@@ -13,6 +13,7 @@ import (
 
 	"github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -135,21 +136,48 @@ func TestPodWebhook(t *testing.T) {
 		g.Expect(p.Annotations).To(gomega.HaveKeyWithValue(InjectedAnnotation, ns+"/web"))
 	})
 
-	t.Run("namespace with the webhook disabled", func(t *testing.T) {
+	t.Run("namespace not opted in: not injected, reported", func(t *testing.T) {
 		g := newG(t)
-		off := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "podhook-off-",
-			Labels: map[string]string{"hoststack.dev/webhook": "disabled"}}}
+		off := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "podhook-off-"}}
 		g.Expect(k8s.Create(ctx, off)).To(gomega.Succeed())
-		g.Expect(k8s.Create(ctx, &hsv1.AppNamespace{
+		all := &hsv1.AppNamespace{
 			ObjectMeta: metav1.ObjectMeta{Namespace: off.Name, Name: "all"},
 			Spec:       hsv1.AppNamespaceSpec{PodSelector: metav1.LabelSelector{}},
-		})).To(gomega.Succeed())
+		}
+		g.Expect(k8s.Create(ctx, all)).To(gomega.Succeed())
 		// The reconciler has evaluated it, so the manager's cache holds it.
 		wantCondition(g, &hsv1.AppNamespace{ObjectMeta: metav1.ObjectMeta{Namespace: off.Name, Name: "all"}},
 			hsv1.ConditionValid, metav1.ConditionTrue, hsv1.ReasonValid)
 		p := testPod(off.Name, "p", map[string]string{"app": "web"}, nil)
 		g.Expect(k8s.Create(ctx, p)).To(gomega.Succeed())
 		expectNotInjected(g, p)
+		opted := testPod(off.Name, "opted-out", nil, map[string]string{InjectAnnotation: "false"})
+		g.Expect(k8s.Create(ctx, opted)).To(gomega.Succeed())
+
+		// Reported: a count on the AppNamespace (not the opted-out pod) and
+		// an Event on the pod.
+		g.Eventually(func(g gomega.Gomega) {
+			g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(all), all)).To(gomega.Succeed())
+			g.Expect(all.Status.PodsNotInjected).To(gomega.Equal(int32(1)))
+		}).Should(gomega.Succeed())
+		g.Eventually(func(g gomega.Gomega) {
+			var evs eventsv1.EventList
+			g.Expect(k8s.List(ctx, &evs, client.InNamespace(off.Name))).To(gomega.Succeed())
+			var notes []string
+			for _, e := range evs.Items {
+				if e.Reason == ReasonNotInjected && e.Regarding.Kind == "Pod" && e.Regarding.Name == "p" {
+					notes = append(notes, e.Note)
+				}
+			}
+			g.Expect(notes).To(gomega.ConsistOf(gomega.ContainSubstring(WebhookNamespaceLabel + "=" + WebhookNamespaceEnabled)))
+		}).Should(gomega.Succeed())
+
+		// The pod goes: so does the count.
+		g.Expect(k8s.Delete(ctx, p, client.GracePeriodSeconds(0))).To(gomega.Succeed())
+		g.Eventually(func(g gomega.Gomega) {
+			g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(all), all)).To(gomega.Succeed())
+			g.Expect(all.Status.PodsNotInjected).To(gomega.BeZero())
+		}).Should(gomega.Succeed())
 	})
 }
 

@@ -107,7 +107,8 @@ func TestSetRuleStatus(t *testing.T) {
 	}{
 		{"unresolved", ruleVerdict{}, "False", hsv1.ReasonAppNamespaceNotFound, `AppNamespace "demo" not found`, "", hsv1.ReasonAppNamespaceNotFound},
 		{"conflict", ruleVerdict{appNamespaceFound: true, conflictWith: &old}, "False", hsv1.ReasonConflict, `SessionRule "old"`, "True", hsv1.ReasonAppNamespaceFound},
-		{"accepted", ruleVerdict{appNamespaceFound: true}, "True", hsv1.ReasonAccepted, "accepted", "False", hsv1.ReasonAppNamespaceFound},
+		{"accepted, enforced nowhere", ruleVerdict{appNamespaceFound: true}, "False", hsv1.ReasonNotEnforced, "no live node", "False", hsv1.ReasonAppNamespaceFound},
+		{"accepted and enforced", ruleVerdict{appNamespaceFound: true, enforcing: 3}, "True", hsv1.ReasonEnforced, "enforced by 3 live node(s)", "False", hsv1.ReasonAppNamespaceFound},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -130,6 +131,13 @@ func TestSetRuleStatus(t *testing.T) {
 				t.Errorf("Conflict = %+v, want absent", c)
 			case tt.conflict != "" && (c == nil || c.Status != tt.conflict):
 				t.Errorf("Conflict = %+v, want %s", c, tt.conflict)
+			}
+			acc := findCondition(r.Status.Conditions, hsv1.ConditionAccepted)
+			if wantAcc := tt.resolvedWhy == hsv1.ReasonAppNamespaceFound && tt.conflict == "False"; acc == nil || (acc.Status == "True") != wantAcc {
+				t.Errorf("Accepted = %+v, want True: %v", acc, wantAcc)
+			}
+			if r.Status.EnforcingNodes != tt.v.enforcing && acc != nil && acc.Status == "True" {
+				t.Errorf("enforcingNodes = %d, want %d", r.Status.EnforcingNodes, tt.v.enforcing)
 			}
 			if res := findCondition(r.Status.Conditions, hsv1.ConditionResolved); res == nil || res.Reason != tt.resolvedWhy {
 				t.Errorf("Resolved = %+v, want reason %s", res, tt.resolvedWhy)

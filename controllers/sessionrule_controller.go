@@ -33,6 +33,7 @@ type SessionRuleReconciler struct {
 // +kubebuilder:rbac:groups=hoststack.dev,resources=sessionrules,verbs=get;list;watch
 // +kubebuilder:rbac:groups=hoststack.dev,resources=sessionrules/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=hoststack.dev,resources=appnamespaces,verbs=get;list;watch
+// +kubebuilder:rbac:groups=hoststack.dev,resources=sessionnodes,verbs=get;list;watch
 
 // Reconcile evaluates one SessionRule and patches its status once.
 func (r *SessionRuleReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Result, retErr error) {
@@ -58,11 +59,13 @@ func (r *SessionRuleReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	return ctrl.Result{}, nil
 }
 
-// evaluate resolves the reference, then looks for an older rule with the
-// same match among the rules of the same AppNamespace.
+// evaluate resolves the reference, looks for an older rule with the
+// same match among the rules of the same AppNamespace and, for an accepted
+// rule, counts the live nodes that enforce it.
 func (r *SessionRuleReconciler) evaluate(ctx context.Context, rule *hsv1.SessionRule) (ruleVerdict, error) {
 	key := types.NamespacedName{Namespace: rule.Namespace, Name: rule.Spec.AppNamespaceRef.Name}
-	if err := r.Get(ctx, key, &hsv1.AppNamespace{}); err != nil {
+	an := &hsv1.AppNamespace{}
+	if err := r.Get(ctx, key, an); err != nil {
 		if apierrors.IsNotFound(err) {
 			return ruleVerdict{}, nil
 		}
@@ -72,7 +75,23 @@ func (r *SessionRuleReconciler) evaluate(ctx context.Context, rule *hsv1.Session
 	if err != nil {
 		return ruleVerdict{}, err
 	}
-	return ruleVerdict{appNamespaceFound: true, conflictWith: findConflict(rule, peers)}, nil
+	v := ruleVerdict{appNamespaceFound: true, conflictWith: findConflict(rule, peers)}
+	if v.conflictWith != nil {
+		return v, nil
+	}
+	accepted := 0
+	for i := range peers {
+		if peers[i].DeletionTimestamp == nil && findConflict(&peers[i], peers) == nil {
+			accepted++
+		}
+	}
+	var nodes hsv1.SessionNodeList
+	if err := r.List(ctx, &nodes, client.MatchingFields{
+		indexServedAppNamespaces: appNamespaceKey(an.Namespace, an.Name)}); err != nil {
+		return ruleVerdict{}, fmt.Errorf("list SessionNodes serving %s: %w", key, err)
+	}
+	v.enforcing = enforcingNodes(an.Namespace, an.Name, an.Generation, accepted, nodes.Items)
+	return v, nil
 }
 
 // rulesOf lists the rules that reference one AppNamespace.
@@ -100,6 +119,9 @@ func (r *SessionRuleReconciler) SetupWithManager(mgr ctrl.Manager, opts controll
 		// rules that reference it.
 		Watches(&hsv1.AppNamespace{}, handler.EnqueueRequestsFromMapFunc(r.rulesOfAppNamespace),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		// A node starting, stopping or catching up changes how many nodes
+		// enforce the rules of the AppNamespaces it serves.
+		Watches(&hsv1.SessionNode{}, handler.EnqueueRequestsFromMapFunc(r.rulesOfNode)).
 		WithOptions(opts).
 		Complete(r)
 }
@@ -118,6 +140,14 @@ func (r *SessionRuleReconciler) peersOfRule(ctx context.Context, o client.Object
 
 func (r *SessionRuleReconciler) rulesOfAppNamespace(ctx context.Context, o client.Object) []reconcile.Request {
 	return r.requestsFor(ctx, o.GetNamespace(), o.GetName())
+}
+
+func (r *SessionRuleReconciler) rulesOfNode(ctx context.Context, o client.Object) []reconcile.Request {
+	var reqs []reconcile.Request
+	for _, e := range o.(*hsv1.SessionNode).Status.AppNamespaces {
+		reqs = append(reqs, r.requestsFor(ctx, e.Namespace, e.Name)...)
+	}
+	return reqs
 }
 
 func (r *SessionRuleReconciler) requestsFor(ctx context.Context, namespace, appNamespace string) []reconcile.Request {

@@ -55,9 +55,41 @@ func TestSessionRuleController(t *testing.T) {
 	t.Run("AppNamespace created", func(t *testing.T) {
 		g := newG(t)
 		g.Expect(k8s.Create(ctx, demo)).To(gomega.Succeed())
-		wantCondition(g, older, hsv1.ConditionReady, metav1.ConditionTrue, hsv1.ReasonAccepted)
+		wantCondition(g, older, hsv1.ConditionAccepted, metav1.ConditionTrue, hsv1.ReasonAccepted)
 		wantCondition(g, older, hsv1.ConditionResolved, metav1.ConditionTrue, hsv1.ReasonAppNamespaceFound)
 		wantCondition(g, older, hsv1.ConditionConflict, metav1.ConditionFalse, hsv1.ReasonNoConflict)
+		// Accepted is not enforced: no node serves demo yet.
+		c := wantCondition(g, older, hsv1.ConditionReady, metav1.ConditionFalse, hsv1.ReasonNotEnforced)
+		g.Expect(c.Message).To(gomega.ContainSubstring("no live node"))
+		g.Expect(older.Status.EnforcingNodes).To(gomega.BeZero())
+	})
+
+	t.Run("enforced by the live nodes that applied it", func(t *testing.T) {
+		g := newG(t)
+		n1, n2 := ns+"-n1", ns+"-n2"
+		withRules := func(rules int32) hsv1.AppNamespaceNodeStatus {
+			e := entry(ns, "demo", 1, hsv1.AppNamespaceReady)
+			e.Rules = rules
+			return e
+		}
+		report(t, n1, hsv1.EngineRunning, withRules(1))
+		report(t, n2, hsv1.EngineRunning, withRules(0)) // not caught up
+		c := wantCondition(g, older, hsv1.ConditionReady, metav1.ConditionTrue, hsv1.ReasonEnforced)
+		g.Expect(c.Message).To(gomega.ContainSubstring("enforced by 1 live node"))
+		g.Expect(older.Status.EnforcingNodes).To(gomega.BeEquivalentTo(1))
+		report(t, n2, hsv1.EngineRunning, withRules(1))
+		g.Eventually(func(g gomega.Gomega) {
+			g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(older), older)).To(gomega.Succeed())
+			g.Expect(older.Status.EnforcingNodes).To(gomega.BeEquivalentTo(2))
+		}).Should(gomega.Succeed())
+		// A node whose agent stops renewing its Lease enforces nothing.
+		expireLease(t, n1)
+		expireLease(t, n2)
+		wantCondition(g, older, hsv1.ConditionReady, metav1.ConditionFalse, hsv1.ReasonNotEnforced)
+		g.Expect(older.Status.EnforcingNodes).To(gomega.BeZero())
+		for _, n := range []string{n1, n2} {
+			g.Expect(k8s.Delete(ctx, &hsv1.SessionNode{ObjectMeta: metav1.ObjectMeta{Name: n}})).To(gomega.Succeed())
+		}
 	})
 
 	t.Run("newer rule with the same match conflicts", func(t *testing.T) {
@@ -67,15 +99,15 @@ func TestSessionRuleController(t *testing.T) {
 		c := wantCondition(g, newer, hsv1.ConditionReady, metav1.ConditionFalse, hsv1.ReasonConflict)
 		g.Expect(c.Message).To(gomega.ContainSubstring(`SessionRule "r1-older"`))
 		wantCondition(g, newer, hsv1.ConditionConflict, metav1.ConditionTrue, hsv1.ReasonConflict)
-		wantCondition(g, distinct, hsv1.ConditionReady, metav1.ConditionTrue, hsv1.ReasonAccepted)
+		wantCondition(g, distinct, hsv1.ConditionAccepted, metav1.ConditionTrue, hsv1.ReasonAccepted)
 		// The older rule keeps its place.
-		wantCondition(g, older, hsv1.ConditionReady, metav1.ConditionTrue, hsv1.ReasonAccepted)
+		wantCondition(g, older, hsv1.ConditionAccepted, metav1.ConditionTrue, hsv1.ReasonAccepted)
 	})
 
 	t.Run("deleting the older rule hands the match to the newer", func(t *testing.T) {
 		g := newG(t)
 		g.Expect(k8s.Delete(ctx, older)).To(gomega.Succeed())
-		wantCondition(g, newer, hsv1.ConditionReady, metav1.ConditionTrue, hsv1.ReasonAccepted)
+		wantCondition(g, newer, hsv1.ConditionAccepted, metav1.ConditionTrue, hsv1.ReasonAccepted)
 		wantCondition(g, newer, hsv1.ConditionConflict, metav1.ConditionFalse, hsv1.ReasonNoConflict)
 	})
 
@@ -95,7 +127,7 @@ func TestSessionRuleController(t *testing.T) {
 		newer.Spec.AppNamespaceRef.Name = "elsewhere"
 		g.Expect(k8s.Update(ctx, newer)).To(gomega.Succeed())
 		wantCondition(g, newer, hsv1.ConditionReady, metav1.ConditionFalse, hsv1.ReasonAppNamespaceNotFound)
-		wantCondition(g, distinct, hsv1.ConditionReady, metav1.ConditionTrue, hsv1.ReasonAccepted)
+		wantCondition(g, distinct, hsv1.ConditionAccepted, metav1.ConditionTrue, hsv1.ReasonAccepted)
 	})
 
 	t.Run("deleting the AppNamespace unresolves its rules", func(t *testing.T) {

@@ -28,6 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	hsv1 "github.com/hoststack/hoststack/api/v1alpha1"
+	"github.com/hoststack/hoststack/internal/serviceaccount"
 	"github.com/hoststack/hoststack/internal/testreq"
 )
 
@@ -88,23 +89,30 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "FAIL: client:", err)
 		return 1
 	}
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+	// The manager runs as its service account, under the RBAC of
+	// config/rbac: a permission a reconciler needs and the role lacks
+	// fails the tests.
+	if err := serviceaccount.Install(context.Background(), k8s, []string{filepath.Join("..", "config", "rbac")}); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL: install config/rbac:", err)
+		return 1
+	}
+	mgr, err := ctrl.NewManager(serviceaccount.Impersonate(cfg, serviceaccount.Manager, ""), ctrl.Options{
 		Scheme:                 scheme,
-		Cache:                  CacheOptions(),
+		Cache:                  CacheOptions(DefaultAgentNamespace),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
-		WebhookServer: webhook.NewServer(webhook.Options{
-			Host:    testEnv.WebhookInstallOptions.LocalServingHost,
-			Port:    testEnv.WebhookInstallOptions.LocalServingPort,
-			CertDir: testEnv.WebhookInstallOptions.LocalServingCertDir,
-		}),
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL: manager:", err)
 		return 1
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := Setup(ctx, mgr, Options{MaxConcurrentReconciles: 2, PodWebhook: true}); err != nil {
+	if err := Setup(ctx, mgr, Options{MaxConcurrentReconciles: 2,
+		PodWebhook: webhook.NewServer(webhook.Options{
+			Host:    testEnv.WebhookInstallOptions.LocalServingHost,
+			Port:    testEnv.WebhookInstallOptions.LocalServingPort,
+			CertDir: testEnv.WebhookInstallOptions.LocalServingCertDir,
+		})}); err != nil {
 		cancel()
 		fmt.Fprintln(os.Stderr, "FAIL: setup:", err)
 		return 1
@@ -121,6 +129,12 @@ func runSuite(m *testing.M) int {
 	cancel()
 	wg.Wait() // the manager must be gone before its API server stops
 	return code
+}
+
+// publishedKey is where the manager publishes the material of
+// kind namespace/name for the agents.
+func publishedKey(kind, namespace, name string) client.ObjectKey {
+	return client.ObjectKey{Namespace: DefaultAgentNamespace, Name: hsv1.PublishedSecretName(kind, namespace, name)}
 }
 
 // needAPIServer skips (or fails, in CI) a test that needs the API server.
@@ -140,12 +154,14 @@ func newG(t *testing.T) *gomega.WithT {
 	return g
 }
 
-// testNamespace creates a namespace for one test. Nothing deletes its
-// contents (envtest runs no namespace controller), so tests use their
-// own namespace and never see each other's objects.
+// testNamespace creates a namespace for one test, opted in to the pod
+// webhook. Nothing deletes its contents (envtest runs no namespace
+// controller), so tests use their own namespace and never see each
+// other's objects.
 func testNamespace(t *testing.T, prefix string) string {
 	t.Helper()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-"}}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-",
+		Labels: map[string]string{WebhookNamespaceLabel: WebhookNamespaceEnabled}}}
 	if err := k8s.Create(context.Background(), ns); err != nil {
 		t.Fatalf("create namespace: %v", err)
 	}

@@ -29,14 +29,14 @@ import (
 // (the source of truth, shared by every replica), written to the server's
 // certificate directory (controller-runtime's certificate watcher reloads
 // them) and published as the caBundle of the MutatingWebhookConfiguration.
-// Ensure runs once before the manager starts (the webhook server needs the
-// files to start); as a manager runnable it re-checks every CheckInterval
-// on every replica, not only the leader, since each serves webhooks.
+// WebhookServing calls Ensure until it succeeds before it starts the
+// webhook server (which needs the files), then every CheckInterval on
+// every replica, not only the leader, since each serves webhooks.
 // Replicas race on the Secret through optimistic concurrency: the loser
 // re-reads and adopts the winner's certificates.
 type WebhookCerts struct {
-	// Client must read from the API server, not a cache: Ensure runs
-	// before the manager's cache starts.
+	// Client must read from the API server, not a cache: the manager
+	// caches only the Secrets CertKeyPairs may name.
 	Client client.Client
 	// SecretName and SecretNamespace name the Secret holding the
 	// certificates (the manager's namespace).
@@ -52,8 +52,8 @@ type WebhookCerts struct {
 	WebhookConfigName string
 	// CertDir is the webhook server's certificate directory.
 	CertDir string
-	// CheckInterval between checks when running as a runnable; 0 means
-	// 10 minutes.
+	// CheckInterval between checks once the webhook serves; 0 means 10
+	// minutes.
 	CheckInterval time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -62,31 +62,6 @@ type WebhookCerts struct {
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=create,namespace=hoststack-system
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;update,resourceNames=hoststack-webhook-cert,namespace=hoststack-system
 // +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations,verbs=get;patch,resourceNames=hoststack-pod-injector
-
-// NeedLeaderElection is false: every replica serves webhooks.
-func (w *WebhookCerts) NeedLeaderElection() bool { return false }
-
-// Start re-checks the certificates every CheckInterval until ctx ends.
-// Errors are logged and retried at the next check.
-func (w *WebhookCerts) Start(ctx context.Context) error {
-	interval := w.CheckInterval
-	if interval <= 0 {
-		interval = 10 * time.Minute
-	}
-	log := logf.FromContext(ctx).WithName("webhook-certs")
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			if err := w.Ensure(ctx); err != nil {
-				log.Error(err, "webhook certificates")
-			}
-		}
-	}
-}
 
 // Ensure makes the Secret hold a valid CA and serving certificate
 // (regenerating what is missing, invalid or near its end), writes them to

@@ -9,8 +9,9 @@ import (
 // writeFileAtomic writes data to path through a temporary file in the same
 // directory (a dot-name without the target's extension, so a directory
 // scanner such as the runtime's never picks it up half written), fsynced
-// and renamed over path; the directory is fsynced after the rename.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+// and renamed over path; the directory is fsynced after the rename. When
+// check is set, it runs just before the rename, and its error cancels it.
+func writeFileAtomic(path string, data []byte, perm os.FileMode, check func() error) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, ".hoststack-tmp-*")
 	if err != nil {
@@ -35,6 +36,11 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("close %s: %w", tmp, err)
+	}
+	if check != nil {
+		if err := check(); err != nil {
+			return err
+		}
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("rename %s to %s: %w", tmp, path, err)

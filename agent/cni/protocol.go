@@ -2,14 +2,18 @@
 // a server on a unix socket that learns, per CNI attachment, which pod it
 // belongs to, its network namespace, interfaces and IPs; a persisted
 // registry of those attachments with a read API (Lookup, Subscribe) for the
-// rest of the agent; and Install/Uninstall of the plugin binary and of its
-// entry in the node's primary CNI conflist.
+// rest of the agent; Install/Uninstall of the plugin binary and of its
+// entry in the node's primary CNI conflist (Primary picks that file as the
+// runtime does); and a Keeper that keeps the entry there.
 //
 // Protocol (version 1): HTTP/1.1 over the unix socket, JSON bodies. The
-// plugin POSTs a Request to /v1/add, /v1/del, /v1/check or /v1/gc, and GETs
-// /v1/status. Success is 200 with an empty JSON object; failure is a non-2xx
-// status with an ErrorBody carrying a CNI error code, which the plugin
-// returns to the runtime unchanged.
+// plugin POSTs a Request to /v1/add, /v1/del, /v1/check or /v1/gc. Success
+// is 200 with an empty JSON object; failure is a non-2xx status with an
+// ErrorBody carrying a CNI error code. ADDs and DELs the agent does not
+// take are queued as files in the pending directory (PendingFileName),
+// which the agent applies in the order they were queued. GET /v1/status
+// tells whether the agent has applied its configuration (diagnostics; the
+// plugin's STATUS does not ask it).
 package cni
 
 import (
@@ -92,10 +96,18 @@ type Request struct {
 	IPs        []IPConfig  `json:"ips,omitempty"`
 	// ValidAttachments is GC's list of attachments the runtime still has.
 	ValidAttachments []AttachmentKey `json:"validAttachments,omitempty"`
-	// QueuedAt is set on DEL requests the plugin queued in the pending
-	// directory because the agent was unreachable.
+	// Command and QueuedAt are set on the ADDs and DELs the plugin queued
+	// in the pending directory because the agent did not take them. A
+	// record without Command is a DEL (the only command queued before).
+	Command  string    `json:"command,omitempty"`
 	QueuedAt time.Time `json:"queuedAt,omitzero"`
 }
+
+// Commands of queued requests.
+const (
+	CommandAdd = "ADD"
+	CommandDel = "DEL"
+)
 
 // ErrorBody is a failed call's answer: a CNI error.
 type ErrorBody struct {

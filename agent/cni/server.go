@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -21,9 +22,13 @@ import (
 type ServerConfig struct {
 	// Socket is the unix socket path (default DefaultSocket).
 	Socket string
-	// PendingDir is where the plugin queues DELs it could not deliver
-	// (default DefaultPendingDir).
+	// PendingDir is where the plugin queues ADDs and DELs it could not
+	// deliver (default DefaultPendingDir).
 	PendingDir string
+	// PendingInterval is how often the pending directory is applied while
+	// serving (default 5s): an ADD that timed out against a busy agent
+	// is queued although the agent never restarts.
+	PendingInterval time.Duration
 	// Status, when set, decides the answer to STATUS: an error makes the
 	// plugin report "plugin not available" (CNI code 50) with its text.
 	Status func() error
@@ -40,6 +45,11 @@ type Server struct {
 	mu   sync.Mutex
 	srv  *http.Server
 	done chan struct{}
+	stop chan struct{}
+
+	// pmu orders applying the pending directory against DELs and GCs
+	// that make a queued ADD stale.
+	pmu sync.Mutex
 }
 
 // NewServer returns a server that records attachments in reg.
@@ -50,6 +60,9 @@ func NewServer(reg *Registry, cfg ServerConfig) *Server {
 	if cfg.PendingDir == "" {
 		cfg.PendingDir = DefaultPendingDir
 	}
+	if cfg.PendingInterval <= 0 {
+		cfg.PendingInterval = 5 * time.Second
+	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.Default()
@@ -57,16 +70,18 @@ func NewServer(reg *Registry, cfg ServerConfig) *Server {
 	return &Server{reg: reg, cfg: cfg, log: log.With("component", "cni")}
 }
 
-// Start applies the DELs queued while the agent was away, then listens on
-// the socket (replacing a stale one) and serves until Close.
+// Start applies the ADDs and DELs queued while the agent was away, then
+// listens on the socket (replacing a stale one) and serves until Close.
 func (s *Server) Start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.srv != nil {
 		return errors.New("cni server already started")
 	}
+	// Not fatal: the queue is applied again while serving, and an agent
+	// that cannot start stops nothing but itself.
 	if err := s.ProcessPending(); err != nil {
-		return err
+		s.log.Error("applying queued cni requests", "err", err)
 	}
 	if err := os.MkdirAll(filepath.Dir(s.cfg.Socket), 0o755); err != nil {
 		return fmt.Errorf("cni socket dir: %w", err)
@@ -98,12 +113,30 @@ func (s *Server) Start() error {
 	})
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	s.done = make(chan struct{})
-	go func(srv *http.Server, done chan struct{}) {
-		defer close(done)
+	s.stop = make(chan struct{})
+	served := make(chan struct{})
+	go func(srv *http.Server) {
+		defer close(served)
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("cni socket stopped", "err", err)
 		}
-	}(s.srv, s.done)
+	}(s.srv)
+	go func(stop, done chan struct{}) {
+		defer close(done)
+		t := time.NewTicker(s.cfg.PendingInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				<-served
+				return
+			case <-t.C:
+				if err := s.ProcessPending(); err != nil {
+					s.log.Error("applying queued cni requests", "err", err)
+				}
+			}
+		}
+	}(s.stop, s.done)
 	s.log.Info("cni socket listening", "socket", s.cfg.Socket, "attachments", len(s.reg.List()))
 	return nil
 }
@@ -118,6 +151,7 @@ func (s *Server) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := s.srv.Shutdown(ctx)
+	close(s.stop)
 	<-s.done
 	s.srv = nil
 	if rerr := os.Remove(s.cfg.Socket); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) && err == nil {
@@ -135,11 +169,34 @@ func PendingFileName(k AttachmentKey) string {
 	return k.ContainerID + ":" + k.IfName + ".json"
 }
 
-// ProcessPending applies and deletes every DEL queued in the pending
-// directory. A queued DEL removes the attachment only if it was added
-// before the DEL was queued (a newer ADD of the same key survives). An
-// unreadable file is logged and deleted: keeping it would retry it forever.
+// PendingAddFileName is the name of the queued ADD of attachment k.
+func PendingAddFileName(k AttachmentKey) string {
+	return k.ContainerID + ":" + k.IfName + ".add.json"
+}
+
+// ValidKey reports whether k can name an attachment and a pending file.
+func ValidKey(k AttachmentKey) bool {
+	ok := func(s string) bool {
+		return s != "" && !strings.HasPrefix(s, ".") && !strings.ContainsAny(s, "/:\x00")
+	}
+	return ok(k.ContainerID) && ok(k.IfName)
+}
+
+type pendingRecord struct {
+	path string
+	req  Request
+}
+
+// ProcessPending applies and deletes every ADD and DEL queued in the
+// pending directory, oldest first, so an ADD and a DEL of one attachment
+// end as the runtime left it. A queued ADD records the attachment as added
+// when it was queued, unless one added later is known; a queued DEL
+// removes the attachment only if it was added before the DEL was queued.
+// An unreadable file is logged and deleted: keeping it would retry it
+// forever.
 func (s *Server) ProcessPending() error {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
 	ents, err := os.ReadDir(s.cfg.PendingDir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -147,30 +204,103 @@ func (s *Server) ProcessPending() error {
 	if err != nil {
 		return fmt.Errorf("cni pending dir: %w", err)
 	}
+	var recs []pendingRecord
 	for _, e := range ents {
 		name := e.Name()
 		if strings.HasPrefix(name, ".") || !strings.HasSuffix(name, ".json") || !e.Type().IsRegular() {
 			continue
 		}
 		path := filepath.Join(s.cfg.PendingDir, name)
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return fmt.Errorf("queued cni DEL: %w", err)
+		data, err := readLimited(path, 1<<20)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
 		}
-		var req Request
-		if err := json.Unmarshal(data, &req); err != nil || req.ContainerID == "" || req.IfName == "" {
-			s.log.Warn("dropping unreadable queued cni DEL", "file", path, "err", err)
-		} else {
+		if err != nil {
+			return fmt.Errorf("queued cni request: %w", err)
+		}
+		r := pendingRecord{path: path}
+		err = json.Unmarshal(data, &r.req)
+		switch {
+		case err == nil && !ValidKey(r.req.AttachmentKey):
+			err = errors.New("no valid containerID and ifname")
+		case err == nil && r.req.Command == "":
+			r.req.Command = CommandDel
+		case err == nil && r.req.Command == CommandAdd && r.req.Netns == "":
+			err = errors.New("queued ADD without a netns")
+		case err == nil && r.req.Command != CommandAdd && r.req.Command != CommandDel:
+			err = fmt.Errorf("unknown command %q", r.req.Command)
+		}
+		if err != nil {
+			s.log.Warn("dropping unreadable queued cni request", "file", path, "err", err)
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("remove queued cni request: %w", err)
+			}
+			continue
+		}
+		recs = append(recs, r)
+	}
+	slices.SortStableFunc(recs, func(a, b pendingRecord) int { return a.req.QueuedAt.Compare(b.req.QueuedAt) })
+	for _, r := range recs {
+		req := &r.req
+		switch req.Command {
+		case CommandAdd:
+			a := attachmentOf(req, req.QueuedAt)
+			if err := s.reg.putUnlessNewer(a); err != nil {
+				return fmt.Errorf("queued cni ADD %s: %w", filepath.Base(r.path), err)
+			}
+			s.log.Info("applied queued cni ADD", "attachment", a.String(), "pod", a.Pod.Namespace+"/"+a.Pod.Name, "uid", a.Pod.UID, "queuedAt", req.QueuedAt)
+		case CommandDel:
 			if err := s.reg.Delete(req.AttachmentKey, req.QueuedAt); err != nil {
-				return fmt.Errorf("queued cni DEL %s: %w", name, err)
+				return fmt.Errorf("queued cni DEL %s: %w", filepath.Base(r.path), err)
 			}
 			s.log.Info("applied queued cni DEL", "attachment", req.AttachmentKey.String(), "queuedAt", req.QueuedAt)
 		}
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("remove queued cni DEL: %w", err)
+		if err := os.Remove(r.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove queued cni request: %w", err)
 		}
 	}
 	return nil
+}
+
+func readLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, limit)
+	}
+	return data, nil
+}
+
+// dropQueuedAdd removes a queued ADD of k that a DEL taken now makes stale.
+func (s *Server) dropQueuedAdd(k AttachmentKey) {
+	if !ValidKey(k) {
+		return
+	}
+	path := filepath.Join(s.cfg.PendingDir, PendingAddFileName(k))
+	if err := os.Remove(path); err == nil {
+		s.log.Info("dropped queued cni ADD: its DEL came", "attachment", k.String())
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		s.log.Warn("removing queued cni ADD", "file", path, "err", err)
+	}
+}
+
+func attachmentOf(req *Request, added time.Time) Attachment {
+	return Attachment{
+		AttachmentKey: req.AttachmentKey,
+		Network:       req.Network,
+		Pod:           req.Pod,
+		Netns:         req.Netns,
+		Interfaces:    req.Interfaces,
+		IPs:           req.IPs,
+		Added:         added.UTC(),
+	}
 }
 
 func (s *Server) handle(fn func(*Request) *ErrorBody) http.HandlerFunc {
@@ -191,8 +321,8 @@ func (s *Server) handle(fn func(*Request) *ErrorBody) http.HandlerFunc {
 }
 
 func needKey(req *Request) *ErrorBody {
-	if req.ContainerID == "" || req.IfName == "" {
-		return &ErrorBody{Code: CodeDecodingFailure, Msg: "hoststack agent: request lacks containerID or ifname"}
+	if !ValidKey(req.AttachmentKey) {
+		return &ErrorBody{Code: CodeDecodingFailure, Msg: "hoststack agent: request lacks a valid containerID or ifname"}
 	}
 	return nil
 }
@@ -204,15 +334,7 @@ func (s *Server) add(req *Request) *ErrorBody {
 	if req.Netns == "" {
 		return &ErrorBody{Code: CodeDecodingFailure, Msg: "hoststack agent: ADD lacks the netns path"}
 	}
-	a := Attachment{
-		AttachmentKey: req.AttachmentKey,
-		Network:       req.Network,
-		Pod:           req.Pod,
-		Netns:         req.Netns,
-		Interfaces:    req.Interfaces,
-		IPs:           req.IPs,
-		Added:         time.Now().UTC(),
-	}
+	a := attachmentOf(req, time.Now())
 	if err := s.reg.Put(a); err != nil {
 		s.log.Error("cni ADD not recorded", "attachment", a.String(), "err", err)
 		return &ErrorBody{Code: CodeTryAgainLater, Msg: "hoststack agent: cannot record the attachment", Details: err.Error()}
@@ -225,6 +347,9 @@ func (s *Server) del(req *Request) *ErrorBody {
 	if eb := needKey(req); eb != nil {
 		return eb
 	}
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	s.dropQueuedAdd(req.AttachmentKey)
 	if err := s.reg.Delete(req.AttachmentKey, time.Time{}); err != nil {
 		s.log.Error("cni DEL not recorded", "attachment", req.AttachmentKey.String(), "err", err)
 		return &ErrorBody{Code: CodeTryAgainLater, Msg: "hoststack agent: cannot record the DEL", Details: err.Error()}
@@ -248,6 +373,10 @@ func (s *Server) check(req *Request) *ErrorBody {
 }
 
 func (s *Server) gc(req *Request) *ErrorBody {
+	// Queued ADDs first, so GC judges them as well.
+	if err := s.ProcessPending(); err != nil {
+		s.log.Error("applying queued cni requests before GC", "err", err)
+	}
 	removed, err := s.reg.Retain(req.Network, req.ValidAttachments)
 	if err != nil {
 		s.log.Error("cni GC failed", "network", req.Network, "err", err)

@@ -239,6 +239,22 @@ func (r *Registry) Put(a Attachment) error {
 	})
 }
 
+// putUnlessNewer records a unless an attachment with its key added after
+// it is known (a queued ADD overtaken by a live one).
+func (r *Registry) putUnlessNewer(a Attachment) error {
+	return r.mutate(func(all map[AttachmentKey]Attachment) []Event {
+		var evs []Event
+		if old, ok := all[a.AttachmentKey]; ok {
+			if old.Added.After(a.Added) {
+				return nil
+			}
+			evs = append(evs, Event{Kind: Removed, Attachment: old})
+		}
+		all[a.AttachmentKey] = a
+		return append(evs, Event{Kind: Added, Attachment: a})
+	})
+}
+
 // Delete removes the attachment with key k, if it was added before
 // notAfter (zero: whatever its age). Removing an unknown key is no error.
 func (r *Registry) Delete(k AttachmentKey, notAfter time.Time) error {
@@ -302,7 +318,7 @@ func (r *Registry) mutate(change func(map[AttachmentKey]Attachment) []Event) err
 	if err != nil {
 		return fmt.Errorf("encode cni state: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(r.dir, stateFile), append(data, '\n'), 0o600); err != nil {
+	if err := writeFileAtomic(filepath.Join(r.dir, stateFile), append(data, '\n'), 0o600, nil); err != nil {
 		return fmt.Errorf("persist cni state: %w", err)
 	}
 	byIP := indexIPs(next)

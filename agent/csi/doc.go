@@ -7,7 +7,8 @@
 // sets podInfoOnMount); the plugin asks a PodSockets implementation to serve
 // one listening attach socket for that pod, session.sock, inside the volume's
 // target directory. Which socket an app connects through is who it is: the
-// socket allows only the AppNamespaces that select the pod.
+// socket admits only the AppNamespace the pod was attached to (the
+// volume attribute attach.VolumeAttrAppNamespace the pod webhook writes).
 // NodeUnpublishVolume closes the socket and removes the directory.
 //
 // HostPathSockets is the fallback for clusters without CSI: the same per-pod

@@ -11,10 +11,12 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/hoststack/hoststack/api/attach"
 )
 
 // DriverName is the CSI driver name pods mount and kubelet registers.
-const DriverName = "csi.hoststack.dev"
+const DriverName = attach.CSIDriver
 
 // Volume context keys kubelet sets for an inline ephemeral volume of a
 // CSIDriver with podInfoOnMount: true.
@@ -84,7 +86,8 @@ func (n *node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 			"%s serves only inline ephemeral volumes (volume context %s=%q): mount it as a csi volume in the pod spec, not through a PersistentVolume, and give its CSIDriver object volumeLifecycleModes [Ephemeral] and podInfoOnMount: true",
 			n.driver, ctxEphemeral, eph)
 	}
-	pod := PodRef{Namespace: vc[ctxPodNamespace], Name: vc[ctxPodName], UID: vc[ctxPodUID]}
+	pod := PodRef{Namespace: vc[ctxPodNamespace], Name: vc[ctxPodName], UID: vc[ctxPodUID],
+		AppNamespace: vc[attach.VolumeAttrAppNamespace]}
 	for _, kv := range [...]struct{ key, val string }{{ctxPodNamespace, pod.Namespace}, {ctxPodName, pod.Name}, {ctxPodUID, pod.UID}} {
 		if kv.val == "" {
 			return nil, status.Errorf(codes.InvalidArgument, "volume context lacks %s: the %s CSIDriver object must set podInfoOnMount: true", kv.key, n.driver)

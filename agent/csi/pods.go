@@ -13,19 +13,26 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/hoststack/hoststack/api/attach"
 	"github.com/hoststack/hoststack/engine/session"
 )
 
-// SocketName is the attach socket's file name inside a pod's volume. The pod
-// webhook mounts the volume at /var/run/hoststack and sets
-// HOSTSTACK_SOCKET=/var/run/hoststack/session.sock.
-const SocketName = "session.sock"
+// SocketName is the attach socket's file name inside a pod's volume (the
+// pod webhook mounts the volume at attach.MountPath and sets
+// attach.EnvSocket to attach.SocketPath).
+const SocketName = attach.SocketFile
 
 // PodRef identifies the pod a socket belongs to.
 type PodRef struct {
 	Namespace string
 	Name      string
 	UID       string
+	// AppNamespace is the AppNamespace (a name in the pod's namespace) the
+	// pod webhook chose for the pod, from the volume's
+	// attach.VolumeAttrAppNamespace attribute: the socket admits only it.
+	// Empty (a volume written by hand, the hostPath fallback): the oldest
+	// of those selecting the pod that the node serves (the webhook's rule).
+	AppNamespace string
 }
 
 // String returns "namespace/name (uid)", as logs and errors name a pod.
@@ -41,6 +48,11 @@ func (p PodRef) validate() error {
 	}
 	if p.UID == "" || strings.ContainsAny(p.UID, "/\x00") || len(p.UID) > 128 {
 		return fmt.Errorf("pod uid %q is not a Kubernetes UID", p.UID)
+	}
+	if p.AppNamespace != "" {
+		if errs := validation.IsDNS1123Subdomain(p.AppNamespace); len(errs) > 0 {
+			return fmt.Errorf("volume attribute %s %q: %s", attach.VolumeAttrAppNamespace, p.AppNamespace, strings.Join(errs, "; "))
+		}
 	}
 	return nil
 }
@@ -60,9 +72,11 @@ type PodSockets interface {
 	Unpublish(ctx context.Context, dir string) error
 }
 
-// Resolver returns the keys ("namespace/name") of the AppNamespaces whose
-// podSelector selects the pod: the agent's pod cache and AppNamespace
-// informers decide. None (and a nil error) means the pod may not attach.
+// Resolver returns the keys ("namespace/name") of the AppNamespaces the
+// pod's socket admits: the one chosen for the pod (PodRef.AppNamespace),
+// if it selects the pod and is served on the node; the agent's pod cache
+// and AppNamespace informers decide. None (and a nil error), or an error
+// wrapping ErrNotSelected, means the pod may not attach.
 type Resolver func(ctx context.Context, pod PodRef) (appNamespaces []string, err error)
 
 var (
@@ -72,11 +86,28 @@ var (
 	ErrConflict = errors.New("directory already serves another pod")
 )
 
+// PodAccess is what a pod's attach socket allows and who may open it.
+type PodAccess struct {
+	// PrivilegedPorts lets the pod's apps listen on ports below 1024 (a
+	// container of the pod has NET_BIND_SERVICE).
+	PrivilegedPorts bool
+	// Mode, UID and GID of the socket file (session.SocketConfig); Mode 0
+	// is 0600.
+	Mode     os.FileMode
+	UID, GID *int
+}
+
+// AccessFunc returns the PodAccess of a pod's socket.
+type AccessFunc func(ctx context.Context, pod PodRef) (PodAccess, error)
+
 // EngineSocketsOptions configures NewEngineSockets.
 type EngineSocketsOptions struct {
 	Engine  *session.Engine // required
 	Resolve Resolver        // required
-	Log     *slog.Logger    // nil: slog.Default()
+	// Access decides each socket's PodAccess; nil: mode 0600 owned by the
+	// agent, no privileged ports.
+	Access AccessFunc
+	Log    *slog.Logger // nil: slog.Default()
 	// ReapApps is called when a pod's socket is closed because the pod
 	// left, to detach the apps that attached through it; nil means
 	// (*session.AttachSocket).CloseAndReap, which tells each app why.
@@ -88,6 +119,7 @@ type EngineSocketsOptions struct {
 type EngineSockets struct {
 	engine  *session.Engine
 	resolve Resolver
+	access  AccessFunc
 	reap    func(*session.AttachSocket, string) error
 	log     *slog.Logger
 
@@ -98,12 +130,13 @@ type EngineSockets struct {
 
 // podSocket is one served per-pod socket.
 type podSocket struct {
-	pod  PodRef
-	dir  string
-	path string   // dir/session.sock
-	keys []string // AppNamespaces it allows
-	sock *session.AttachSocket
-	dirf *os.File // held while the socket was bound through /proc/self/fd
+	pod    PodRef
+	dir    string
+	path   string   // dir/session.sock
+	keys   []string // AppNamespaces it allows
+	access PodAccess
+	sock   *session.AttachSocket
+	dirf   *os.File // held while the socket was bound through /proc/self/fd
 }
 
 // NewEngineSockets returns an EngineSockets. Close it to close its sockets.
@@ -119,7 +152,7 @@ func NewEngineSockets(o EngineSocketsOptions) (*EngineSockets, error) {
 	if reap == nil {
 		reap = (*session.AttachSocket).CloseAndReap
 	}
-	return &EngineSockets{engine: o.Engine, resolve: o.Resolve, reap: reap, log: log, byDir: map[string]*podSocket{}}, nil
+	return &EngineSockets{engine: o.Engine, resolve: o.Resolve, access: o.Access, reap: reap, log: log, byDir: map[string]*podSocket{}}, nil
 }
 
 // Publish implements PodSockets.
@@ -135,6 +168,12 @@ func (s *EngineSockets) Publish(ctx context.Context, pod PodRef, dir string) (st
 	if len(keys) == 0 {
 		return "", fmt.Errorf("pod %s is %w on this node, so it may not attach (label the pod or fix the AppNamespace's podSelector; kubelet retries the mount)", pod, ErrNotSelected)
 	}
+	var access PodAccess
+	if s.access != nil {
+		if access, err = s.access(ctx, pod); err != nil {
+			return "", fmt.Errorf("deciding the attach socket access of pod %s: %w", pod, err)
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -144,7 +183,7 @@ func (s *EngineSockets) Publish(ctx context.Context, pod PodRef, dir string) (st
 		if cur.pod.UID != pod.UID {
 			return "", fmt.Errorf("%s: %w %s (asked for %s)", dir, ErrConflict, cur.pod, pod)
 		}
-		if slices.Equal(cur.keys, keys) && socketExists(cur.path) {
+		if slices.Equal(cur.keys, keys) && cur.access.equal(access) && socketExists(cur.path) {
 			return cur.path, nil
 		}
 		// its AppNamespaces changed (the apps attached to the others must
@@ -154,12 +193,13 @@ func (s *EngineSockets) Publish(ctx context.Context, pod PodRef, dir string) (st
 		delete(s.byDir, dir)
 		s.closeLocked(cur, "its pod's AppNamespaces changed", changed)
 	}
-	ps, err := s.serve(pod, dir, keys)
+	ps, err := s.serve(pod, dir, keys, access)
 	if err != nil {
 		return "", err
 	}
 	s.byDir[dir] = ps
-	s.log.Info("serving pod attach socket", "pod", pod.String(), "podNamespace", pod.Namespace, "podName", pod.Name, "podUID", pod.UID, "path", ps.path, "appNamespaces", keys)
+	s.log.Info("serving pod attach socket", "pod", pod.String(), "podNamespace", pod.Namespace, "podName", pod.Name, "podUID", pod.UID, "path", ps.path, "appNamespaces", keys,
+		"mode", fmt.Sprintf("%04o", access.mode()), "uid", intOr(access.UID), "gid", intOr(access.GID), "privilegedPorts", access.PrivilegedPorts)
 	return ps.path, nil
 }
 
@@ -243,9 +283,9 @@ func (s *EngineSockets) closeLocked(ps *podSocket, reason string, reap bool) {
 // often longer: then the socket is bound through /proc/self/fd/<dir fd>,
 // which stays open as long as the socket (the engine removes the file
 // through that name on Close).
-func (s *EngineSockets) serve(pod PodRef, dir string, keys []string) (*podSocket, error) {
+func (s *EngineSockets) serve(pod PodRef, dir string, keys []string, access PodAccess) (*podSocket, error) {
 	path := filepath.Join(dir, SocketName)
-	ps := &podSocket{pod: pod, dir: dir, path: path, keys: slices.Clone(keys)}
+	ps := &podSocket{pod: pod, dir: dir, path: path, keys: slices.Clone(keys), access: access}
 	bind := path
 	if len(path) > maxSocketPath {
 		f, err := os.OpenFile(dir, os.O_RDONLY|oPath|oDirectory, 0)
@@ -257,7 +297,8 @@ func (s *EngineSockets) serve(pod PodRef, dir string, keys []string) (*podSocket
 	}
 	// The pod's UID is its host: its apps' wildcard listeners are its own,
 	// and the transport opens their sockets in its network namespace.
-	sock, err := s.engine.Serve(session.SocketConfig{Path: bind, Namespaces: keys, Host: pod.UID})
+	sock, err := s.engine.Serve(session.SocketConfig{Path: bind, Namespaces: keys, Host: pod.UID,
+		PrivilegedPorts: access.PrivilegedPorts, Mode: access.mode(), UID: access.UID, GID: access.GID})
 	if err != nil {
 		if ps.dirf != nil {
 			ps.dirf.Close()
@@ -292,4 +333,23 @@ func removeSocket(path string) error {
 		return fmt.Errorf("removing stale socket: %w", err)
 	}
 	return nil
+}
+
+func (p PodAccess) mode() os.FileMode {
+	if p.Mode == 0 {
+		return 0o600
+	}
+	return p.Mode.Perm()
+}
+
+func (p PodAccess) equal(o PodAccess) bool {
+	eq := func(a, b *int) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
+	return p.PrivilegedPorts == o.PrivilegedPorts && p.mode() == o.mode() && eq(p.UID, o.UID) && eq(p.GID, o.GID)
+}
+
+func intOr(p *int) int {
+	if p == nil {
+		return -1
+	}
+	return *p
 }

@@ -15,6 +15,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
+
+	"github.com/hoststack/hoststack/internal/version"
 )
 
 // Default paths, as kubelet expects them.
@@ -29,7 +31,7 @@ type Options struct {
 	Pods     PodSockets // required: serves the per-pod sockets
 
 	DriverName string // default DriverName
-	Version    string // GetPluginInfo vendor version; default "dev"
+	Version    string // GetPluginInfo vendor version; default version.Version
 	CSISocket  string // default DefaultCSISocket
 	// RegistryDir is kubelet's plugin registry; the registration socket is
 	// <RegistryDir>/<driver>-reg.sock. Default DefaultRegistryDir.
@@ -74,7 +76,7 @@ func NewServer(o Options) (*Server, error) {
 		o.DriverName = DriverName
 	}
 	if o.Version == "" {
-		o.Version = "dev"
+		o.Version = version.Version
 	}
 	if o.CSISocket == "" {
 		o.CSISocket = DefaultCSISocket

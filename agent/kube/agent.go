@@ -1,26 +1,31 @@
 // Package kube is the node agent's Kubernetes mode: a controller-runtime
 // manager whose cache holds only what one node needs (its own Node and
-// Pods, the AppNamespaces and SessionRules), one reconcile loop that renders
-// the desired engine state with agent/render, applies it with agent/apply
-// and reports it in the node's SessionNode with server-side apply, Prometheus
-// metrics per AppNamespace, probes, and the CSI and CNI servers.
+// Pods, the AppNamespaces and SessionRules, the Secret copies the manager
+// publishes in the agent namespace), one reconcile loop that renders the
+// desired engine state with agent/render, applies it with agent/apply and
+// reports it in the node's SessionNode with server-side apply, Prometheus
+// metrics per AppNamespace, the node Lease, probes, and the CSI and CNI
+// servers.
 //
 // The reconciler is single-key (MetalLB speaker style): every watched change
 // enqueues the same request, and a reconcile recomputes the whole node from
-// the cache. Engine statistics change without any object changing, so a
-// heartbeat refreshes the SessionNode status every StatusInterval; it never
-// re-renders. It also reads the few Secrets AppNamespace secretRefs name
-// (the agent may get, not list or watch, Secrets) and triggers a reconcile
-// when one changed.
+// the cache. The status holds state, not counters (those are metrics), and
+// is written only when it changes: a heartbeat every StatusInterval
+// recomputes it locally (engine limits can change with no object changing)
+// and sends nothing when it is the same. Liveness is the Lease's job.
 package kube
 
 import (
+	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -28,6 +33,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -48,19 +54,23 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
+	anpv1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
 
 	"github.com/hoststack/hoststack/agent/apply"
 	"github.com/hoststack/hoststack/agent/cni"
 	"github.com/hoststack/hoststack/agent/csi"
+	"github.com/hoststack/hoststack/agent/netpol"
 	"github.com/hoststack/hoststack/agent/render"
 	hsv1 "github.com/hoststack/hoststack/api/v1alpha1"
 	"github.com/hoststack/hoststack/engine/rules"
 	"github.com/hoststack/hoststack/engine/session"
 	enginetls "github.com/hoststack/hoststack/engine/tls"
 	"github.com/hoststack/hoststack/engine/transport/netstack"
+	"github.com/hoststack/hoststack/internal/version"
 )
 
 // FieldOwner is the server-side apply field manager of the agent.
@@ -71,13 +81,26 @@ type Options struct {
 	NodeName string       // required
 	Config   *rest.Config // required
 	Log      *slog.Logger // nil: slog.Default()
-	Version  string
+	Version  string       // "": version.Version (stamped at build time)
 
 	MetricsAddr string // "0" disables
-	ProbeAddr   string // "0" disables
-	// StatusInterval is how often the SessionNode status is refreshed with
-	// engine statistics; default 10s.
+	// MetricsInsecure serves /metrics over plain HTTP to anyone;
+	// otherwise, as the manager does, over HTTPS to callers the API
+	// server authenticates (TokenReview) and authorizes
+	// (SubjectAccessReview: get on the non-resource URL /metrics).
+	MetricsInsecure bool
+	ProbeAddr       string // "0" disables
+	// StatusInterval is how often the SessionNode status is recomputed
+	// (engine limits change with no object changing); it is written only
+	// when it changed; default 10s.
 	StatusInterval time.Duration
+	// LeaseDuration of the node Lease the agent renews (every quarter of
+	// it); default DefaultLeaseDuration.
+	LeaseDuration time.Duration
+	// AgentNamespace holds the node Leases and the Secret copies the
+	// manager publishes for the agents (default PodNamespace, else
+	// DefaultAgentNamespace).
+	AgentNamespace string
 
 	// CSI node plugin (per-pod sockets through csi.hoststack.dev volumes).
 	CSI                bool
@@ -94,14 +117,18 @@ type Options struct {
 	CNISocket     string
 	CNIStateDir   string
 	CNIPendingDir string
-	// CNIInstall copies CNIBinary into CNIBinDir and chains the plugin into
-	// the node's CNI config in CNIConfDir at start; CNIUninstall removes the
-	// chain entry at exit.
+	// CNIInstall copies CNIBinary into CNIBinDir and keeps the plugin
+	// chained into the node's CNI config in CNIConfDir (cni.Keeper),
+	// reporting the CNIChained condition; CNIUninstall says when the
+	// agent removes the chain entry and the binary at exit.
 	CNIInstall   bool
-	CNIUninstall bool
+	CNIUninstall CNIUninstallMode
 	CNIBinary    string
 	CNIBinDir    string
 	CNIConfDir   string
+	// PodName and PodNamespace are the agent's own pod (downward API), for
+	// CNIUninstallWhenRemoved to find its DaemonSet.
+	PodName, PodNamespace string
 
 	// Transport carries sessions to the outside world: TransportKernel
 	// (kernel sockets in each pod's network namespace, learned from the
@@ -112,7 +139,36 @@ type Options struct {
 	// Interface-mode AppNamespaces name ("" the agent's own, the node's
 	// with hostNetwork).
 	InterfaceNetns string
+
+	// Limits are the engine's node-wide caps (zero fields: the engine's
+	// defaults).
+	Limits session.Limits
+
+	// AdminNetworkPolicy also enforces AdminNetworkPolicies and the
+	// BaselineAdminNetworkPolicy (policy.networking.k8s.io/v1alpha1, alpha:
+	// their CRDs must be installed) on cut-through sessions.
+	AdminNetworkPolicy bool
+
+	// AdminSocket, when set, serves the rules dump (`hoststack-agent
+	// rules`): session rules and compiled NetworkPolicy entries.
+	AdminSocket string
 }
+
+// CNIUninstallMode says when the agent removes the chain entry and the
+// plugin binary as it exits.
+type CNIUninstallMode string
+
+const (
+	// CNIUninstallNever keeps them (another tool cleans up).
+	CNIUninstallNever CNIUninstallMode = "never"
+	// CNIUninstallOnExit removes them at every exit (development).
+	CNIUninstallOnExit CNIUninstallMode = "on-exit"
+	// CNIUninstallWhenRemoved removes them, and the CNI state, only when
+	// the agent's DaemonSet is gone or being deleted: hoststack is being
+	// uninstalled. Rolling upgrades, restarts and node drains keep the
+	// chain, so pods created meanwhile are queued for the next agent.
+	CNIUninstallWhenRemoved CNIUninstallMode = "when-removed"
+)
 
 // Transports of Options.Transport.
 const (
@@ -129,22 +185,44 @@ func NewScheme() (*runtime.Scheme, error) {
 	if err := hsv1.AddToScheme(s); err != nil {
 		return nil, err
 	}
+	if err := anpv1.Install(s); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
 // CacheOptions scopes the manager's cache to one node: its Pods (field
 // selector spec.nodeName), its Node object and its SessionNode
-// (metadata.name). AppNamespaces
-// and SessionRules are cached cluster-wide (every one may select the node).
-// Secrets are never cached: the agent reads the few an AppNamespace
-// secretRef names with a direct GET.
-func CacheOptions(nodeName string) cache.Options {
+// (metadata.name). AppNamespaces and SessionRules are cached cluster-wide
+// (every one may select the node). Of Secrets, only those the manager
+// publishes for the agents in agentNamespace: the agent cannot read the
+// teams' Secrets at all.
+func CacheOptions(nodeName, agentNamespace string) cache.Options {
 	return cache.Options{ByObject: map[client.Object]cache.ByObject{
 		&corev1.Pod{}:  {Field: fields.OneTermEqualSelector("spec.nodeName", nodeName)},
 		&corev1.Node{}: {Field: fields.OneTermEqualSelector("metadata.name", nodeName)},
 		// Only its own SessionNode, and only to see it deleted.
 		&hsv1.SessionNode{}: {Field: fields.OneTermEqualSelector("metadata.name", nodeName)},
+		&corev1.Secret{}: {
+			Namespaces: map[string]cache.Config{agentNamespace: {}},
+			Label:      labels.SelectorFromSet(labels.Set{hsv1.LabelPublished: "true"}),
+		},
 	}}
+}
+
+// metricsOptions serves /metrics like the manager's: HTTPS with a
+// self-signed certificate, each caller authenticated and authorized by the
+// API server, HTTP/2 off (CVE-2023-44487).
+func metricsOptions(o Options) metricsserver.Options {
+	if o.MetricsInsecure {
+		return metricsserver.Options{BindAddress: o.MetricsAddr}
+	}
+	return metricsserver.Options{
+		BindAddress:    o.MetricsAddr,
+		SecureServing:  true,
+		FilterProvider: filters.WithAuthenticationAndAuthorization,
+		TLSOpts:        []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }},
+	}
 }
 
 // Agent is the running Kubernetes-mode agent.
@@ -157,6 +235,12 @@ type Agent struct {
 	table *rules.Table
 	count *CountingRules
 	hp    *csi.HostPathSockets
+	// podSockets serves the pods' CSI volumes (nil without CSI); the first
+	// apply republishes those kubelet has mounted (republish.go)
+	podSockets *csi.EngineSockets
+	// netpol judges cut-through sessions by the node's NetworkPolicies
+	// (netpol.go)
+	netpol *netpol.Enforcer
 
 	ready atomic.Bool
 	lost  atomic.Bool // the SessionNode was deleted: write it anew
@@ -173,11 +257,19 @@ type Agent struct {
 	last     *hsv1.SessionNodeStatus // last BuildStatus result applied
 	owner    []metav1.OwnerReference
 	readyCnd metav1.Condition // with its transition time
-	errTimes map[string]metav1.Time
-	// secretVersions are the resourceVersions ("" when absent) of the
-	// Secrets the last reconcile read; the heartbeat compares them.
-	secretVersions map[client.ObjectKey]string
-	kick           chan event.GenericEvent
+	limitCnd metav1.Condition // EngineLimitReached, with its transition time
+	refusals uint64           // node-limit refusals seen by the previous status
+	// cniCnd is the CNIChained condition (Type "" without --cni-install):
+	// its state is set by the CNI keeper, under mu.
+	cniCnd     metav1.Condition
+	cniApplied metav1.Condition // as last applied, with its transition time
+	// dropCNIState: hoststack is being uninstalled; set and read by the
+	// exit path only.
+	dropCNIState bool
+	// ownerGone: the watch saw the agent's DaemonSet deleted or replaced.
+	ownerGone atomic.Pointer[string]
+	errTimes  map[string]metav1.Time
+	kick      chan event.GenericEvent
 
 	// nets gives each app namespace its transport (kernel or a userspace
 	// stack); under mu.
@@ -216,7 +308,19 @@ func Run(ctx context.Context, o Options) error {
 		o.StatusInterval = 10 * time.Second
 	}
 	if o.Version == "" {
-		o.Version = "dev"
+		o.Version = version.Version
+	}
+	if o.LeaseDuration <= 0 {
+		o.LeaseDuration = DefaultLeaseDuration
+	}
+	if o.LeaseDuration < time.Second {
+		return fmt.Errorf("lease duration %s: must be at least 1s", o.LeaseDuration)
+	}
+	if o.AgentNamespace == "" {
+		o.AgentNamespace = o.PodNamespace
+	}
+	if o.AgentNamespace == "" {
+		o.AgentNamespace = DefaultAgentNamespace
 	}
 	log := o.Log.With("node", o.NodeName)
 	ctrl.SetLogger(logr.FromSlogHandler(log.Handler()))
@@ -225,13 +329,27 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	copts := CacheOptions(o.NodeName, o.AgentNamespace)
+	var owner *metav1.OwnerReference
+	if o.CNI && o.CNIInstall && o.CNIUninstall == CNIUninstallWhenRemoved {
+		// Watch the DaemonSet from now on: at uninstall its RBAC may be
+		// deleted before the agent is told to stop.
+		if owner, err = ownerDaemonSet(o, scheme); err != nil {
+			log.Warn("not watching the agent's DaemonSet; at exit it is read once", "err", err)
+		} else {
+			copts.ByObject[&appsv1.DaemonSet{}] = cache.ByObject{
+				Namespaces: map[string]cache.Config{o.PodNamespace: {}},
+				Field:      fields.OneTermEqualSelector("metadata.name", owner.Name),
+			}
+		}
+	}
 	mgr, err := ctrl.NewManager(o.Config, ctrl.Options{
 		Scheme:                 scheme,
-		Cache:                  CacheOptions(o.NodeName),
-		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
+		Cache:                  copts,
+		Metrics:                metricsOptions(o),
 		HealthProbeBindAddress: o.ProbeAddr,
 		Client: client.Options{Cache: &client.CacheOptions{
-			DisableFor: []client.Object{&corev1.Secret{}, &hsv1.SessionNode{}},
+			DisableFor: []client.Object{&hsv1.SessionNode{}},
 		}},
 		GracefulShutdownTimeout: ptr.To(10 * time.Second),
 	})
@@ -242,7 +360,7 @@ func Run(ctx context.Context, o Options) error {
 	a := &Agent{o: o, log: log, c: mgr.GetClient(), api: mgr.GetAPIReader(),
 		table: &rules.Table{}, served: map[string]bool{}, errTimes: map[string]metav1.Time{},
 		tls: &enginetls.Store{}, certs: map[client.ObjectKey]certState{},
-		kick: make(chan event.GenericEvent, 1)}
+		kick: make(chan event.GenericEvent, 1), netpol: &netpol.Enforcer{}}
 	a.count = &CountingRules{Next: apply.RuleLookup{Table: a.table}}
 	// The CNI registry knows each pod's network namespace and addresses:
 	// the kernel transport opens pods' sockets there.
@@ -264,7 +382,12 @@ func Run(ctx context.Context, o Options) error {
 		Rules:     a.count,
 		TLS:       a.tls,
 		Transport: a.nets.Transport(),
-		Logf:      func(f string, args ...any) { log.Info(fmt.Sprintf(f, args...), "component", "engine") },
+		// cut-through sessions bypass the pods' network: NetworkPolicy
+		// is judged by the agent, a drop times out like a dropped SYN
+		PeerPolicy:      a.netpol,
+		PolicyDropDelay: o.ConnectTimeout,
+		Logf:            func(f string, args ...any) { log.Info(fmt.Sprintf(f, args...), "component", "engine") },
+		Limits:          o.Limits,
 	})
 	if err != nil {
 		return errors.Join(fmt.Errorf("starting engine: %w", err), a.nets.Close())
@@ -278,6 +401,11 @@ func Run(ctx context.Context, o Options) error {
 		return errors.Join(fmt.Errorf("registering metrics: %w", err), a.eng.Close(), a.nets.Close())
 	}
 	defer crmetrics.Registry.Unregister(col)
+	npCol := newNetpolCollector(a.eng.Stats, a.netpol)
+	if err := crmetrics.Registry.Register(npCol); err != nil {
+		return errors.Join(fmt.Errorf("registering metrics: %w", err), a.eng.Close(), a.nets.Close())
+	}
+	defer crmetrics.Registry.Unregister(npCol)
 
 	var cleanups []func()
 	cleanup := func() {
@@ -294,10 +422,26 @@ func Run(ctx context.Context, o Options) error {
 	if err := a.setup(ctx, mgr); err != nil {
 		return fail(err)
 	}
+	if err := a.setupNetpol(mgr); err != nil {
+		return fail(err)
+	}
+	if owner != nil {
+		if err := a.watchOwner(ctx, mgr, *owner); err != nil {
+			return fail(err)
+		}
+	}
+
+	if o.AdminSocket != "" {
+		stop, err := a.serveAdmin(o.AdminSocket, log)
+		if err != nil {
+			return fail(err)
+		}
+		cleanups = append(cleanups, stop)
+	}
 
 	var podSockets *csi.EngineSockets
 	if o.CSI || o.HostPathDir != "" {
-		podSockets, err = csi.NewEngineSockets(csi.EngineSocketsOptions{Engine: a.eng, Resolve: a.Resolve, Log: log})
+		podSockets, err = csi.NewEngineSockets(csi.EngineSocketsOptions{Engine: a.eng, Resolve: a.Resolve, Access: a.Access, Log: log})
 		if err != nil {
 			return fail(err)
 		}
@@ -319,6 +463,7 @@ func Run(ctx context.Context, o Options) error {
 		if err := srv.Start(ctx); err != nil {
 			return fail(fmt.Errorf("starting CSI node plugin: %w", err))
 		}
+		a.podSockets = podSockets
 		cleanups = append(cleanups, srv.Stop)
 		log.Info("CSI node plugin serving", "socket", srv.CSISocket(), "registration", srv.RegistrationSocket())
 	}
@@ -333,21 +478,19 @@ func Run(ctx context.Context, o Options) error {
 		if err := srv.Start(); err != nil {
 			return fail(fmt.Errorf("starting CNI server: %w", err))
 		}
-		cleanups = append(cleanups, func() { _ = srv.Close() })
+		cleanups = append(cleanups, func() {
+			_ = srv.Close()
+			if a.dropCNIState {
+				a.removeCNIState(log)
+			}
+		})
 		log.Info("CNI server serving", "socket", o.CNISocket)
 		if o.CNIInstall {
-			in := cni.Installer{AgentSocket: o.CNISocket, PendingDir: o.CNIPendingDir}
-			if err := in.Install(o.CNIBinary, o.CNIBinDir, o.CNIConfDir); err != nil {
-				return fail(err)
-			}
-			log.Info("CNI plugin installed", "binDir", o.CNIBinDir, "confDir", o.CNIConfDir)
-			if o.CNIUninstall {
-				cleanups = append(cleanups, func() {
-					if err := in.Uninstall(o.CNIConfDir); err != nil {
-						log.Error("CNI plugin uninstall failed", "err", err)
-					}
-				})
-			}
+			stopKeeper := a.keepChained(ctx, log)
+			cleanups = append(cleanups, func() {
+				stopKeeper()
+				a.uninstallCNI(log)
+			})
 		}
 	}
 
@@ -380,8 +523,8 @@ func (a *Agent) setup(ctx context.Context, mgr manager.Manager) error {
 		Watches(&hsv1.SessionRule{}, one).
 		Watches(&hsv1.CertKeyPair{}, one).
 		Watches(&corev1.Node{}, one).
-		// Secrets are not watched (RBAC cannot scope that to the few an
-		// AppNamespace names); the heartbeat reads those and kicks this.
+		// The Secret material the manager publishes for the agents.
+		Watches(&corev1.Secret{}, one).
 		WatchesRawSource(source.Channel(a.kick, one)).
 		// Someone deleted the SessionNode: create and report it again.
 		Watches(&hsv1.SessionNode{}, handler.Funcs{
@@ -404,6 +547,11 @@ func (a *Agent) setup(ctx context.Context, mgr manager.Manager) error {
 		return fmt.Errorf("pod informer: %w", err)
 	}
 	if err := mgr.Add(manager.RunnableFunc(a.heartbeat)); err != nil {
+		return err
+	}
+	lr := &leaseRenewer{c: a.c, api: a.api, namespace: a.o.AgentNamespace, node: a.o.NodeName,
+		duration: a.o.LeaseDuration, log: a.log.Warn}
+	if err := mgr.Add(manager.RunnableFunc(lr.run)); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
@@ -440,25 +588,24 @@ func (a *Agent) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.R
 	if err := a.c.List(ctx, &srList); err != nil {
 		return reconcile.Result{}, err
 	}
+	// Attach secrets come from the copies the manager publishes, named
+	// after the AppNamespace; render reports a missing one.
 	secrets := map[string]string{}
-	versions := map[client.ObjectKey]string{}
 	for i := range anList.Items {
 		an := &anList.Items[i]
 		if an.Spec.SecretRef == nil || !Selected(an, nodeLabels) {
 			continue
 		}
 		var s corev1.Secret
-		key := client.ObjectKey{Namespace: an.Namespace, Name: an.Spec.SecretRef.Name}
-		switch err := a.api.Get(ctx, key, &s); {
+		key := client.ObjectKey{Namespace: a.o.AgentNamespace, Name: hsv1.PublishedSecretName("AppNamespace", an.Namespace, an.Name)}
+		switch err := a.c.Get(ctx, key, &s); {
 		case err == nil:
-			versions[key] = s.ResourceVersion
-			if v, ok := s.Data[render.SecretKey]; ok {
-				secrets[key.String()] = string(v)
+			if v, ok := s.Data[render.SecretKey]; ok && s.Annotations[hsv1.AnnotationPublishedFrom] == an.Namespace+"/"+an.Spec.SecretRef.Name {
+				secrets[an.Namespace+"/"+an.Spec.SecretRef.Name] = string(v)
 			}
 		case apierrors.IsNotFound(err):
-			versions[key] = "" // render reports SecretNotFound
 		default:
-			return reconcile.Result{}, fmt.Errorf("reading Secret %s: %w", key, err)
+			return reconcile.Result{}, fmt.Errorf("reading the published Secret %s: %w", key, err)
 		}
 	}
 
@@ -477,12 +624,11 @@ func (a *Agent) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.R
 	for _, cfg := range out.Namespaces {
 		served[cfg.Namespace] = true
 	}
-	certErrs, err := a.syncCertKeyPairs(ctx, served, versions)
+	certErrs, err := a.syncCertKeyPairs(ctx, served)
 	if err != nil {
 		return reconcile.Result{}, fmt.Errorf("loading CertKeyPairs: %w", err)
 	}
 	other = append(other, certErrs...)
-	a.secretVersions = versions
 	// Rules first, so an app namespace added now starts with its rules.
 	if a.rulesGen == 0 || !reflect.DeepEqual(a.rules, out.Rules) {
 		a.table.Store(set)
@@ -537,6 +683,14 @@ func (a *Agent) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.R
 	if applyErr == nil && !a.ready.Load() {
 		a.ready.Store(true)
 		a.log.Info("ready: configuration applied", "appNamespaces", len(applied), "rules", set.Len())
+		if a.podSockets != nil {
+			// not under the reconcile's locks: Publish resolves through them
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			go func() {
+				defer cancel()
+				a.republish(rctx, a.podSockets, filepath.Dir(cmp.Or(a.o.CSIRegistryDir, csi.DefaultRegistryDir)))
+			}()
+		}
 	}
 	return reconcile.Result{}, nil
 }
@@ -573,33 +727,8 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 				a.log.Warn("status heartbeat failed", "err", err)
 			}
 		}
-		versions := a.secretVersions
 		a.mu.Unlock()
-		if a.secretsChanged(ctx, versions) {
-			select {
-			case a.kick <- event.GenericEvent{Object: &corev1.Secret{}}:
-			default: // a reconcile is already pending
-			}
-		}
 	}
-}
-
-// secretsChanged reports whether a Secret the last reconcile read (or
-// found missing) differs now.
-func (a *Agent) secretsChanged(ctx context.Context, versions map[client.ObjectKey]string) bool {
-	for key, rv := range versions {
-		var s corev1.Secret
-		err := a.api.Get(ctx, key, &s)
-		switch {
-		case err == nil && s.ResourceVersion != rv:
-			return true
-		case apierrors.IsNotFound(err) && rv != "":
-			return true
-		case err != nil && !apierrors.IsNotFound(err) && ctx.Err() == nil:
-			a.log.Warn("reading Secret", "secret", key.String(), "err", err)
-		}
-	}
-	return false
 }
 
 func (a *Agent) writeStopped(ctx context.Context) error {
@@ -644,7 +773,14 @@ func (a *Agent) writeStatusLocked(ctx context.Context, state hsv1.EngineState, o
 	if owner != nil {
 		a.owner = owner
 	}
-	if a.last != nil && reflect.DeepEqual(*a.last, st) {
+	lim := a.eng.Limits()
+	var refusals uint64
+	for _, n := range lim.Refusals {
+		refusals += n
+	}
+	limCnd := LimitCondition(lim, refusals > a.refusals)
+	limChanged := a.limitCnd.Type == "" || a.limitCnd.Status != limCnd.Status || a.limitCnd.Reason != limCnd.Reason || a.limitCnd.Message != limCnd.Message
+	if a.last != nil && reflect.DeepEqual(*a.last, st) && !limChanged && sameCondition(a.cniApplied, a.cniCnd) {
 		return nil
 	}
 	built := st
@@ -670,13 +806,30 @@ func (a *Agent) writeStatusLocked(ctx context.Context, state hsv1.EngineState, o
 	} else {
 		cnd.LastTransitionTime = a.readyCnd.LastTransitionTime
 	}
-	st.Conditions = []metav1.Condition{cnd}
+	if a.limitCnd.Type == "" || a.limitCnd.Status != limCnd.Status {
+		limCnd.LastTransitionTime = now
+	} else {
+		limCnd.LastTransitionTime = a.limitCnd.LastTransitionTime
+	}
+	st.Conditions = []metav1.Condition{cnd, limCnd}
+	cniCnd := a.cniCnd
+	if cniCnd.Type != "" {
+		if a.cniApplied.Status != cniCnd.Status {
+			cniCnd.LastTransitionTime = now
+		} else {
+			cniCnd.LastTransitionTime = a.cniApplied.LastTransitionTime
+		}
+		st.Conditions = append(st.Conditions, cniCnd)
+	}
 
 	if err := a.applyStatus(ctx, st, a.owner); err != nil {
 		return err
 	}
 	a.errTimes = times
 	a.readyCnd = cnd
+	a.limitCnd = limCnd
+	a.refusals = refusals
+	a.cniApplied = cniCnd
 	a.last = &built
 	return nil
 }
@@ -735,7 +888,45 @@ func (a *Agent) Resolve(ctx context.Context, ref csi.PodRef) ([]string, error) {
 	if err := a.c.List(ctx, &ans, client.InNamespace(pod.Namespace)); err != nil {
 		return nil, err
 	}
-	return PodAppNamespaces(&pod, ans.Items, a.isServed), nil
+	chosen, err := ChosenAppNamespace(&pod, ref.AppNamespace, ans.Items, a.isServed)
+	if err != nil {
+		return nil, err
+	}
+	return []string{chosen}, nil
+}
+
+// ChosenAppNamespace returns the key of the one AppNamespace a pod's
+// socket admits: chosen, the name the pod webhook wrote into the volume
+// (empty, as with the hostPath fallback: the webhook's rule,
+// hsv1.SelectAppNamespace, among those served on this node), provided it
+// selects the pod and served reports it served on this node.
+// Otherwise the error wraps csi.ErrNotSelected and says why. Another
+// AppNamespace selecting the pod too is not admitted: the pod's apps
+// belong to the one it was attached to.
+func ChosenAppNamespace(pod *corev1.Pod, chosen string, ans []hsv1.AppNamespace, served func(key string) bool) (string, error) {
+	if chosen == "" {
+		// The webhook's rule over what this node serves (the webhook
+		// cannot know the node; here it is known).
+		var here []hsv1.AppNamespace
+		for i := range ans {
+			if served == nil || served(ans[i].Namespace+"/"+ans[i].Name) {
+				here = append(here, ans[i])
+			}
+		}
+		an, _ := hsv1.SelectAppNamespace(pod.Labels, here)
+		if an == nil {
+			return "", fmt.Errorf("no AppNamespace of namespace %s served on this node selects the pod: %w", pod.Namespace, csi.ErrNotSelected)
+		}
+		chosen = an.Name
+	}
+	key := pod.Namespace + "/" + chosen
+	if !slices.Contains(PodAppNamespaces(pod, ans, nil), key) {
+		return "", fmt.Errorf("AppNamespace %s, which the pod was attached to, does not select it (or is being deleted): %w", key, csi.ErrNotSelected)
+	}
+	if served != nil && !served(key) {
+		return "", fmt.Errorf("AppNamespace %s, which the pod was attached to, is not served on this node: %w", key, csi.ErrNotSelected)
+	}
+	return key, nil
 }
 
 func (a *Agent) isServed(key string) bool {
@@ -786,7 +977,7 @@ func (a *Agent) syncHostPath(ctx context.Context) error {
 			p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 			continue
 		}
-		if len(PodAppNamespaces(p, anList.Items, a.isServed)) > 0 {
+		if _, err := ChosenAppNamespace(p, "", anList.Items, a.isServed); err == nil {
 			refs = append(refs, csi.PodRef{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID)})
 		}
 	}

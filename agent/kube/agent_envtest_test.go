@@ -20,6 +20,7 @@ import (
 	"github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -76,11 +77,30 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "FAIL: client:", err)
 		return 1
 	}
+	ctx, stopManager := context.WithCancel(context.Background())
+	defer stopManager()
+	if err := installControlPlane(ctx, k8s); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL: install RBAC and policy:", err)
+		return 1
+	}
+	waitManager, err := runManager(ctx, asServiceAccount(cfg, managerSA, ""))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL: manager:", err)
+		return 1
+	}
+	defer func() {
+		stopManager()
+		waitManager() // the manager must be gone before its API server stops
+	}()
 	// Build the binaries once, before any test's clock starts: with -race
 	// and gVisor linked in, a cold build on a loaded 2-core machine takes
 	// minutes.
 	for _, build := range []func() (string, error){agentBinary, cniBinary} {
-		if _, err := build(); err != nil {
+		bin, err := build()
+		if bin != "" {
+			defer os.RemoveAll(filepath.Dir(bin))
+		}
+		if err != nil {
 			fmt.Fprintln(os.Stderr, "FAIL:", err)
 			return 1
 		}
@@ -154,6 +174,18 @@ func httpGet(url string) (int, string, error) {
 
 var runs int
 
+// testNode creates a Node and a namespace named after prefix and this run,
+// and deletes the namespace's AppNamespaces when the test ends.
+func testNode(ctx context.Context, t *testing.T, g *gomega.WithT, prefix string) (nodeName, ns string) {
+	t.Helper()
+	runs++
+	nodeName, ns = fmt.Sprintf("%s-node-%d", prefix, runs), fmt.Sprintf("%s-%d", prefix, runs)
+	t.Cleanup(func() { _ = k8s.DeleteAllOf(context.Background(), &hsv1.AppNamespace{}, client.InNamespace(ns)) })
+	g.Expect(k8s.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName}})).To(gomega.Succeed())
+	g.Expect(k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(gomega.Succeed())
+	return nodeName, ns
+}
+
 func TestAgentProcessAgainstAPIServer(t *testing.T) {
 	needAPIServer(t)
 	g := gomega.NewWithT(t)
@@ -161,8 +193,8 @@ func TestAgentProcessAgainstAPIServer(t *testing.T) {
 	defer cancel()
 	tmp := t.TempDir()
 
-	kubeconfig, asAgent := agentUser(t, ctx)
-	// RBAC is enforced: the role lets the agent get a Secret, never list them.
+	asAgent := agentUser(t, ctx)
+	// RBAC is enforced: the agent reads no Secret outside its namespace.
 	g.Eventually(func() error { return asAgent.List(ctx, &corev1.NodeList{}) }).Should(gomega.Succeed())
 	g.Expect(apierrors.IsForbidden(asAgent.List(ctx, &corev1.SecretList{}))).To(gomega.BeTrue(), "listing Secrets must be forbidden")
 
@@ -214,7 +246,7 @@ spec:
   action: {type: Deny}
 `)
 
-	ap := startAgent(t, kubeconfig, nodeName)
+	ap := startAgent(t, nodeName)
 	metricsAddr, probeAddr, cmd, tmp := ap.metricsAddr, ap.probeAddr, ap.cmd, ap.tmp
 	sessionNode := func() (*hsv1.SessionNode, error) {
 		var sn hsv1.SessionNode
@@ -248,8 +280,11 @@ spec:
 		g.Expect(sn.Status.RulesGeneration).To(gomega.BeNumerically(">=", 1))
 		g.Expect(sn.OwnerReferences).To(gomega.HaveLen(1))
 		g.Expect(sn.OwnerReferences[0].Kind).To(gomega.Equal("Node"))
-		g.Expect(sn.Status.Conditions).To(gomega.HaveLen(1))
-		g.Expect(sn.Status.Conditions[0].Status).To(gomega.Equal(metav1.ConditionTrue))
+		// The agent's two conditions, and the manager's Serving.
+		g.Expect(sn.Status.Conditions).To(gomega.HaveLen(3))
+		g.Expect(meta.FindStatusCondition(sn.Status.Conditions, hsv1.ConditionReady).Status).To(gomega.Equal(metav1.ConditionTrue))
+		g.Expect(meta.FindStatusCondition(sn.Status.Conditions, hsv1.ConditionEngineLimitReached).Reason).To(gomega.Equal(hsv1.ReasonWithinLimits))
+		g.Expect(meta.FindStatusCondition(sn.Status.Conditions, hsv1.ConditionServing).Reason).To(gomega.Equal(hsv1.ReasonLeaseRenewed))
 		var managers []string
 		for _, f := range sn.ManagedFields {
 			managers = append(managers, f.Manager)
@@ -261,15 +296,15 @@ spec:
 		code, _, _ := httpGet("http://" + probeAddr + "/readyz")
 		return code
 	}).WithTimeout(10 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.Equal(http.StatusOK))
-	series := `hoststack_agent_apps{name="web",namespace="` + ns + `"} 0`
+	series := `hoststack_agent_apps{app_namespace="` + ns + `/web"} 0`
 	g.Eventually(func() string {
-		_, body, _ := httpGet("http://" + metricsAddr + "/metrics")
+		_, body, _ := scrape(t, metricsAddr, metricsToken(t))
 		return body
 	}).WithTimeout(10 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.And(
 		gomega.ContainSubstring(series),
-		gomega.ContainSubstring(`hoststack_agent_rule_denies_total{name="web",namespace="`+ns+`"} 0`),
-		gomega.ContainSubstring(`hoststack_agent_segment_bytes{name="web",namespace="`+ns+`"}`),
-		gomega.Not(gomega.ContainSubstring(`name="elsewhere"`)),
+		gomega.ContainSubstring(`hoststack_agent_rule_denies_total{app_namespace="`+ns+`/web"} 0`),
+		gomega.ContainSubstring(`hoststack_agent_segment_bytes{app_namespace="`+ns+`/web"}`),
+		gomega.Not(gomega.ContainSubstring(`/elsewhere"`)),
 	))
 
 	// A deleted SessionNode comes back.
@@ -285,8 +320,8 @@ spec:
 	}).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.Succeed())
 
 	// An AppNamespace whose Secret is missing fails on the node, saying
-	// why; the Secret appearing (read by the heartbeat: Secrets are not
-	// watched) makes it Ready.
+	// why; the Secret appearing (published by the manager into the agent
+	// namespace, which the agent watches) makes it Ready.
 	createYAML(t, ctx, `apiVersion: hoststack.dev/v1alpha1
 kind: AppNamespace
 metadata: {name: locked, namespace: `+ns+`}
@@ -340,8 +375,9 @@ spec:
 	g.Expect(k8s.Delete(ctx, webPod)).To(gomega.Succeed())
 	g.Eventually(func() bool { return isSocket(webSock) }).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.BeFalse())
 
-	// An app attaches through a pod's socket: the node reports it, and a
-	// connect the SessionRule denies is counted.
+	// An app attaches through a pod's socket: the node's metrics count it,
+	// and a connect the SessionRule denies (counters live in Prometheus,
+	// not in the SessionNode).
 	mkPod("web-1", nodeName, map[string]string{"app": "web"})
 	web1Sock := filepath.Join(tmp, "hp", ns, "web-1", "session.sock")
 	g.Eventually(func() bool { return isSocket(web1Sock) }).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.BeTrue())
@@ -349,20 +385,13 @@ spec:
 	g.Expect(err).NotTo(gomega.HaveOccurred())
 	_, err = app.Dial(ctx, "tcp", "127.0.0.1:5432")
 	g.Expect(err).To(gomega.MatchError(gomega.ContainSubstring("denied by SessionRule " + ns + "/no-db")))
-	g.Eventually(func(g gomega.Gomega) {
-		sn, err := sessionNode()
-		g.Expect(err).NotTo(gomega.HaveOccurred())
-		e := entry(sn, "web")
-		g.Expect(e).NotTo(gomega.BeNil())
-		g.Expect(e.Apps).To(gomega.Equal(int32(1)))
-		g.Expect(e.SegmentBytes).To(gomega.BeNumerically(">", 0))
-	}).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.Succeed())
 	g.Eventually(func() string {
-		_, body, _ := httpGet("http://" + metricsAddr + "/metrics")
+		_, body, _ := scrape(t, metricsAddr, metricsToken(t))
 		return body
 	}).WithTimeout(10 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.And(
-		gomega.ContainSubstring(`hoststack_agent_apps{name="web",namespace="`+ns+`"} 1`),
-		gomega.ContainSubstring(`hoststack_agent_rule_denies_total{name="web",namespace="`+ns+`"} 1`),
+		gomega.ContainSubstring(`hoststack_agent_apps{app_namespace="`+ns+`/web"} 1`),
+		gomega.Not(gomega.ContainSubstring(`hoststack_agent_segment_bytes{app_namespace="`+ns+`/web"} 0`)),
+		gomega.ContainSubstring(`hoststack_agent_rule_denies_total{app_namespace="`+ns+`/web"} 1`),
 	))
 	g.Expect(app.Close()).To(gomega.Succeed())
 
@@ -409,11 +438,11 @@ spec:
 		g.Expect(entry(sn, "web")).To(gomega.BeNil())
 	}).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.Succeed())
 	g.Eventually(func() string {
-		_, body, _ := httpGet("http://" + metricsAddr + "/metrics")
+		_, body, _ := scrape(t, metricsAddr, metricsToken(t))
 		return body
 	}).WithTimeout(10 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.And(
 		gomega.ContainSubstring("hoststack_agent_app_namespaces 1"), // locked is still served
-		gomega.Not(gomega.ContainSubstring(`name="web"`)),
+		gomega.Not(gomega.ContainSubstring(`/web"`)),
 	))
 
 	// An app of the AppNamespace still served listens; SIGTERM tells it the
@@ -422,17 +451,24 @@ spec:
 	mkPod("locked-0", nodeName, map[string]string{"app": "locked"})
 	lockedSock := filepath.Join(tmp, "hp", ns, "locked-0", "session.sock")
 	g.Eventually(func() bool { return isSocket(lockedSock) }).WithTimeout(20 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.BeTrue())
-	lapp, err := hsclient.Attach(ctx, hsclient.Options{Socket: lockedSock, Name: "server", Secret: "s3cret", Scope: hsclient.ScopeLocal})
+	lost := make(chan error, 1) // the app is told, then re-attaches by itself
+	lapp, err := hsclient.Attach(ctx, hsclient.Options{Socket: lockedSock, Name: "server", Secret: "s3cret", Scope: hsclient.ScopeLocal,
+		OnEngine: func(attached bool, err error) {
+			if !attached {
+				select {
+				case lost <- err:
+				default:
+				}
+			}
+		}})
 	g.Expect(err).NotTo(gomega.HaveOccurred())
 	defer lapp.Close()
-	ln, err := lapp.Listen("tcp", "127.0.0.1:7000")
+	_, err = lapp.Listen("tcp", "127.0.0.1:7000")
 	g.Expect(err).NotTo(gomega.HaveOccurred())
-	accepted := make(chan error, 1)
-	go func() { _, err := ln.Accept(); accepted <- err }()
 	g.Expect(cmd.Process.Signal(syscall.SIGTERM)).To(gomega.Succeed())
 	select {
-	case err := <-accepted:
-		g.Expect(errors.Is(err, syscall.ESHUTDOWN)).To(gomega.BeTrue(), "Accept after SIGTERM: %v", err)
+	case err := <-lost:
+		g.Expect(errors.Is(err, syscall.ESHUTDOWN)).To(gomega.BeTrue(), "after SIGTERM: %v", err)
 	case <-ctx.Done():
 		t.Fatal("the app was not told of the shutdown")
 	}
@@ -444,20 +480,20 @@ spec:
 }
 
 // The hand-written manifests of config/agent are objects the API server
-// accepts (server-side dry run: schema and defaulting, nothing stored).
+// accepts (server-side dry run: schema and defaulting, nothing stored), and
+// the agent's Pod is admitted by Pod Security in the namespace config/agent
+// creates (created for real, with its labels; admission enforces Pod
+// Security on Pods and only warns on DaemonSets). test/chart checks the
+// whole install, chart and config/default, the same way.
 func TestAgentManifestsAreValid(t *testing.T) {
 	needAPIServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	nsObj := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "hoststack-system"}}
-	if err := k8s.Create(ctx, nsObj); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
 	files, err := filepath.Glob(filepath.Join("..", "..", "config", "agent", "*.yaml"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no manifests: %v", err)
 	}
-	kinds := map[string]bool{}
+	var objs []*unstructured.Unstructured
 	for _, f := range files {
 		if filepath.Base(f) == "kustomization.yaml" {
 			continue
@@ -466,18 +502,55 @@ func TestAgentManifestsAreValid(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		u := &unstructured.Unstructured{}
-		if err := yaml.Unmarshal(b, &u.Object); err != nil {
-			t.Fatalf("%s: %v", f, err)
+		for _, doc := range strings.Split(string(b), "\n---\n") {
+			u := &unstructured.Unstructured{}
+			if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			if len(u.Object) > 0 {
+				objs = append(objs, u)
+			}
+		}
+	}
+	kinds := map[string]bool{}
+	for _, u := range objs {
+		if u.GetKind() == "Namespace" {
+			if err := k8s.Create(ctx, u.DeepCopy()); err != nil && !apierrors.IsAlreadyExists(err) {
+				t.Fatal(err)
+			}
+			kinds["Namespace"] = true
+		}
+	}
+	for _, u := range objs {
+		kinds[u.GetKind()] = true
+		if u.GetKind() == "Namespace" {
+			continue
 		}
 		// AlreadyExists comes from storage, after validation passed (the
 		// other test binds the ClusterRole for real).
-		if err := k8s.Create(ctx, u, client.DryRunAll); err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Errorf("%s: %v", f, err)
+		if err := k8s.Create(ctx, u.DeepCopy(), client.DryRunAll); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Errorf("%s %s: %v", u.GetKind(), u.GetName(), err)
 		}
-		kinds[u.GetKind()] = true
+		if u.GetKind() != "DaemonSet" {
+			continue
+		}
+		tmpl, _, err := unstructured.NestedMap(u.Object, "spec", "template")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pod := &unstructured.Unstructured{Object: tmpl}
+		pod.SetAPIVersion("v1")
+		pod.SetKind("Pod")
+		pod.SetName(u.GetName() + "-pod")
+		pod.SetNamespace(u.GetNamespace())
+		if err := unstructured.SetNestedField(pod.Object, "node-1", "spec", "nodeName"); err != nil {
+			t.Fatal(err)
+		}
+		if err := k8s.Create(ctx, pod, client.DryRunAll); err != nil {
+			t.Errorf("the agent's pod in namespace %s: %v", u.GetNamespace(), err)
+		}
 	}
-	for _, k := range []string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "CSIDriver", "DaemonSet"} {
+	for _, k := range []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "CSIDriver", "DaemonSet"} {
 		if !kinds[k] {
 			t.Errorf("config/agent has no %s", k)
 		}
@@ -502,40 +575,15 @@ var agentBinary = sync.OnceValues(func() (string, error) {
 	return bin, nil
 })
 
-// agentUser returns a kubeconfig (and a client) for a user holding exactly
-// the ClusterRole of config/agent, so a permission the agent needs and the
-// role lacks fails the tests.
-func agentUser(t *testing.T, ctx context.Context) (kubeconfig string, asAgent client.Client) {
+// agentUser returns a client acting as the agent's service account (no
+// node bound to it), under the RBAC of config/agent the suite installed.
+func agentUser(t *testing.T, ctx context.Context) client.Client {
 	t.Helper()
-	const agentUser = "system:serviceaccount:hoststack-system:hoststack-agent"
-	user, err := testEnv.AddUser(envtest.User{Name: agentUser}, nil)
+	c, err := client.New(asServiceAccount(testEnv.Config, agentSA, ""), client.Options{Scheme: k8s.Scheme()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	role, err := os.ReadFile(filepath.Join("..", "..", "config", "agent", "role.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	createYAML(t, ctx, string(role), true)
-	createYAML(t, ctx, `apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: hoststack-agent-test}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: hoststack-agent}
-subjects:
-- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "`+agentUser+`"}
-`, true)
-	if asAgent, err = client.New(user.Config(), client.Options{Scheme: k8s.Scheme()}); err != nil {
-		t.Fatal(err)
-	}
-	kc, err := user.KubeConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig = filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return kubeconfig, asAgent
+	return c
 }
 
 // agentProc is a running hoststack-agent binary with its state under tmp.
@@ -553,10 +601,12 @@ func (ap *agentProc) path(elem ...string) string {
 }
 
 // startAgent runs the agent for nodeName in Kubernetes mode with CSI, the
-// hostPath fallback (under hp/) and CNI (cni.sock); it is killed at cleanup
-// unless the test waited for it.
-func startAgent(t *testing.T, kubeconfig, nodeName string, extra ...string) *agentProc {
+// hostPath fallback (under hp/) and CNI (cni.sock), as the agent's service
+// account with a token bound to nodeName (impersonated: see
+// agentKubeconfig); it is killed at cleanup unless the test waited for it.
+func startAgent(t *testing.T, nodeName string, extra ...string) *agentProc {
 	t.Helper()
+	kubeconfig := agentKubeconfig(t, nodeName)
 	bin, err := agentBinary()
 	if err != nil {
 		t.Fatal(err)

@@ -23,12 +23,13 @@ type certState struct {
 // syncCertKeyPairs loads into the engine's TLS store the CertKeyPairs the
 // apps of this node may use: those of the Kubernetes namespaces of the
 // AppNamespaces it serves (an app may use only pairs of its own namespace).
-// Secrets are read uncached (the agent may get, not list or watch, them):
-// each one read joins versions, so the heartbeat notices a rotation and new
-// handshakes use the new certificate within a status interval. A Secret
-// whose version did not change is not parsed again. Refused material keeps
-// the previous good pair in service and becomes a node error.
-func (a *Agent) syncCertKeyPairs(ctx context.Context, namespaces map[string]bool, versions map[client.ObjectKey]string) ([]hsv1.NodeError, error) {
+// The material comes from the copy the manager publishes in the agent
+// namespace (the agent cannot read the teams' Secrets), from the cache: a
+// rotation reaches the watch, and new handshakes use the new certificate.
+// A copy whose version did not change is not parsed again. Refused
+// material keeps the previous good pair in service and becomes a node
+// error.
+func (a *Agent) syncCertKeyPairs(ctx context.Context, namespaces map[string]bool) ([]hsv1.NodeError, error) {
 	var list hsv1.CertKeyPairList
 	if err := a.c.List(ctx, &list); err != nil {
 		return nil, err
@@ -42,13 +43,17 @@ func (a *Agent) syncCertKeyPairs(ctx context.Context, namespaces map[string]bool
 		}
 		key := client.ObjectKeyFromObject(ckp)
 		keep[key] = true
-		skey := client.ObjectKey{Namespace: ckp.Namespace, Name: ckp.Spec.SecretRef.Name}
+		skey := client.ObjectKey{Namespace: a.o.AgentNamespace, Name: hsv1.PublishedSecretName("CertKeyPair", ckp.Namespace, ckp.Name)}
+		from := ckp.Namespace + "/" + ckp.Spec.SecretRef.Name
 		var s corev1.Secret
 		var certPEM, keyPEM []byte
 		var loadErr error
-		switch err := a.api.Get(ctx, skey, &s); {
+		switch err := a.c.Get(ctx, skey, &s); {
+		case err == nil && s.Annotations[hsv1.AnnotationPublishedFrom] != from:
+			// The manager has not caught up with a changed secretRef.
+			s = corev1.Secret{}
+			loadErr = fmt.Errorf("Secret %s not published yet", from)
 		case err == nil:
-			versions[skey] = s.ResourceVersion
 			if prev, ok := a.certs[key]; ok && prev.secretVersion == s.ResourceVersion {
 				if prev.err != "" {
 					errs = append(errs, certError(key, prev.err))
@@ -57,10 +62,10 @@ func (a *Agent) syncCertKeyPairs(ctx context.Context, namespaces map[string]bool
 			}
 			certPEM, keyPEM, loadErr = enginetls.SecretData(s.Data)
 		case apierrors.IsNotFound(err):
-			versions[skey] = ""
-			loadErr = fmt.Errorf("Secret %s not found", skey)
+			// The manager publishes only a TLS Secret that exists.
+			loadErr = fmt.Errorf("Secret %s not found (or not of type kubernetes.io/tls)", from)
 		default:
-			return nil, fmt.Errorf("reading Secret %s of CertKeyPair %s: %w", skey, key, err)
+			return nil, fmt.Errorf("reading the published Secret %s of CertKeyPair %s: %w", skey, key, err)
 		}
 		if loadErr == nil {
 			loadErr = a.tls.Set(ckp.Namespace, ckp.Name, certPEM, keyPEM)

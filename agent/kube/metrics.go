@@ -1,7 +1,6 @@
 package kube
 
 import (
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -81,8 +80,9 @@ func (c *CountingRules) Retain(keep map[string]bool) {
 	}
 }
 
-// Metric names the agent exports, labelled namespace and name of the
-// AppNamespace.
+// Metric names the agent exports, labelled app_namespace: the
+// AppNamespace's "namespace/name", as everywhere else. Not "namespace":
+// Prometheus sets that label to the scraped pod's namespace.
 const (
 	MetricApps         = "hoststack_agent_apps"
 	MetricSessions     = "hoststack_agent_sessions"
@@ -93,6 +93,9 @@ const (
 	MetricRefused      = "hoststack_agent_connects_refused_total"
 	MetricServed       = "hoststack_agent_app_namespaces"
 )
+
+// LabelAppNamespace labels every per-AppNamespace series.
+const LabelAppNamespace = "app_namespace"
 
 // Collector exports the engine's per-AppNamespace statistics. It reads the
 // engine at scrape time, so a series exists exactly as long as the engine
@@ -106,7 +109,7 @@ type Collector struct {
 
 // NewCollector returns a Collector reading stats (engine.Stats) and rules.
 func NewCollector(stats func() []session.NamespaceStats, rules *CountingRules) *Collector {
-	l := []string{"namespace", "name"}
+	l := []string{LabelAppNamespace}
 	return &Collector{
 		Stats: stats, Rules: rules,
 		apps:     prometheus.NewDesc(MetricApps, "Apps attached to the AppNamespace on this node.", l, nil),
@@ -132,16 +135,16 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	stats := c.Stats()
 	ch <- prometheus.MustNewConstMetric(c.served, prometheus.GaugeValue, float64(len(stats)))
 	for _, s := range stats {
-		ns, name, _ := strings.Cut(s.Namespace, "/")
-		ch <- prometheus.MustNewConstMetric(c.apps, prometheus.GaugeValue, float64(s.Apps), ns, name)
-		ch <- prometheus.MustNewConstMetric(c.sessions, prometheus.GaugeValue, float64(s.Sessions), ns, name)
-		ch <- prometheus.MustNewConstMetric(c.segBytes, prometheus.GaugeValue, float64(s.SegmentBytes), ns, name)
-		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(s.Bytes), ns, name)
-		ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(s.ConnectsRefused), ns, name)
+		key := s.Namespace
+		ch <- prometheus.MustNewConstMetric(c.apps, prometheus.GaugeValue, float64(s.Apps), key)
+		ch <- prometheus.MustNewConstMetric(c.sessions, prometheus.GaugeValue, float64(s.Sessions), key)
+		ch <- prometheus.MustNewConstMetric(c.segBytes, prometheus.GaugeValue, float64(s.SegmentBytes), key)
+		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(s.Bytes), key)
+		ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(s.ConnectsRefused), key)
 		if c.Rules != nil {
 			l, d := c.Rules.Counts(s.Namespace)
-			ch <- prometheus.MustNewConstMetric(c.lookups, prometheus.CounterValue, float64(l), ns, name)
-			ch <- prometheus.MustNewConstMetric(c.denies, prometheus.CounterValue, float64(d), ns, name)
+			ch <- prometheus.MustNewConstMetric(c.lookups, prometheus.CounterValue, float64(l), key)
+			ch <- prometheus.MustNewConstMetric(c.denies, prometheus.CounterValue, float64(d), key)
 		}
 	}
 }

@@ -89,12 +89,7 @@ func TestAgentCarriesPodTraffic(t *testing.T) {
 	g := gomega.NewWithT(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	kubeconfig, _ := agentUser(t, ctx)
-	runs++
-	nodeName, ns := fmt.Sprintf("pods-node-%d", runs), fmt.Sprintf("pods-%d", runs)
-	t.Cleanup(func() { _ = k8s.DeleteAllOf(context.Background(), &hsv1.AppNamespace{}, client.InNamespace(ns)) })
-	g.Expect(k8s.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName}})).To(gomega.Succeed())
-	g.Expect(k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(gomega.Succeed())
+	nodeName, ns := testNode(ctx, t, g, "pods")
 	createYAML(t, ctx, `apiVersion: hoststack.dev/v1alpha1
 kind: AppNamespace
 metadata: {name: web, namespace: `+ns+`}
@@ -104,7 +99,7 @@ spec:
 	server := netnstest.Listen(t, tp.B.Path(), "tcp", "10.99.0.2:0")
 	serverPeers := echotest.Serve(server)
 
-	ap := startAgent(t, kubeconfig, nodeName, "--interface-netns", tp.A.Path())
+	ap := startAgent(t, nodeName, "--interface-netns", tp.A.Path())
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web-0", Labels: map[string]string{"app": "web"}},
 		Spec: corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "app", Image: "app"}}}}
 	g.Expect(k8s.Create(ctx, pod)).To(gomega.Succeed())

@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"fmt"
 	"sort"
 	"strings"
 
@@ -55,6 +56,10 @@ type StatusInput struct {
 	// Transport is the transport's type; "" when there is none.
 	Transport hsv1.TransportType
 }
+
+// ReasonTooManyAppNamespaces is the node error of a status whose
+// appNamespaces list was capped.
+const ReasonTooManyAppNamespaces = "TooManyAppNamespaces"
 
 // BuildStatus computes the SessionNode status the agent applies: one entry
 // per selected AppNamespace (Ready when the engine serves it at its
@@ -120,11 +125,6 @@ func BuildStatus(in StatusInput) hsv1.SessionNodeStatus {
 			if ifc, ok := ifaces[key]; ok {
 				e.Transport = driverTransport(ifc.Driver)
 			}
-			if s, ok := in.Stats[key]; ok {
-				e.Apps = int32(s.Apps)
-				e.Sessions = int64(s.Sessions)
-				e.SegmentBytes = s.SegmentBytes
-			}
 		default:
 			e.State = hsv1.AppNamespacePending
 		}
@@ -139,6 +139,14 @@ func BuildStatus(in StatusInput) hsv1.SessionNodeStatus {
 	})
 
 	var errs []hsv1.NodeError
+	if n := len(st.AppNamespaces); n > hsv1.MaxNodeAppNamespaces {
+		// Capped here, not refused by the API server: a list over the
+		// schema's bound would fail the whole status write. First among
+		// the errors, so the errors' own cap keeps it.
+		st.AppNamespaces = st.AppNamespaces[:hsv1.MaxNodeAppNamespaces]
+		errs = append(errs, hsv1.NodeError{Reason: ReasonTooManyAppNamespaces,
+			Message: fmt.Sprintf("this node serves %d AppNamespaces; status lists the first %d (by namespace, then name), the others are served but not reported", n, hsv1.MaxNodeAppNamespaces)})
+	}
 	errs = append(errs, in.OtherErrors...)
 	for _, p := range in.Render.Problems {
 		errs = append(errs, hsv1.NodeError{Reason: reason(p.Reason), Message: clip(p.Field+": "+p.Detail, 1024), Object: objectRef(p.Object)})
@@ -181,6 +189,34 @@ func ReadyCondition(st hsv1.SessionNodeStatus) metav1.Condition {
 			c.Reason = "Unknown"
 		}
 		c.Message = "the session engine is " + strings.ToLower(c.Reason)
+	}
+	return c
+}
+
+// LimitCondition is the SessionNode's EngineLimitReached condition (without
+// times): True while the engine is at a node-wide cap, or refused an app or
+// worker for one since the previous status (refusedSince), naming the cap.
+func LimitCondition(l session.LimitStatus, refusedSince bool) metav1.Condition {
+	reasons := map[string]string{
+		session.LimitNodeMaxApps:    hsv1.ReasonNodeMaxApps,
+		session.LimitNodeMaxWorkers: hsv1.ReasonNodeMaxWorkers,
+		session.LimitNodeMaxThreads: hsv1.ReasonNodeMaxThreads,
+	}
+	c := metav1.Condition{Type: hsv1.ConditionEngineLimitReached, Status: metav1.ConditionFalse, Reason: hsv1.ReasonWithinLimits,
+		Message: fmt.Sprintf("the session engine is below its node-wide caps (apps %d, workers %d, engine threads %d)", l.MaxApps, l.MaxWorkers, l.MaxThreads)}
+	if reached := l.Reached(); len(reached) > 0 {
+		c.Status, c.Reason = metav1.ConditionTrue, reasons[reached[0]]
+		c.Message = fmt.Sprintf("the session engine is at its node-wide caps %s: apps %d/%d, workers %d/%d, engine threads %d/%d; new apps or workers are refused",
+			strings.Join(reached, ", "), l.Apps, l.MaxApps, l.Workers, l.MaxWorkers, l.Threads, l.MaxThreads)
+		return c
+	}
+	if refusedSince && l.LastRefusal != "" {
+		for name, r := range reasons {
+			if strings.Contains(l.LastRefusal, name+" (") {
+				c.Status, c.Reason = metav1.ConditionTrue, r
+				c.Message = clip("the session engine refused an app or worker since the last report: "+l.LastRefusal, 1024)
+			}
+		}
 	}
 	return c
 }

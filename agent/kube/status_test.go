@@ -62,7 +62,7 @@ func TestBuildStatus(t *testing.T) {
 		{Namespace: "a", Name: "bad", ObservedGeneration: 2, State: hsv1.AppNamespaceFailed, Message: "spec.secretRef.name: Secret a/s not found"},
 		{Namespace: "a", Name: "broken", ObservedGeneration: 5, State: hsv1.AppNamespaceFailed, Message: "adding app namespace a/broken: boom"},
 		{Namespace: "a", Name: "pending", ObservedGeneration: 1, State: hsv1.AppNamespacePending},
-		{Namespace: "t", Name: "web", ObservedGeneration: 3, State: hsv1.AppNamespaceReady, Apps: 2, Sessions: 7, SegmentBytes: 4096, Rules: 2, Transport: hsv1.TransportKernel},
+		{Namespace: "t", Name: "web", ObservedGeneration: 3, State: hsv1.AppNamespaceReady, Rules: 2, Transport: hsv1.TransportKernel},
 	}
 	if !reflect.DeepEqual(got.AppNamespaces, wantANs) {
 		t.Errorf("appNamespaces:\n got %+v\nwant %+v", got.AppNamespaces, wantANs)
@@ -206,7 +206,7 @@ func TestCollectorFollowsTheEngine(t *testing.T) {
 	reg.MustRegister(col)
 	got := gather(t, reg)
 	for name, want := range map[string]float64{MetricRuleDenies: 2, MetricRuleLookups: 3, MetricApps: 1, MetricSessions: 2, MetricSegmentBytes: 3, MetricBytes: 4} {
-		if v, ok := got[name+`{name="web",namespace="t"}`]; !ok || v != want {
+		if v, ok := got[name+`{app_namespace="t/web"}`]; !ok || v != want {
 			t.Errorf("%s = %v (present %v), want %v; all: %v", name, v, ok, want, got)
 		}
 	}

@@ -235,8 +235,8 @@ func namespaceConfig(an *hsv1.AppNamespace, secrets map[string]string) (session.
 	cfg.SegmentSize = quantity(seg.SegmentSize)
 	// The engine's FIFOs are power-of-two rings; round up, never down, so an
 	// app gets at least what the spec asked for.
-	cfg.RxFifoSize = pow2Ceil(quantity(seg.RxFifoSize))
-	cfg.TxFifoSize = pow2Ceil(quantity(seg.TxFifoSize))
+	cfg.RxFifoSize = pow2Ceil(quantity(seg.RxFIFOSize))
+	cfg.TxFifoSize = pow2Ceil(quantity(seg.TxFIFOSize))
 	if seg.MaxSegmentsPerApp != nil {
 		// The engine counts the app's own segment too; the API counts the
 		// FIFO segments the app may use.
@@ -247,6 +247,12 @@ func namespaceConfig(an *hsv1.AppNamespace, secrets map[string]string) (session.
 	}
 	if q := an.Spec.Quotas.MaxSessionsPerApp; q != nil {
 		cfg.MaxSessionsPerApp = int(*q)
+	}
+	if q := an.Spec.Quotas.MaxWorkersPerApp; q != nil {
+		cfg.MaxWorkersPerApp = int(*q)
+	}
+	if q := an.Spec.Quotas.MaxListenersPerApp; q != nil {
+		cfg.MaxListenersPerApp = int(*q)
 	}
 	if ref := an.Spec.SecretRef; ref != nil {
 		s, ok := secrets[an.Namespace+"/"+ref.Name]

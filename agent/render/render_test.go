@@ -48,7 +48,7 @@ func TestRender(t *testing.T) {
 		{
 			name: "sizes converted, fifos rounded up to powers of two, own segment counted",
 			in: Input{AppNamespaces: []hsv1.AppNamespace{appns("a", "x", func(a *hsv1.AppNamespace) {
-				a.Spec.Segments = hsv1.SegmentsSpec{SegmentSize: q("64Mi"), RxFifoSize: q("1Mi"), TxFifoSize: q("100Ki"), MaxSegmentsPerApp: ptr.To[int32](4)}
+				a.Spec.Segments = hsv1.SegmentsSpec{SegmentSize: q("64Mi"), RxFIFOSize: q("1Mi"), TxFIFOSize: q("100Ki"), MaxSegmentsPerApp: ptr.To[int32](4)}
 				a.Spec.Quotas = hsv1.QuotasSpec{MaxApps: ptr.To[int32](3), MaxSessionsPerApp: ptr.To[int32](7)}
 			})}},
 			wantKeys: []string{"a/x"},
@@ -97,7 +97,7 @@ func TestRender(t *testing.T) {
 		{
 			name: "sizing the engine cannot serve is a problem naming spec.segments",
 			in: Input{AppNamespaces: []hsv1.AppNamespace{appns("a", "x", func(a *hsv1.AppNamespace) {
-				a.Spec.Segments = hsv1.SegmentsSpec{SegmentSize: q("1Mi"), RxFifoSize: q("1Mi"), TxFifoSize: q("1Mi")}
+				a.Spec.Segments = hsv1.SegmentsSpec{SegmentSize: q("1Mi"), RxFIFOSize: q("1Mi"), TxFIFOSize: q("1Mi")}
 			})}},
 			wantProbs: []string{"spec.segments"},
 		},

@@ -61,7 +61,8 @@ func (a *admin) Close() error {
 	return err
 }
 
-// DumpRules asks a running standalone agent for its compiled rules table.
+// DumpRules asks a running agent (standalone or Kubernetes mode) for its
+// compiled rules table.
 func DumpRules(ctx context.Context, runDir string, w io.Writer) error {
 	path := AdminSocketPath(runDir)
 	c := &http.Client{Transport: &http.Transport{
@@ -76,7 +77,7 @@ func DumpRules(ctx context.Context, runDir string, w io.Writer) error {
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return fmt.Errorf("no standalone agent answers on %s: %w", path, err)
+		return fmt.Errorf("no agent answers on %s: %w", path, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hoststack/hoststack/agent/apply"
 	"github.com/hoststack/hoststack/agent/render"
+	attachapi "github.com/hoststack/hoststack/api/attach"
 	hsschema "github.com/hoststack/hoststack/api/schema"
 	"github.com/hoststack/hoststack/engine/rules"
 	"github.com/hoststack/hoststack/engine/session"
@@ -40,11 +41,26 @@ type Options struct {
 	// OpenStack opens Interface-mode stacks; nil: apply.OpenLink in the
 	// process's own network namespace.
 	OpenStack apply.OpenStack
+	// Limits are the engine's node-wide caps (zero fields: defaults).
+	Limits session.Limits
+	// SocketMode is the attach sockets' permission bits (0: 0660) and
+	// SocketGID, when set, their group: who may open a socket may attach.
+	SocketMode os.FileMode
+	SocketGID  *int
+	// PrivilegedPorts lists the app namespaces ("namespace/name", or "*"
+	// for all) whose apps may listen on ports below 1024. Standalone apps
+	// are the node's own, so the node's administrator decides here, not
+	// the AppNamespace (whose owner would grant it to itself).
+	PrivilegedPorts []string
 }
+
+// DefaultSocketMode is the standalone attach sockets' mode: the agent's user
+// and group.
+const DefaultSocketMode os.FileMode = 0o660
 
 // SocketPath is where standalone mode serves an app namespace's attach socket.
 func SocketPath(runDir string, cfg session.NamespaceConfig) string {
-	return filepath.Join(runDir, cfg.Namespace, cfg.Name, "session.sock")
+	return filepath.Join(runDir, cfg.Namespace, cfg.Name, attachapi.SocketFile)
 }
 
 // AdminSocketPath is where standalone mode serves its admin API (rules dump).
@@ -134,11 +150,24 @@ func Run(ctx context.Context, o Options) error {
 	if errs := nets.Apply(d.out.Interfaces); len(errs) > 0 {
 		return errors.Join(stackErrors(errs), nets.Close())
 	}
+	mode := o.SocketMode
+	if mode == 0 {
+		mode = DefaultSocketMode
+	}
+	priv := map[string]bool{}
+	for _, k := range o.PrivilegedPorts {
+		priv[strings.TrimSpace(k)] = true
+	}
 	eng, err := session.New(session.Config{
-		Rules:     apply.RuleLookup{Table: &table},
-		TLS:       store,
-		Transport: nets.Transport(),
-		Logf:      func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...)) },
+		Rules:       apply.RuleLookup{Table: &table},
+		TLS:         store,
+		Transport:   nets.Transport(),
+		Logf:        func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...)) },
+		Limits:      o.Limits,
+		NodeSockets: session.SocketConfig{Mode: mode, GID: o.SocketGID},
+		PrivilegedPorts: func(key string) bool {
+			return priv["*"] || priv[key]
+		},
 	})
 	if err != nil {
 		return errors.Join(fmt.Errorf("starting engine: %w", err), nets.Close())

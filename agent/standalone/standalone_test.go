@@ -22,7 +22,7 @@ kind: AppNamespace
 metadata: {name: web}
 spec:
   podSelector: {}
-  segments: {segmentSize: 4Mi, rxFifoSize: 64Ki, txFifoSize: 64Ki}
+  segments: {segmentSize: 4Mi, rxFIFOSize: 64Ki, txFIFOSize: 64Ki}
 `
 
 func ruleYAML(name, remoteCIDR string, remotePort int, action, redirectApp string) string {
@@ -184,7 +184,7 @@ func TestRulesEnforcedEndToEnd(t *testing.T) {
 		attach(t, a.socket, "other"), attach(t, a.socket, "client")
 	serve(t, db, "db", "127.0.0.1:5432")
 	serve(t, stable, "stable", "127.0.0.1:8080")
-	serve(t, canary, "canary", "0.0.0.0:8080")
+	serve(t, canary, "canary", "127.0.0.2:8080") // 0.0.0.0:8080 would conflict with stable's, as in Linux
 	serve(t, other, "other-1", "127.0.0.1:9000")
 	serve(t, other, "other-2", "127.0.0.2:9000")
 

@@ -50,12 +50,12 @@ type AppNamespaceSpec struct {
 	// These are defaults and limits: an app may ask for smaller FIFOs when
 	// it attaches, never larger ones.
 	// +optional
-	// +kubebuilder:default={segmentSize: "64Mi", rxFifoSize: "1Mi", txFifoSize: "1Mi", maxSegmentsPerApp: 32}
+	// +kubebuilder:default={segmentSize: "64Mi", rxFIFOSize: "1Mi", txFIFOSize: "1Mi", maxSegmentsPerApp: 32}
 	Segments SegmentsSpec `json:"segments,omitzero"`
 
 	// quotas bound what apps of this AppNamespace may hold on each node.
 	// +optional
-	// +kubebuilder:default={maxApps: 64, maxSessionsPerApp: 512}
+	// +kubebuilder:default={maxApps: 64, maxSessionsPerApp: 512, maxWorkersPerApp: 16, maxListenersPerApp: 64}
 	Quotas QuotasSpec `json:"quotas,omitzero"`
 
 	// secretRef names a Secret, in this Kubernetes namespace, whose key
@@ -148,7 +148,7 @@ type NetworkInterface struct {
 }
 
 // SegmentsSpec sizes the shared-memory segments and FIFOs.
-// +kubebuilder:validation:XValidation:rule="!has(self.segmentSize) || !has(self.rxFifoSize) || !has(self.txFifoSize) || !isQuantity(string(self.segmentSize)) || !isQuantity(string(self.rxFifoSize)) || !isQuantity(string(self.txFifoSize)) || quantity(string(self.rxFifoSize)).add(quantity(string(self.txFifoSize))).compareTo(quantity(string(self.segmentSize))) <= 0",message="spec.segments.rxFifoSize + spec.segments.txFifoSize must fit in spec.segments.segmentSize (a session's two FIFOs share one segment)",fieldPath=".segmentSize"
+// +kubebuilder:validation:XValidation:rule="!has(self.segmentSize) || !has(self.rxFIFOSize) || !has(self.txFIFOSize) || !isQuantity(string(self.segmentSize)) || !isQuantity(string(self.rxFIFOSize)) || !isQuantity(string(self.txFIFOSize)) || quantity(string(self.rxFIFOSize)).add(quantity(string(self.txFIFOSize))).compareTo(quantity(string(self.segmentSize))) <= 0",message="spec.segments.rxFIFOSize + spec.segments.txFIFOSize must fit in spec.segments.segmentSize (a session's two FIFOs share one segment)",fieldPath=".segmentSize"
 type SegmentsSpec struct {
 	// segmentSize is the size of each shared-memory segment, 1Mi to 4Gi.
 	// +optional
@@ -156,17 +156,17 @@ type SegmentsSpec struct {
 	// +kubebuilder:validation:XValidation:rule="!isQuantity(string(self)) || quantity(string(self)).isInteger() && quantity(string(self)).compareTo(quantity('1Mi')) >= 0 && quantity(string(self)).compareTo(quantity('4Gi')) <= 0",message="spec.segments.segmentSize must be a whole number of bytes from 1Mi to 4Gi"
 	SegmentSize *resource.Quantity `json:"segmentSize,omitempty"`
 
-	// rxFifoSize is the default receive FIFO size per session, 4Ki to 1Gi.
+	// rxFIFOSize is the default receive FIFO size per session, 4Ki to 1Gi.
 	// +optional
 	// +kubebuilder:default="1Mi"
-	// +kubebuilder:validation:XValidation:rule="!isQuantity(string(self)) || quantity(string(self)).isInteger() && quantity(string(self)).compareTo(quantity('4Ki')) >= 0 && quantity(string(self)).compareTo(quantity('1Gi')) <= 0",message="spec.segments.rxFifoSize must be a whole number of bytes from 4Ki to 1Gi"
-	RxFifoSize *resource.Quantity `json:"rxFifoSize,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="!isQuantity(string(self)) || quantity(string(self)).isInteger() && quantity(string(self)).compareTo(quantity('4Ki')) >= 0 && quantity(string(self)).compareTo(quantity('1Gi')) <= 0",message="spec.segments.rxFIFOSize must be a whole number of bytes from 4Ki to 1Gi"
+	RxFIFOSize *resource.Quantity `json:"rxFIFOSize,omitempty"`
 
-	// txFifoSize is the default transmit FIFO size per session, 4Ki to 1Gi.
+	// txFIFOSize is the default transmit FIFO size per session, 4Ki to 1Gi.
 	// +optional
 	// +kubebuilder:default="1Mi"
-	// +kubebuilder:validation:XValidation:rule="!isQuantity(string(self)) || quantity(string(self)).isInteger() && quantity(string(self)).compareTo(quantity('4Ki')) >= 0 && quantity(string(self)).compareTo(quantity('1Gi')) <= 0",message="spec.segments.txFifoSize must be a whole number of bytes from 4Ki to 1Gi"
-	TxFifoSize *resource.Quantity `json:"txFifoSize,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="!isQuantity(string(self)) || quantity(string(self)).isInteger() && quantity(string(self)).compareTo(quantity('4Ki')) >= 0 && quantity(string(self)).compareTo(quantity('1Gi')) <= 0",message="spec.segments.txFIFOSize must be a whole number of bytes from 4Ki to 1Gi"
+	TxFIFOSize *resource.Quantity `json:"txFIFOSize,omitempty"`
 
 	// maxSegmentsPerApp bounds the FIFO segments one app may hold.
 	// +optional
@@ -191,6 +191,22 @@ type QuotasSpec struct {
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=1048576
 	MaxSessionsPerApp *int32 `json:"maxSessionsPerApp,omitempty"`
+
+	// maxWorkersPerApp bounds the workers (event-queue pairs, each served
+	// by an engine thread) of one app, its first worker included.
+	// +optional
+	// +kubebuilder:default=16
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=256
+	MaxWorkersPerApp *int32 `json:"maxWorkersPerApp,omitempty"`
+
+	// maxListenersPerApp bounds the stream listeners of one app (a
+	// listener in global scope also holds a kernel socket on the node).
+	// +optional
+	// +kubebuilder:default=64
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=4096
+	MaxListenersPerApp *int32 `json:"maxListenersPerApp,omitempty"`
 }
 
 // SecretReference names a Secret in the referrer's namespace.
@@ -206,7 +222,10 @@ type SecretReference struct {
 // AppNamespaceStatus is the observed state of an AppNamespace, aggregated
 // from the SessionNodes of the nodes that serve it.
 type AppNamespaceStatus struct {
-	// conditions: Ready, Valid, NodesReady.
+	// conditions: Ready (the spec is valid and at least one live node
+	// serves it, every live selected node at the current generation),
+	// Valid, NodesReady (False with reason NoNodesSelected while no live
+	// node serves it).
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -219,7 +238,8 @@ type AppNamespaceStatus struct {
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
-	// selectedNodes counts the nodes whose agent serves this AppNamespace.
+	// selectedNodes counts the live nodes (SessionNode condition Serving)
+	// whose agent serves this AppNamespace.
 	// +optional
 	// +kubebuilder:default=0
 	// +kubebuilder:validation:Minimum=0
@@ -232,17 +252,16 @@ type AppNamespaceStatus struct {
 	// +kubebuilder:validation:Minimum=0
 	ReadyNodes int32 `json:"readyNodes,omitempty"`
 
-	// apps counts the apps attached, over all nodes.
+	// podsNotInjected counts the pods this AppNamespace selects (it is the
+	// one the pod webhook would choose for them) that were created
+	// without the attach volume: their namespace is not opted in to the
+	// webhook (label hoststack.dev/webhook=enabled), or the webhook was
+	// unavailable (failurePolicy Ignore). Each also gets an Event
+	// (reason NotInjected). Recreate them once the cause is fixed.
 	// +optional
 	// +kubebuilder:default=0
 	// +kubebuilder:validation:Minimum=0
-	Apps int32 `json:"apps,omitempty"`
-
-	// sessions counts the open sessions, over all nodes.
-	// +optional
-	// +kubebuilder:default=0
-	// +kubebuilder:validation:Minimum=0
-	Sessions int64 `json:"sessions,omitempty"`
+	PodsNotInjected int32 `json:"podsNotInjected,omitempty"`
 }
 
 // AppNamespace is an isolated session-layer namespace (VPP's app
@@ -255,8 +274,7 @@ type AppNamespaceStatus struct {
 // +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.spec.network.mode`
 // +kubebuilder:printcolumn:name="Ready Nodes",type=integer,JSONPath=`.status.readyNodes`
 // +kubebuilder:printcolumn:name="Selected",type=integer,JSONPath=`.status.selectedNodes`
-// +kubebuilder:printcolumn:name="Apps",type=integer,JSONPath=`.status.apps`
-// +kubebuilder:printcolumn:name="Sessions",type=integer,JSONPath=`.status.sessions`
+// +kubebuilder:printcolumn:name="Not Injected",type=integer,JSONPath=`.status.podsNotInjected`,priority=1
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`

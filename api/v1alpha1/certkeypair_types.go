@@ -70,7 +70,7 @@ type CertKeyPairStatus struct {
 // +kubebuilder:resource:shortName=ckp,categories=hoststack
 // +kubebuilder:printcolumn:name="Secret",type=string,JSONPath=`.spec.secretRef.name`
 // +kubebuilder:printcolumn:name="Subject",type=string,JSONPath=`.status.subject`,priority=1
-// +kubebuilder:printcolumn:name="Not After",type=string,JSONPath=`.status.notAfter`
+// +kubebuilder:printcolumn:name="Not After",type=string,format=date-time,JSONPath=`.status.notAfter`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`

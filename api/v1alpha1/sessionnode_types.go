@@ -58,7 +58,15 @@ const (
 
 // SessionNodeStatus is what a node's agent reports about its engine.
 type SessionNodeStatus struct {
-	// conditions: Ready (the engine runs and its transport is up).
+	// conditions: Ready (the engine runs and its transport is up);
+	// EngineLimitReached (the engine is at a node-wide cap: reasons
+	// NodeMaxApps, NodeMaxWorkers, NodeMaxEngineThreads, or WithinLimits);
+	// and, when the agent installs the CNI plugin, CNIChained (True:
+	// hoststack-cni is chained into the node's primary CNI conflist; False
+	// with reason NoConfig, UnsupportedVersion, UnsupportedConfig or
+	// InstallFailed). The manager adds Serving: True (LeaseRenewed) while
+	// the agent renews its Lease and the Node is not NotReady; False with
+	// reason LeaseExpired, LeaseNotFound or NodeNotReady.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -83,6 +91,9 @@ type SessionNodeStatus struct {
 	// +listType=map
 	// +listMapKey=namespace
 	// +listMapKey=name
+	// At most MaxNodeAppNamespaces: a node serving more lists the first
+	// (by namespace, then name) and says so in errors
+	// (TooManyAppNamespaces).
 	// +kubebuilder:validation:MaxItems=4096
 	AppNamespaces []AppNamespaceNodeStatus `json:"appNamespaces,omitempty"`
 
@@ -105,6 +116,10 @@ type SessionNodeStatus struct {
 	// +kubebuilder:validation:MaxItems=32
 	Errors []NodeError `json:"errors,omitempty"`
 }
+
+// MaxNodeAppNamespaces bounds SessionNode status.appNamespaces (the
+// schema's MaxItems); the agent caps the list before it applies it.
+const MaxNodeAppNamespaces = 4096
 
 // EngineStatus is the session engine's state on a node.
 type EngineStatus struct {
@@ -158,21 +173,6 @@ type AppNamespaceNodeStatus struct {
 	// state of the AppNamespace on this node.
 	// +required
 	State AppNamespaceState `json:"state"`
-
-	// apps attached on this node.
-	// +optional
-	// +kubebuilder:validation:Minimum=0
-	Apps int32 `json:"apps,omitempty"`
-
-	// sessions open on this node.
-	// +optional
-	// +kubebuilder:validation:Minimum=0
-	Sessions int64 `json:"sessions,omitempty"`
-
-	// segmentBytes is the size of the FIFO segments mapped by its apps.
-	// +optional
-	// +kubebuilder:validation:Minimum=0
-	SegmentBytes int64 `json:"segmentBytes,omitempty"`
 
 	// transport carries this AppNamespace's sessions to the outside world
 	// on this node: Kernel (PodNetwork mode) or the link driver of its

@@ -134,7 +134,9 @@ type RedirectAction struct {
 
 // SessionRuleStatus is the observed state of a SessionRule.
 type SessionRuleStatus struct {
-	// conditions: Ready, Resolved, Conflict.
+	// conditions: Ready (accepted and enforced by at least one live node),
+	// Accepted (the AppNamespace exists and no older rule has the same
+	// match), Resolved, Conflict.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -146,6 +148,13 @@ type SessionRuleStatus struct {
 	// observedGeneration is the generation this status describes.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// enforcingNodes counts the live nodes (SessionNode condition Serving)
+	// that serve the rule's AppNamespace Ready with as many rules as the
+	// manager accepted for it.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	EnforcingNodes int32 `json:"enforcingNodes,omitempty"`
 }
 
 // SessionRule is an allow, deny or redirect rule on session lookups of an
@@ -163,6 +172,7 @@ type SessionRuleStatus struct {
 // +kubebuilder:printcolumn:name="RPort",type=integer,JSONPath=`.spec.remote.port`,priority=1
 // +kubebuilder:printcolumn:name="Action",type=string,JSONPath=`.spec.action.type`
 // +kubebuilder:printcolumn:name="Tag",type=string,JSONPath=`.spec.tag`,priority=1
+// +kubebuilder:printcolumn:name="Enforcing",type=integer,JSONPath=`.status.enforcingNodes`,priority=1
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`

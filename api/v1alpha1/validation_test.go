@@ -90,7 +90,7 @@ func wantField(t *testing.T, u *unstructured.Unstructured, want any, path ...str
 
 func TestAppNamespaceAdmission(t *testing.T) {
 	const ifaceMsg = "spec.network.interface is required when spec.network.mode is Interface, and forbidden otherwise"
-	const fitMsg = "spec.segments.rxFifoSize + spec.segments.txFifoSize must fit in spec.segments.segmentSize"
+	const fitMsg = "spec.segments.rxFIFOSize + spec.segments.txFIFOSize must fit in spec.segments.segmentSize"
 	manyLabels := "spec:\n  podSelector: {}\n  nodeSelector:\n"
 	for i := 0; i < 33; i++ {
 		manyLabels += fmt.Sprintf("    l%d: v\n", i)
@@ -99,19 +99,22 @@ func TestAppNamespaceAdmission(t *testing.T) {
 		{name: "minimal object gets working defaults", yaml: "spec:\n  podSelector: {}\n", check: func(t *testing.T, u *unstructured.Unstructured) {
 			wantField(t, u, "PodNetwork", "spec", "network", "mode")
 			wantField(t, u, "64Mi", "spec", "segments", "segmentSize")
-			wantField(t, u, "1Mi", "spec", "segments", "rxFifoSize")
-			wantField(t, u, "1Mi", "spec", "segments", "txFifoSize")
+			wantField(t, u, "1Mi", "spec", "segments", "rxFIFOSize")
+			wantField(t, u, "1Mi", "spec", "segments", "txFIFOSize")
 			wantField(t, u, 32, "spec", "segments", "maxSegmentsPerApp")
 			wantField(t, u, 64, "spec", "quotas", "maxApps")
 			wantField(t, u, 512, "spec", "quotas", "maxSessionsPerApp")
+			wantField(t, u, 16, "spec", "quotas", "maxWorkersPerApp")
+			wantField(t, u, 64, "spec", "quotas", "maxListenersPerApp")
 		}},
 		{name: "empty network and partial segments are defaulted field by field",
-			yaml: "spec:\n  podSelector: {}\n  network: {}\n  segments:\n    rxFifoSize: 2Mi\n  quotas:\n    maxApps: 3\n",
+			yaml: "spec:\n  podSelector: {}\n  network: {}\n  segments:\n    rxFIFOSize: 2Mi\n  quotas:\n    maxApps: 3\n",
 			check: func(t *testing.T, u *unstructured.Unstructured) {
 				wantField(t, u, "PodNetwork", "spec", "network", "mode")
 				wantField(t, u, "64Mi", "spec", "segments", "segmentSize")
-				wantField(t, u, "2Mi", "spec", "segments", "rxFifoSize")
+				wantField(t, u, "2Mi", "spec", "segments", "rxFIFOSize")
 				wantField(t, u, 512, "spec", "quotas", "maxSessionsPerApp")
+				wantField(t, u, 16, "spec", "quotas", "maxWorkersPerApp")
 			}},
 		{name: "full Interface mode", yaml: `spec:
   podSelector:
@@ -123,8 +126,8 @@ func TestAppNamespaceAdmission(t *testing.T) {
   network:
     mode: Interface
     interface: {name: eth1, vrf: 10, addresses: [192.0.2.10/24, "2001:db8::10/64"], ipv4Gateway: 192.0.2.1, ipv6Gateway: "2001:db8::1", driver: AFPacket}
-  segments: {segmentSize: 1048576, rxFifoSize: 4096, txFifoSize: 4Ki, maxSegmentsPerApp: 1}
-  quotas: {maxApps: 1, maxSessionsPerApp: 1}
+  segments: {segmentSize: 1048576, rxFIFOSize: 4096, txFIFOSize: 4Ki, maxSegmentsPerApp: 1}
+  quotas: {maxApps: 1, maxSessionsPerApp: 1, maxWorkersPerApp: 1, maxListenersPerApp: 1}
   secretRef: {name: attach-secret}
 `},
 		{name: "missing podSelector", yaml: "spec: {}\n", want: []string{"spec.podSelector: Required value"}},
@@ -153,15 +156,15 @@ func TestAppNamespaceAdmission(t *testing.T) {
 			want: []string{"spec.network.interface.vrf", "less than or equal to 4294967295"}},
 		{name: "unknown mode", yaml: "spec:\n  podSelector: {}\n  network: {mode: HostNetwork}\n",
 			want: []string{"spec.network.mode", `Unsupported value: "HostNetwork"`}},
-		{name: "segment too small", yaml: "spec:\n  podSelector: {}\n  segments: {segmentSize: 512Ki, rxFifoSize: 4Ki, txFifoSize: 4Ki}\n",
+		{name: "segment too small", yaml: "spec:\n  podSelector: {}\n  segments: {segmentSize: 512Ki, rxFIFOSize: 4Ki, txFIFOSize: 4Ki}\n",
 			want: []string{"spec.segments.segmentSize", "spec.segments.segmentSize must be a whole number of bytes from 1Mi to 4Gi"}},
 		{name: "segment too large", yaml: "spec:\n  podSelector: {}\n  segments: {segmentSize: 5Gi}\n",
 			want: []string{"spec.segments.segmentSize must be a whole number of bytes from 1Mi to 4Gi"}},
-		{name: "fifo too small", yaml: "spec:\n  podSelector: {}\n  segments: {rxFifoSize: 2Ki}\n",
-			want: []string{"spec.segments.rxFifoSize", "spec.segments.rxFifoSize must be a whole number of bytes from 4Ki to 1Gi"}},
-		{name: "fractional fifo", yaml: "spec:\n  podSelector: {}\n  segments: {txFifoSize: 100000m}\n",
-			want: []string{"spec.segments.txFifoSize must be a whole number of bytes from 4Ki to 1Gi"}},
-		{name: "fifos do not fit in a segment", yaml: "spec:\n  podSelector: {}\n  segments: {segmentSize: 64Mi, rxFifoSize: 48Mi, txFifoSize: 32Mi}\n",
+		{name: "fifo too small", yaml: "spec:\n  podSelector: {}\n  segments: {rxFIFOSize: 2Ki}\n",
+			want: []string{"spec.segments.rxFIFOSize", "spec.segments.rxFIFOSize must be a whole number of bytes from 4Ki to 1Gi"}},
+		{name: "fractional fifo", yaml: "spec:\n  podSelector: {}\n  segments: {txFIFOSize: 100000m}\n",
+			want: []string{"spec.segments.txFIFOSize must be a whole number of bytes from 4Ki to 1Gi"}},
+		{name: "fifos do not fit in a segment", yaml: "spec:\n  podSelector: {}\n  segments: {segmentSize: 64Mi, rxFIFOSize: 48Mi, txFIFOSize: 32Mi}\n",
 			want: []string{"spec.segments.segmentSize", fitMsg}},
 		{name: "not a quantity", yaml: "spec:\n  podSelector: {}\n  segments: {segmentSize: lots}\n",
 			want: []string{"spec.segments.segmentSize"}},
@@ -169,6 +172,12 @@ func TestAppNamespaceAdmission(t *testing.T) {
 			want: []string{"spec.segments.maxSegmentsPerApp", "greater than or equal to 1"}},
 		{name: "too many apps", yaml: "spec:\n  podSelector: {}\n  quotas: {maxApps: 70000}\n",
 			want: []string{"spec.quotas.maxApps", "less than or equal to 65535"}},
+		{name: "zero workers per app", yaml: "spec:\n  podSelector: {}\n  quotas: {maxWorkersPerApp: 0}\n",
+			want: []string{"spec.quotas.maxWorkersPerApp", "greater than or equal to 1"}},
+		{name: "too many workers per app", yaml: "spec:\n  podSelector: {}\n  quotas: {maxWorkersPerApp: 257}\n",
+			want: []string{"spec.quotas.maxWorkersPerApp", "less than or equal to 256"}},
+		{name: "too many listeners per app", yaml: "spec:\n  podSelector: {}\n  quotas: {maxListenersPerApp: 5000}\n",
+			want: []string{"spec.quotas.maxListenersPerApp", "less than or equal to 4096"}},
 		{name: "bad selector operator", yaml: "spec:\n  podSelector:\n    matchExpressions: [{key: a, operator: Equals, values: [b]}]\n",
 			want: []string{"spec.podSelector", "spec.podSelector.matchExpressions[].operator must be one of In, NotIn, Exists, DoesNotExist"}},
 		{name: "In without values", yaml: "spec:\n  podSelector:\n    matchExpressions: [{key: a, operator: In}]\n",
@@ -247,11 +256,16 @@ func TestSessionNodeStatusAdmission(t *testing.T) {
 		Engine:    hsv1.EngineStatus{State: hsv1.EngineRunning, Version: "v0.1.0"},
 		Transport: hsv1.TransportStatus{Type: hsv1.TransportAFXDP, Interface: "eth1", State: hsv1.TransportUp},
 		AppNamespaces: []hsv1.AppNamespaceNodeStatus{
-			{Namespace: "team-a", Name: "demo", ObservedGeneration: 1, State: hsv1.AppNamespaceReady, Apps: 2, Sessions: 7, SegmentBytes: 64 << 20, Rules: 3},
+			{Namespace: "team-a", Name: "demo", ObservedGeneration: 1, State: hsv1.AppNamespaceReady, Rules: 3},
 			{Namespace: "team-b", Name: "demo", State: hsv1.AppNamespacePending},
 		},
 		RulesGeneration: 9,
 		Errors:          []hsv1.NodeError{{Reason: "InterfaceDown", Message: "eth2 is down", Object: "AppNamespace/team-c/x"}},
+		Conditions: []metav1.Condition{
+			{Type: hsv1.ConditionReady, Status: metav1.ConditionTrue, Reason: "Running", Message: "runs", LastTransitionTime: metav1.Now()},
+			{Type: hsv1.ConditionEngineLimitReached, Status: metav1.ConditionTrue, Reason: hsv1.ReasonNodeMaxThreads,
+				Message: "the session engine is at its node-wide caps nodeMaxThreads", LastTransitionTime: metav1.Now()},
+		},
 	}
 	tests := []struct {
 		name   string
@@ -266,8 +280,8 @@ func TestSessionNodeStatusAdmission(t *testing.T) {
 			[]string{"status.engine.state", `Unsupported value: "Sleeping"`}},
 		{"entry without state", func(s *hsv1.SessionNodeStatus) { s.AppNamespaces[1].State = "" },
 			[]string{"status.appNamespaces[1].state"}},
-		{"negative sessions", func(s *hsv1.SessionNodeStatus) { s.AppNamespaces[0].Sessions = -1 },
-			[]string{"status.appNamespaces[0].sessions", "greater than or equal to 0"}},
+		{"negative rules", func(s *hsv1.SessionNodeStatus) { s.AppNamespaces[0].Rules = -1 },
+			[]string{"status.appNamespaces[0].rules", "greater than or equal to 0"}},
 		{"error reason not CamelCase", func(s *hsv1.SessionNodeStatus) { s.Errors[0].Reason = "interface down" },
 			[]string{"status.errors[0].reason", "should match"}},
 	}

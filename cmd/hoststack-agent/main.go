@@ -30,6 +30,9 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"os/user"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -43,6 +46,7 @@ import (
 	"github.com/hoststack/hoststack/agent/standalone"
 	"github.com/hoststack/hoststack/engine/session"
 	"github.com/hoststack/hoststack/engine/transport/kernel"
+	"github.com/hoststack/hoststack/internal/version"
 )
 
 func main() {
@@ -60,9 +64,15 @@ func run(args []string) int {
 	watch := fs.Bool("watch-config", true, "standalone: reload when a file of --config changes (SIGHUP always reloads)")
 	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "Kubernetes mode: this node's name (default $NODE_NAME)")
 	kubeconfig := fs.String("kubeconfig", "", "Kubernetes mode: kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)")
-	metricsAddr := fs.String("metrics-bind-address", ":8080", "Kubernetes mode: address of /metrics (\"0\" disables)")
-	probeAddr := fs.String("health-probe-bind-address", ":8081", "Kubernetes mode: address of /healthz and /readyz (\"0\" disables)")
-	statusInterval := fs.Duration("status-interval", 10*time.Second, "Kubernetes mode: how often the SessionNode status is refreshed with engine statistics")
+	// 7464/7465: the agent uses the host's network, so its ports must not
+	// take a common exporter's (9100-9999 is the exporters' allocated
+	// range, 10248-10259 Kubernetes' own, 7472/7473 MetalLB's).
+	metricsAddr := fs.String("metrics-bind-address", ":7464", "Kubernetes mode: address of /metrics (\"0\" disables)")
+	metricsSecure := fs.Bool("metrics-secure", true, "Kubernetes mode: serve /metrics over HTTPS to callers the API server authenticates and authorizes (get on /metrics), as the manager does; false: plain HTTP to anyone")
+	probeAddr := fs.String("health-probe-bind-address", ":7465", "Kubernetes mode: address of /healthz and /readyz (\"0\" disables)")
+	statusInterval := fs.Duration("status-interval", 10*time.Second, "Kubernetes mode: how often the SessionNode status is recomputed; it is written only when it changed")
+	leaseDuration := fs.Duration("lease-duration", kube.DefaultLeaseDuration, "Kubernetes mode: duration of the node Lease the agent renews every quarter of it; the manager stops counting the node when it expires")
+	agentNamespace := fs.String("agent-namespace", "", "Kubernetes mode: the agents' namespace, where the node Lease is renewed and the manager publishes the Secret material agents read (default --pod-namespace, else "+kube.DefaultAgentNamespace+")")
 	csiEnable := fs.Bool("csi", true, "Kubernetes mode: serve the CSI node plugin csi.hoststack.dev (per-pod attach sockets)")
 	csiSocket := fs.String("csi-socket", csi.DefaultCSISocket, "Kubernetes mode: CSI socket path")
 	csiRegistry := fs.String("csi-registry-dir", csi.DefaultRegistryDir, "Kubernetes mode: kubelet plugin registry directory")
@@ -73,20 +83,36 @@ func run(args []string) int {
 	cniState := fs.String("cni-state-dir", "/var/lib/hoststack/cni", "Kubernetes mode: directory of the CNI attachment registry")
 	cniPending := fs.String("cni-pending-dir", cni.DefaultPendingDir, "Kubernetes mode: directory where the plugin queues DELs it could not deliver")
 	cniInstall := fs.Bool("cni-install", false, "Kubernetes mode: install the hoststack-cni binary and chain it into the node's CNI config at start")
-	cniUninstall := fs.Bool("cni-uninstall-on-exit", false, "Kubernetes mode: remove the chain entry from the node's CNI config at exit")
+	cniUninstall := fs.String("cni-uninstall", string(kube.CNIUninstallWhenRemoved), "Kubernetes mode: when to remove the chain entry and the plugin binary at exit: never, on-exit, or when-removed (only when the agent's DaemonSet is gone or being deleted; needs --pod-name and --pod-namespace)")
+	podName := fs.String("pod-name", os.Getenv("POD_NAME"), "Kubernetes mode: the agent's own pod (default $POD_NAME)")
+	podNamespace := fs.String("pod-namespace", os.Getenv("POD_NAMESPACE"), "Kubernetes mode: the agent's own pod's namespace (default $POD_NAMESPACE)")
 	cniBinary := fs.String("cni-binary", "/opt/hoststack/bin/hoststack-cni", "Kubernetes mode: the hoststack-cni binary --cni-install copies")
 	cniBinDir := fs.String("cni-bin-dir", "/opt/cni/bin", "Kubernetes mode: the node's CNI binary directory")
 	cniConfDir := fs.String("cni-conf-dir", "/etc/cni/net.d", "Kubernetes mode: the node's CNI configuration directory")
 	transport := fs.String("transport", kube.TransportKernel, "how sessions reach the outside world: kernel (kernel sockets in each pod's network namespace, learned from the CNI plugin; the agent's own namespace in standalone mode) or none (cut-through between apps only)")
 	interfaceNetns := fs.String("interface-netns", "", "Kubernetes mode: network namespace file holding the interfaces Interface-mode AppNamespaces name (default: the agent's own)")
+	anp := fs.Bool("admin-network-policy", false, "Kubernetes mode: also enforce AdminNetworkPolicies and the BaselineAdminNetworkPolicy (policy.networking.k8s.io/v1alpha1, alpha; their CRDs must be installed) on cut-through sessions")
 	connectTimeout := fs.Duration("connect-timeout", kernel.DefaultConnectTimeout, "kernel transport: how long a TCP handshake to the outside world may take")
+	nodeMaxApps := fs.Int("node-max-apps", session.DefaultNodeMaxApps, "the engine's cap on attached apps, all AppNamespaces together")
+	nodeMaxWorkers := fs.Int("node-max-workers", session.DefaultNodeMaxWorkers, "the engine's cap on app workers, all apps together (each waits on an OS thread)")
+	nodeMaxThreads := fs.Int("node-max-engine-threads", session.DefaultNodeMaxThreads, "no app worker is added while the agent has this many OS threads (Go aborts at 10000)")
+	maxPending := fs.Int("max-pending-attaches", session.DefaultMaxPendingAttaches, "connections per attach socket that may wait to complete their attach; more are refused")
+	attachTimeout := fs.Duration("attach-timeout", session.DefaultAttachTimeout, "how long a connection to an attach socket may take to send its attach")
+	socketMode := fs.String("socket-mode", "0660", "standalone: permission bits of the attach sockets (octal)")
+	socketGroup := fs.String("socket-group", "", "standalone: group (name or id) of the attach sockets; empty: the agent's")
+	privPorts := fs.String("privileged-ports", "", "standalone: comma-separated AppNamespaces (namespace/name, or * for all) whose apps may listen on ports below 1024")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	printVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
+	}
+	if *printVersion {
+		fmt.Println(version.Version)
+		return 0
 	}
 
 	var level slog.Level
@@ -107,9 +133,47 @@ func run(args []string) int {
 	}
 	log := slog.New(h)
 
+	switch m := kube.CNIUninstallMode(*cniUninstall); m {
+	case kube.CNIUninstallNever, kube.CNIUninstallOnExit, kube.CNIUninstallWhenRemoved:
+	default:
+		fmt.Fprintf(os.Stderr, "hoststack-agent: --cni-uninstall must be never, on-exit or when-removed, not %q\n", m)
+		return 2
+	}
+
 	if *transport != kube.TransportKernel && *transport != kube.TransportNone {
 		fmt.Fprintf(os.Stderr, "hoststack-agent: --transport must be %s or %s, not %q\n", kube.TransportKernel, kube.TransportNone, *transport)
 		return 2
+	}
+
+	limits := session.Limits{MaxApps: *nodeMaxApps, MaxWorkers: *nodeMaxWorkers, MaxThreads: *nodeMaxThreads,
+		MaxPendingAttaches: *maxPending, AttachTimeout: *attachTimeout}
+	if limits.MaxApps <= 0 || limits.MaxWorkers <= 0 || limits.MaxThreads <= 0 || limits.MaxPendingAttaches <= 0 || limits.AttachTimeout <= 0 {
+		fmt.Fprintln(os.Stderr, "hoststack-agent: --node-max-apps, --node-max-workers, --node-max-engine-threads, --max-pending-attaches and --attach-timeout must be positive")
+		return 2
+	}
+	mode, err := strconv.ParseUint(*socketMode, 8, 32)
+	if err != nil || mode == 0 || mode > 0o777 {
+		fmt.Fprintf(os.Stderr, "hoststack-agent: --socket-mode must be octal permission bits such as 0660, not %q\n", *socketMode)
+		return 2
+	}
+	var socketGID *int
+	if *socketGroup != "" {
+		gid, err := lookupGroup(*socketGroup)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "hoststack-agent: --socket-group: %v\n", err)
+			return 2
+		}
+		socketGID = &gid
+	}
+	var privileged []string
+	for _, k := range strings.Split(*privPorts, ",") {
+		if k = strings.TrimSpace(k); k != "" {
+			if k != "*" && strings.Count(k, "/") != 1 {
+				fmt.Fprintf(os.Stderr, "hoststack-agent: --privileged-ports: %q is not namespace/name or *\n", k)
+				return 2
+			}
+			privileged = append(privileged, k)
+		}
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -126,13 +190,15 @@ func run(args []string) int {
 			return 1
 		}
 		err = kube.Run(ctx, kube.Options{
-			NodeName: *nodeName, Config: cfg, Log: log, Version: version,
-			MetricsAddr: *metricsAddr, ProbeAddr: *probeAddr, StatusInterval: *statusInterval,
+			NodeName: *nodeName, Config: cfg, Log: log, Version: version.Version,
+			MetricsAddr: *metricsAddr, MetricsInsecure: !*metricsSecure, ProbeAddr: *probeAddr, StatusInterval: *statusInterval,
+			LeaseDuration: *leaseDuration, AgentNamespace: *agentNamespace,
 			CSI: *csiEnable, CSISocket: *csiSocket, CSIRegistryDir: *csiRegistry, CSIKubeletEndpoint: *csiEndpoint,
-			HostPathDir: *hostPathDir,
-			CNI:         *cniEnable, CNISocket: *cniSocket, CNIStateDir: *cniState, CNIPendingDir: *cniPending,
-			CNIInstall: *cniInstall, CNIUninstall: *cniUninstall, CNIBinary: *cniBinary, CNIBinDir: *cniBinDir, CNIConfDir: *cniConfDir,
+			HostPathDir: *hostPathDir, PodName: *podName, PodNamespace: *podNamespace,
+			CNI: *cniEnable, CNISocket: *cniSocket, CNIStateDir: *cniState, CNIPendingDir: *cniPending,
+			CNIInstall: *cniInstall, CNIUninstall: kube.CNIUninstallMode(*cniUninstall), CNIBinary: *cniBinary, CNIBinDir: *cniBinDir, CNIConfDir: *cniConfDir,
 			Transport: *transport, ConnectTimeout: *connectTimeout, InterfaceNetns: *interfaceNetns,
+			Limits: limits, AdminSocket: standalone.AdminSocketPath(*runDir), AdminNetworkPolicy: *anp,
 		})
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "hoststack-agent: %v\n", err)
@@ -158,13 +224,17 @@ func run(args []string) int {
 		tr = kernel.New(kernel.Options{ConnectTimeout: *connectTimeout,
 			Logf: func(f string, args ...any) { log.Info(fmt.Sprintf(f, args...), "component", "kernel-transport") }})
 	}
-	err := standalone.Run(ctx, standalone.Options{
-		Transport: tr,
-		ConfigDir: *configDir,
-		RunDir:    *runDir,
-		Log:       log,
-		Reload:    reload,
-		Watch:     *watch,
+	err = standalone.Run(ctx, standalone.Options{
+		Limits:          limits,
+		SocketMode:      os.FileMode(mode),
+		SocketGID:       socketGID,
+		PrivilegedPorts: privileged,
+		Transport:       tr,
+		ConfigDir:       *configDir,
+		RunDir:          *runDir,
+		Log:             log,
+		Reload:          reload,
+		Watch:           *watch,
 		Ready: func(sockets map[string]string) {
 			log.Info("ready", "appNamespaces", len(sockets))
 		},
@@ -176,8 +246,17 @@ func run(args []string) int {
 	return 0
 }
 
-// version is stamped at build time with -ldflags -X main.version=...
-var version = "dev"
+// lookupGroup resolves a group name or numeric id.
+func lookupGroup(g string) (int, error) {
+	if id, err := strconv.Atoi(g); err == nil && id >= 0 {
+		return id, nil
+	}
+	grp, err := user.LookupGroup(g)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(grp.Gid)
+}
 
 func restConfig(kubeconfig string) (*rest.Config, error) {
 	if kubeconfig != "" {
@@ -186,7 +265,8 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	return ctrlconfig.GetConfig()
 }
 
-// rulesCmd prints the compiled session rules of a running standalone agent.
+// rulesCmd prints the compiled session rules of a running agent (and, in
+// Kubernetes mode, its compiled NetworkPolicy entries).
 func rulesCmd(args []string) int {
 	fs := flag.NewFlagSet("hoststack-agent rules", flag.ContinueOnError)
 	runDir := fs.String("run-dir", "/run/hoststack", "run directory of the agent to ask")

@@ -146,9 +146,9 @@ kind: AppNamespace
 metadata: {name: other}
 spec:
   podSelector: {}
-  segments: {rxFifoSize: 1Ki}
+  segments: {rxFIFOSize: 1Ki}
 `},
-			want: []string{"bad.yaml#1", "AppNamespace other", "spec.segments.rxFifoSize"},
+			want: []string{"bad.yaml#1", "AppNamespace other", "spec.segments.rxFIFOSize"},
 		},
 		{
 			name: "missing secret names the field",
@@ -243,7 +243,7 @@ spec:
 	// With no agent running, a clear error and exit 1.
 	out, err = exec.Command(bin, "rules", "--run-dir", run).CombinedOutput()
 	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "no standalone agent answers") {
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "no agent answers") {
 		t.Errorf("rules without agent: %v\n%s", err, out)
 	}
 }
@@ -256,25 +256,33 @@ func TestSIGTERMTellsAttachedApps(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	app, err := client.Attach(ctx, client.Options{Socket: filepath.Join(run, "team-a", "demo", "session.sock"), Name: "app", Secret: "s3cret"})
+	// The app learns why the engine went (it then re-attaches to the next
+	// agent on its own, see client.Options.NoReattach).
+	lost := make(chan error, 1)
+	app, err := client.Attach(ctx, client.Options{Socket: filepath.Join(run, "team-a", "demo", "session.sock"), Name: "app", Secret: "s3cret",
+		OnEngine: func(attached bool, err error) {
+			if !attached {
+				select {
+				case lost <- err:
+				default:
+				}
+			}
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer app.Close()
-	ln, err := app.Listen("tcp", "127.0.0.1:7000")
-	if err != nil {
+	if _, err := app.Listen("tcp", "127.0.0.1:7000"); err != nil {
 		t.Fatal(err)
 	}
-	accepted := make(chan error, 1)
-	go func() { _, err := ln.Accept(); accepted <- err }()
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case err := <-accepted:
+	case err := <-lost:
 		if !errors.Is(err, syscall.ESHUTDOWN) || !strings.Contains(err.Error(), "shutting down") {
-			t.Errorf("Accept after SIGTERM: want ESHUTDOWN saying the engine is shutting down, got %v", err)
+			t.Errorf("after SIGTERM: want ESHUTDOWN saying the engine is shutting down, got %v", err)
 		}
 	case <-ctx.Done():
 		t.Fatal("the app was not told of the shutdown")

@@ -5,11 +5,12 @@
 // The agent installs it (binary into the CNI bin dir, an entry at the end
 // of the primary conflist's "plugins") and removes the entry on uninstall.
 //
-// Spec versions 0.4.0, 1.0.0 and 1.1.0. Configuration keys besides the
-// standard ones (all optional):
+// Spec versions 0.3.0, 0.3.1, 0.4.0, 1.0.0 and 1.1.0 (CHECK from 0.4.0,
+// STATUS and GC from 1.1.0, as the spec has them). Configuration keys
+// besides the standard ones (all optional):
 //
 //	agentSocket  the agent's unix socket (default /run/hoststack/cni.sock)
-//	pendingDir   where DELs the agent could not take are queued
+//	pendingDir   where ADDs and DELs the agent did not take are queued
 //	             (default /var/lib/hoststack/cni-pending)
 //
 // Example entry, after the main plugin in a conflist:
@@ -21,19 +22,23 @@
 //   - ADD: prevResult is required (the plugin only makes sense chained).
 //     The container ID, ifname, netns path, the pod's namespace, name and
 //     UID (K8S_POD_* in CNI_ARGS) and prevResult's interfaces and IPs go to
-//     the agent; its refusal, or the agent being unreachable (code 11, try
-//     again later), fails the ADD. On success prevResult is printed back
-//     unchanged: byte for byte when it carries the configuration's
-//     cniVersion, else converted to that version by the CNI library.
+//     the agent. ADD never fails because of the agent: when it cannot be
+//     reached within 5 s or refuses, the ADD is queued in pendingDir
+//     (<containerID>:<ifname>.add.json) for the agent to apply when it
+//     is back, so an agent outage never stops pods from starting. The
+//     result is prevResult unchanged: byte for byte when it carries the
+//     configuration's cniVersion, else converted to that version by the
+//     CNI library.
 //   - CHECK: prevResult is required; the agent must know the attachment.
 //   - DEL never fails: when the agent cannot be reached within 2 s, or
-//     refuses, the DEL is written to pendingDir (<containerID>:<ifname>.json,
-//     through a temporary file and a rename) and the agent applies it when
-//     it starts.
-//   - STATUS (1.1.0): the agent's answer; unreachable is code 50, "plugin
-//     not available".
-//   - GC (1.1.0): the runtime's cni.dev/valid-attachments go to the agent,
-//     which forgets this network's other attachments.
+//     refuses, the DEL is queued in pendingDir (<containerID>:<ifname>.json).
+//     Queued files are written through a temporary file and a rename; the
+//     agent applies them oldest first when it starts and while it runs.
+//   - STATUS: the plugin's own readiness, not the agent's: its
+//     configuration parses and pendingDir is writable, which is all ADD
+//     needs. Otherwise code 50, "plugin not available".
+//   - GC: the runtime's cni.dev/valid-attachments go to the agent, which
+//     forgets this network's other attachments.
 //
 // The protocol with the agent is package
 // github.com/hoststack/hoststack/agent/cni.
@@ -53,23 +58,32 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
+	"golang.org/x/sys/unix"
 
 	hcni "github.com/hoststack/hoststack/agent/cni"
+	hsversion "github.com/hoststack/hoststack/internal/version"
 )
 
 const (
 	callTimeout = 10 * time.Second
+	addTimeout  = 5 * time.Second
 	delTimeout  = 2 * time.Second
 )
 
 func main() {
+	// Runtimes call plugins with CNI_COMMAND and no arguments; --version is
+	// for people checking what is installed on a node.
+	if len(os.Args) == 2 && os.Args[1] == "--version" {
+		fmt.Println(hsversion.Version)
+		return
+	}
 	skel.PluginMainFuncs(skel.CNIFuncs{
 		Add:    cmdAdd,
 		Check:  cmdCheck,
 		Del:    cmdDel,
 		Status: cmdStatus,
 		GC:     cmdGC,
-	}, version.PluginSupports("0.4.0", "1.0.0", "1.1.0"), "hoststack-cni: tells the hoststack node agent about pod network attachments")
+	}, version.PluginSupports(hcni.SpecVersions...), "hoststack-cni "+hsversion.Version+": tells the hoststack node agent about pod network attachments")
 }
 
 type netConf struct {
@@ -182,8 +196,14 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err := withResult(req, conf.PrevResult); err != nil {
 		return err
 	}
-	if err := call(conf.AgentSocket, hcni.PathAdd, req, callTimeout, types.ErrTryAgainLater, "hoststack-cni: agent unreachable"); err != nil {
-		return err
+	// The pod starts whatever the agent says: hoststack must never stop
+	// the node's pods, most of which do not use it.
+	if err := call(conf.AgentSocket, hcni.PathAdd, req, addTimeout, types.ErrTryAgainLater, "hoststack-cni: agent unreachable"); err != nil {
+		if qerr := queue(conf.PendingDir, hcni.CommandAdd, req); qerr != nil {
+			fmt.Fprintf(os.Stderr, "hoststack-cni: ADD %s: agent: %v; queueing failed too: %v\n", req.AttachmentKey, err, qerr)
+		} else {
+			fmt.Fprintf(os.Stderr, "hoststack-cni: ADD %s queued in %s: agent: %v\n", req.AttachmentKey, conf.PendingDir, err)
+		}
 	}
 	return printPrev(args.StdinData, conf)
 }
@@ -230,7 +250,7 @@ func cmdDel(args *skel.CmdArgs) error {
 	if err == nil {
 		return nil
 	}
-	if qerr := queueDel(conf.PendingDir, req); qerr != nil {
+	if qerr := queue(conf.PendingDir, hcni.CommandDel, req); qerr != nil {
 		fmt.Fprintf(os.Stderr, "hoststack-cni: DEL %s: agent: %v; queueing failed too: %v\n", req.AttachmentKey, err, qerr)
 		return nil
 	}
@@ -238,9 +258,18 @@ func cmdDel(args *skel.CmdArgs) error {
 	return nil
 }
 
-// queueDel writes req into dir atomically: a temporary dot-file, then a
-// rename to its final name, so the agent never reads half a file.
-func queueDel(dir string, req *hcni.Request) error {
+// queue writes req for command into dir atomically: a temporary
+// dot-file, then a rename to its final name, so the agent never reads half
+// a file.
+func queue(dir, command string, req *hcni.Request) error {
+	if !hcni.ValidKey(req.AttachmentKey) {
+		return fmt.Errorf("container ID %q or ifname %q cannot name a file", req.ContainerID, req.IfName)
+	}
+	name := hcni.PendingFileName(req.AttachmentKey)
+	if command == hcni.CommandAdd {
+		name = hcni.PendingAddFileName(req.AttachmentKey)
+	}
+	req.Command = command
 	req.QueuedAt = time.Now().UTC()
 	data, err := json.Marshal(req)
 	if err != nil {
@@ -265,15 +294,24 @@ func queueDel(dir string, req *hcni.Request) error {
 	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, filepath.Join(dir, hcni.PendingFileName(req.AttachmentKey)))
+	return os.Rename(tmp, filepath.Join(dir, name))
 }
 
+// cmdStatus answers from what ADD needs, not from the agent: ADD works
+// while the agent is down (it queues), and a failed STATUS would make the
+// runtime report the node's network not ready and stop all its pods.
 func cmdStatus(args *skel.CmdArgs) error {
 	conf, err := parseConf(args.StdinData, false)
 	if err != nil {
 		return err
 	}
-	return call(conf.AgentSocket, hcni.PathStatus, nil, callTimeout, types.ErrPluginNotAvailable, "plugin not available")
+	if err := os.MkdirAll(conf.PendingDir, 0o700); err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "plugin not available", "pendingDir: "+err.Error())
+	}
+	if err := unix.Access(conf.PendingDir, unix.W_OK|unix.X_OK); err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "plugin not available", fmt.Sprintf("pendingDir %s is not writable: %v", conf.PendingDir, err))
+	}
+	return nil
 }
 
 func cmdGC(args *skel.CmdArgs) error {

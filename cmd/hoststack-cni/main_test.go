@@ -9,12 +9,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/onsi/gomega"
 
 	hcni "github.com/hoststack/hoststack/agent/cni"
 	"github.com/hoststack/hoststack/internal/testreq"
@@ -254,7 +256,7 @@ func pendingFiles(t *testing.T, dir string) []string {
 	return names
 }
 
-var specVersions = []string{"0.4.0", "1.0.0", "1.1.0"}
+var specVersions = hcni.SpecVersions
 
 func TestPluginLifecycle(t *testing.T) {
 	for _, ver := range specVersions {
@@ -316,12 +318,21 @@ func TestPluginLifecycle(t *testing.T) {
 
 			chk := add
 			chk.cmd = "CHECK"
-			mustOK(t, "CHECK", exec1(t, chk))
-			chk.containerID = "unknown"
-			if o := exec1(t, chk); o.code == 0 {
-				t.Fatal("CHECK of an unknown attachment succeeded")
-			} else if code, _ := o.cniError(t); code != hcni.CodeUnknownContainer {
-				t.Fatalf("CHECK unknown: code %d, want %d", code, hcni.CodeUnknownContainer)
+			if ver == "0.3.0" || ver == "0.3.1" {
+				// CHECK came with 0.4.0.
+				if o := exec1(t, chk); o.code == 0 {
+					t.Fatalf("CHECK succeeded on spec %s", ver)
+				} else if code, _ := o.cniError(t); code != 1 {
+					t.Fatalf("CHECK on %s: code %d, want 1 (incompatible version)", ver, code)
+				}
+			} else {
+				mustOK(t, "CHECK", exec1(t, chk))
+				chk.containerID = "unknown"
+				if o := exec1(t, chk); o.code == 0 {
+					t.Fatal("CHECK of an unknown attachment succeeded")
+				} else if code, _ := o.cniError(t); code != hcni.CodeUnknownContainer {
+					t.Fatalf("CHECK unknown: code %d, want %d", code, hcni.CodeUnknownContainer)
+				}
 			}
 
 			noPrev := add
@@ -391,7 +402,10 @@ func TestPluginLifecycle(t *testing.T) {
 	}
 }
 
-func TestDelWithAgentStopped(t *testing.T) {
+// The agent is down (crash, OOM, image pull, rolling upgrade): ADD still
+// succeeds with prevResult and queues the pod, STATUS says ready, DEL
+// queues; the agent coming back applies them in order.
+func TestAgentStopped(t *testing.T) {
 	for _, ver := range specVersions {
 		t.Run(ver, func(t *testing.T) {
 			p := newPod(t)
@@ -402,27 +416,36 @@ func TestDelWithAgentStopped(t *testing.T) {
 			a.stop(t)
 
 			if ver == "1.1.0" {
-				o := exec1(t, invocation{cmd: "STATUS", conf: netconf(a, ver, nil)})
-				if o.code == 0 {
-					t.Fatal("STATUS succeeded with the agent stopped")
-				}
-				if code, msg := o.cniError(t); code != 50 || msg != "plugin not available" {
-					t.Fatalf("STATUS with the agent stopped: code %d %q, want 50 \"plugin not available\"", code, msg)
-				}
+				mustOK(t, "STATUS with the agent stopped", exec1(t, invocation{cmd: "STATUS", conf: netconf(a, ver, nil)}))
 			}
-			if o := exec1(t, add); o.code == 0 {
-				t.Fatal("ADD succeeded with the agent stopped")
-			} else if code, _ := o.cniError(t); code != 11 {
-				t.Fatalf("ADD with the agent stopped: code %d, want 11", code)
+
+			// A new pod starts while the agent is away.
+			late := add
+			late.containerID = "late"
+			late.args = strings.ReplaceAll(p.cniArgs(), p.uid, p.uid+"-late")
+			o := exec1(t, late)
+			mustOK(t, "ADD with the agent stopped", o)
+			var got map[string]any
+			if err := json.Unmarshal([]byte(o.stdout), &got); err != nil || !reflect.DeepEqual(got, late.conf["prevResult"]) {
+				t.Fatalf("ADD with the agent stopped printed %s (%v), want prevResult", o.stdout, err)
 			}
+			// And one that starts and is torn down before it returns: its
+			// ADD and DEL are both queued and cancel out.
+			gone := add
+			gone.containerID = "gone"
+			mustOK(t, "ADD of a short-lived sandbox", exec1(t, gone))
+			gone.cmd = "DEL"
+			mustOK(t, "DEL of a short-lived sandbox", exec1(t, gone))
 
 			del := add
 			del.cmd = "DEL"
 			del.netns = "" // the runtime may have removed the netns already
 			mustOK(t, "DEL with the agent stopped", exec1(t, del))
 			files := pendingFiles(t, a.pending)
-			if want := hcni.PendingFileName(hcni.AttachmentKey{ContainerID: "sbx", IfName: "eth0"}); len(files) != 1 || files[0] != want {
-				t.Fatalf("pending dir = %v, want [%s]", files, want)
+			slices.Sort(files)
+			want := []string{"gone:eth0.add.json", "gone:eth0.json", "late:eth0.add.json", "sbx:eth0.json"}
+			if !reflect.DeepEqual(files, want) {
+				t.Fatalf("pending dir = %v, want %v", files, want)
 			}
 
 			// A restart: the persisted state still has the pod until the
@@ -435,14 +458,121 @@ func TestDelWithAgentStopped(t *testing.T) {
 				t.Fatal("persisted state lost the pod")
 			}
 			b := startAgent(t, dir)
-			if at, ok := b.reg.Lookup(p.uid); ok {
+			if at, ok := b.reg.Get(hcni.AttachmentKey{ContainerID: "sbx", IfName: "eth0"}); ok {
 				t.Fatalf("queued DEL not applied: %+v", at)
+			}
+			if at, ok := b.reg.Get(hcni.AttachmentKey{ContainerID: "gone", IfName: "eth0"}); ok {
+				t.Fatalf("queued ADD applied after its queued DEL: %+v", at)
+			}
+			at, ok := b.reg.Lookup(p.uid + "-late")
+			if !ok || at.ContainerID != "late" || at.Netns != p.nsPath || len(at.IPs) != 1 || at.IPs[0].Address != p.addrCIDR {
+				t.Fatalf("queued ADD: %+v %v", at, ok)
 			}
 			if files := pendingFiles(t, a.pending); len(files) != 0 {
 				t.Fatalf("pending dir after restart = %v", files)
 			}
 		})
 	}
+}
+
+// A sandbox torn down and set up again under the same ID while the agent
+// is away: DEL then ADD queued, the attachment stays.
+func TestQueuedDelThenAdd(t *testing.T) {
+	p := newPod(t)
+	dir := t.TempDir()
+	a := startAgent(t, dir)
+	add := invocation{cmd: "ADD", containerID: "again", netns: p.nsPath, ifname: "eth0", args: p.cniArgs(), conf: netconf(a, "1.0.0", p.prevResult(t, "1.0.0"))}
+	mustOK(t, "ADD", exec1(t, add))
+	a.stop(t)
+	del := add
+	del.cmd = "DEL"
+	mustOK(t, "DEL", exec1(t, del))
+	mustOK(t, "ADD again", exec1(t, add))
+	b := startAgent(t, dir)
+	if _, ok := b.reg.Lookup(p.uid); !ok {
+		t.Fatal("the sandbox set up again is unknown")
+	}
+}
+
+// While the agent runs, a queued ADD (it timed out against a busy agent)
+// is applied without a restart, and a DEL taken live drops a queued ADD
+// of its attachment.
+func TestQueuedWhileRunning(t *testing.T) {
+	p := newPod(t)
+	dir := t.TempDir()
+	a := &agent{dir: dir, socket: filepath.Join(dir, "cni.sock"), pending: filepath.Join(dir, "pending")}
+	reg, err := hcni.OpenRegistry(filepath.Join(dir, "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.reg = reg
+	// Queue two ADDs as the plugin does when the agent is down.
+	add := invocation{cmd: "ADD", containerID: "busy", netns: p.nsPath, ifname: "eth0", args: p.cniArgs(), conf: netconf(a, "1.1.0", p.prevResult(t, "1.1.0"))}
+	mustOK(t, "ADD", exec1(t, add))
+	stale := add
+	stale.containerID = "stale"
+	mustOK(t, "ADD", exec1(t, stale))
+	// The agent starts and applies them; then queue one more while it runs
+	// by writing what a timed-out ADD writes.
+	a.srv = hcni.NewServer(reg, hcni.ServerConfig{Socket: a.socket, PendingDir: a.pending, PendingInterval: 50 * time.Millisecond})
+	if err := a.srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.srv.Close() })
+	if _, ok := reg.Get(hcni.AttachmentKey{ContainerID: "busy", IfName: "eth0"}); !ok {
+		t.Fatal("queued ADD not applied at start")
+	}
+	req := hcni.Request{AttachmentKey: hcni.AttachmentKey{ContainerID: "later", IfName: "eth0"}, Netns: p.nsPath,
+		Pod: hcni.PodRef{Namespace: "shop", Name: "later", UID: "uid-later"}, Command: hcni.CommandAdd, QueuedAt: time.Now().UTC()}
+	data, _ := json.Marshal(req)
+	if err := os.WriteFile(filepath.Join(a.pending, hcni.PendingAddFileName(req.AttachmentKey)), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gomega.NewWithT(t).Eventually(func() bool { _, ok := reg.Lookup("uid-later"); return ok }).WithTimeout(10 * time.Second).Should(gomega.BeTrue())
+
+	// A queued ADD whose DEL the agent takes live is dropped, not applied
+	// after it.
+	if err := a.srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a.srv = hcni.NewServer(reg, hcni.ServerConfig{Socket: a.socket, PendingDir: a.pending, PendingInterval: time.Hour})
+	if err := a.srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	req.ContainerID, req.Pod.UID, req.QueuedAt = "dropped", "uid-dropped", time.Now().UTC()
+	data, _ = json.Marshal(req)
+	if err := os.WriteFile(filepath.Join(a.pending, hcni.PendingAddFileName(req.AttachmentKey)), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	del := stale
+	del.cmd = "DEL"
+	del.containerID = "dropped"
+	mustOK(t, "DEL", exec1(t, del))
+	if err := a.srv.ProcessPending(); err != nil {
+		t.Fatal(err)
+	}
+	if at, ok := reg.Lookup("uid-dropped"); ok {
+		t.Fatalf("queued ADD applied after its live DEL: %+v", at)
+	}
+}
+
+// STATUS is the plugin's own readiness: its pendingDir must be usable.
+func TestStatusWithoutPendingDir(t *testing.T) {
+	dir := t.TempDir()
+	blocker := filepath.Join(dir, "file")
+	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := &agent{socket: filepath.Join(dir, "none.sock"), pending: filepath.Join(blocker, "pending")}
+	o := exec1(t, invocation{cmd: "STATUS", conf: netconf(a, "1.1.0", nil)})
+	if o.code == 0 {
+		t.Fatal("STATUS succeeded without a usable pendingDir")
+	}
+	if code, msg := o.cniError(t); code != 50 || msg != "plugin not available" {
+		t.Fatalf("STATUS: code %d %q, want 50 \"plugin not available\"", code, msg)
+	}
+	a.pending = filepath.Join(dir, "pending")
+	mustOK(t, "STATUS with the agent down", exec1(t, invocation{cmd: "STATUS", conf: netconf(a, "1.1.0", nil)}))
 }
 
 func TestStateSurvivesRestart(t *testing.T) {
@@ -499,5 +629,16 @@ func TestDelWithAgentHung(t *testing.T) {
 	}
 	if files := pendingFiles(t, a.pending); len(files) != 1 {
 		t.Fatalf("pending dir = %v, want one queued DEL", files)
+	}
+	add := del
+	add.cmd = "ADD"
+	add.conf = netconf(a, "1.1.0", p.prevResult(t, "1.1.0"))
+	start = time.Now()
+	mustOK(t, "ADD with a hung agent", exec1(t, add))
+	if d := time.Since(start); d > 15*time.Second {
+		t.Fatalf("ADD took %v", d)
+	}
+	if files := pendingFiles(t, a.pending); len(files) != 2 {
+		t.Fatalf("pending dir = %v, want a queued ADD and DEL", files)
 	}
 }

@@ -12,7 +12,6 @@ Licensed under the Apache License, Version 2.0.
 package main
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"flag"
@@ -23,7 +22,6 @@ import (
 	"strings"
 	"time"
 
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -34,6 +32,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/hoststack/hoststack/controllers"
+	"github.com/hoststack/hoststack/internal/version"
 )
 
 // config is everything the command line sets.
@@ -50,6 +49,7 @@ type config struct {
 	retryPeriod            time.Duration
 	gracefulShutdown       time.Duration
 	watchNamespaces        string
+	agentNamespace         string
 	maxConcurrentReconcile int
 	webhookPort            int
 	webhookCertDir         string
@@ -59,6 +59,7 @@ type config struct {
 	webhookCertSecret      string
 	webhookCertExtraNames  string
 	manageWebhookCerts     bool
+	printVersion           bool
 	zap                    zap.Options
 }
 
@@ -77,21 +78,26 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&c.retryPeriod, "leader-election-retry-period", 2*time.Second, "How often leader election actions are retried.")
 	fs.DurationVar(&c.gracefulShutdown, "graceful-shutdown-timeout", 30*time.Second, "How long in-flight reconciles may take to finish on SIGTERM.")
 	fs.StringVar(&c.watchNamespaces, "watch-namespaces", "", "Comma-separated namespaces to reconcile; all when empty.")
+	fs.StringVar(&c.agentNamespace, "agent-namespace", controllers.DefaultAgentNamespace, "Namespace where the agents renew their Leases (a node whose Lease expired does not count as serving).")
 	fs.IntVar(&c.maxConcurrentReconcile, "max-concurrent-reconciles", 2, "Reconciles each controller runs in parallel.")
 	fs.IntVar(&c.webhookPort, "webhook-port", 9443, "Port the pod webhook server listens on; 0 disables the webhook server (pods are then not injected).")
 	fs.StringVar(&c.webhookCertDir, "webhook-cert-dir", filepath.Join(os.TempDir(), "k8s-webhook-server", "serving-certs"),
 		"Directory with the webhook serving certificate (tls.crt, tls.key), reloaded when it changes. With --manage-webhook-certs the manager writes it; otherwise mount it (e.g. a cert-manager Certificate's Secret).")
 	fs.StringVar(&c.webhookServiceName, "webhook-service-name", "hoststack-webhook", "Service the API server calls the webhook through; the managed serving certificate covers its DNS names.")
-	fs.StringVar(&c.webhookServiceNS, "webhook-service-namespace", "hoststack-system", "Namespace of --webhook-service-name, which also holds --webhook-cert-secret.")
+	fs.StringVar(&c.webhookServiceNS, "webhook-service-namespace", defaultNamespace(), "Namespace of --webhook-service-name, which also holds --webhook-cert-secret; default: the manager's own ($POD_NAMESPACE), else hoststack-system.")
 	fs.StringVar(&c.webhookConfigName, "webhook-config-name", "hoststack-pod-injector", "MutatingWebhookConfiguration whose caBundle the manager sets (with --manage-webhook-certs).")
 	fs.StringVar(&c.webhookCertSecret, "webhook-cert-secret", "hoststack-webhook-cert", "Secret where the manager keeps its webhook CA and serving certificate (with --manage-webhook-certs).")
 	fs.StringVar(&c.webhookCertExtraNames, "webhook-cert-extra-names", "",
 		"Comma-separated DNS names or IP addresses the managed serving certificate covers besides the Service's (for a webhook configuration with a url, e.g. 127.0.0.1 outside a cluster).")
 	fs.BoolVar(&c.manageWebhookCerts, "manage-webhook-certs", true,
 		"Generate and renew the webhook's own CA and serving certificate (renewed 30 days before they end), write them to --webhook-cert-dir and set the caBundle of --webhook-config-name. Turn off when cert-manager provides the certificate.")
+	fs.BoolVar(&c.printVersion, "version", false, "Print the version and exit.")
 	c.zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if c.printVersion {
+		return c, nil
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
@@ -121,6 +127,10 @@ func main() {
 		}
 		fmt.Fprintln(os.Stderr, "hoststack-manager:", err)
 		os.Exit(2)
+	}
+	if c.printVersion {
+		fmt.Println(version.Version)
+		return
 	}
 	log := zap.New(zap.UseFlagOptions(&c.zap))
 	ctrl.SetLogger(log)
@@ -158,14 +168,10 @@ func run(c *config) error {
 	namespaces := splitList(c.watchNamespaces)
 
 	webhookOn := c.webhookPort != 0
-	webhookOpts := webhook.Options{Port: c.webhookPort, CertDir: c.webhookCertDir, TLSOpts: tlsOpts}
-	if !webhookOn {
-		webhookOpts.Port = -1 // controller-runtime's "disabled"
-	}
 
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
 		Scheme:                        scheme,
-		Cache:                         controllers.CacheOptions(namespaces...),
+		Cache:                         controllers.CacheOptions(c.agentNamespace, namespaces...),
 		Metrics:                       metricsOpts,
 		HealthProbeBindAddress:        c.probeAddr,
 		LeaderElection:                c.leaderElect,
@@ -176,24 +182,29 @@ func run(c *config) error {
 		RetryPeriod:                   &c.retryPeriod,
 		LeaderElectionReleaseOnCancel: true, // the next leader starts at once on a clean exit
 		GracefulShutdownTimeout:       &c.gracefulShutdown,
-		WebhookServer:                 webhook.NewServer(webhookOpts),
+		// No WebhookServer: the pod webhook's server is run by
+		// controllers.WebhookServing, apart from the controllers.
 	})
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
 
 	ctx := ctrl.SetupSignalHandler()
-	if err := controllers.Setup(ctx, mgr, controllers.Options{
+	opts := controllers.Options{
 		MaxConcurrentReconciles: c.maxConcurrentReconcile,
-		PodWebhook:              webhookOn,
 		Namespaces:              namespaces,
-	}); err != nil {
-		return err
+		AgentNamespace:          c.agentNamespace,
 	}
-	if webhookOn && c.manageWebhookCerts {
-		if err := setupWebhookCerts(ctx, c, mgr); err != nil {
-			return err
+	if webhookOn {
+		opts.PodWebhook = webhook.NewServer(webhook.Options{Port: c.webhookPort, CertDir: c.webhookCertDir, TLSOpts: tlsOpts})
+		if c.manageWebhookCerts {
+			if opts.WebhookCerts, err = webhookCerts(c, mgr); err != nil {
+				return err
+			}
 		}
+	}
+	if err := controllers.Setup(ctx, mgr, opts); err != nil {
+		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return fmt.Errorf("add healthz check: %w", err)
@@ -208,14 +219,8 @@ func run(c *config) error {
 	}); err != nil {
 		return fmt.Errorf("add readyz check: %w", err)
 	}
-	if webhookOn {
-		// Not ready (so out of the webhook Service) until it serves.
-		if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
-			return fmt.Errorf("add webhook readyz check: %w", err)
-		}
-	}
 
-	log.Info("starting manager", "leaderElection", c.leaderElect, "metrics", c.metricsAddr, "probes", c.probeAddr,
+	log.Info("starting manager", "version", version.Version, "leaderElection", c.leaderElect, "metrics", c.metricsAddr, "probes", c.probeAddr,
 		"namespaces", namespaces, "webhookPort", c.webhookPort, "manageWebhookCerts", webhookOn && c.manageWebhookCerts)
 	if err := mgr.Start(ctx); err != nil {
 		return fmt.Errorf("run manager: %w", err)
@@ -224,16 +229,15 @@ func run(c *config) error {
 	return nil
 }
 
-// setupWebhookCerts makes the webhook serving certificate ready before the
-// manager starts (the webhook server loads it when it starts) and keeps it
-// renewed while the manager runs. The API server may be briefly
-// unreachable at start: retried for a minute.
-func setupWebhookCerts(ctx context.Context, c *config, mgr ctrl.Manager) error {
+// webhookCerts is the manager of the webhook's serving certificate. Its
+// client reads the API server directly: the manager's cache holds only the
+// Secrets CertKeyPairs may name.
+func webhookCerts(c *config, mgr ctrl.Manager) (*controllers.WebhookCerts, error) {
 	direct, err := client.New(mgr.GetConfig(), client.Options{Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper()})
 	if err != nil {
-		return fmt.Errorf("webhook certificates client: %w", err)
+		return nil, fmt.Errorf("webhook certificates client: %w", err)
 	}
-	certs := &controllers.WebhookCerts{
+	return &controllers.WebhookCerts{
 		Client:            direct,
 		SecretName:        c.webhookCertSecret,
 		SecretNamespace:   c.webhookServiceNS,
@@ -242,23 +246,16 @@ func setupWebhookCerts(ctx context.Context, c *config, mgr ctrl.Manager) error {
 		ExtraNames:        splitList(c.webhookCertExtraNames),
 		WebhookConfigName: c.webhookConfigName,
 		CertDir:           c.webhookCertDir,
+	}, nil
+}
+
+// defaultNamespace is the manager's own namespace (the downward API's
+// POD_NAMESPACE), else hoststack-system.
+func defaultNamespace() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
 	}
-	log := ctrl.Log.WithName("webhook-certs")
-	var last error
-	err = wait.PollUntilContextTimeout(ctx, 2*time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
-		if last = certs.Ensure(ctx); last != nil {
-			log.Error(last, "webhook certificates not ready; retrying")
-			return false, nil
-		}
-		return true, nil
-	})
-	if err != nil {
-		return fmt.Errorf("webhook certificates: %w", errors.Join(err, last))
-	}
-	if err := mgr.Add(certs); err != nil {
-		return fmt.Errorf("add webhook certificate renewal: %w", err)
-	}
-	return nil
+	return "hoststack-system"
 }
 
 // splitList splits a comma-separated flag value, dropping empty entries.

@@ -13,6 +13,7 @@ import (
 )
 
 func TestParseFlags(t *testing.T) {
+	t.Setenv("POD_NAMESPACE", "")
 	c, err := parseFlags(nil)
 	if err != nil {
 		t.Fatalf("defaults: %v", err)
@@ -25,6 +26,12 @@ func TestParseFlags(t *testing.T) {
 		c.webhookServiceNS != "hoststack-system" || c.webhookConfigName != "hoststack-pod-injector" ||
 		c.webhookCertSecret != "hoststack-webhook-cert" || c.webhookCertDir == "" {
 		t.Errorf("unexpected webhook defaults: %+v", c)
+	}
+
+	// The webhook's namespace is the manager's own.
+	t.Setenv("POD_NAMESPACE", "hs-own")
+	if c, err = parseFlags(nil); err != nil || c.webhookServiceNS != "hs-own" {
+		t.Errorf("with POD_NAMESPACE=hs-own: webhook namespace %q, %v", c.webhookServiceNS, err)
 	}
 
 	c, err = parseFlags([]string{"--webhook-port=0", "--manage-webhook-certs=false", "--webhook-cert-dir=/certs",

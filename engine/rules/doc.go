@@ -37,8 +37,9 @@
 // rules that tie on all four have the same match (for a given session each
 // prefix length and port shape admits one prefix and one port value), and
 // two rules with the same match in the same table are a conflict, resolved
-// when compiling: the older rule (earlier Created, then smaller Name, the
-// controller's order) stays, each newer one is returned as a Conflict
+// when compiling: the older rule (earlier Created, then smaller Name;
+// api/rulematch decides, the same code the manager reports conflicts with)
+// stays, each newer one is returned as a Conflict
 // naming it and is not compiled. The answer of a lookup is therefore
 // always unique. The tests check the order case by case and against a
 // brute-force linear scan of the raw rules (random sets of up to 3,000

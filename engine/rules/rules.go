@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/hoststack/hoststack/api/rulematch"
 )
 
 // Scope says which lookups a rule takes part in. The zero value is invalid.
@@ -135,12 +137,19 @@ func (r *Rule) String() string {
 	return s
 }
 
-// olderThan is the controller's order: creation time, then name.
-func olderThan(a, b *Rule) bool {
-	if !a.Created.Equal(b.Created) {
-		return a.Created.Before(b.Created)
+// matchOf is the rule as api/rulematch sees it.
+func matchOf(r *Rule) rulematch.Rule {
+	return rulematch.Rule{
+		Match: rulematch.Match{AppNamespace: r.Namespace, Scope: r.Scope.String(), Transport: r.Proto.String(),
+			Local: r.Local, Remote: r.Remote, LocalPort: r.LocalPort, RemotePort: r.RemotePort},
+		Created: r.Created, Name: r.Name,
 	}
-	return a.Name < b.Name
+}
+
+// olderThan is the manager's order (rulematch.Compare).
+func olderThan(a, b *Rule) bool {
+	ma, mb := matchOf(a), matchOf(b)
+	return rulematch.Compare(&ma, &mb) < 0
 }
 
 // Validate checks one rule on its own: enums in range, non-empty namespace
@@ -203,12 +212,6 @@ type tableKey struct {
 	proto Proto
 }
 
-type matchKey struct {
-	tableKey
-	local, remote         netip.Prefix
-	localPort, remotePort uint16
-}
-
 // Set is an immutable compiled rule set: every table of every namespace.
 // All methods are safe for concurrent use; a nil *Set has no rules.
 type Set struct {
@@ -250,31 +253,23 @@ func Compile(rules []Rule) (*Set, []Conflict, error) {
 		}
 		names[rules[i].Name] = struct{}{}
 	}
-	// Oldest first, so that the first rule seen for a match is its winner.
-	order := make([]int32, len(rules))
-	for i := range order {
-		order[i] = int32(i)
+	// Which rule of a match applies is api/rulematch's decision, the same
+	// code the manager reports conflicts with.
+	entries := make([]rulematch.Rule, len(rules))
+	for i := range rules {
+		entries[i] = matchOf(&rules[i])
 	}
-	slices.SortFunc(order, func(a, b int32) int {
-		ra, rb := &rules[a], &rules[b]
-		if c := ra.Created.Compare(rb.Created); c != 0 {
-			return c
-		}
-		return strings.Compare(ra.Name, rb.Name)
-	})
-	winners := make(map[matchKey]int32, len(rules))
+	order, winner := rulematch.Resolve(entries)
 	perTable := make(map[tableKey][]int32)
 	var conflicts []Conflict
 	for _, i := range order {
 		r := &rules[i]
-		tk := tableKey{r.Namespace, r.Scope, r.Proto}
-		mk := matchKey{tk, r.Local, r.Remote, r.LocalPort, r.RemotePort}
-		if w, ok := winners[mk]; ok {
+		if w := winner[i]; w >= 0 {
 			conflicts = append(conflicts, Conflict{Loser: *r, Winner: rules[w]})
 			continue
 		}
-		winners[mk] = i
-		perTable[tk] = append(perTable[tk], i)
+		tk := tableKey{r.Namespace, r.Scope, r.Proto}
+		perTable[tk] = append(perTable[tk], int32(i))
 	}
 	slices.SortFunc(conflicts, func(a, b Conflict) int {
 		return cmp.Or(strings.Compare(a.Loser.Namespace, b.Loser.Namespace),

@@ -31,6 +31,9 @@ type NamespaceConfig struct {
 	MaxApps           int
 	MaxSessionsPerApp int
 	MaxWorkersPerApp  int
+	// MaxListenersPerApp bounds an app's stream listeners (each global one
+	// also costs a kernel socket and a goroutine at the transport).
+	MaxListenersPerApp int
 
 	// SharedNetwork says the namespace's apps share one network identity
 	// (a userspace stack's addresses, Interface mode): whatever socket they
@@ -40,13 +43,14 @@ type NamespaceConfig struct {
 
 // Defaults for zero fields of NamespaceConfig.
 const (
-	DefaultSegmentSize       = 32 << 20
-	DefaultFifoSize          = 64 << 10
-	DefaultQueueSlots        = 1024
-	DefaultMaxSegmentsPerApp = 16
-	DefaultMaxApps           = 256
-	DefaultMaxSessionsPerApp = 4096
-	DefaultMaxWorkersPerApp  = 16
+	DefaultSegmentSize        = 32 << 20
+	DefaultFifoSize           = 64 << 10
+	DefaultQueueSlots         = 1024
+	DefaultMaxSegmentsPerApp  = 16
+	DefaultMaxApps            = 256
+	DefaultMaxSessionsPerApp  = 4096
+	DefaultMaxWorkersPerApp   = 16
+	DefaultMaxListenersPerApp = 64
 )
 
 // Key returns "namespace/name", the identifier of the app namespace.
@@ -66,6 +70,7 @@ func (c NamespaceConfig) withDefaults() NamespaceConfig {
 	def(&c.MaxApps, DefaultMaxApps)
 	def(&c.MaxSessionsPerApp, DefaultMaxSessionsPerApp)
 	def(&c.MaxWorkersPerApp, DefaultMaxWorkersPerApp)
+	def(&c.MaxListenersPerApp, DefaultMaxListenersPerApp)
 	return c
 }
 
@@ -81,12 +86,12 @@ func (c NamespaceConfig) Validate() error {
 	case len(c.Secret) > wire.MaxSecretLen:
 		return fmt.Errorf("%s: secret longer than %d bytes", c.Key(), wire.MaxSecretLen)
 	case c.SegmentSize < 0 || c.RxFifoSize < 0 || c.TxFifoSize < 0 || c.QueueSlots < 0 ||
-		c.MaxSegmentsPerApp < 0 || c.MaxApps < 0 || c.MaxSessionsPerApp < 0 || c.MaxWorkersPerApp < 0:
+		c.MaxSegmentsPerApp < 0 || c.MaxApps < 0 || c.MaxSessionsPerApp < 0 || c.MaxWorkersPerApp < 0 || c.MaxListenersPerApp < 0:
 		return fmt.Errorf("%s: sizes and limits must not be negative", c.Key())
 	case !pow2(c.RxFifoSize) || c.RxFifoSize < shm.MinFifoCapacity:
-		return fmt.Errorf("%s: rxFifoSize %d must be a power of two >= %d", c.Key(), c.RxFifoSize, shm.MinFifoCapacity)
+		return fmt.Errorf("%s: rxFIFOSize %d must be a power of two >= %d", c.Key(), c.RxFifoSize, shm.MinFifoCapacity)
 	case !pow2(c.TxFifoSize) || c.TxFifoSize < shm.MinFifoCapacity:
-		return fmt.Errorf("%s: txFifoSize %d must be a power of two >= %d", c.Key(), c.TxFifoSize, shm.MinFifoCapacity)
+		return fmt.Errorf("%s: txFIFOSize %d must be a power of two >= %d", c.Key(), c.TxFifoSize, shm.MinFifoCapacity)
 	case !pow2(c.QueueSlots) || c.QueueSlots > shm.MaxQueueSlot:
 		return fmt.Errorf("%s: queueSlots %d must be a power of two <= %d", c.Key(), c.QueueSlots, shm.MaxQueueSlot)
 	case shm.FifoFootprint(c.RxFifoSize)+shm.FifoFootprint(c.TxFifoSize) > c.SegmentSize:

@@ -10,10 +10,12 @@ package session
 // socket per pod restricted to the namespace the pod was admitted to. An app
 // connects and sends wire.Attach (name, namespace, optional secret, fifo size
 // wishes). The engine checks the socket's namespaces, the secret (constant
-// time) and maxApps, records SO_PEERCRED, creates the app's worker 0 and its
+// time, on SHA-256 digests), maxApps, that the name is not taken in the
+// app's host (names are unique per app namespace and host), and the
+// node-wide caps (Limits), records SO_PEERCRED, creates the app's worker 0 and its
 // own fifo segment, and answers wire.AttachReply with SCM_RIGHTS: the queue
-// segment memfd, the worker's wake eventfd, the engine's request eventfd and
-// the fifo segment memfd. Any error is an AttachReply with a code and a
+// segment memfd, the app's ends of the worker's doorbell and transport
+// doorbell, and the fifo segment memfd. Any error is an AttachReply with a code and a
 // message that names the cause ("wrong secret for app namespace X",
 // "app namespace X: maxApps (N) reached"). Descriptors sent by apps are
 // closed unread.
@@ -21,19 +23,33 @@ package session
 // # Workers and queues
 //
 // A worker owns one queue segment with two wire-encoded message queues
-// (engine→app events, app→engine requests), one wake eventfd the app sleeps
-// on and one eventfd the engine sleeps on. The engine runs one goroutine per
-// worker that blocks in shm.Queue.Recv (spin, then poll(2) on its own thread,
-// not the netpoller) and handles each request under the namespace mutex.
-// WorkerAdd/WorkerDel travel over the attach socket because they carry
-// descriptors.
+// (engine→app events, app→engine requests) and two doorbells (shm
+// NewDoorbell: a datagram socket pair, one end per side, each side's own
+// open file description). The worker doorbell carries both directions: the
+// engine rings its end for events, the app rings its end for requests, and
+// each side sleeps on its own end. The engine runs one goroutine per worker
+// that blocks in shm.Queue.Recv (spin, then poll(2) on its own thread, not
+// the netpoller) and handles each request under the namespace mutex. The
+// transport doorbell is rung by the app for its transport sessions (below).
+// The engine creates both pairs, passes the app's ends and closes its copies
+// at once: it never holds a description the app holds, so nothing the app
+// does to its descriptors (blocking mode, full buffers) can block an engine
+// thread. WorkerAdd/WorkerDel travel over the attach socket because they
+// carry descriptors.
 //
-// The engine never blocks on an app: queue sends are non-blocking; an event
-// that finds the queue full waits in the worker's backlog, retried by the
-// flusher in order; an app that lets the backlog grow past four queues is
-// detached with a notice naming the queue size. Accepts take the backlog only
-// up to one queue's worth; past that the connect is refused (like a full
-// listen backlog). Socket writes use MSG_DONTWAIT.
+// The engine never blocks on an app, and never blocks under the namespace
+// mutex: queue sends are non-blocking; an event that finds the queue full
+// waits in the worker's backlog, retried by the flusher in order; an app that
+// lets the backlog grow past four queues is detached with a notice naming the
+// queue size. Accepts take the backlog only up to one queue's worth; past
+// that the connect is refused (like a full listen backlog). Socket writes and
+// doorbell rings use MSG_DONTWAIT on the engine's own descriptors. What may
+// take long runs with the mutex released and its result re-checked after: a
+// transport's bind in the app's network namespace (a global-scope listen,
+// whose key is reserved meanwhile as a pending listener that conflicts but
+// takes no sessions; a UDP socket) and the TLS handshake of a cut-through
+// session (the listener, both workers and the quotas are checked again
+// after it).
 //
 // Every request gets an answer: its own reply event (bound, unlisten-reply,
 // connected, cleanup for disconnect/reset) or wire.Reply with a code, also
@@ -55,21 +71,30 @@ package session
 //
 // The fifo pair lives in a cut-through segment that belongs to exactly the
 // two app workers involved (created on first use, announced to both apps
-// over their attach sockets — before any event refers to it — together with
-// the peer worker's wake eventfd, and reused for later sessions of the same
-// pair). No app ever maps another app's own segment or queues. The engine
-// formats the fifos (shm.InitFifo), sends Accepted to the listener and
-// Connected to the connecting app, and steps out of the data path: the apps
-// move bytes through the fifos and wake each other directly by writing the
-// peer's wake eventfd when the peer's waiting flag is set.
+// over their attach sockets — before any event refers to it — each with its
+// end of a doorbell pair made for that segment, and reused for later
+// sessions of the same pair). No app ever maps another app's own segment or
+// queues, or holds another app's descriptors: a peer can ring the segment's
+// doorbell, but not read another app's wake-ups or stall them. The engine
+// keeps no end of it, formats the fifos (shm.InitFifo), sends Accepted to
+// the listener and Connected to the connecting app, and steps out of the
+// data path: the apps move bytes through the fifos and ring each other when
+// the peer's waiting flag is set, without the engine (so cut-through
+// sessions need no engine thread at all to move data).
 //
 // # Transport sessions
 //
 // A connect that leaves through Config.Transport gets its fifo pair in the
-// app's own segment; the first such connect announces that segment to the
-// app once more (add-segment) together with a wake eventfd the engine
-// watches, so the app wakes the transport exactly as it wakes a cut-through
-// peer. The session is registered before Transport.Connect is called with a
+// app's own segment, or, when that is full, in a transport segment added
+// for the app on demand (up to maxSegmentsPerApp, own and cut-through ones
+// included; announced with add-segment before any event refers to it and
+// dropped with del-segment once empty), so maxSessionsPerApp is the limit
+// that applies. The app rings its worker's transport doorbell after
+// progress on such a fifo whose waiting flag the transport set; the
+// worker's kicker goroutine (started with its first transport session,
+// reading the engine's end through the netpoller) kicks the app's flows,
+// and Flow.WakeApp rings the worker doorbell from the engine's end. The
+// session is registered before Transport.Connect is called with a
 // Flow (see Flow): the transport completes it later (Flow.Connected → the
 // app's connected event) and ends its side with Flow.Finish (disconnected
 // or reset event, or the failed connect); an app's disconnect, reset or

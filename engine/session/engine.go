@@ -14,7 +14,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	enginetls "github.com/hoststack/hoststack/engine/tls"
+	"github.com/hoststack/hoststack/engine/wire"
 )
 
 // Config configures an Engine.
@@ -26,11 +29,67 @@ type Config struct {
 	Rules Rules
 	// Transport, when set, receives connects to non-local addresses.
 	Transport Transport
+	// PeerPolicy, when set, judges cut-through sessions between two hosts
+	// (pods) as their network would (NetworkPolicy); a refused connect is
+	// dropped: it fails with a timeout after PolicyDropDelay (0: the
+	// default, 30s; negative: at once).
+	PeerPolicy      PeerPolicy
+	PolicyDropDelay time.Duration
 	// TLS holds the CertKeyPairs apps may name in their TLS contexts; nil:
 	// no TLS termination.
 	TLS *enginetls.Store
 	// Logf logs engine events; nil uses the standard logger.
 	Logf func(format string, args ...any)
+	// Limits are the node-wide caps; zero fields take the defaults.
+	Limits Limits
+	// NodeSockets is the access of the node's own attach sockets (those of
+	// AddNamespace and ServeAttach): Mode (0: 0600), UID, GID.
+	NodeSockets SocketConfig
+	// PrivilegedPorts, when set, says whether apps attaching through a node
+	// socket of the app namespace (key "namespace/name") may listen on
+	// ports below 1024; nil: none may.
+	PrivilegedPorts func(namespace string) bool
+}
+
+// Limits are node-wide caps on what all app namespaces together may hold:
+// each worker costs the engine an OS thread while it waits for requests, and
+// the Go runtime aborts the whole process at 10,000 threads.
+type Limits struct {
+	MaxApps    int // apps attached, all app namespaces
+	MaxWorkers int // app workers, all apps
+	// MaxThreads: no worker is added while the engine process has this
+	// many OS threads (counted in /proc/self/task).
+	MaxThreads int
+	// MaxPendingAttaches bounds the connections of one attach socket that
+	// have not completed their attach yet; more are refused at once.
+	MaxPendingAttaches int
+	// AttachTimeout is how long a connection may take to send its attach.
+	AttachTimeout time.Duration
+}
+
+// Default node-wide limits.
+const (
+	DefaultNodeMaxApps        = 1024
+	DefaultNodeMaxWorkers     = 2048
+	DefaultNodeMaxThreads     = 4096
+	DefaultMaxPendingAttaches = 64
+	DefaultAttachTimeout      = 10 * time.Second
+)
+
+func (l Limits) withDefaults() Limits {
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&l.MaxApps, DefaultNodeMaxApps)
+	def(&l.MaxWorkers, DefaultNodeMaxWorkers)
+	def(&l.MaxThreads, DefaultNodeMaxThreads)
+	def(&l.MaxPendingAttaches, DefaultMaxPendingAttaches)
+	if l.AttachTimeout <= 0 {
+		l.AttachTimeout = DefaultAttachTimeout
+	}
+	return l
 }
 
 // Engine is the session engine of one node.
@@ -44,9 +103,17 @@ type Engine struct {
 	closed     bool
 
 	nextApp atomic.Uint32
-	wg      sync.WaitGroup
-	stop    chan struct{}
-	kick    chan struct{} // an event went to a backlog: the flusher retries
+	// nextSock names attach sockets while they are being set up
+	nextSock atomic.Uint64
+	// node-wide usage against cfg.Limits (reserved before creation)
+	nApps, nWorkers atomic.Int64
+	limitMu         sync.Mutex
+	refusals        map[string]uint64 // node limit → refusals since start
+	lastRefusal     string
+	wg              sync.WaitGroup
+	stop            chan struct{}
+	kick            chan struct{} // an event went to a backlog: the flusher retries
+	relays          relay         // cut-through rings for version-2 apps (legacy.go)
 }
 
 // New returns an engine. Call Close to stop it.
@@ -56,8 +123,10 @@ func New(cfg Config) (*Engine, error) {
 			return nil, fmt.Errorf("session: run dir: %w", err)
 		}
 	}
+	cfg.Limits = cfg.Limits.withDefaults()
 	e := &Engine{
 		cfg:        cfg,
+		refusals:   map[string]uint64{},
 		logf:       cfg.Logf,
 		namespaces: map[string]*namespace{},
 		sockets:    map[*AttachSocket]struct{}{},
@@ -74,18 +143,26 @@ func New(cfg Config) (*Engine, error) {
 
 // namespace is an app namespace at run time. Its mutex guards every table
 // below it: all control operations of one namespace are serialised, and no
-// operation ever blocks while holding it (queue sends and socket writes are
-// non-blocking).
+// operation ever blocks while holding it (queue sends, doorbell rings and
+// socket writes are non-blocking on the engine's own descriptors; transport
+// binds and TLS handshakes release it, see namespace.unlocked).
 type namespace struct {
 	e   *Engine
 	key string
 
-	mu        sync.Mutex
-	cfg       NamespaceConfig
-	removed   bool
+	mu      sync.Mutex
+	cfg     NamespaceConfig
+	removed bool
+	// stopping: the engine itself stops (agent stop, restart, upgrade).
+	// Cut-through sessions are then left to their two apps, which keep
+	// them and re-attach to the next engine; only a namespace removal or
+	// an app's own end resets them.
+	stopping  bool
+	drops     dropLog // policy drops, logged at most once a second
 	apps      map[uint32]*app
 	listeners map[listenKey]*listener
-	handles   map[uint64]*listener // listener handle → listener
+	handles   map[uint64]*listener    // listener handle → listener
+	ports     map[portKey][]*listener // every listener by host and port (bind conflicts)
 	sessions  map[uint64]*session
 	segs      map[uint64]*segment
 	pairs     map[[2]*worker][]*segment // cut-through segments of a worker pair
@@ -125,6 +202,7 @@ func (e *Engine) AddNamespace(cfg NamespaceConfig) (string, error) {
 		apps:      map[uint32]*app{},
 		listeners: map[listenKey]*listener{},
 		handles:   map[uint64]*listener{},
+		ports:     map[portKey][]*listener{},
 		sessions:  map[uint64]*session{},
 		segs:      map[uint64]*segment{},
 		pairs:     map[[2]*worker][]*segment{},
@@ -229,7 +307,9 @@ func (e *Engine) Namespaces() []string {
 }
 
 // Close tells every app the engine is stopping, reaps everything, closes the
-// attach sockets and removes their files.
+// attach sockets and removes their files. Cut-through sessions are not
+// reset: their data path does not need the engine, and apps that re-attach
+// (the client does by default) keep them across an agent restart.
 func (e *Engine) Close() error {
 	e.mu.Lock()
 	if e.closed {
@@ -243,6 +323,9 @@ func (e *Engine) Close() error {
 	e.sockets = map[*AttachSocket]struct{}{}
 	e.mu.Unlock()
 	for _, ns := range nss {
+		ns.mu.Lock()
+		ns.stopping = true
+		ns.mu.Unlock()
 		ns.shutdown("session engine is shutting down")
 	}
 	for s := range socks {
@@ -250,6 +333,7 @@ func (e *Engine) Close() error {
 	}
 	close(e.stop)
 	e.wg.Wait()
+	e.relays.close()
 	return nil
 }
 
@@ -382,9 +466,14 @@ type AttachSocket struct {
 	host    string
 	ln      *net.UnixListener
 	allowed []string
-	once    sync.Once
-	closed  atomic.Bool // no attach through it completes once set
-	done    chan struct{}
+	// privPorts: apps attaching through it may listen on ports below 1024
+	privPorts bool
+	pending   atomic.Int32 // connections accepted, attach not decided yet
+	// pendingLogged is when a pending refusal was last logged (unix ns)
+	pendingLogged atomic.Int64
+	once          sync.Once
+	closed        atomic.Bool // no attach through it completes once set
+	done          chan struct{}
 }
 
 // SocketConfig describes an attach socket.
@@ -399,11 +488,29 @@ type SocketConfig struct {
 	// on the unspecified address belong to their host, transports open
 	// the apps' sockets in the host's network namespace.
 	Host string
+	// PrivilegedPorts lets the apps attaching through it listen on ports
+	// 1-1023 (what CAP_NET_BIND_SERVICE allows a process); without it such
+	// listens are refused (EACCES), as for an unprivileged process.
+	PrivilegedPorts bool
+	// Mode is the socket file's permission bits; 0 means 0600. Who can
+	// connect to the socket is who can attach: keep it no wider than the
+	// processes that should.
+	Mode os.FileMode
+	// UID and GID, when not nil, are the socket file's owner and group.
+	UID, GID *int
 }
 
 // ServeAttach serves attaches for the node's host ("") through path.
 func (e *Engine) ServeAttach(path string, namespaces ...string) (*AttachSocket, error) {
-	return e.Serve(SocketConfig{Path: path, Namespaces: namespaces})
+	cfg := SocketConfig{Path: path, Namespaces: namespaces, Mode: e.cfg.NodeSockets.Mode,
+		UID: e.cfg.NodeSockets.UID, GID: e.cfg.NodeSockets.GID}
+	if p := e.cfg.PrivilegedPorts; p != nil && len(namespaces) > 0 {
+		cfg.PrivilegedPorts = true
+		for _, k := range namespaces {
+			cfg.PrivilegedPorts = cfg.PrivilegedPorts && p(k)
+		}
+	}
+	return e.Serve(cfg)
 }
 
 // Serve listens on cfg.Path and serves attaches as cfg says.
@@ -412,14 +519,11 @@ func (e *Engine) Serve(cfg SocketConfig) (*AttachSocket, error) {
 	if len(namespaces) == 0 {
 		return nil, errors.New("session: an attach socket must allow at least one app namespace")
 	}
-	_ = os.Remove(path)
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Net: "unixpacket", Name: path})
+	ln, err := e.listenAttach(path, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("session: attach socket: %w", err)
+		return nil, err
 	}
-	ln.SetUnlinkOnClose(true)
-	_ = os.Chmod(path, 0o666)
-	s := &AttachSocket{e: e, path: path, host: cfg.Host, ln: ln, allowed: slices.Clone(namespaces), done: make(chan struct{})}
+	s := &AttachSocket{e: e, path: path, host: cfg.Host, privPorts: cfg.PrivilegedPorts, ln: ln, allowed: slices.Clone(namespaces), done: make(chan struct{})}
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
@@ -465,6 +569,7 @@ func (s *AttachSocket) Close() error {
 	s.once.Do(func() {
 		s.closed.Store(true)
 		s.ln.Close()
+		_ = os.Remove(s.path)
 		s.e.mu.Lock()
 		delete(s.e.sockets, s)
 		s.e.mu.Unlock()
@@ -490,8 +595,88 @@ func (s *AttachSocket) serve() {
 			time.Sleep(10 * time.Millisecond) // e.g. EMFILE: do not spin
 			continue
 		}
+		if int(s.pending.Add(1)) > s.e.cfg.Limits.MaxPendingAttaches {
+			s.pending.Add(-1)
+			s.refusePending(c)
+			continue
+		}
 		go s.e.handleConn(s, c)
 	}
+}
+
+// refusePending answers a connection over the socket's pending-attach cap
+// with the reason, without reading it, and closes it.
+func (s *AttachSocket) refusePending(c *net.UnixConn) {
+	max := s.e.cfg.Limits.MaxPendingAttaches
+	msg := wire.Msgf("attach socket %s: maxPendingAttaches (%d) reached: that many connections have not completed their attach; try again", s.path, max)
+	// a per-socket limit (a pod crowding its own socket): logged (at most
+	// once a second: a flood must not flood the log), not a node-wide
+	// refusal
+	if now := time.Now().UnixNano(); now-s.pendingLogged.Load() > int64(time.Second) {
+		s.pendingLogged.Store(now)
+		s.e.logf("session: %s", msg)
+	}
+	var b [wire.SocketMsgMax]byte
+	if n, err := wire.Encode(b[:], &wire.AttachReply{Code: wire.ErrQuota, Msg: msg, EngineVersion: wire.Version}); err == nil {
+		if raw, err := c.SyscallConn(); err == nil {
+			_ = raw.Write(func(fd uintptr) bool {
+				_ = unix.Sendmsg(int(fd), b[:n], nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+				return true
+			})
+		}
+	}
+	c.Close()
+}
+
+// listenAttach binds an attach socket under a temporary name in path's
+// directory, gives it its mode and owner, and only then renames it to path:
+// bound at path, it would take connects with the umask's mode until the
+// chmod.
+func (e *Engine) listenAttach(path string, cfg SocketConfig) (*net.UnixListener, error) {
+	tmp := filepath.Join(filepath.Dir(path), fmt.Sprintf(".hs%d-%d", os.Getpid(), e.nextSock.Add(1)))
+	_ = os.Remove(tmp)
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Net: "unixpacket", Name: tmp})
+	if err != nil {
+		return nil, fmt.Errorf("session: attach socket: %w", err)
+	}
+	// Close removes path; Go would unlink the temporary name
+	ln.SetUnlinkOnClose(false)
+	err = setSocketAccess(tmp, cfg)
+	if err == nil {
+		if err = os.Rename(tmp, path); err != nil {
+			err = fmt.Errorf("session: attach socket: %w", err)
+		}
+	}
+	if err != nil {
+		ln.Close()
+		_ = os.Remove(tmp)
+		return nil, err
+	}
+	return ln, nil
+}
+
+// setSocketAccess gives the socket file its mode and owner.
+func setSocketAccess(path string, cfg SocketConfig) error {
+	mode := cfg.Mode.Perm()
+	if mode == 0 {
+		mode = 0o600
+	}
+	if cfg.UID != nil || cfg.GID != nil {
+		uid, gid := -1, -1
+		if cfg.UID != nil {
+			uid = *cfg.UID
+		}
+		if cfg.GID != nil {
+			gid = *cfg.GID
+		}
+		if err := os.Lchown(path, uid, gid); err != nil {
+			return fmt.Errorf("session: attach socket owner: %w", err)
+		}
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		return fmt.Errorf("session: attach socket mode: %w", err)
+	}
+	return nil
 }
 
 // allows resolves the namespace an Attach asks for through this socket.

@@ -108,7 +108,7 @@ func recv(t *testing.T, c *net.UnixConn) (wire.Msg, []int) {
 func attachRaw(t *testing.T, path, name string) *rawApp {
 	t.Helper()
 	c := dialRaw(t, path)
-	send(t, c, &wire.Attach{Name: name})
+	send(t, c, &wire.Attach{Name: name, MinVersion: wire.MinVersion, MaxVersion: wire.Version})
 	m, fds := recv(t, c)
 	rep, ok := m.(*wire.AttachReply)
 	if !ok || rep.Code != wire.OK || len(fds) != wire.AttachFDs {
@@ -122,7 +122,9 @@ func attachRaw(t *testing.T, path, name string) *rawApp {
 	if a.evq, err = shm.OpenQueue(a.mq, int(rep.Worker.EvqOff), int(rep.Worker.EvqSlots), fds[1]); err != nil {
 		t.Fatal(err)
 	}
-	if a.rq, err = shm.OpenQueue(a.mq, int(rep.Worker.ReqOff), int(rep.Worker.ReqSlots), fds[2]); err != nil {
+	// one doorbell end serves both queues: the engine rings it for events
+	// and waits on its own end for requests
+	if a.rq, err = shm.OpenQueue(a.mq, int(rep.Worker.ReqOff), int(rep.Worker.ReqSlots), fds[1]); err != nil {
 		t.Fatal(err)
 	}
 	if a.slp, err = wire.Word(a.mq.Bytes(), int(rep.Worker.CtlOff)); err != nil {
@@ -174,7 +176,7 @@ func (a *rawApp) event() wire.Msg {
 			}
 			return m
 		}
-		shm.WaitFD(a.wake, time.Now().Add(time.Second))
+		shm.WaitBell(a.wake, time.Now().Add(time.Second))
 		a.slp.Store(0)
 	}
 }
@@ -207,7 +209,7 @@ func TestHostileAttach(t *testing.T) {
 	c := dialRaw(t, path)
 	c.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
 	m, _ := recv(t, c)
-	if r, ok := m.(*wire.AttachReply); !ok || r.Code != wire.ErrVersion || !strings.Contains(r.Msg, fmt.Sprintf("wire version %d", wire.Version)) {
+	if r, ok := m.(*wire.AttachReply); !ok || r.Code != wire.ErrVersion || !strings.Contains(r.Msg, fmt.Sprintf("versions %d to %d", wire.MinVersion, wire.Version)) {
 		t.Fatalf("garbage: %#v", m)
 	}
 	// wrong first message
@@ -231,8 +233,8 @@ func TestHostileAttach(t *testing.T) {
 	waitFor(t, "engine closes passed fds", func() bool { return openFDs(t) <= before+2 })
 	// the engine still serves
 	a := attachRaw(t, path, "ok")
-	a.request(&wire.Listen{Ctx: 1, Addr: lo(80)})
-	if b := a.event().(*wire.Bound); b.Code != wire.OK || b.Local.Port != 80 {
+	a.request(&wire.Listen{Ctx: 1, Addr: lo(8080)})
+	if b := a.event().(*wire.Bound); b.Code != wire.OK || b.Local.Port != 8080 {
 		t.Fatalf("bound: %#v", b)
 	}
 }
@@ -278,7 +280,7 @@ func TestRequestsAlwaysAnswered(t *testing.T) {
 	if r := a.event().(*wire.UnlistenReply); r.Code != wire.ErrNoSession || r.Ctx != 5 {
 		t.Fatalf("unlisten: %#v", r)
 	}
-	a.request(&wire.Listen{Ctx: 6, Addr: wire.Addr{Proto: wire.UDP, IP: netip.IPv4Unspecified(), Port: 53}})
+	a.request(&wire.Listen{Ctx: 6, Addr: wire.Addr{Proto: wire.UDP, IP: netip.IPv4Unspecified(), Port: 5353}})
 	if r := a.event().(*wire.Bound); r.Code != wire.ErrNoTransport || !strings.Contains(r.Msg, "udp sockets are carried by a transport") {
 		t.Fatalf("udp listen without a transport: %#v", r)
 	}
@@ -466,12 +468,12 @@ func TestPerPodSocket(t *testing.T) {
 	}
 	defer s.Close()
 	c := dialRaw(t, s.Path())
-	send(t, c, &wire.Attach{Name: "x", Namespace: testCfg.Key()})
+	send(t, c, &wire.Attach{Name: "x", Namespace: testCfg.Key(), MinVersion: wire.Version, MaxVersion: wire.Version})
 	if m, _ := recv(t, c); m.(*wire.AttachReply).Code != wire.ErrNoNamespace {
 		t.Fatalf("%#v", m)
 	}
 	c = dialRaw(t, s.Path())
-	send(t, c, &wire.Attach{Name: "y", Namespace: cfg2.Name}) // bare AppNamespace name
+	send(t, c, &wire.Attach{Name: "y", Namespace: cfg2.Name, MinVersion: wire.Version, MaxVersion: wire.Version}) // bare AppNamespace name
 	if m, fds := recv(t, c); m.(*wire.AttachReply).Code != wire.OK {
 		t.Fatalf("%#v", m)
 	} else {

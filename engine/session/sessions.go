@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/netip"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/hoststack/hoststack/engine/shm"
 	"github.com/hoststack/hoststack/engine/wire"
 )
@@ -18,8 +20,10 @@ type segment struct {
 	seg      *shm.Segment
 	alloc    *shm.Allocator
 	a, b     *worker
-	sessions int  // fifo pairs allocated in it
-	orphan   bool // a worker of the pair is gone: drop it once empty
+	owner    *app     // a transport segment added on demand for this app
+	sessions int      // fifo pairs allocated in it
+	orphan   bool     // a worker of the pair is gone: drop it once empty
+	relays   []uint64 // rings relayed to a version-2 worker (legacy.go)
 }
 
 // listener is a listening endpoint: in the namespace's local table (local
@@ -31,6 +35,9 @@ type listener struct {
 	local  bool               // in ns.listeners
 	tl     *TransportListener // global scope
 	tls    *tls.Config        // served by a TLS listener; nil: plaintext
+	// pending: the transport is binding it (ns.mu released); it reserves
+	// its key but takes no sessions yet
+	pending bool
 }
 
 // session is one end of a session, held by one app worker. A cut-through
@@ -61,6 +68,7 @@ func (ns *namespace) newSegment(name string, size int) (*segment, error) {
 }
 
 func (ns *namespace) dropSegment(s *segment) {
+	ns.dropRelays(s)
 	delete(ns.segs, s.handle)
 	s.seg.Close()
 }
@@ -179,6 +187,9 @@ func (ns *namespace) releaseLocked(s *session, reset bool, reason string) {
 		return
 	}
 	if p := s.peer; p != nil && !p.done {
+		if ns.stopping {
+			return // the apps keep the session (see namespace.stopping)
+		}
 		if reset {
 			ns.stats.resets++
 			p.w.send(&wire.ResetEvt{Session: p.handle, Code: wire.ErrReset, Msg: wire.Truncate(reason, wire.MaxMessageLen)})
@@ -201,11 +212,84 @@ func (ns *namespace) unlistenLocked(l *listener) {
 	if l.local && ns.listeners[l.key] == l {
 		delete(ns.listeners, l.key)
 	}
+	if _, ok := ns.handles[l.handle]; ok {
+		l.w.app.nlisten--
+		ns.portDel(l)
+	}
 	delete(ns.handles, l.handle)
 	delete(l.w.listeners, l.handle)
 	if l.tl != nil {
 		l.tl.closeLocked()
 	}
+}
+
+// portKey groups the listeners of one host on one port, for bind
+// conflicts.
+type portKey struct {
+	proto uint8
+	host  string
+	port  uint16
+}
+
+func portKeyOf(k listenKey) portKey { return portKey{k.proto, k.host, k.port} }
+
+// portAdd registers l in the port index (a listener, or an address a
+// listener reserves while it is being bound).
+func (ns *namespace) portAdd(l *listener) {
+	pk := portKeyOf(l.key)
+	ns.ports[pk] = append(ns.ports[pk], l)
+}
+
+// portDel removes l from the port index.
+func (ns *namespace) portDel(l *listener) {
+	pk := portKeyOf(l.key)
+	ls := ns.ports[pk]
+	for i, x := range ls {
+		if x == l {
+			ls = append(ls[:i], ls[i+1:]...)
+			break
+		}
+	}
+	if len(ls) == 0 {
+		delete(ns.ports, pk)
+	} else {
+		ns.ports[pk] = ls
+	}
+}
+
+// bindConflict returns a listener (other than self) of k's host and port
+// whose address overlaps k's, as Linux judges a bind: the same address, or
+// a wildcard of the family (0.0.0.0 covers every IPv4 address; [::], dual
+// stack, covers every address) on either side.
+func (ns *namespace) bindConflict(k listenKey, self *listener) *listener {
+	for _, l := range ns.ports[portKeyOf(k)] {
+		if l != self && addrsOverlap(l.key.ip, k.ip) {
+			return l
+		}
+	}
+	return nil
+}
+
+func addrsOverlap(a, b netip.Addr) bool {
+	switch {
+	case a == b:
+		return true
+	case (a.Is6() && a.IsUnspecified()) || (b.Is6() && b.IsUnspecified()):
+		return true
+	case a.Is4() && b.Is4():
+		return a.IsUnspecified() || b.IsUnspecified()
+	}
+	return false
+}
+
+// privilegedPort says whether listening on port needs the privilege of
+// binding ports below 1024.
+func privilegedPort(port uint16) bool { return port != 0 && port < 1024 }
+
+func (a *app) privilegedPortError(port uint16) string {
+	// the queue event's text holds 128 bytes: the README says the rest
+	return fmt.Sprintf("app %s may not listen on port %d: ports below 1024 need NET_BIND_SERVICE in its pod (standalone: --privileged-ports)",
+		a.name, port)
 }
 
 func (ns *namespace) listen(w *worker, m *wire.Listen) {
@@ -233,6 +317,23 @@ func (ns *namespace) listen(w *worker, m *wire.Listen) {
 		fail(wire.ErrNoTransport, "app %s listens in global scope only, and no transport of this engine listens", a.name)
 		return
 	}
+	if privilegedPort(m.Addr.Port) && !a.privPorts {
+		fail(wire.ErrDenied, "%s", a.privilegedPortError(m.Addr.Port))
+		return
+	}
+	if a.nlisten >= ns.cfg.MaxListenersPerApp {
+		fail(wire.ErrQuota, "app %s reached maxListenersPerApp (%d) of app namespace %s", a.name, ns.cfg.MaxListenersPerApp, ns.key)
+		return
+	}
+	// counted from here: another worker of the app may listen while a
+	// transport binds this one without ns.mu
+	a.nlisten++
+	committed := false
+	defer func() {
+		if !committed {
+			a.nlisten--
+		}
+	}()
 	key := listenKey{proto: uint8(m.Addr.Proto), host: a.host, ip: ip, port: m.Addr.Port}
 	if key.port == 0 && !global {
 		p, ok := ns.freePort(key)
@@ -242,13 +343,20 @@ func (ns *namespace) listen(w *worker, m *wire.Listen) {
 		}
 		key.port = p
 	}
+	var l *listener // the new listener, once created
 	inUse := func() bool {
-		if l, ok := ns.listeners[key]; ok && local {
+		o := ns.bindConflict(key, l)
+		switch {
+		case o == nil:
+			return false
+		case o.key.ip == key.ip:
 			fail(wire.ErrAddrInUse, "%s is already listened on by app %s in app namespace %s",
-				netip.AddrPortFrom(ip, key.port), l.w.app.name, ns.key)
-			return true
+				netip.AddrPortFrom(ip, key.port), o.w.app.name, ns.key)
+		default:
+			fail(wire.ErrAddrInUse, "%s is in use: app %s listens on %s (a wildcard address covers it)",
+				netip.AddrPortFrom(ip, key.port), o.w.app.name, netip.AddrPortFrom(o.key.ip, o.key.port))
 		}
-		return false
+		return true
 	}
 	if key.port != 0 && inUse() {
 		return
@@ -258,11 +366,43 @@ func (ns *namespace) listen(w *worker, m *wire.Listen) {
 		fail(code, "%s", msg)
 		return
 	}
-	l := &listener{handle: ns.handle(), key: key, w: w, local: local, tls: srvTLS}
+	l = &listener{handle: ns.handle(), key: key, w: w, local: local, tls: srvTLS}
 	if global {
+		// The transport binds in the app's network namespace (setns, bind:
+		// system calls that may take long), so it runs without ns.mu. A
+		// specific local key is reserved meanwhile (pending: conflicts see
+		// it, connects do not); the worker's later requests wait, as it
+		// serves them in order.
+		reserved := key.port != 0
+		if reserved {
+			l.pending = true
+			if local {
+				ns.listeners[key] = l
+			}
+			ns.portAdd(l)
+		}
+		unreserve := func() {
+			if !reserved {
+				return
+			}
+			if ns.listeners[key] == l {
+				delete(ns.listeners, key)
+			}
+			ns.portDel(l)
+		}
 		tl := &TransportListener{ns: ns, l: l, app: a.name, tls: srvTLS, closed: make(chan struct{})}
-		bound, code, msg := st.Listen(ListenRequest{Namespace: ns.key, App: a.name, Host: a.host,
-			Local: netip.AddrPortFrom(ip, key.port), Listener: tl})
+		req := ListenRequest{Namespace: ns.key, App: a.name, Host: a.host, Local: netip.AddrPortFrom(ip, key.port), Listener: tl}
+		var bound netip.AddrPort
+		var code wire.Code
+		var msg string
+		ns.unlocked(func() { bound, code, msg = st.Listen(req) })
+		unreserve()
+		l.pending = false
+		if w.dead || ns.removed {
+			// reaped meanwhile: nobody to tell, stop the transport's listener
+			tl.closeLocked()
+			return
+		}
 		if code != wire.OK {
 			fail(code, "%s", msg)
 			return
@@ -271,10 +411,10 @@ func (ns *namespace) listen(w *worker, m *wire.Listen) {
 		if key.port == 0 {
 			key.port = bound.Port()
 			l.key = key
-			if inUse() {
-				tl.closeLocked()
-				return
-			}
+		}
+		if inUse() {
+			tl.closeLocked()
+			return
 		}
 	}
 	if local {
@@ -282,14 +422,25 @@ func (ns *namespace) listen(w *worker, m *wire.Listen) {
 	}
 	ns.handles[l.handle] = l
 	w.listeners[l.handle] = l
+	committed = true
+	ns.portAdd(l)
 	w.send(&wire.Bound{Ctx: m.Ctx, Listener: l.handle, Local: wire.Addr{Proto: wire.TCP, IP: ip, Port: key.port}})
+}
+
+// unlocked runs f without ns.mu (held by the caller, and held again when
+// unlocked returns): for work that may block. The caller re-checks what f's
+// duration may have changed (the worker reaped, the namespace removed).
+func (ns *namespace) unlocked(f func()) {
+	ns.mu.Unlock()
+	defer ns.mu.Lock()
+	f()
 }
 
 func (ns *namespace) freePort(k listenKey) (uint16, bool) {
 	for i := 0; i <= ephemeralHi-ephemeralLo; i++ {
 		p := ns.nextEphemeral()
 		k.port = p
-		if _, used := ns.listeners[k]; !used {
+		if ns.bindConflict(k, nil) == nil {
 			return p, true
 		}
 	}
@@ -305,19 +456,36 @@ func (ns *namespace) nextEphemeral() uint16 {
 	return p
 }
 
-// appListener finds a listener of the named app: on port if it has one,
-// else its first (lowest handle).
-func (ns *namespace) appListener(name string, port uint16) *listener {
+// appListener finds the listener a redirect to the named app takes: the
+// app of that name in the connecting app's host if there is one, else the
+// one that attached first (names are unique per host, and a later app
+// cannot displace an earlier one); its listener on port if it has one, else
+// its first (lowest handle).
+func (ns *namespace) appListener(name string, port uint16, from string) *listener {
+	better := func(x, y *app) bool {
+		if (x.host == from) != (y.host == from) {
+			return x.host == from
+		}
+		return x.id < y.id
+	}
+	var target *app
+	for _, a := range ns.apps {
+		if !a.dead && !a.leaving && a.name == name && (target == nil || better(a, target)) {
+			target = a
+		}
+	}
+	if target == nil {
+		return nil
+	}
 	var best *listener
-	for _, l := range ns.handles {
-		if l.w.app.name != name {
-			continue
-		}
-		if l.key.port == port {
-			return l
-		}
-		if best == nil || l.handle < best.handle {
-			best = l
+	for _, w := range target.workers {
+		for _, l := range w.listeners {
+			if l.key.port == port {
+				return l
+			}
+			if best == nil || l.handle < best.handle {
+				best = l
+			}
 		}
 	}
 	return best
@@ -339,17 +507,20 @@ func (ns *namespace) lookupListener(proto wire.Proto, dst netip.AddrPort, from s
 		host = h
 	}
 	k := listenKey{proto: uint8(proto), host: host, ip: ip, port: dst.Port()}
-	if l := ns.listeners[k]; l != nil {
+	if l := ns.listeners[k]; l != nil && !l.pending {
 		return l
 	}
 	if ip.Is4() {
 		k.ip = netip.IPv4Unspecified()
-		if l := ns.listeners[k]; l != nil {
+		if l := ns.listeners[k]; l != nil && !l.pending {
 			return l
 		}
 	}
 	k.ip = netip.IPv6Unspecified()
-	return ns.listeners[k]
+	if l := ns.listeners[k]; l != nil && !l.pending {
+		return l
+	}
+	return nil
 }
 
 // transport is the engine's transport if it carries this namespace.
@@ -410,7 +581,7 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 		case Redirect:
 			switch {
 			case v.App != "":
-				if l = ns.appListener(v.App, dst.Port()); l == nil {
+				if l = ns.appListener(v.App, dst.Port(), a.host); l == nil {
 					fail(wire.ErrRefused, "connection refused: SessionRule %s redirects to app %s, which does not listen", v.Rule, v.App)
 					return
 				}
@@ -434,7 +605,7 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 				fail(wire.ErrDenied, "connect to %s denied by SessionRule %s", dst, v.Rule)
 				return
 			case v.Action == Redirect && v.App != "":
-				if l = ns.appListener(v.App, dst.Port()); l == nil {
+				if l = ns.appListener(v.App, dst.Port(), a.host); l == nil {
 					fail(wire.ErrRefused, "connection refused: SessionRule %s redirects to app %s, which does not listen", v.Rule, v.App)
 					return
 				}
@@ -454,6 +625,14 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 		fail(wire.ErrRefused, "connection refused: nothing listens on %s in app namespace %s", dst, ns.key)
 		return
 	}
+	// The kernel never sees this session: refuse it as the hosts' network
+	// would (NetworkPolicy drops, the dialler times out), before anything
+	// about the listener can show.
+	if v, judged := ns.checkPeer(a, l, dst); judged && !v.Allowed {
+		ns.drops.log(ns.e.logf, "app namespace %s: connect of app %s to %s dropped by network policy: %s", ns.key, a.name, dst, v.Reason)
+		ns.dropConnect(w, m, fmt.Sprintf("connect to %s timed out: %s", dst, v.Reason))
+		return
+	}
 	srv := l.w
 	if srv.app.nsessions >= cfg.MaxSessionsPerApp {
 		fail(wire.ErrQuota, "listening app %s reached maxSessionsPerApp (%d) of app namespace %s", srv.app.name, cfg.MaxSessionsPerApp, ns.key)
@@ -469,7 +648,19 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 	if m.TLS != 0 || l.tls != nil {
 		tc, code, msg := ns.tlsClient(a, m.TLS, dst)
 		if code == wire.OK {
-			code, msg = localTLS(tc, l.tls, srv.app.name)
+			// the handshake is milliseconds of CPU (or a timeout): not
+			// under ns.mu
+			srvTLS, name := l.tls, srv.app.name
+			ns.unlocked(func() { code, msg = localTLS(tc, srvTLS, name) })
+			if w.dead {
+				return
+			}
+			if code == wire.OK && (ns.handles[l.handle] != l || srv.dead) {
+				code, msg = wire.ErrRefused, fmt.Sprintf("connection refused: the listener on %s closed during the TLS handshake", dst)
+			}
+			if code == wire.OK && (a.nsessions >= cfg.MaxSessionsPerApp || srv.app.nsessions >= cfg.MaxSessionsPerApp) {
+				code, msg = wire.ErrQuota, fmt.Sprintf("maxSessionsPerApp (%d) of app namespace %s reached during the TLS handshake", cfg.MaxSessionsPerApp, ns.key)
+			}
 		}
 		if code != wire.OK {
 			fail(code, "%s", msg)
@@ -550,13 +741,26 @@ func (ns *namespace) allocPair(c, s *worker, n int) (*segment, int, wire.Code, s
 		return nil, 0, wire.ErrInternal, fmt.Sprintf("cannot create cut-through segment: %v", err)
 	}
 	seg.a, seg.b = k[0], k[1]
-	// Announce it to both apps (fd + the peer worker's wake eventfd) before
-	// any event refers to it.
+	// Announce it to both apps before any event refers to it, each with its
+	// end of a doorbell pair that is the segment's alone: each app rings the
+	// other through it, and neither can read or stall the other's end (nor
+	// its worker doorbell). The engine keeps no copy: cut-through wake-ups
+	// do not involve it. A worker connecting to itself gets both ends.
+	x, y, err := shm.NewDoorbell()
+	if err != nil {
+		ns.dropSegment(seg)
+		return nil, 0, wire.ErrInternal, fmt.Sprintf("cannot create a doorbell: %v", err)
+	}
 	for _, pair := range [][2]*worker{{seg.a, seg.b}, {seg.b, seg.a}} {
 		me, peer := pair[0], pair[1]
-		err := me.app.sendSock(&wire.AddSegment{Segment: seg.handle, Size: uint64(seg.seg.Size()), Worker: me.id,
-			PeerApp: peer.app.id, PeerWorker: peer.id, HasPeerWake: true}, []int{seg.seg.FD(), peer.wakeFD})
+		ends, err := ns.ctEnds(seg, me, x, y)
+		if err == nil {
+			err = me.app.sendSock(&wire.AddSegment{Segment: seg.handle, Size: uint64(seg.seg.Size()), Worker: me.id,
+				PeerApp: peer.app.id, PeerWorker: peer.id, HasPeerWake: true}, append([]int{seg.seg.FD()}, ends...))
+		}
 		if err != nil {
+			unix.Close(x)
+			unix.Close(y)
 			ns.dropSegment(seg)
 			return nil, 0, wire.ErrInternal, fmt.Sprintf("cannot pass segment to app %s: %v", me.app.name, err)
 		}
@@ -564,6 +768,8 @@ func (ns *namespace) allocPair(c, s *worker, n int) (*segment, int, wire.Code, s
 			break
 		}
 	}
+	unix.Close(x)
+	unix.Close(y)
 	seg.a.app.nsegs++
 	if seg.b.app != seg.a.app {
 		seg.b.app.nsegs++

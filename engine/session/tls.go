@@ -124,8 +124,9 @@ func (ns *namespace) tlsClient(a *app, h uint32, dst netip.AddrPort) (*tls.Confi
 // plaintext): both TLS runs the handshake a remote peer would (each side
 // gets the acceptance or refusal it would get) and then cuts through
 // without encrypting, since both ends are this engine; a mismatch is
-// refused as a handshake would fail. It runs with ns.mu held: a few
-// milliseconds of CPU, on TLS cut-through connects only.
+// refused as a handshake would fail. Callers run it without ns.mu: a few
+// milliseconds of CPU (up to localHandshakeTimeout), on TLS cut-through
+// connects only.
 func localTLS(client, server *tls.Config, app string) (wire.Code, string) {
 	switch {
 	case client == nil && server == nil:

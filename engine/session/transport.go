@@ -2,11 +2,14 @@ package session
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -41,7 +44,9 @@ type Flow struct {
 	rxOff     int
 	txOff     int
 	seg       *segment
-	appWake   int // a duplicate of the app worker's wake eventfd
+	appWake   int // a duplicate of the engine's end of the app worker's doorbell
+	// appWakePipe: appWake is a version-2 app's wake pipe (legacy.go)
+	appWakePipe bool
 
 	kick     chan struct{}
 	closed   chan struct{}
@@ -53,9 +58,16 @@ type Flow struct {
 	finished  bool
 }
 
-// WakeApp signals the app worker that owns the session (its event loop then
-// re-checks the waiting Read and Write calls).
-func (f *Flow) WakeApp() { _ = shm.Signal(f.appWake) }
+// WakeApp rings the doorbell of the app worker that owns the session (its
+// event loop then re-checks the waiting Read and Write calls). It never
+// blocks: the engine rings its own end of the doorbell.
+func (f *Flow) WakeApp() {
+	if f.appWakePipe {
+		_ = writeWake(f.appWake)
+		return
+	}
+	_ = shm.Ring(f.appWake)
+}
 
 // Kick receives after the app signalled progress on one of its transport
 // fifos (possibly of another session of the same app: re-check).
@@ -146,41 +158,111 @@ func (f *Flow) freeLocked() {
 	f.ns.stats.bytes += fifoBytes(seg, f.rxOff, f.txOff)
 	seg.alloc.Free(f.rxOff)
 	seg.sessions--
-	if seg.sessions == 0 && seg.orphan {
+	switch {
+	case seg.sessions > 0:
+	case seg.orphan:
 		f.ns.dropSegment(seg)
+	case seg.owner != nil:
+		f.ns.dropTransportSegLocked(seg)
 	}
 }
 
-// transportWakeLocked makes sure the app mapped its own segment as a fifo
-// segment with a wake eventfd the engine watches: the app signals it after
-// progress on a transport fifo whose waiting flag is set, and the engine
-// kicks the flows of the app.
-func (ns *namespace) transportWakeLocked(w *worker) error {
+// dropTransportSegLocked removes an empty transport segment added on
+// demand: the app is told to unmap it and gets the slot back.
+func (ns *namespace) dropTransportSegLocked(seg *segment) {
+	a := seg.owner
+	for i, x := range a.tsegs {
+		if x == seg {
+			a.tsegs = append(a.tsegs[:i], a.tsegs[i+1:]...)
+			break
+		}
+	}
+	a.nsegs--
+	for _, w := range a.workers {
+		if !w.dead {
+			w.send(&wire.DelSegment{Segment: seg.handle})
+			break
+		}
+	}
+	ns.dropSegment(seg)
+}
+
+// transportAllocLocked finds room for a transport fifo pair of n bytes: in
+// the app's own segment, then in the segments added for it, then in a new
+// segment announced to the app (add-segment on its attach socket, before
+// any event refers to it) while the app is below maxSegmentsPerApp.
+func (ns *namespace) transportAllocLocked(w *worker, n int) (*segment, int, wire.Code, string) {
 	a := w.app
-	if a.twake != nil {
-		return nil
+	for _, seg := range append([]*segment{a.own}, a.tsegs...) {
+		if off, err := seg.alloc.Alloc(n); err == nil {
+			return seg, off, wire.OK, ""
+		}
 	}
-	fd, err := shm.NewEventFD()
+	cfg := ns.cfg
+	if n > cfg.SegmentSize {
+		return nil, 0, wire.ErrQuota, fmt.Sprintf("fifo pair of %d bytes does not fit segmentSize %d of app namespace %s", n, cfg.SegmentSize, ns.key)
+	}
+	if a.nsegs >= cfg.MaxSegmentsPerApp {
+		return nil, 0, wire.ErrQuota, fmt.Sprintf("app %s reached maxSegmentsPerApp (%d) of app namespace %s: no room for a fifo pair of %d bytes in its %d segments of segmentSize %d",
+			a.name, cfg.MaxSegmentsPerApp, ns.key, n, a.nsegs, cfg.SegmentSize)
+	}
+	seg, err := ns.newSegment(fmt.Sprintf("hs-tr-%d-%d", a.id, len(a.tsegs)+1), cfg.SegmentSize)
 	if err != nil {
+		return nil, 0, wire.ErrInternal, fmt.Sprintf("cannot create a fifo segment for app %s: %v", a.name, err)
+	}
+	seg.owner = a
+	if err := ns.announceTransportSegLocked(w, seg); err != nil {
+		ns.dropSegment(seg)
+		return nil, 0, wire.ErrInternal, fmt.Sprintf("cannot pass a fifo segment to app %s: %v", a.name, err)
+	}
+	a.tsegs = append(a.tsegs, seg)
+	a.nsegs++
+	off, err := seg.alloc.Alloc(n)
+	if err != nil {
+		return nil, 0, wire.ErrInternal, "fresh segment too small"
+	}
+	return seg, off, wire.OK, ""
+}
+
+// announceTransportSegLocked maps seg in the app as one more of its own
+// segments: its transport sessions, served by the worker's transport
+// doorbell (no peer doorbell comes with it).
+func (ns *namespace) announceTransportSegLocked(w *worker, seg *segment) error {
+	if a := w.app; a.legacy() {
+		m, fds := a.v2TransportSeg(w, seg)
+		return a.sendSock(m, fds)
+	}
+	return w.app.sendSock(&wire.AddSegment{Segment: seg.handle, Size: uint64(seg.seg.Size()), Worker: w.id},
+		[]int{seg.seg.FD()})
+}
+
+// transportWakeLocked starts the worker's kicker with its first transport
+// session: the app rings its end of the worker's transport doorbell after
+// progress on a transport fifo whose waiting flag is set, and the kicker
+// kicks the app's flows. (Until then rings just wait in the socket.)
+func (ns *namespace) transportWakeLocked(w *worker) error {
+	if err := ns.v2OwnSegmentLocked(w); err != nil {
 		return err
 	}
-	if err := a.sendSock(&wire.AddSegment{Segment: a.own.handle, Size: uint64(a.own.seg.Size()), Worker: w.id,
-		HasPeerWake: true}, []int{a.own.seg.FD(), fd}); err != nil {
-		unix.Close(fd)
-		return err
+	if !w.kicked {
+		w.kicked = true
+		go w.app.kicker(w.tbell)
 	}
-	f := os.NewFile(uintptr(fd), fmt.Sprintf("hs-twake-%d", a.id))
-	a.twake = f
-	go a.kicker(f)
 	return nil
 }
 
 // kicker forwards the app's wake-ups of its transport fifos to the flows.
+// It reads the engine's own end of the doorbell through Go's netpoller (the
+// description is the engine's alone and stays non-blocking); it ends when
+// the worker closes it.
 func (a *app) kicker(f *os.File) {
-	var b [8]byte
+	var b [64]byte
 	for {
 		if _, err := f.Read(b[:]); err != nil {
-			return
+			if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) {
+				continue // an empty datagram, or an error the app set on the pair (consumed)
+			}
+			return // closed by the worker
 		}
 		a.flowMu.Lock()
 		for fl := range a.flows {
@@ -197,13 +279,12 @@ func (a *app) kicker(f *os.File) {
 type flowState struct {
 	flowMu sync.Mutex
 	flows  map[*Flow]struct{}
-	twake  *os.File
 }
 
 // newFlowLocked creates a transport session of worker w: its fifo pair in
-// the app's own segment (announced with the engine's wake eventfd on first
-// use) and its registration, so a reap reaches the transport. ctx is the
-// app's request that the session answers (0 for an accepted one).
+// the app's own segment and its registration, so a reap reaches the
+// transport. ctx is the app's request that the session answers (0 for an
+// accepted one).
 func (ns *namespace) newFlowLocked(w *worker, ctx uint64, local, remote wire.Addr) (*Flow, wire.Code, string) {
 	a := w.app
 	if a.own == nil || a.dead || w.dead {
@@ -217,14 +298,15 @@ func (ns *namespace) newFlowLocked(w *worker, ctx uint64, local, remote wire.Add
 	}
 	rxCap, txCap := a.rxFifo, a.txFifo
 	fpRx, fpTx := shm.FifoFootprint(rxCap), shm.FifoFootprint(txCap)
-	seg := a.own
-	off, err := seg.alloc.Alloc(fpRx + fpTx)
-	if err != nil {
-		return nil, wire.ErrQuota, fmt.Sprintf("no room for a fifo pair of %d bytes in app %s's segment (segmentSize %d of app namespace %s)",
-			fpRx+fpTx, a.name, ns.cfg.SegmentSize, ns.key)
+	seg, off, code, msg := ns.transportAllocLocked(w, fpRx+fpTx)
+	if code != wire.OK {
+		return nil, code, msg
 	}
 	fail := func(err error) (*Flow, wire.Code, string) {
 		seg.alloc.Free(off)
+		if seg.sessions == 0 && seg.owner != nil {
+			ns.dropTransportSegLocked(seg)
+		}
 		return nil, wire.ErrInternal, fmt.Sprintf("fifo init: %v", err)
 	}
 	rx, err := shm.InitFifo(seg.seg, off, rxCap)
@@ -235,13 +317,15 @@ func (ns *namespace) newFlowLocked(w *worker, ctx uint64, local, remote wire.Add
 	if err != nil {
 		return fail(err)
 	}
-	wake, err := unix.FcntlInt(uintptr(w.wakeFD), unix.F_DUPFD_CLOEXEC, 0)
+	// the flow may outlive the worker (the transport finishes later): its
+	// own copy of the engine's end, never a description the app holds
+	wake, wakePipe, err := w.appWakeFD()
 	if err != nil {
 		return fail(err)
 	}
 	s := &session{handle: ns.handle(), w: w, pairOff: -1, s2cOff: -1, local: local, remote: remote}
 	f := &Flow{Rx: rx, Tx: tx, ns: ns, s: s, app: a.name, ctx: ctx, remote: remote, rxOff: off, txOff: off + fpRx, seg: seg,
-		appWake: wake, kick: make(chan struct{}, 1), closed: make(chan struct{})}
+		appWake: wake, appWakePipe: wakePipe, kick: make(chan struct{}, 1), closed: make(chan struct{})}
 	s.flow = f
 	seg.sessions++
 	ns.sessions[s.handle] = s
@@ -263,6 +347,12 @@ func (ns *namespace) dropFlowLocked(f *Flow) {
 	f.finished = true
 	unix.Close(f.appWake)
 	f.appWake = -1
+	if f.appDone {
+		// the app released it already (reaped while the transport was
+		// asked without ns.mu): only the fifos are left to free
+		f.freeLocked()
+		return
+	}
 	ns.stats.sessionsOpened--
 	ns.releaseLocked(f.s, false, "")
 	ns.stats.sessionsClosed--
@@ -344,6 +434,11 @@ func (tl *TransportListener) Accept(local, remote netip.AddrPort) (*Flow, wire.C
 	if tl.done {
 		return nil, wire.ErrRefused, "the listener is closed"
 	}
+	if tl.l.tl != tl {
+		// bound by the transport but not yet committed (the app has not
+		// been told it listens): as if the peer came before the listen
+		return nil, wire.ErrRefused, "the listener is not ready yet"
+	}
 	w := tl.l.w
 	if len(w.backlog) >= w.evq.Slots() {
 		return nil, wire.ErrQueueFull, fmt.Sprintf("listening app %s is not keeping up: its event queue and backlog are full", w.app.name)
@@ -391,6 +486,10 @@ func (f *Flow) Permit(dir Direction, local, remote netip.AddrPort) (bool, string
 // whose fifos carry datagram records.
 func (ns *namespace) listenPacket(w *worker, m *wire.Listen, local netip.AddrPort, fail func(code wire.Code, format string, args ...any)) {
 	a := w.app
+	if privilegedPort(local.Port()) && !a.privPorts {
+		fail(wire.ErrDenied, "%s", a.privilegedPortError(local.Port()))
+		return
+	}
 	pt, ok := ns.transport().(PacketTransport)
 	if !ok {
 		fail(wire.ErrNoTransport, "udp sockets are carried by a transport, and app namespace %s has none that carries udp", ns.key)
@@ -400,6 +499,7 @@ func (ns *namespace) listenPacket(w *worker, m *wire.Listen, local netip.AddrPor
 		fail(wire.ErrInvalid, "TLS over UDP (DTLS) is not supported")
 		return
 	}
+
 	la := wire.Addr{Proto: wire.UDP, IP: local.Addr(), Port: local.Port()}
 	f, code, msg := ns.newFlowLocked(w, m.Ctx, la, wire.Addr{})
 	if code != wire.OK {
@@ -408,11 +508,18 @@ func (ns *namespace) listenPacket(w *worker, m *wire.Listen, local netip.AddrPor
 	}
 	f.dgram = true
 	f.connected = true
-	bound, code, msg := pt.ListenPacket(PacketRequest{Namespace: ns.key, App: a.name, Host: a.host, Local: local, Flow: f})
+	// the transport binds in the app's network namespace: not under ns.mu
+	// (the flow is registered, so a reap meanwhile reaches it as AppClosed)
+	req := PacketRequest{Namespace: ns.key, App: a.name, Host: a.host, Local: local, Flow: f}
+	var bound netip.AddrPort
+	ns.unlocked(func() { bound, code, msg = pt.ListenPacket(req) })
 	if code != wire.OK {
 		ns.dropFlowLocked(f)
 		fail(code, "%s", msg)
 		return
+	}
+	if f.appDone {
+		return // reaped meanwhile: the transport sees AppClosed and finishes
 	}
 	f.s.local = wire.Addr{Proto: wire.UDP, IP: bound.Addr().Unmap(), Port: bound.Port()}
 	w.send(&wire.Bound{Ctx: m.Ctx, Local: f.s.local, Session: f.s.handle, Fifos: f.fifos()})

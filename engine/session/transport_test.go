@@ -162,3 +162,98 @@ func TestTransportFlows(t *testing.T) {
 		c.Close()
 	}
 }
+
+// gatedTransport's global-scope listens block until gate is closed, as a
+// bind in a pod's network namespace may take its time.
+type gatedTransport struct {
+	fakeTransport
+	entered chan struct{}
+	gate    chan struct{}
+}
+
+func (g gatedTransport) Listen(req session.ListenRequest) (netip.AddrPort, wire.Code, string) {
+	g.entered <- struct{}{}
+	<-g.gate
+	return req.Local, wire.OK, ""
+}
+
+// TestSlowTransportListenLeavesNamespace: while the transport binds an app's
+// global listener, the app namespace keeps serving (a fresh app attaches
+// and moves data within 1 s), and the listener's address is reserved.
+func TestSlowTransportListenLeavesNamespace(t *testing.T) {
+	gt := gatedTransport{entered: make(chan struct{}, 1), gate: make(chan struct{})}
+	eng, err := session.New(session.Config{RunDir: t.TempDir(), Transport: gt, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(gt.gate)
+		}
+	}
+	defer release() // before eng.Close, which must not wait for the bind forever
+	sock, err := eng.AddNamespace(session.NamespaceConfig{Namespace: "team", Name: "slow"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	slow, err := client.Attach(ctx, client.Options{Socket: sock, Name: "slow"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	listened := make(chan error, 1)
+	go func() {
+		ln, err := slow.Listen("tcp", "127.0.0.1:7000")
+		if err == nil {
+			ln.Close()
+		}
+		listened <- err
+	}()
+	<-gt.entered // the transport is binding now
+
+	start := time.Now()
+	ctx1, cancel1 := context.WithTimeout(ctx, time.Second)
+	defer cancel1()
+	fresh, err := client.Attach(ctx1, client.Options{Socket: sock, Name: "fresh", Scope: client.ScopeLocal})
+	if err != nil {
+		t.Fatalf("attach while a transport binds: %v", err)
+	}
+	defer fresh.Close()
+	if _, err := fresh.Listen("tcp", "127.0.0.1:7000"); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Errorf("listen on the address being bound: %v, want EADDRINUSE", err)
+	}
+	ln, err := fresh.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := fresh.Dial(ctx1, "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dial while a transport binds: %v", err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(s, b); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("fresh app took %v while a transport bound", d)
+	}
+	release()
+	if err := <-listened; err != nil {
+		t.Fatalf("the slow listen after its bind: %v", err)
+	}
+}

@@ -1,7 +1,7 @@
 // Package shm is the shared-memory layer between the session engine and the
 // apps: sealed memfd segments, an allocator for the engine's side of them,
 // single-producer/single-consumer byte FIFOs and fixed-size message queues
-// with eventfd wake-ups. The engine and the client both import it; nothing
+// with doorbell wake-ups. The engine and the client both import it; nothing
 // in it knows about sessions.
 //
 // # Segments
@@ -85,8 +85,8 @@
 //	consumer                               producer
 //	SetReaderWaiting()         // F        Write(...)                  // T: stores tail
 //	Len() / Peek() again       // R        if f.TakeReaderWaiting() {  // L: load, then swap to 0
-//	if data: ClearReaderWaiting()               Signal(readerEventfd)
-//	else:    WaitFD(readerEventfd, deadline)}
+//	if data: ClearReaderWaiting()               Ring(producerEnd)       // D
+//	else:    WaitBell(consumerEnd, deadline)}
 //	re-check after every wake-up (they can be spurious)
 //
 // No wake-up is lost. Go's sync/atomic operations are sequentially
@@ -98,13 +98,17 @@
 // consumer does not sleep. Otherwise R precedes T, hence F < R < T < L in S
 // and L sees the flag set; the swap returns the set value (the consumer
 // clears the flag itself only on the path where it does not sleep) and the
-// producer signals. An eventfd keeps its count, so a signal sent before the
-// consumer reaches WaitFD makes WaitFD return at once. The swap also makes
-// the signal happen at most once per SetReaderWaiting. Signals can be
-// spurious (the consumer cleared the flag after the producer's swap, a
-// hostile peer writes the eventfd); sleepers always re-check. The plain load
-// in TakeReaderWaiting keeps the common case — nobody waiting — free of a
-// locked read-modify-write.
+// producer rings (D). A ring is a datagram queued on the consumer's end of
+// the doorbell until the consumer drains it, so a ring sent before the
+// consumer reaches WaitBell makes WaitBell return at once; and a ring that
+// finds the consumer's end full (EAGAIN, counted as success) finds datagrams
+// there already, which equally make WaitBell return. Only the consumer
+// drains its own end, and only after it returns from the wait, so nobody
+// else can consume a ring meant for it. The swap also makes the ring happen
+// at most once per SetReaderWaiting. Wake-ups can be spurious (the consumer
+// cleared the flag after the producer's swap, a hostile peer rings in a
+// loop); sleepers always re-check. The plain load in TakeReaderWaiting keeps
+// the common case — nobody waiting — free of a locked read-modify-write.
 //
 // # Message queues
 //
@@ -118,26 +122,41 @@
 //
 // Recv polls for Queue.Spin (DefaultSpin, 20 µs; Gosched every 16 polls:
 // the machine kind has 2 cores and a spinning receiver steals the sender's
-// CPU), then follows the wake-up protocol above on the receiver's eventfd;
-// Send signals only when the waiting flag was set. Wake makes a blocked Recv
-// of the same process return ErrInterrupted (for shutdown).
+// CPU), then follows the wake-up protocol above on its own doorbell end;
+// Send rings only when the waiting flag was set. Each side opens the queue
+// with its own end of the doorbell. Wake makes a blocked Recv of the same
+// process return ErrInterrupted (for shutdown): it signals a process-private
+// eventfd (EnableWake) that Recv polls besides the doorbell, since a
+// doorbell cannot be rung from the waiter's own end.
 //
-// # Eventfds
+// # Doorbells
 //
-// NewEventFD creates eventfds with EFD_CLOEXEC|EFD_NONBLOCK. The
-// non-blocking mode is deliberate: an eventfd is shared with the peer, and
-// with a blocking fd a peer that pushes the counter to its maximum would make
-// our Signal block forever. Waiting is done by WaitFD with poll(2) followed by
-// a non-blocking read: it blocks the calling OS thread directly (Go's
-// netpoller adds tens of microseconds per wake-up), supports deadlines, and
-// can be used from a goroutine that called runtime.LockOSThread. OpenQueue
-// and InitQueue switch the eventfd they are given to non-blocking mode.
+// A descriptor passed with SCM_RIGHTS shares its open file description, and
+// with it O_NONBLOCK, an eventfd's counter and a socket's queues. Wire version 2
+// woke peers through eventfds held by both sides: an app could clear
+// O_NONBLOCK and fill the counter so that the engine's next write blocked
+// forever, and a cut-through app got the other app's wake eventfd and could
+// read its wake-ups away. A doorbell (NewDoorbell) is instead a connected
+// pair of AF_UNIX SOCK_DGRAM sockets, one end per side, each its holder's
+// own description. Ring sends one byte from your end with
+// MSG_DONTWAIT|MSG_NOSIGNAL (EAGAIN: the peer has unread rings already, a
+// success; a closed peer: ErrPeerGone); WaitBell blocks the calling OS
+// thread in poll(2) on your own end (Go's netpoller adds tens of
+// microseconds per wake-up), then takes one ring with a MSG_DONTWAIT
+// receive (rings left over make the next wait return at once, so a peer
+// ringing in a loop cannot keep the waiter in a drain). Whatever
+// the peer does to its end (blocking mode, never reading, flooding, a
+// disconnect, closing it) changes nothing about ours: our calls never
+// block, and the rings meant for us reach only our end. Datagram rather than
+// stream sockets, because a stream peer could make our end readable forever
+// (EOF) at no cost; not a pipe, because every writer of a pipe shares one
+// description; not a futex word, because a waiter must watch several
+// doorbells at once (an app worker: the engine and each cut-through peer)
+// and futex_waitv stops at 128.
 //
-// WaitFD resets the counter, so an eventfd must have a single waiter: one
-// eventfd per waiting thread (an app worker's wake eventfd can serve its
-// event queue and all its FIFOs, and the engine can hand a cut-through peer
-// the other app's wake eventfd), and the waiter re-checks everything it
-// serves after each wake-up.
+// One end has one waiter (the thread that drains it), which re-checks
+// everything the doorbell serves after each wake-up. Eventfds (NewEventFD,
+// Signal, WaitFD) remain for wake-ups inside one process only.
 //
 // # Testing
 //

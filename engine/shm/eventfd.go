@@ -2,7 +2,6 @@ package shm
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"time"
 
@@ -11,10 +10,11 @@ import (
 
 // NewEventFD creates an eventfd with EFD_CLOEXEC|EFD_NONBLOCK.
 //
-// Non-blocking on purpose: the eventfd is shared with the peer, and with a
-// blocking fd a peer that pushes the counter to its maximum would block our
-// Signal forever. Waiters block in poll(2) instead (WaitFD), on their own OS
-// thread, not through Go's netpoller (which adds ~30 µs per wake-up).
+// Eventfds are for wake-ups inside one process only (Queue.Wake, an event
+// loop's own interruption): an eventfd passed to another process shares its
+// open file description, so that process could clear O_NONBLOCK and fill
+// the counter until our next Signal blocks. Between processes use a
+// doorbell (NewDoorbell).
 func NewEventFD() (int, error) {
 	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
@@ -45,37 +45,12 @@ func Signal(efd int) error {
 // the calling OS thread in poll(2); call it from a goroutine that may block a
 // thread (optionally runtime.LockOSThread'ed). Wake-ups may be spurious.
 func WaitFD(efd int, deadline time.Time) error {
-	fds := []unix.PollFd{{Fd: int32(efd), Events: unix.POLLIN}}
-	for {
-		timeout := -1
-		if !deadline.IsZero() {
-			d := time.Until(deadline)
-			if d <= 0 {
-				// last look, without blocking
-				timeout = 0
-			} else {
-				timeout = int((d + time.Millisecond - 1) / time.Millisecond)
-			}
-		}
-		n, err := unix.Poll(fds, timeout)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			return fmt.Errorf("shm: poll eventfd: %w", err)
-		}
-		if n == 0 {
-			if timeout == 0 {
-				return ErrDeadline
-			}
-			continue // recompute the remaining time
-		}
-		if fds[0].Revents&(unix.POLLERR|unix.POLLNVAL) != 0 {
-			return fmt.Errorf("shm: poll eventfd: revents %#x", fds[0].Revents)
-		}
-		return drainFD(efd)
-	}
+	return waitFDs([]unix.PollFd{{Fd: int32(efd), Events: unix.POLLIN}}, deadline, DrainEventFD)
 }
+
+// DrainEventFD resets the counter of an eventfd of this process without
+// blocking.
+func DrainEventFD(efd int) error { return drainFD(efd) }
 
 // drainFD resets the eventfd counter (non-blocking read).
 func drainFD(efd int) error {

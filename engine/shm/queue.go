@@ -48,14 +48,17 @@ func QueueFootprint(slots int) int {
 }
 
 // Queue is a single-sender/single-receiver ring of fixed-size message slots
-// in a segment, with an eventfd for wake-ups. Send must be called by one
-// goroutine at a time, TryRecv/Recv by one goroutine at a time. The same
-// trust rules as Fifo apply; a length word larger than MsgSize is ErrCorrupt.
+// in a segment, with a doorbell for wake-ups: each side opens it with its own
+// end of the doorbell (NewDoorbell); Send rings it, Recv waits on it. Send
+// must be called by one goroutine at a time, TryRecv/Recv by one goroutine at
+// a time. The same trust rules as Fifo apply; a length word larger than
+// MsgSize is ErrCorrupt.
 type Queue struct {
 	data  []byte // the slots
 	mask  uint64
 	slots uint64
-	efd   int
+	bell  int // this side's doorbell end; -1: none
+	intr  int // a process-private eventfd for Wake (EnableWake); -1: none
 
 	tailW, headW, rwaitW *atomic.Uint64
 
@@ -76,10 +79,12 @@ type Queue struct {
 	_          [64]byte
 }
 
-// InitQueue formats a queue at off (64-byte aligned) in seg. efd is the
-// receiver's eventfd (see NewEventFD); it is switched to non-blocking mode.
-func InitQueue(seg *Segment, off, slots int, efd int) (*Queue, error) {
-	q, err := mapQueue(seg, off, slots, efd)
+// InitQueue formats a queue at off (64-byte aligned) in seg. bell is this
+// side's end of the doorbell shared with the other side (-1: none; then the
+// peer is never woken and Recv only spins and sleeps on Wake). The caller
+// keeps owning bell.
+func InitQueue(seg *Segment, off, slots int, bell int) (*Queue, error) {
+	q, err := mapQueue(seg, off, slots, bell)
 	if err != nil {
 		return nil, err
 	}
@@ -96,8 +101,8 @@ func InitQueue(seg *Segment, off, slots int, efd int) (*Queue, error) {
 
 // OpenQueue attaches to a queue formatted by InitQueue; off and slots come
 // from a trusted source and must match the header.
-func OpenQueue(seg *Segment, off, slots int, efd int) (*Queue, error) {
-	q, err := mapQueue(seg, off, slots, efd)
+func OpenQueue(seg *Segment, off, slots int, bell int) (*Queue, error) {
+	q, err := mapQueue(seg, off, slots, bell)
 	if err != nil {
 		return nil, err
 	}
@@ -116,7 +121,7 @@ func OpenQueue(seg *Segment, off, slots int, efd int) (*Queue, error) {
 	return q, nil
 }
 
-func mapQueue(seg *Segment, off, slots int, efd int) (*Queue, error) {
+func mapQueue(seg *Segment, off, slots int, bell int) (*Queue, error) {
 	if seg == nil {
 		return nil, fmt.Errorf("%w: nil segment", ErrInvalid)
 	}
@@ -131,16 +136,12 @@ func mapQueue(seg *Segment, off, slots int, efd int) (*Queue, error) {
 	if off < 0 || off%Align != 0 || off > len(b) || fp > len(b)-off || !addrAligned(b, off, Align) {
 		return nil, fmt.Errorf("%w: queue at offset %d size %d in segment of %d", ErrInvalid, off, fp, len(b))
 	}
-	if efd >= 0 {
-		if err := unix.SetNonblock(efd, true); err != nil {
-			return nil, fmt.Errorf("shm: eventfd %d: %w", efd, err)
-		}
-	}
 	q := &Queue{
 		data:  b[off+qHeaderSize : off+fp : off+fp],
 		mask:  uint64(slots) - 1,
 		slots: uint64(slots),
-		efd:   efd,
+		bell:  bell,
+		intr:  -1,
 		Spin:  DefaultSpin,
 	}
 	q.tailW, _ = wordAt(b, off+qOffTail)
@@ -152,8 +153,32 @@ func mapQueue(seg *Segment, off, slots int, efd int) (*Queue, error) {
 // Slots returns the number of slots.
 func (q *Queue) Slots() int { return int(q.slots) }
 
-// EventFD returns the receiver's eventfd given at Init/Open.
-func (q *Queue) EventFD() int { return q.efd }
+// Bell returns the doorbell end given at Init/Open.
+func (q *Queue) Bell() int { return q.bell }
+
+// EnableWake makes Wake usable: it creates an eventfd private to this
+// process that Recv waits on besides the doorbell (the doorbell cannot be
+// rung from our own end). Call it before the first Recv; Close releases it.
+func (q *Queue) EnableWake() error {
+	if q.intr >= 0 {
+		return nil
+	}
+	fd, err := NewEventFD()
+	if err != nil {
+		return err
+	}
+	q.intr = fd
+	return nil
+}
+
+// Close releases what EnableWake created (not the doorbell, which the
+// caller owns). The queue must not be used afterwards.
+func (q *Queue) Close() {
+	if q.intr >= 0 {
+		unix.Close(q.intr)
+		q.intr = -1
+	}
+}
 
 // slotLen returns the length word of slot i (i already masked: in bounds).
 func (q *Queue) slotLen(i uint64) *atomic.Uint64 {
@@ -162,9 +187,9 @@ func (q *Queue) slotLen(i uint64) *atomic.Uint64 {
 }
 
 // Send copies msg (1..MsgSize bytes) into the next slot, publishes it and,
-// if the receiver announced it is sleeping, signals its eventfd. Full:
-// ErrQueueFull, nothing queued. An error from the eventfd write (only a bad
-// fd causes one) is returned although the message was queued.
+// if the receiver announced it is sleeping, rings the doorbell (which never
+// blocks). Full: ErrQueueFull, nothing queued. An error from the ring (a
+// closed or bad doorbell) is returned although the message was queued.
 func (q *Queue) Send(msg []byte) error {
 	if q.sErr != nil {
 		return q.sErr
@@ -191,8 +216,8 @@ func (q *Queue) Send(msg []byte) error {
 	copy(q.data[i*slotStride+8:], msg)
 	q.sTail++
 	q.tailW.Store(q.sTail)
-	if q.rwaitW.Load() != 0 && q.rwaitW.Swap(0) != 0 {
-		return Signal(q.efd)
+	if q.rwaitW.Load() != 0 && q.rwaitW.Swap(0) != 0 && q.bell >= 0 {
+		return Ring(q.bell)
 	}
 	return nil
 }
@@ -234,9 +259,9 @@ func (q *Queue) TryRecv(buf []byte) (int, error) {
 
 // Recv returns the next message, waiting until the deadline (zero: none).
 // It polls for Spin, then sets the waiting flag, re-checks, and blocks in
-// poll(2) on the eventfd (see Fifo's wake-up protocol for the ordering
-// argument). The thread blocks, not the netpoller. Returns ErrDeadline on
-// timeout and ErrInterrupted after Wake.
+// poll(2) on its doorbell end (and the Wake eventfd; see Fifo's wake-up
+// protocol for the ordering argument). The thread blocks, not the
+// netpoller. Returns ErrDeadline on timeout and ErrInterrupted after Wake.
 func (q *Queue) Recv(buf []byte, deadline time.Time) (int, error) {
 	for {
 		if q.interrupted.Swap(false) {
@@ -268,7 +293,7 @@ func (q *Queue) Recv(buf []byte, deadline time.Time) (int, error) {
 			q.rwaitW.Store(0)
 			return 0, ErrInterrupted
 		}
-		if err := WaitFD(q.efd, deadline); err != nil {
+		if err := q.wait(deadline); err != nil {
 			q.rwaitW.Store(0)
 			if err == ErrDeadline {
 				// a message may have arrived right at the deadline
@@ -281,9 +306,45 @@ func (q *Queue) Recv(buf []byte, deadline time.Time) (int, error) {
 	}
 }
 
+// wait sleeps on the doorbell and the Wake eventfd.
+func (q *Queue) wait(deadline time.Time) error {
+	var fds [2]unix.PollFd
+	n := 0
+	if q.bell >= 0 {
+		fds[n] = unix.PollFd{Fd: int32(q.bell), Events: unix.POLLIN}
+		n++
+	}
+	if q.intr >= 0 {
+		fds[n] = unix.PollFd{Fd: int32(q.intr), Events: unix.POLLIN}
+		n++
+	}
+	if n == 0 {
+		// nothing can wake us: sleep until the deadline, then look again
+		d := time.Millisecond
+		if !deadline.IsZero() {
+			d = min(d, time.Until(deadline))
+		}
+		time.Sleep(d)
+		if !deadline.IsZero() && !time.Now().Before(deadline) {
+			return ErrDeadline
+		}
+		return nil
+	}
+	return waitFDs(fds[:n], deadline, func(fd int) error {
+		if fd == q.intr {
+			return drainFD(fd)
+		}
+		return DrainBell(fd)
+	})
+}
+
 // Wake makes a blocked (or the next) Recv on this handle return
-// ErrInterrupted. For shutting a receiver down from the same process.
+// ErrInterrupted. For shutting a receiver down from the same process; needs
+// EnableWake.
 func (q *Queue) Wake() error {
 	q.interrupted.Store(true)
-	return Signal(q.efd)
+	if q.intr < 0 {
+		return fmt.Errorf("%w: Wake without EnableWake", ErrInvalid)
+	}
+	return Signal(q.intr)
 }

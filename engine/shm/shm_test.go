@@ -205,16 +205,12 @@ func TestFifoEOFAfterData(t *testing.T) {
 
 func TestQueueBasic(t *testing.T) {
 	seg := newSeg(t, QueueFootprint(4))
-	efd, err := NewEventFD()
+	sb, rb := mustDoorbell(t)
+	s, err := InitQueue(seg, 0, 4, sb)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(efd)
-	s, err := InitQueue(seg, 0, 4, efd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := OpenQueue(seg, 0, 4, efd)
+	r, err := OpenQueue(seg, 0, 4, rb)
 	if err != nil {
 		t.Fatal(err)
 	}

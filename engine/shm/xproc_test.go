@@ -62,6 +62,23 @@ var childRoles = map[string]func(seg *Segment, rEfd, wEfd int, a childArgs, out 
 	"fifo-producer": childFifoProducer,
 	"queue-echo":    childQueueEcho,
 	"efd-echo":      childEfdEcho,
+	"bell-echo":     childBellEcho,
+}
+
+// childBellEcho answers every ring of its doorbell end (rEfd) by ringing
+// back through it, a["n"] times.
+func childBellEcho(_ *Segment, bell, _ int, a childArgs, out io.Writer) error {
+	fmt.Fprintln(out, "READY")
+	out.(*bufio.Writer).Flush()
+	for i := 0; i < a["n"]; i++ {
+		if err := WaitBell(bell, time.Now().Add(stallTimeout)); err != nil {
+			return err
+		}
+		if err := Ring(bell); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // childEfdEcho answers every wake-up on the reader eventfd with one on the
@@ -527,7 +544,7 @@ func TestCrossProcessQueuePingPong(t *testing.T) {
 		ab := newQueuePair(t, seg, 0, 16)
 		ba := newQueuePair(t, seg, QueueFootprint(16), 16)
 		ba.recv.Spin = time.Duration(spin)
-		c := startChild(t, "queue-echo", seg, ab.efd, ba.efd,
+		c := startChild(t, "queue-echo", seg, ab.recvBell, ba.sendBell,
 			childArgs{"in": 0, "out": QueueFootprint(16), "slots": 16, "spin": spin}, nil)
 		c.line(t, "READY")
 		buf := make([]byte, MsgSize)
@@ -623,7 +640,7 @@ func BenchmarkQueueRoundTripCrossProcess(b *testing.B) {
 			ab := newQueuePair(b, seg, 0, 16)
 			ba := newQueuePair(b, seg, QueueFootprint(16), 16)
 			ba.recv.Spin = mode.spin
-			c := startChild(b, "queue-echo", seg, ab.efd, ba.efd,
+			c := startChild(b, "queue-echo", seg, ab.recvBell, ba.sendBell,
 				childArgs{"in": 0, "out": QueueFootprint(16), "slots": 16, "spin": int(mode.spin)}, nil)
 			c.line(b, "READY")
 			msg := make([]byte, 64)
@@ -665,4 +682,23 @@ func BenchmarkEventfdPingPongCrossProcess(b *testing.B) {
 			c.wait(b)
 		})
 	}
+}
+
+// BenchmarkDoorbellPingPongCrossProcess: one op = a doorbell ring to a child
+// process and back (each side polls its own end), to compare with
+// BenchmarkEventfdPingPongCrossProcess/poll.
+func BenchmarkDoorbellPingPongCrossProcess(b *testing.B) {
+	seg := newSeg(b, 4096)
+	mine, theirs := mustDoorbell(b)
+	c := startChild(b, "bell-echo", seg, theirs, theirs, childArgs{"n": b.N}, nil)
+	c.line(b, "READY")
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		Ring(mine)
+		if err := WaitBell(mine, time.Now().Add(stallTimeout)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	c.wait(b)
 }

@@ -21,12 +21,18 @@ type Attach struct {
 	Flags      uint64
 	RxFifoSize uint32 // requested, 0 = the namespace default; clamped by the engine
 	TxFifoSize uint32
+	// MinVersion and MaxVersion (version 3 on) are the wire versions the
+	// app speaks; MaxVersion is also its header's version. Left zero, they
+	// encode as MinVersion and the version written. A version-2 Attach
+	// decodes with both set to 2.
+	MinVersion, MaxVersion uint8
 }
 
 // WorkerInfo describes a worker's message queues: both live in the worker's
 // queue segment. Its file descriptors travel with the message, in this order:
-// queue segment memfd, the worker's wake eventfd (the app waits on it), the
-// engine's eventfd for the request queue (the app writes it).
+// queue segment memfd, the app's end of the worker doorbell (it waits on it
+// for events and rings it for requests), the app's end of the worker's
+// transport doorbell (it rings it for transport sessions). See Doorbells.
 type WorkerInfo struct {
 	ID       uint32
 	MQSize   uint64 // size of the queue segment
@@ -43,8 +49,11 @@ const WorkerFDs = 3
 // AttachReply answers Attach. On success the fds are WorkerInfo's three then
 // the app's own fifo segment memfd (AttachFDs in all).
 type AttachReply struct {
-	Code          Code
-	Msg           string
+	Code Code
+	Msg  string
+	// EngineVersion is the version the engine speaks with this app from
+	// now on (the reply is written in it); on ErrVersion it is the newest
+	// the engine speaks.
 	EngineVersion uint8
 	AppID         uint32
 	Worker        WorkerInfo
@@ -58,7 +67,7 @@ type AttachReply struct {
 // AttachFDs is the number of fds passed with a successful AttachReply.
 const AttachFDs = WorkerFDs + 1
 
-// WorkerAdd asks for one more worker (its own queue pair and wake eventfd).
+// WorkerAdd asks for one more worker (its own queue pair and doorbells).
 type WorkerAdd struct{ Ctx uint64 }
 
 // WorkerAddReply answers WorkerAdd; on success WorkerFDs fds come with it.
@@ -89,8 +98,11 @@ type Detach struct{}
 type DetachReply struct{ Code Code }
 
 // AddSegment maps one more segment for a worker. Its fds: the segment memfd,
-// and, when HasPeerWake, the wake eventfd of the peer worker (cut-through
-// segments are shared by exactly two app workers).
+// and, when HasPeerWake (a cut-through segment, shared by exactly two app
+// workers), the app's end of the segment's doorbell with the peer worker —
+// both ends when Worker is its own peer. Without HasPeerWake it is one more
+// of the app's own segments (transport sessions: the worker's transport
+// doorbell serves them).
 type AddSegment struct {
 	Segment     uint64
 	Size        uint64
@@ -265,8 +277,12 @@ type Reply struct {
 func strSize(max int) int { return 1 + max }
 
 func (*Attach) Type() Type { return TAttach }
-func (*Attach) size() int {
-	return strSize(MaxNameLen) + strSize(MaxNamespaceLen) + strSize(MaxSecretLen) + 8 + 4 + 4
+func (*Attach) size(v uint8) int {
+	n := strSize(MaxNameLen) + strSize(MaxNamespaceLen) + strSize(MaxSecretLen) + 8 + 4 + 4
+	if v >= 3 {
+		n += 2 // MinVersion, MaxVersion
+	}
+	return n
 }
 func (m *Attach) encode(e *enc) {
 	e.str(m.Name, MaxNameLen, "app name")
@@ -275,6 +291,14 @@ func (m *Attach) encode(e *enc) {
 	e.u64(m.Flags)
 	e.u32(m.RxFifoSize)
 	e.u32(m.TxFifoSize)
+	if e.v >= 3 {
+		lo, hi := m.MinVersion, m.MaxVersion
+		if lo == 0 && hi == 0 {
+			lo, hi = MinVersion, e.v // unset: what this side speaks, up to the version written
+		}
+		e.u8(lo)
+		e.u8(hi)
+	}
 }
 func (m *Attach) decode(d *dec) {
 	m.Name = d.str(MaxNameLen, "app name")
@@ -282,10 +306,18 @@ func (m *Attach) decode(d *dec) {
 	m.Secret = d.str(MaxSecretLen, "secret")
 	m.Flags = d.u64()
 	if m.Flags&^flagsKnown != 0 {
-		d.fail("unknown attach flags %#x", m.Flags&^flagsKnown)
+		if d.newer {
+			m.Flags &= flagsKnown // flags of a newer version; it learns ours from the reply
+		} else {
+			d.fail("unknown attach flags %#x", m.Flags&^flagsKnown)
+		}
 	}
 	m.RxFifoSize = d.u32()
 	m.TxFifoSize = d.u32()
+	if d.v >= 3 {
+		m.MinVersion = d.u8()
+		m.MaxVersion = d.u8()
+	}
 }
 
 const workerInfoSize = 4 + 8 + 8 + 4 + 8 + 4 + 8
@@ -304,7 +336,7 @@ func (d *dec) worker() WorkerInfo {
 }
 
 func (*AttachReply) Type() Type { return TAttachReply }
-func (*AttachReply) size() int {
+func (*AttachReply) size(uint8) int {
 	return 2 + strSize(MaxMessageLen) + 1 + 4 + workerInfoSize + 8 + 8 + 4 + 4 + 4
 }
 func (m *AttachReply) encode(e *enc) {
@@ -332,12 +364,12 @@ func (m *AttachReply) decode(d *dec) {
 	m.MaxSessions = d.u32()
 }
 
-func (*WorkerAdd) Type() Type      { return TWorkerAdd }
-func (*WorkerAdd) size() int       { return 8 }
-func (m *WorkerAdd) encode(e *enc) { e.u64(m.Ctx) }
-func (m *WorkerAdd) decode(d *dec) { m.Ctx = d.u64() }
-func (*WorkerAddReply) Type() Type { return TWorkerAddReply }
-func (*WorkerAddReply) size() int  { return 8 + 2 + strSize(MaxMessageLen) + workerInfoSize }
+func (*WorkerAdd) Type() Type          { return TWorkerAdd }
+func (*WorkerAdd) size(uint8) int      { return 8 }
+func (m *WorkerAdd) encode(e *enc)     { e.u64(m.Ctx) }
+func (m *WorkerAdd) decode(d *dec)     { m.Ctx = d.u64() }
+func (*WorkerAddReply) Type() Type     { return TWorkerAddReply }
+func (*WorkerAddReply) size(uint8) int { return 8 + 2 + strSize(MaxMessageLen) + workerInfoSize }
 func (m *WorkerAddReply) encode(e *enc) {
 	e.u64(m.Ctx)
 	e.u16(uint16(m.Code))
@@ -351,12 +383,12 @@ func (m *WorkerAddReply) decode(d *dec) {
 	m.Worker = d.worker()
 }
 
-func (*WorkerDel) Type() Type      { return TWorkerDel }
-func (*WorkerDel) size() int       { return 12 }
-func (m *WorkerDel) encode(e *enc) { e.u64(m.Ctx); e.u32(m.Worker) }
-func (m *WorkerDel) decode(d *dec) { m.Ctx = d.u64(); m.Worker = d.u32() }
-func (*WorkerDelReply) Type() Type { return TWorkerDelReply }
-func (*WorkerDelReply) size() int  { return 8 + 2 + strSize(MaxMessageLen) }
+func (*WorkerDel) Type() Type          { return TWorkerDel }
+func (*WorkerDel) size(uint8) int      { return 12 }
+func (m *WorkerDel) encode(e *enc)     { e.u64(m.Ctx); e.u32(m.Worker) }
+func (m *WorkerDel) decode(d *dec)     { m.Ctx = d.u64(); m.Worker = d.u32() }
+func (*WorkerDelReply) Type() Type     { return TWorkerDelReply }
+func (*WorkerDelReply) size(uint8) int { return 8 + 2 + strSize(MaxMessageLen) }
 func (m *WorkerDelReply) encode(e *enc) {
 	e.u64(m.Ctx)
 	e.u16(uint16(m.Code))
@@ -369,16 +401,16 @@ func (m *WorkerDelReply) decode(d *dec) {
 }
 
 func (*Detach) Type() Type           { return TDetach }
-func (*Detach) size() int            { return 0 }
+func (*Detach) size(uint8) int       { return 0 }
 func (*Detach) encode(*enc)          {}
 func (*Detach) decode(*dec)          {}
 func (*DetachReply) Type() Type      { return TDetachReply }
-func (*DetachReply) size() int       { return 2 }
+func (*DetachReply) size(uint8) int  { return 2 }
 func (m *DetachReply) encode(e *enc) { e.u16(uint16(m.Code)) }
 func (m *DetachReply) decode(d *dec) { m.Code = d.code("detach reply") }
 
-func (*AddSegment) Type() Type { return TAddSegment }
-func (*AddSegment) size() int  { return 8 + 8 + 4 + 4 + 4 + 1 }
+func (*AddSegment) Type() Type     { return TAddSegment }
+func (*AddSegment) size(uint8) int { return 8 + 8 + 4 + 4 + 4 + 1 }
 func (m *AddSegment) encode(e *enc) {
 	e.u64(m.Segment)
 	e.u64(m.Size)
@@ -396,8 +428,8 @@ func (m *AddSegment) decode(d *dec) {
 	m.HasPeerWake = d.boolean("has-peer-wake")
 }
 
-func (*Notice) Type() Type { return TNotice }
-func (*Notice) size() int  { return 2 + strSize(MaxMessageLen) }
+func (*Notice) Type() Type     { return TNotice }
+func (*Notice) size(uint8) int { return 2 + strSize(MaxMessageLen) }
 func (m *Notice) encode(e *enc) {
 	e.u16(uint16(m.Code))
 	e.str(m.Msg, MaxMessageLen, "message")
@@ -408,7 +440,7 @@ func (m *Notice) decode(d *dec) {
 }
 
 func (*Listen) Type() Type      { return TListen }
-func (*Listen) size() int       { return 8 + addrSize + 4 }
+func (*Listen) size(uint8) int  { return 8 + addrSize + 4 }
 func (m *Listen) encode(e *enc) { e.u64(m.Ctx); e.addr(m.Addr); e.u32(m.TLS) }
 func (m *Listen) decode(d *dec) {
 	m.Ctx = d.u64()
@@ -416,11 +448,11 @@ func (m *Listen) decode(d *dec) {
 	m.TLS = d.u32()
 }
 func (*Unlisten) Type() Type      { return TUnlisten }
-func (*Unlisten) size() int       { return 16 }
+func (*Unlisten) size(uint8) int  { return 16 }
 func (m *Unlisten) encode(e *enc) { e.u64(m.Ctx); e.u64(m.Listener) }
 func (m *Unlisten) decode(d *dec) { m.Ctx = d.u64(); m.Listener = d.u64() }
 func (*Connect) Type() Type       { return TConnect }
-func (*Connect) size() int        { return 8 + addrSize + 4 }
+func (*Connect) size(uint8) int   { return 8 + addrSize + 4 }
 func (m *Connect) encode(e *enc)  { e.u64(m.Ctx); e.addr(m.Remote); e.u32(m.TLS) }
 func (m *Connect) decode(d *dec) {
 	m.Ctx = d.u64()
@@ -428,8 +460,8 @@ func (m *Connect) decode(d *dec) {
 	m.TLS = d.u32()
 }
 
-func (*TLSContextAdd) Type() Type { return TTLSContextAdd }
-func (*TLSContextAdd) size() int  { return 8 + 3*strSize(MaxTLSRef) }
+func (*TLSContextAdd) Type() Type     { return TTLSContextAdd }
+func (*TLSContextAdd) size(uint8) int { return 8 + 3*strSize(MaxTLSRef) }
 func (m *TLSContextAdd) encode(e *enc) {
 	e.u64(m.Ctx)
 	e.str(m.CertKeyPair, MaxTLSRef, "certkeypair")
@@ -442,8 +474,8 @@ func (m *TLSContextAdd) decode(d *dec) {
 	m.ServerName = d.str(MaxTLSRef, "server name")
 	m.Trust = d.str(MaxTLSRef, "trust")
 }
-func (*TLSContextReply) Type() Type { return TTLSContextReply }
-func (*TLSContextReply) size() int  { return 8 + 2 + strSize(MaxMessageLen) + 4 }
+func (*TLSContextReply) Type() Type     { return TTLSContextReply }
+func (*TLSContextReply) size(uint8) int { return 8 + 2 + strSize(MaxMessageLen) + 4 }
 func (m *TLSContextReply) encode(e *enc) {
 	e.u64(m.Ctx)
 	e.u16(uint16(m.Code))
@@ -458,35 +490,35 @@ func (m *TLSContextReply) decode(d *dec) {
 }
 
 func (*AcceptReply) Type() Type       { return TAcceptReply }
-func (*AcceptReply) size() int        { return 10 }
+func (*AcceptReply) size(uint8) int   { return 10 }
 func (m *AcceptReply) encode(e *enc)  { e.u64(m.Session); e.u16(uint16(m.Code)) }
 func (m *AcceptReply) decode(d *dec)  { m.Session = d.u64(); m.Code = d.code("accept reply") }
 func (*Disconnect) Type() Type        { return TDisconnect }
-func (*Disconnect) size() int         { return 8 }
+func (*Disconnect) size(uint8) int    { return 8 }
 func (m *Disconnect) encode(e *enc)   { e.u64(m.Session) }
 func (m *Disconnect) decode(d *dec)   { m.Session = d.u64() }
 func (*Reset) Type() Type             { return TReset }
-func (*Reset) size() int              { return 8 }
+func (*Reset) size(uint8) int         { return 8 }
 func (m *Reset) encode(e *enc)        { e.u64(m.Session) }
 func (m *Reset) decode(d *dec)        { m.Session = d.u64() }
 func (*Shutdown) Type() Type          { return TShutdown }
-func (*Shutdown) size() int           { return 8 }
+func (*Shutdown) size(uint8) int      { return 8 }
 func (m *Shutdown) encode(e *enc)     { e.u64(m.Session) }
 func (m *Shutdown) decode(d *dec)     { m.Session = d.u64() }
 func (*Disconnected) Type() Type      { return TDisconnected }
-func (*Disconnected) size() int       { return 8 }
+func (*Disconnected) size(uint8) int  { return 8 }
 func (m *Disconnected) encode(e *enc) { e.u64(m.Session) }
 func (m *Disconnected) decode(d *dec) { m.Session = d.u64() }
 func (*Cleanup) Type() Type           { return TCleanup }
-func (*Cleanup) size() int            { return 8 }
+func (*Cleanup) size(uint8) int       { return 8 }
 func (m *Cleanup) encode(e *enc)      { e.u64(m.Session) }
 func (m *Cleanup) decode(d *dec)      { m.Session = d.u64() }
 func (*DelSegment) Type() Type        { return TDelSegment }
-func (*DelSegment) size() int         { return 8 }
+func (*DelSegment) size(uint8) int    { return 8 }
 func (m *DelSegment) encode(e *enc)   { e.u64(m.Segment) }
 func (m *DelSegment) decode(d *dec)   { m.Segment = d.u64() }
 func (*Migrated) Type() Type          { return TMigrated }
-func (*Migrated) size() int           { return 12 }
+func (*Migrated) size(uint8) int      { return 12 }
 func (m *Migrated) encode(e *enc)     { e.u64(m.Session); e.u32(m.Worker) }
 func (m *Migrated) decode(d *dec)     { m.Session = d.u64(); m.Worker = d.u32() }
 
@@ -511,8 +543,8 @@ func (d *dec) fifos() FifoPair {
 	return f
 }
 
-func (*Accepted) Type() Type { return TAccepted }
-func (*Accepted) size() int  { return 16 + fifoPairSize + 2*addrSize }
+func (*Accepted) Type() Type     { return TAccepted }
+func (*Accepted) size(uint8) int { return 16 + fifoPairSize + 2*addrSize }
 func (m *Accepted) encode(e *enc) {
 	e.u64(m.Listener)
 	e.u64(m.Session)
@@ -529,7 +561,7 @@ func (m *Accepted) decode(d *dec) {
 }
 
 func (*Connected) Type() Type { return TConnected }
-func (*Connected) size() int {
+func (*Connected) size(uint8) int {
 	return 8 + 2 + strSize(MaxMessageLen) + 8 + fifoPairSize + 2*addrSize
 }
 func (m *Connected) encode(e *enc) {
@@ -556,7 +588,9 @@ func (m *Connected) decode(d *dec) {
 }
 
 func (*Bound) Type() Type { return TBound }
-func (*Bound) size() int  { return 8 + 2 + strSize(MaxMessageLen) + 8 + addrSize + 8 + fifoPairSize }
+func (*Bound) size(uint8) int {
+	return 8 + 2 + strSize(MaxMessageLen) + 8 + addrSize + 8 + fifoPairSize
+}
 func (m *Bound) encode(e *enc) {
 	e.u64(m.Ctx)
 	e.u16(uint16(m.Code))
@@ -580,8 +614,8 @@ func (m *Bound) decode(d *dec) {
 	}
 }
 
-func (*UnlistenReply) Type() Type { return TUnlistenReply }
-func (*UnlistenReply) size() int  { return 8 + 2 + strSize(MaxMessageLen) + 8 }
+func (*UnlistenReply) Type() Type     { return TUnlistenReply }
+func (*UnlistenReply) size(uint8) int { return 8 + 2 + strSize(MaxMessageLen) + 8 }
 func (m *UnlistenReply) encode(e *enc) {
 	e.u64(m.Ctx)
 	e.u16(uint16(m.Code))
@@ -595,8 +629,8 @@ func (m *UnlistenReply) decode(d *dec) {
 	m.Listener = d.u64()
 }
 
-func (*ResetEvt) Type() Type { return TResetEvt }
-func (*ResetEvt) size() int  { return 8 + 2 + strSize(MaxMessageLen) }
+func (*ResetEvt) Type() Type     { return TResetEvt }
+func (*ResetEvt) size(uint8) int { return 8 + 2 + strSize(MaxMessageLen) }
 func (m *ResetEvt) encode(e *enc) {
 	e.u64(m.Session)
 	e.u16(uint16(m.Code))
@@ -608,8 +642,8 @@ func (m *ResetEvt) decode(d *dec) {
 	m.Msg = d.str(MaxMessageLen, "message")
 }
 
-func (*Reply) Type() Type { return TReply }
-func (*Reply) size() int  { return 8 + 1 + 8 + 2 + strSize(MaxMessageLen) }
+func (*Reply) Type() Type     { return TReply }
+func (*Reply) size(uint8) int { return 8 + 1 + 8 + 2 + strSize(MaxMessageLen) }
 func (m *Reply) encode(e *enc) {
 	e.u64(m.Ctx)
 	e.u8(uint8(m.Req))

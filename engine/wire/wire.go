@@ -13,9 +13,11 @@
 //
 //	app → engine (socket)  Attach{name, namespace, secret, fifo sizes}
 //	engine → app (socket)  AttachReply{ids, queue layout, sizes} + fds: queue
-//	                       segment, wake eventfd, engine eventfd, fifo segment
+//	                       segment, worker doorbell, transport doorbell, fifo
+//	                       segment
 //	app → engine (socket)  WorkerAdd / WorkerDel / Detach     (replies + fds)
-//	engine → app (socket)  AddSegment + fds: segment, peer worker's wake eventfd
+//	engine → app (socket)  AddSegment + fds: segment, and for a cut-through
+//	                       segment the app's end of its doorbell
 //	                       (always before any event that refers to the segment)
 //	engine → app (socket)  Notice{code, reason} before the engine closes it
 //	app → engine (queue)   Listen, Unlisten, Connect, AcceptReply, Disconnect,
@@ -28,10 +30,72 @@
 // listeners are named by engine-assigned 64-bit handles. Results are a Code
 // (mapped to an errno by the client) plus a message meant for humans.
 //
-// Decode treats its input as hostile: wrong version, unknown type, a body
+// # Versions
+//
+// The first header byte is the wire version. An app's Attach is written in
+// the newest version it speaks and, from version 3 on, carries the range it
+// speaks ([MinVersion, MaxVersion]; a version-2 Attach means [2, 2]). The
+// engine answers in the newest version both speak (Negotiate), names it in
+// AttachReply.EngineVersion, and both sides then use that version (a Codec)
+// for every message of the attachment, on the socket and in the queues. An
+// engine speaks its own version and the one before it, so apps built
+// against the previous client keep working after an agent upgrade. A
+// client that meets an engine one version older (it answers ErrVersion
+// naming its version, in that version) attaches again in that version.
+//
+// A new version number that keeps the previous one spoken (a "minor"
+// change) may only add: new message types (sent only to a peer that
+// negotiated the version), fields appended at the end of a message's body,
+// new flags and result codes (likewise only towards a peer that knows
+// them). Every message of every supported version is encoded and decoded
+// in its own layout (the Msg methods branch on the version), and the Attach
+// of a newer version must start with the layout of every older one (so an
+// engine can read a newer app's range). A change beyond that (moving or
+// removing a field, changing what a descriptor is) keeps the previous
+// version only if the engine serves that version its own way, as version 3
+// does for version 2's descriptors (engine/session legacy.go); otherwise it
+// raises MinVersion, and apps built against a client that old are refused
+// at attach with ErrVersion and a message naming both ranges.
+//
+// Version 3 adds the version range to Attach and replaces the shared
+// eventfds by doorbells (see Doorbells). An engine serves a version-2 app
+// with the descriptors that version expects: its worker doorbell end as both
+// its wake and its engine descriptor, its transport doorbell end with the
+// add-segment of its own segment, and for a cut-through segment its end of
+// the segment's doorbell to ring; since such an app waits on its worker
+// descriptor only, the engine relays its peer's rings of that segment to
+// its worker doorbell.
+//
+// Decode treats its input as hostile: a version other than the session's, unknown type, a body
 // length that does not match the type, out-of-range lengths, non-canonical
 // padding, invalid UTF-8, bad address families and unknown enum values are all
 // rejected with an error, never a panic.
+//
+// # Doorbells (version 3)
+//
+// Wake-ups between the engine and an app, and between the two apps of a
+// cut-through segment, go through doorbells (engine/shm NewDoorbell): a
+// connected pair of AF_UNIX datagram sockets of which each side holds one
+// end, its own open file description. Whoever created the pair passes one
+// end and closes its copy. Ringing sends a datagram from your end
+// (MSG_DONTWAIT), waiting polls your own end. Version 2 passed eventfds,
+// whose description (O_NONBLOCK, counter) the receiver shared with the
+// engine and, for cut-through, with another app: a hostile app could block
+// the engine's writes or steal a peer's wake-ups. The descriptors:
+//
+//   - worker doorbell (WorkerInfo's second fd): the engine rings it for
+//     events (when the control line's sleeping flag is set) and for progress
+//     of transport sessions; the app rings it for requests (when the request
+//     queue's waiting flag is set). Both queues of the worker use it.
+//   - transport doorbell (WorkerInfo's third fd): the app rings it after
+//     progress on a fifo of a transport session (in one of its own
+//     segments) whose waiting flag is set.
+//   - cut-through doorbell (AddSegment with HasPeerWake): one pair per
+//     cut-through segment, one end to each of its two app workers; each
+//     rings the other after progress on a fifo whose waiting flag is set.
+//     A worker that is its own peer gets both ends (rings the first, waits
+//     on the second). The engine keeps no end: cut-through wake-ups do not
+//     involve it.
 package wire
 
 import (
@@ -42,9 +106,13 @@ import (
 	"unicode/utf8"
 )
 
-// Version is the wire format version. An engine and an app must agree on it;
-// the attach reply reports the engine's version when they do not.
-const Version = 2
+// Version is the newest wire version this side speaks, MinVersion the
+// oldest. An engine and an app agree on one version at attach (see the
+// package doc, "Versions") and both use it for every later message.
+const (
+	Version    = 3
+	MinVersion = 2
+)
 
 const (
 	// HeaderSize is the size of the common message header.
@@ -79,7 +147,7 @@ const (
 	TWorkerDelReply
 	TDetach
 	TDetachReply
-	TAddSegment // engine → app, carries the segment fd and the peer worker's wake eventfd
+	TAddSegment // engine → app, carries the segment fd and a doorbell end
 	TNotice     // engine → app: the engine or the namespace is going away, with a reason
 	TTLSContextAdd
 	TTLSContextReply
@@ -203,9 +271,9 @@ const addrSize = 20 // proto, family, port, 16 bytes of IP
 // Msg is any message of this package.
 type Msg interface {
 	Type() Type
-	size() int // body size, constant per type
-	encode(e *enc)
-	decode(d *dec)
+	size(v uint8) int // body size, constant per type and version
+	encode(e *enc)    // e.v is the version being written
+	decode(d *dec)    // d.v is the version being read
 }
 
 // Error is a decoding failure.
@@ -216,21 +284,47 @@ func (e *Error) Error() string { return "wire: " + e.Reason }
 // ErrShort is returned by Encode when the buffer is too small.
 var ErrShort = errors.New("wire: buffer too small")
 
-// Size returns the encoded size of m, header included.
-func Size(m Msg) int { return HeaderSize + m.size() }
+// Codec encodes and decodes the messages of one wire version: the one an
+// app and the engine negotiated at attach.
+type Codec struct{ V uint8 }
 
-// Encode writes m into buf and returns the number of bytes written.
-func Encode(buf []byte, m Msg) (int, error) {
-	n := Size(m)
+// Current is the codec of this side's newest version.
+var Current = Codec{V: Version}
+
+// Supported reports whether v is a version this side speaks.
+func Supported(v uint8) bool { return v >= MinVersion && v <= Version }
+
+// Size returns the encoded size of m in the newest version, header included.
+func Size(m Msg) int { return Current.Size(m) }
+
+// Encode writes m in the newest version (see Codec.Encode).
+func Encode(buf []byte, m Msg) (int, error) { return Current.Encode(buf, m) }
+
+// Decode parses a message of the newest version (see Codec.Decode).
+func Decode(buf []byte) (Msg, error) { return Current.Decode(buf) }
+
+// Append encodes m in the newest version and appends it to buf.
+func Append(buf []byte, m Msg) ([]byte, error) { return Current.Append(buf, m) }
+
+// Size returns the encoded size of m in version c.V, header included.
+func (c Codec) Size(m Msg) int { return HeaderSize + m.size(c.V) }
+
+// Encode writes m into buf in version c.V and returns the number of bytes
+// written.
+func (c Codec) Encode(buf []byte, m Msg) (int, error) {
+	if !Supported(c.V) {
+		return 0, fmt.Errorf("wire: cannot encode version %d (this side speaks %d to %d)", c.V, MinVersion, Version)
+	}
+	n := c.Size(m)
 	if len(buf) < n {
 		return 0, ErrShort
 	}
 	buf = buf[:n]
-	buf[0] = Version
+	buf[0] = c.V
 	buf[1] = byte(m.Type())
-	binary.LittleEndian.PutUint16(buf[2:], uint16(m.size()))
+	binary.LittleEndian.PutUint16(buf[2:], uint16(m.size(c.V)))
 	binary.LittleEndian.PutUint32(buf[4:], 0)
-	e := enc{b: buf, off: HeaderSize}
+	e := enc{b: buf, off: HeaderSize, v: c.V}
 	m.encode(&e)
 	if e.err != nil {
 		return 0, e.err
@@ -241,11 +335,11 @@ func Encode(buf []byte, m Msg) (int, error) {
 	return n, nil
 }
 
-// Append encodes m and appends it to buf.
-func Append(buf []byte, m Msg) ([]byte, error) {
-	n := Size(m)
+// Append encodes m in version c.V and appends it to buf.
+func (c Codec) Append(buf []byte, m Msg) ([]byte, error) {
+	n := c.Size(m)
 	out := append(buf, make([]byte, n)...)
-	_, err := Encode(out[len(buf):], m)
+	_, err := c.Encode(out[len(buf):], m)
 	if err != nil {
 		return buf, err
 	}
@@ -320,23 +414,102 @@ func newMsg(t Type) Msg {
 // (as opposed to the attach socket).
 func IsQueueMsg(t Type) bool { return t >= TListen }
 
-// Decode parses one message. buf must hold exactly the message; trailing bytes
-// are rejected unless they are zero (queue slots are zero-padded).
-func Decode(buf []byte) (Msg, error) {
+// Decode parses one message of version c.V. buf must hold exactly the
+// message; trailing bytes are rejected unless they are zero (queue slots are
+// zero-padded).
+func (c Codec) Decode(buf []byte) (Msg, error) {
 	if len(buf) < HeaderSize {
 		return nil, &Error{fmt.Sprintf("message of %d bytes is shorter than the %d-byte header", len(buf), HeaderSize)}
 	}
-	if buf[0] != Version {
-		return nil, &Error{fmt.Sprintf("version %d, this side speaks %d", buf[0], Version)}
+	if buf[0] != c.V {
+		return nil, &Error{fmt.Sprintf("version %d, this session speaks %d", buf[0], c.V)}
 	}
+	return decodeBody(buf, c.V, false)
+}
+
+// DecodeAny parses one message of any version this side speaks and returns
+// that version: for the first message of a conversation (the attach reply),
+// whose version is not agreed yet.
+func DecodeAny(buf []byte) (Msg, uint8, error) {
+	if len(buf) < HeaderSize {
+		return nil, 0, &Error{fmt.Sprintf("message of %d bytes is shorter than the %d-byte header", len(buf), HeaderSize)}
+	}
+	v := buf[0]
+	if !Supported(v) {
+		return nil, v, &VersionError{Peer: v}
+	}
+	m, err := decodeBody(buf, v, false)
+	return m, v, err
+}
+
+// VersionError is a message of a wire version this side does not speak.
+type VersionError struct{ Peer uint8 }
+
+func (e *VersionError) Error() string {
+	return fmt.Sprintf("wire: version %d, this side speaks %d to %d", e.Peer, MinVersion, Version)
+}
+
+// DecodeAttach parses the first message of an app, the Attach, in any
+// version: one this side speaks, or a newer one, whose Attach starts with
+// the newest layout this side knows (versions only append to it) and whose
+// extra bytes and unknown flags are ignored. For a version-2 Attach, which
+// carries no range, MinVersion and MaxVersion are both 2. The caller picks
+// the version with Negotiate. A version older than MinVersion is a
+// *VersionError.
+func DecodeAttach(buf []byte) (*Attach, error) {
+	if len(buf) < HeaderSize {
+		return nil, &Error{fmt.Sprintf("message of %d bytes is shorter than the %d-byte header", len(buf), HeaderSize)}
+	}
+	v := buf[0]
+	if v < MinVersion {
+		return nil, &VersionError{Peer: v}
+	}
+	if Type(buf[1]) != TAttach {
+		if !Supported(v) {
+			return nil, &VersionError{Peer: v}
+		}
+		m, err := decodeBody(buf, v, false)
+		if err != nil {
+			return nil, err
+		}
+		return nil, &Error{fmt.Sprintf("expected attach, got %v", m.Type())}
+	}
+	m, err := decodeBody(buf, min(v, Version), v > Version)
+	if err != nil {
+		return nil, err
+	}
+	at := m.(*Attach)
+	if v == 2 {
+		at.MinVersion, at.MaxVersion = 2, 2
+	} else if at.MaxVersion != v || at.MinVersion > at.MaxVersion || at.MinVersion < 2 {
+		return nil, &Error{fmt.Sprintf("attach: version range %d..%d does not fit its header's version %d", at.MinVersion, at.MaxVersion, v)}
+	}
+	return at, nil
+}
+
+// Negotiate picks the version an engine speaks with an app whose Attach
+// offers [min, max]: the newest both speak. ok is false when the ranges do
+// not meet.
+func Negotiate(min, max uint8) (v uint8, ok bool) {
+	v = max
+	if v > Version {
+		v = Version
+	}
+	return v, v >= min && v >= MinVersion
+}
+
+// decodeBody decodes a message whose header says version v (or, with
+// newer, a newer version whose body starts with version v's layout).
+func decodeBody(buf []byte, v uint8, newer bool) (Msg, error) {
 	t := Type(buf[1])
 	m := newMsg(t)
 	if m == nil {
 		return nil, &Error{fmt.Sprintf("unknown message type %d", buf[1])}
 	}
 	bl := int(binary.LittleEndian.Uint16(buf[2:]))
-	if bl != m.size() {
-		return nil, &Error{fmt.Sprintf("%v: body length %d, want %d", t, bl, m.size())}
+	want := m.size(v)
+	if bl != want && !(newer && bl > want) {
+		return nil, &Error{fmt.Sprintf("%v: body length %d, want %d", t, bl, want)}
 	}
 	if binary.LittleEndian.Uint32(buf[4:]) != 0 {
 		return nil, &Error{fmt.Sprintf("%v: reserved header bytes not zero", t)}
@@ -349,7 +522,7 @@ func Decode(buf []byte) (Msg, error) {
 			return nil, &Error{fmt.Sprintf("%v: non-zero trailing bytes", t)}
 		}
 	}
-	d := dec{b: buf[:HeaderSize+bl], off: HeaderSize, t: t}
+	d := dec{b: buf[:HeaderSize+want], off: HeaderSize, t: t, v: v, newer: newer}
 	m.decode(&d)
 	if d.err != nil {
 		return nil, d.err
@@ -362,6 +535,7 @@ func Decode(buf []byte) (Msg, error) {
 type enc struct {
 	b   []byte
 	off int
+	v   uint8
 	err error
 }
 
@@ -413,10 +587,12 @@ func (e *enc) addr(a Addr) {
 }
 
 type dec struct {
-	b   []byte
-	off int
-	t   Type
-	err error
+	b     []byte
+	off   int
+	t     Type
+	v     uint8
+	newer bool // the peer's version is newer than v: tolerate what it adds
+	err   error
 }
 
 func (d *dec) fail(format string, args ...any) {

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"errors"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -14,7 +15,7 @@ var fp = FifoPair{Segment: 7, RxOff: 4096, TxOff: 8192, RxCap: 65536, TxCap: 1 <
 
 func samples() []Msg {
 	return []Msg{
-		&Attach{Name: "web", Namespace: "team-a/default", Secret: "s3cret", Flags: FlagSpin, RxFifoSize: 1 << 16},
+		&Attach{Name: "web", Namespace: "team-a/default", Secret: "s3cret", Flags: FlagSpin, RxFifoSize: 1 << 16, MinVersion: MinVersion, MaxVersion: Version},
 		&AttachReply{Code: OK, EngineVersion: Version, AppID: 3, Worker: WorkerInfo{ID: 1, MQSize: 1 << 20, EvqOff: 64, EvqSlots: 128, ReqOff: 4096, ReqSlots: 64}, Segment: 9, SegmentSize: 1 << 24, RxFifoSize: 1 << 16, TxFifoSize: 1 << 16, MaxSessions: 100},
 		&AttachReply{Code: ErrAuth, Msg: "wrong secret for app namespace team-a/default"},
 		&WorkerAdd{Ctx: 1},
@@ -176,4 +177,57 @@ func FuzzWireDecode(f *testing.F) {
 			t.Fatalf("%v: non-canonical encoding accepted", m.Type())
 		}
 	})
+}
+
+// TestAttachVersions: an Attach is written in each version's own layout,
+// an unset range means this side's, and DecodeAttach reads every version
+// from the oldest spoken on, a newer one by its known prefix.
+func TestAttachVersions(t *testing.T) {
+	at := &Attach{Name: "a", Flags: FlagScopeLocal}
+	v2, err := Codec{V: 2}.Append(nil, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v3, err := Current.Append(nil, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v3) != len(v2)+2 || v2[0] != 2 || v3[0] != Version {
+		t.Fatalf("v2 %d bytes (version %d), v3 %d bytes (version %d)", len(v2), v2[0], len(v3), v3[0])
+	}
+	for _, c := range []struct {
+		b      []byte
+		lo, hi uint8
+	}{{v2, 2, 2}, {v3, MinVersion, Version}} {
+		got, err := DecodeAttach(c.b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.MinVersion != c.lo || got.MaxVersion != c.hi || got.Name != "a" || got.Flags != FlagScopeLocal {
+			t.Fatalf("decoded %+v", got)
+		}
+		if v, ok := Negotiate(got.MinVersion, got.MaxVersion); !ok || v != c.hi {
+			t.Fatalf("negotiated %d %v, want %d", v, ok, c.hi)
+		}
+	}
+	// a message of one version is not one of another
+	if _, err := (Codec{V: 2}).Decode(v3); err == nil {
+		t.Fatal("version-3 bytes decoded as version 2")
+	}
+	if _, err := Current.Decode(v2); err == nil {
+		t.Fatal("version-2 bytes decoded as version 3")
+	}
+	// too old
+	old := append([]byte(nil), v2...)
+	old[0] = 1
+	var ve *VersionError
+	if _, err := DecodeAttach(old); !errors.As(err, &ve) || ve.Peer != 1 {
+		t.Fatalf("version 1: %v", err)
+	}
+	// a range that does not match its header
+	bad := append([]byte(nil), v3...)
+	bad[len(bad)-1] = Version + 1
+	if _, err := DecodeAttach(bad); err == nil {
+		t.Fatal("range above its header's version accepted")
+	}
 }

@@ -26,6 +26,7 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:7000", "address to listen on")
 	kernel := flag.Bool("kernel", false, "listen with a plain kernel socket instead of hoststack (a server outside the cluster)")
 	tlsPair := flag.String("tls", "", "serve TLS with this CertKeyPair (the engine terminates it; the app reads plaintext)")
+	name := flag.String("name", "echo-server", "app name to attach with (unique per pod and AppNamespace)")
 	flag.Parse()
 	log.SetFlags(0)
 	log.SetPrefix("echo-server: ")
@@ -38,7 +39,7 @@ func main() {
 		ln, err = net.Listen("tcp", *listen)
 	} else {
 		var app *client.App
-		app, err = client.Attach(ctx, client.Options{Socket: *socket, Name: "echo-server"})
+		app, err = client.Attach(ctx, client.Options{Socket: *socket, Name: *name})
 		if err != nil {
 			log.Fatalf("attach: %v", err)
 		}
