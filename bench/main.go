@@ -50,8 +50,11 @@ type Report struct {
 	GoVer    string    `json:"go"`
 	CPUs     int       `json:"cpus"`
 	Duration string    `json:"durationPerPoint"`
-	Results  []Result  `json:"results"`
-	Targets  []Target  `json:"targets"`
+	// Measured says when each group's figures were taken (a run with
+	// -only keeps the other groups' figures of the file it updates).
+	Measured map[string]string `json:"measured,omitempty"`
+	Results  []Result          `json:"results"`
+	Targets  []Target          `json:"targets"`
 }
 
 func (r *Report) add(group, cs, variant string, v float64, unit string) {
@@ -88,11 +91,18 @@ func (r *Report) target(name string, num, den [3]string, min, max float64) {
 	r.Targets = append(r.Targets, t)
 }
 
+// groups are the measurement groups, in the order they run.
+var groups = []string{"stream", "rr", "busy", "connect", "memory", "scale", "rules", "netpol", "transport"}
+
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == childArg {
+		runChild(os.Args[2:]) // a child of a run (child.go); never returns
+	}
 	out := flag.String("out", "bench/results.json", "where to write the JSON report")
 	dur := flag.Duration("d", 700*time.Millisecond, "measuring time per point (each point is the median of -n runs)")
 	runs := flag.Int("n", 3, "runs per point")
-	only := flag.String("only", "", "comma-separated groups to run (stream,rr,connect,memory,rules,netpol,transport); empty = all")
+	only := flag.String("only", "", "comma-separated groups to run ("+strings.Join(groups, ",")+"); empty = all")
+	merge := flag.Bool("merge", true, "with -only, keep the other groups' figures of the -out file (targets are recomputed over all)")
 	onlyVariants := flag.String("variants", "", "comma-separated variants to run (e.g. hoststack,tcp-loopback); empty = all")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	flag.Parse()
@@ -121,7 +131,15 @@ func main() {
 		return false
 	}
 
-	rep := &Report{Time: time.Now().UTC(), GoVer: runtime.Version(), CPUs: runtime.NumCPU(), Duration: dur.String()}
+	rep := &Report{Time: time.Now().UTC(), GoVer: runtime.Version(), CPUs: runtime.NumCPU(), Duration: dur.String(),
+		Measured: map[string]string{}}
+	var ran []string
+	for _, g := range groups {
+		if want(g) {
+			ran = append(ran, g)
+			rep.Measured[g] = rep.Time.Format("2006-01-02T15:04:05Z")
+		}
+	}
 	variants, cleanup, err := setupVariants()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -164,6 +182,10 @@ func main() {
 			rep.add("rr", "p99", v.name, float64(p99.Nanoseconds())/1e3, "us")
 		}
 	}
+	if want("busy") {
+		fmt.Fprintln(os.Stderr, "64 KiB stream and 64 B round trip, quiet and with one core kept busy by another process:")
+		runBusy(rep, m, variants)
+	}
 	if want("connect") {
 		fmt.Fprintln(os.Stderr, "connect+accept+close:")
 		for _, v := range variants {
@@ -182,6 +204,11 @@ func main() {
 		}
 		rep.add("memory", "idle-session-resident", "hoststack", resident, "bytes")
 		rep.add("memory", "idle-session-fifo-reserved", "hoststack", reserved, "bytes")
+	}
+
+	if want("scale") {
+		fmt.Fprintln(os.Stderr, "scale (engine in this process, apps in a child process):")
+		runScale(rep, m, variants)
 	}
 
 	if want("rules") {
@@ -211,6 +238,14 @@ func main() {
 		runTransport(rep, m)
 	}
 
+	if *only != "" && *merge {
+		old, err := readReport(*out)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: not merging:", err)
+		} else {
+			mergeInto(rep, old, ran)
+		}
+	}
 	addTargets(rep)
 	printTable(rep)
 	data, _ := json.MarshalIndent(rep, "", "  ")
@@ -233,6 +268,19 @@ func addTargets(r *Report) {
 	r.target("64B RR p50 <= 1/5 TCP loopback (default mode)", [3]string{"rr", "p50", "hoststack"}, [3]string{"rr", "p50", "tcp-loopback"}, 0, 0.2)
 	r.target("64B RR p50 spin mode <= 2us (vs 1us)", [3]string{"rr", "p50", "hoststack-spin"}, [3]string{"rr", "p50", "unit-1us"}, 0, 2)
 	r.target("connect rate >= 2x TCP loopback", [3]string{"connect", "rate", "hoststack"}, [3]string{"connect", "rate", "tcp-loopback"}, 2, 0)
+	r.target("64KiB stream >= 10x TCP loopback (default FIFOs, issue 16)", s("64KiB", "hoststack"), s("64KiB", "tcp-loopback"), 10, 0)
+	b := func(cs, v string) [3]string { return [3]string{"busy", cs, v} }
+	r.target("busy: 64KiB stream >= 8x TCP loopback, one core busy", b("stream-64KiB-busy", "hoststack"), b("stream-64KiB-busy", "tcp-loopback"), 8, 0)
+	r.target("busy: 64B RR p50 <= TCP loopback's, one core busy", b("rr-p50-busy", "hoststack"), b("rr-p50-busy", "tcp-loopback"), 0, 1)
+	r.target("busy: 64B RR p50 <= TCP loopback's, quiet", b("rr-p50-quiet", "hoststack"), b("rr-p50-quiet", "tcp-loopback"), 0, 1)
+	sc := func(cs, v string) [3]string { return [3]string{"scale", cs, v} }
+	r.target("scale: 1,000 apps attached", sc("apps", "hoststack"), sc("ref-apps", "hoststack"), 1, 0)
+	r.target("scale: engine threads at 1,000 apps <= 2x before (bounded)", sc("apps-engine-threads", "hoststack"), sc("apps-engine-threads-before", "hoststack"), 0, 2)
+	for _, v := range []string{"cut-through", "kernel-transport"} {
+		r.target("scale: 100,000 idle sessions open, "+v, sc("sessions", v), sc("ref-sessions", "hoststack"), 1, 0)
+		r.target("scale: private memory per idle session <= 2 KiB, "+v, sc("session-private", v), sc("ref-2KiB", "hoststack"), 0, 1)
+	}
+	r.target("scale: connect rate >= 5x TCP loopback", sc("connect-rate", "hoststack"), sc("connect-rate", "tcp-loopback"), 5, 0)
 	rl := func(cs string) [3]string { return [3]string{"rules", cs, "hoststack"} }
 	r.Results = append(r.Results, Result{"rules", "ref-100ns", "hoststack", 100, "ns/op"}, Result{"rules", "ref-1s", "hoststack", 1000, "ms"})
 	r.target("rule lookup at 100k <= 3x lookup at 10", rl("lookup-100000"), rl("lookup-10"), 0, 3)

@@ -1,0 +1,373 @@
+package main
+
+// Child processes of the bench: the apps of the scale group (so the
+// engine's threads and memory are told apart from the apps'), and the
+// unrelated process that keeps a core busy for the busy group. The bench
+// re-executes itself with the hidden first argument childArg; a child
+// talks to the parent in lines on stdout (childLine) and ends when its
+// stdin closes.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hoststack/hoststack/client"
+	"github.com/hoststack/hoststack/engine/wire"
+)
+
+const childArg = "-bench-child"
+
+// Lines a child writes: "base <anon bytes>" once set up (then it waits for
+// a line on stdin), "progress <n>", "ready <n> <anon bytes> <retries> <error or ->"
+// when done (then it holds everything until stdin closes), "spinning".
+func childLine(w io.Writer, mu *sync.Mutex, format string, args ...any) {
+	mu.Lock()
+	defer mu.Unlock()
+	fmt.Fprintf(w, format+"\n", args...)
+}
+
+// runChild is the child's main; it never returns.
+func runChild(args []string) {
+	fs := flag.NewFlagSet("bench child", flag.ExitOnError)
+	mode := fs.String("mode", "", "spin, apps, sessions")
+	sock := fs.String("socket", "", "attach socket")
+	n := fs.Int("n", 0, "apps or sessions")
+	fifo := fs.Int("fifo", defaultFifo, "fifo size the apps ask for")
+	kernelPorts := fs.Int("kernel-ports", 0, "sessions: go through the engine's kernel transport to this many kernel TCP listeners on 127.0.0.1 (0: cut-through)")
+	budget := fs.Duration("budget", time.Minute, "sessions: stop opening after this long")
+	_ = fs.Parse(args)
+	var err error
+	switch *mode {
+	case "spin":
+		spin()
+	case "apps":
+		err = childApps(*sock, *n)
+	case "sessions":
+		err = childSessions(*sock, *n, *fifo, *kernelPorts, *budget)
+	default:
+		err = fmt.Errorf("unknown mode %q", *mode)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench child:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// spin keeps one CPU busy until killed: one thread, never blocking.
+func spin() {
+	runtime.GOMAXPROCS(1)
+	fmt.Println("spinning")
+	x := uint64(1)
+	for {
+		x = x*6364136223846793005 + 1
+		if x == 0 {
+			fmt.Println(x) // never; keeps the loop from being dropped
+		}
+	}
+}
+
+func anonNow() int64 {
+	runtime.GC()
+	st, err := status("self")
+	if err != nil {
+		return -1
+	}
+	return st.Anon
+}
+
+// waitLine blocks until the parent writes a line (or closes stdin).
+func waitLine(r *bufio.Reader) { _, _ = r.ReadString('\n') }
+
+// childApps attaches n apps (default options, one worker each) and holds
+// them until stdin closes.
+func childApps(sock string, n int) error {
+	in := bufio.NewReader(os.Stdin)
+	var mu sync.Mutex
+	childLine(os.Stdout, &mu, "base %d", anonNow())
+	waitLine(in)
+	apps := make([]*client.App, n)
+	var next, done atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n || firstErr.Load() != nil {
+					return
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				a, err := client.Attach(ctx, client.Options{Socket: sock, Name: fmt.Sprintf("scale-%d", i), NoReattach: true})
+				cancel()
+				if err != nil {
+					firstErr.CompareAndSwap(nil, fmt.Errorf("attach of app %d: %w", i, err))
+					return
+				}
+				apps[i] = a
+				if d := done.Add(1); d%100 == 0 {
+					childLine(os.Stdout, &mu, "progress %d", d)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	childLine(os.Stdout, &mu, "ready %d %d 0 %s", done.Load(), anonNow(), errText(firstErr.Load()))
+	waitLine(in)
+	for _, a := range apps {
+		if a != nil {
+			a.Close()
+		}
+	}
+	return nil
+}
+
+func errText(v any) string {
+	if err, ok := v.(error); ok && err != nil {
+		return strings.ReplaceAll(err.Error(), "\n", " ")
+	}
+	return "-"
+}
+
+// childSessions opens n idle sessions between a client app and either a
+// server app (cut-through) or kernel TCP listeners of this process reached
+// through the engine's kernel transport, and holds them until stdin closes.
+func childSessions(sock string, n, fifo, kernelPorts int, budget time.Duration) error {
+	if err := raiseFDLimit(uint64(n) + 4096); err != nil {
+		// Cut-through sessions take no fd; the parent sizes kernel
+		// transport runs to the limit it has.
+		fmt.Fprintln(os.Stderr, "bench child: cannot raise the fd limit:", err)
+	}
+	in := bufio.NewReader(os.Stdin)
+	var mu sync.Mutex
+	opts := func(name string) client.Options {
+		return client.Options{Socket: sock, Name: name, RxFifoSize: fifo, TxFifoSize: fifo, NoReattach: true, Scope: client.ScopeLocal}
+	}
+	cli, err := client.Attach(context.Background(), opts("scale-client"))
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+
+	// accepted collects the server ends; the listeners' accept loops feed it.
+	var (
+		accMu    sync.Mutex
+		accepted []net.Conn
+		accCount atomic.Int64
+		lns      []net.Listener
+		addrs    []string
+	)
+	if kernelPorts == 0 {
+		srv, err := client.Attach(context.Background(), opts("scale-server"))
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		ln, err := srv.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		lns = append(lns, ln)
+	} else {
+		// One loopback destination takes ~28k ephemeral ports: spread the
+		// sessions over several listening ports.
+		for range kernelPorts {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return err
+			}
+			lns = append(lns, ln)
+		}
+	}
+	for _, ln := range lns {
+		addrs = append(addrs, ln.Addr().String())
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				accMu.Lock()
+				accepted = append(accepted, c)
+				accMu.Unlock()
+				accCount.Add(1)
+			}
+		}()
+	}
+	childLine(os.Stdout, &mu, "base %d", anonNow())
+	waitLine(in)
+
+	conns := make([]net.Conn, n)
+	var next, done, retries atomic.Int64
+	var firstErr atomic.Value
+	deadline := time.Now().Add(budget)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n || firstErr.Load() != nil {
+					return
+				}
+				if time.Now().After(deadline) {
+					firstErr.CompareAndSwap(nil, fmt.Errorf("time budget of %v spent", budget))
+					return
+				}
+				c, err := dialRetry(cli, addrs[i%len(addrs)], deadline, &retries)
+				if err != nil {
+					firstErr.CompareAndSwap(nil, fmt.Errorf("dial of session %d: %w", i, err))
+					return
+				}
+				conns[i] = c
+				if d := done.Add(1); d%10000 == 0 {
+					childLine(os.Stdout, &mu, "progress %d", d)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	// Every dialled session must have reached Accept before the count.
+	waitUntil := time.Now().Add(30 * time.Second)
+	for accCount.Load() < done.Load() && time.Now().Before(waitUntil) {
+		runtime.Gosched()
+	}
+	if a, d := accCount.Load(), done.Load(); a < d && firstErr.Load() == nil {
+		firstErr.Store(fmt.Errorf("%d dialled sessions never reached Accept", d-a))
+	}
+	childLine(os.Stdout, &mu, "ready %d %d %d %s", done.Load(), anonNow(), retries.Load(), errText(firstErr.Load()))
+	waitLine(in)
+	for _, ln := range lns {
+		ln.Close()
+	}
+	for _, c := range conns {
+		if c != nil {
+			c.Close()
+		}
+	}
+	accMu.Lock()
+	for _, c := range accepted {
+		c.Close()
+	}
+	accMu.Unlock()
+	return nil
+}
+
+// dialRetry dials addr through app; a connect the engine refuses because
+// the listener's event queue is full is tried again after a millisecond,
+// as a TCP client resends a SYN a full listen backlog dropped (counted in
+// retries), until deadline.
+func dialRetry(app *client.App, addr string, deadline time.Time, retries *atomic.Int64) (net.Conn, error) {
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		c, err := app.Dial(ctx, "tcp", addr)
+		cancel()
+		var ce *client.Error
+		if err == nil || !errors.As(err, &ce) || ce.Code != wire.ErrQueueFull || time.Now().After(deadline) {
+			return c, err
+		}
+		retries.Add(1)
+		time.Sleep(time.Millisecond) // back-off before the retry
+	}
+}
+
+// child is a running child process of the bench.
+type child struct {
+	cmd   *exec.Cmd
+	in    io.WriteCloser
+	out   *bufio.Scanner
+	Pid   int
+	ended bool
+}
+
+// startChild re-executes this binary as a child in mode with args.
+func startChild(mode string, args ...string) (*child, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe, append([]string{childArg, "-mode", mode}, args...)...)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s child: %w", mode, err)
+	}
+	return &child{cmd: cmd, in: in, out: bufio.NewScanner(out), Pid: cmd.Process.Pid}, nil
+}
+
+// next returns the child's next line split into fields; progress lines go
+// to onProgress.
+func (c *child) next(onProgress func(n int)) ([]string, error) {
+	for c.out.Scan() {
+		f := strings.Fields(c.out.Text())
+		if len(f) == 0 {
+			continue
+		}
+		if f[0] == "progress" && len(f) == 2 {
+			if n, err := strconv.Atoi(f[1]); err == nil && onProgress != nil {
+				onProgress(n)
+			}
+			continue
+		}
+		return f, nil
+	}
+	if err := c.out.Err(); err != nil {
+		return nil, err
+	}
+	return nil, errors.New("child ended without a word")
+}
+
+// expect reads the next line, which must start with word and have at
+// least n fields after it.
+func (c *child) expect(word string, n int, onProgress func(int)) ([]string, error) {
+	f, err := c.next(onProgress)
+	if err != nil {
+		return nil, err
+	}
+	if f[0] != word || len(f) < n+1 {
+		return nil, fmt.Errorf("child said %q, want %q", strings.Join(f, " "), word)
+	}
+	return f[1:], nil
+}
+
+// proceed lets a child that waits for a line go on.
+func (c *child) proceed() error { _, err := io.WriteString(c.in, "go\n"); return err }
+
+// end closes the child's stdin (it releases what it holds and exits) and
+// waits for it; kill ends it by its pid at once.
+func (c *child) end() error {
+	if c.ended {
+		return nil
+	}
+	c.ended = true
+	c.in.Close()
+	return c.cmd.Wait()
+}
+
+func (c *child) kill() {
+	if c.ended {
+		return
+	}
+	c.ended = true
+	_ = c.cmd.Process.Kill()
+	_ = c.cmd.Wait()
+}
