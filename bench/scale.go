@@ -203,6 +203,9 @@ func runScale(rep *Report, m measurer, variants []variant) {
 				n = fit
 			}
 		}
+		if v.ports > 0 {
+			add("fd-limit", v.name, float64(fdLimit()), "fds")
+		}
 		add("sessions-requested", v.name, float64(n), "sessions")
 		fmt.Fprintf(os.Stderr, "  %d idle sessions, %s (apps in a child process):\n", n, v.name)
 		if err := r.sessions(add, v.name, v.ports, n); err != nil {
