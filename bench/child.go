@@ -166,7 +166,7 @@ func childSessions(sock string, n, fifo, kernelPorts int, budget time.Duration) 
 	var (
 		accMu    sync.Mutex
 		accepted []net.Conn
-		accCount atomic.Int64
+		got      = make(chan struct{}, n) // one per accepted session
 		lns      []net.Listener
 		addrs    []string
 	)
@@ -203,7 +203,10 @@ func childSessions(sock string, n, fifo, kernelPorts int, budget time.Duration) 
 				accMu.Lock()
 				accepted = append(accepted, c)
 				accMu.Unlock()
-				accCount.Add(1)
+				select {
+				case got <- struct{}{}:
+				default: // more than n: not counted
+				}
 			}
 		}()
 	}
@@ -240,12 +243,17 @@ func childSessions(sock string, n, fifo, kernelPorts int, budget time.Duration) 
 	}
 	wg.Wait()
 	// Every dialled session must have reached Accept before the count.
-	waitUntil := time.Now().Add(30 * time.Second)
-	for accCount.Load() < done.Load() && time.Now().Before(waitUntil) {
-		runtime.Gosched()
-	}
-	if a, d := accCount.Load(), done.Load(); a < d && firstErr.Load() == nil {
-		firstErr.Store(fmt.Errorf("%d dialled sessions never reached Accept", d-a))
+	timeout := time.After(30 * time.Second)
+wait:
+	for a := range done.Load() {
+		select {
+		case <-got:
+		case <-timeout:
+			if firstErr.Load() == nil {
+				firstErr.Store(fmt.Errorf("%d dialled sessions never reached Accept", done.Load()-a))
+			}
+			break wait
+		}
 	}
 	childLine(os.Stdout, &mu, "ready %d %d %d %s", done.Load(), anonNow(), retries.Load(), errText(firstErr.Load()))
 	waitLine(in)
