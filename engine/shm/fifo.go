@@ -251,6 +251,36 @@ func (f *Fifo) WriteVec(bufs [][]byte) (int, error) {
 	return n, nil
 }
 
+// Reserve returns the free space at the tail as up to two slices of the ring
+// (the second when it wraps), for a producer that fills them in place — a
+// socket read straight into the fifo — and publishes with Commit. Nothing is
+// published until Commit; the consumer (who shares the memory) can scribble
+// on the slices meanwhile, which only garbles its own stream. Full: two empty
+// slices and a nil error.
+func (f *Fifo) Reserve() (a, b []byte, err error) {
+	free, err := f.space(int(f.capacity))
+	if err != nil || free == 0 {
+		return nil, nil, err
+	}
+	pos := f.pTail & f.mask
+	first := min(free, f.capacity-pos)
+	return f.data[pos : pos+first], f.data[:free-first], nil
+}
+
+// Commit publishes n bytes written into the space Reserve returned. n beyond
+// that space is an error and publishes nothing.
+func (f *Fifo) Commit(n int) error {
+	if n < 0 || uint64(n) > f.capacity-(f.pTail-f.pHeadCache) {
+		return fmt.Errorf("shm: commit of %d bytes exceeds the reserved space", n)
+	}
+	if n == 0 {
+		return nil
+	}
+	f.pTail += uint64(n)
+	f.tailW.Store(f.pTail)
+	return nil
+}
+
 // Free returns the bytes that can be written now (re-reading the consumer's
 // index).
 func (f *Fifo) Free() (int, error) {

@@ -326,3 +326,64 @@ func TestFifoPeekSeesNewData(t *testing.T) {
 		t.Fatalf("peek after partial consume: %q %v", got, err)
 	}
 }
+
+// TestFifoReserveCommit fills the fifo in place through Reserve/Commit across
+// the wrap point and checks the consumer reads exactly the stream, that
+// nothing is visible before Commit, and that over-committing is refused.
+func TestFifoReserveCommit(t *testing.T) {
+	const capacity = 256
+	seg := newSeg(t, FifoFootprint(capacity))
+	if _, err := InitFifo(seg, 0, capacity); err != nil {
+		t.Fatal(err)
+	}
+	p, err := OpenFifo(seg, 0, capacity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := OpenFifo(seg, 0, capacity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gen, chk := newStream(7), newStream(7)
+	buf := make([]byte, capacity)
+	want := make([]byte, capacity)
+	wrapped := false
+	for i := 0; i < 50; i++ {
+		a, b, err := p.Reserve()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(a)+len(b) != capacity {
+			t.Fatalf("round %d: reserved %d+%d bytes of an empty %d-byte fifo", i, len(a), len(b), capacity)
+		}
+		wrapped = wrapped || len(b) > 0
+		n := 61 + i%90 // spans the wrap in some rounds
+		src := make([]byte, n)
+		gen.fill(src)
+		k := copy(a, src)
+		copy(b, src[k:])
+		if l, _ := c.Len(); l != 0 {
+			t.Fatalf("round %d: %d bytes visible before Commit", i, l)
+		}
+		if err := p.Commit(n); err != nil {
+			t.Fatal(err)
+		}
+		got, err := c.Read(buf)
+		chk.fill(want[:n])
+		if got != n || err != nil || !bytes.Equal(buf[:n], want[:n]) {
+			t.Fatalf("round %d: read %d (%v), want %d bytes of the stream", i, got, err, n)
+		}
+	}
+	if !wrapped {
+		t.Fatal("no reservation wrapped around the ring")
+	}
+	if _, err := p.Write(make([]byte, 200)); err != nil {
+		t.Fatal(err)
+	}
+	if a, b, _ := p.Reserve(); len(a)+len(b) != capacity-200 {
+		t.Fatalf("reserved %d bytes with 200 of %d used", len(a)+len(b), capacity)
+	}
+	if err := p.Commit(capacity - 199); err == nil {
+		t.Fatal("a commit beyond the free space was accepted")
+	}
+}

@@ -57,23 +57,9 @@ func Pump(f *session.Flow, c Conn, peer netip.AddrPort, o Options) {
 			c.Close()
 		})
 	}
-	// one kick channel per direction: a wake-up must reach both
+	// One kick channel per direction: a wake-up must reach both. The loop
+	// below fans the flow's kicks out (no goroutine of its own for that).
 	kr, kw := make(chan struct{}, 1), make(chan struct{}, 1)
-	go func() {
-		for {
-			select {
-			case <-f.Kick():
-				for _, k := range []chan struct{}{kr, kw} {
-					select {
-					case k <- struct{}{}:
-					default:
-					}
-				}
-			case <-stop:
-				return
-			}
-		}
-	}()
 	type result struct {
 		toApp bool
 		err   error
@@ -86,6 +72,13 @@ func Pump(f *session.Flow, c Conn, peer netip.AddrPort, o Options) {
 	var drain <-chan time.Time
 	for pending := 2; pending > 0; {
 		select {
+		case <-f.Kick():
+			for _, k := range []chan struct{}{kr, kw} {
+				select {
+				case k <- struct{}{}:
+				default:
+				}
+			}
 		case r := <-done:
 			pending--
 			if r.err != nil && first == nil {
@@ -124,23 +117,23 @@ func resetMessage(err error, peer netip.AddrPort, name string) string {
 	return fmt.Sprintf("%s: session with %s: %v", name, peer, err)
 }
 
-// toApp copies connection data into the app's rx fifo until the socket's
-// end of stream (then the fifo is closed for writing) or the app stops
-// reading.
+// toApp reads connection data straight into the app's rx fifo (no buffer
+// of its own: a session costs no private memory for this direction) until
+// the socket's end of stream (then the fifo is closed for writing) or the
+// app stops reading.
 func toApp(f *session.Flow, c Conn, kick, stop <-chan struct{}) error {
 	rx := f.Rx
-	buf := make([]byte, 64<<10)
 	for {
 		if rx.ReadClosed() {
 			return nil
 		}
-		free, err := rx.Free()
+		space, _, err := rx.Reserve()
 		if err != nil {
 			return err
 		}
-		if free == 0 {
+		if len(space) == 0 {
 			rx.SetWriterWaiting()
-			if free, err = rx.Free(); err == nil && free == 0 && !rx.ReadClosed() {
+			if free, err := rx.Free(); err == nil && free == 0 && !rx.ReadClosed() {
 				select {
 				case <-kick:
 				case <-stop:
@@ -153,12 +146,10 @@ func toApp(f *session.Flow, c Conn, kick, stop <-chan struct{}) error {
 			}
 			continue
 		}
-		n, rerr := c.Read(buf[:min(free, len(buf))])
+		// The part up to the ring's end; the wrapped rest on the next round.
+		n, rerr := c.Read(space)
 		if n > 0 {
-			if _, err := rx.Write(buf[:n]); err != nil {
-				if rx.ReadClosed() {
-					return nil
-				}
+			if err := rx.Commit(n); err != nil {
 				return err
 			}
 			if rx.TakeReaderWaiting() {
