@@ -44,9 +44,7 @@ type Flow struct {
 	rxOff     int
 	txOff     int
 	seg       *segment
-	appWake   int // a duplicate of the engine's end of the app worker's doorbell
-	// appWakePipe: appWake is a version-2 app's wake pipe (legacy.go)
-	appWakePipe bool
+	wake      *wakeEnd // the app worker's wake-up end, shared with its other flows
 
 	kick     chan struct{}
 	closed   chan struct{}
@@ -62,11 +60,11 @@ type Flow struct {
 // event loop then re-checks the waiting Read and Write calls). It never
 // blocks: the engine rings its own end of the doorbell.
 func (f *Flow) WakeApp() {
-	if f.appWakePipe {
-		_ = writeWake(f.appWake)
+	if f.wake.pipe {
+		_ = writeWake(f.wake.fd)
 		return
 	}
-	_ = shm.Ring(f.appWake)
+	_ = shm.Ring(f.wake.fd)
 }
 
 // Kick receives after the app signalled progress on one of its transport
@@ -113,8 +111,7 @@ func (f *Flow) Finish(code wire.Code, msg string) {
 		return
 	}
 	f.finished = true
-	unix.Close(f.appWake)
-	f.appWake = -1
+	f.wake.releaseLocked()
 	s := f.s
 	switch {
 	case f.appDone:
@@ -279,6 +276,54 @@ func (a *app) kicker(f *os.File) {
 type flowState struct {
 	flowMu sync.Mutex
 	flows  map[*Flow]struct{}
+	// wakes holds, per worker with transport sessions, the engine's duplicate
+	// of the worker's wake-up end (under ns.mu)
+	wakes map[*worker]*wakeEnd
+}
+
+// wakeEnd is a duplicate of the engine's end of an app worker's doorbell
+// (or of a version-2 app's wake pipe), shared by the worker's transport
+// flows: they may outlive the worker's own descriptors (the transport
+// finishes later), so they hold this copy, never a description the app
+// holds. One descriptor per worker, not per session; refs and close under
+// ns.mu.
+type wakeEnd struct {
+	w    *worker
+	fd   int
+	pipe bool
+	refs int
+}
+
+// wakeEndLocked returns w's shared wake-up end with a reference taken.
+func (a *app) wakeEndLocked(w *worker) (*wakeEnd, error) {
+	if we := a.wakes[w]; we != nil {
+		we.refs++
+		return we, nil
+	}
+	fd, pipe, err := w.appWakeFD()
+	if err != nil {
+		return nil, err
+	}
+	if a.wakes == nil {
+		a.wakes = map[*worker]*wakeEnd{}
+	}
+	we := &wakeEnd{w: w, fd: fd, pipe: pipe, refs: 1}
+	a.wakes[w] = we
+	return we, nil
+}
+
+// releaseLocked drops a flow's reference; the last one closes the end.
+func (we *wakeEnd) releaseLocked() {
+	if we == nil || we.refs == 0 {
+		return
+	}
+	if we.refs--; we.refs > 0 {
+		return
+	}
+	unix.Close(we.fd)
+	if a := we.w.app; a.wakes[we.w] == we {
+		delete(a.wakes, we.w)
+	}
 }
 
 // newFlowLocked creates a transport session of worker w: its fifo pair in
@@ -317,15 +362,13 @@ func (ns *namespace) newFlowLocked(w *worker, ctx uint64, local, remote wire.Add
 	if err != nil {
 		return fail(err)
 	}
-	// the flow may outlive the worker (the transport finishes later): its
-	// own copy of the engine's end, never a description the app holds
-	wake, wakePipe, err := w.appWakeFD()
+	wake, err := a.wakeEndLocked(w)
 	if err != nil {
 		return fail(err)
 	}
 	s := &session{handle: ns.handle(), w: w, pairOff: -1, s2cOff: -1, local: local, remote: remote}
 	f := &Flow{Rx: rx, Tx: tx, ns: ns, s: s, app: a.name, ctx: ctx, remote: remote, rxOff: off, txOff: off + fpRx, seg: seg,
-		appWake: wake, appWakePipe: wakePipe, kick: make(chan struct{}, 1), closed: make(chan struct{})}
+		wake: wake, kick: make(chan struct{}, 1), closed: make(chan struct{})}
 	s.flow = f
 	seg.sessions++
 	ns.sessions[s.handle] = s
@@ -345,8 +388,7 @@ func (ns *namespace) newFlowLocked(w *worker, ctx uint64, local, remote wire.Add
 // app saw: no events.
 func (ns *namespace) dropFlowLocked(f *Flow) {
 	f.finished = true
-	unix.Close(f.appWake)
-	f.appWake = -1
+	f.wake.releaseLocked()
 	if f.appDone {
 		// the app released it already (reaped while the transport was
 		// asked without ns.mu): only the fifos are left to free

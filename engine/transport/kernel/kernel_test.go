@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -482,4 +483,85 @@ func TestUnknownNetnsIsRefused(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "no network namespace for app stranger") {
 		t.Fatalf("listen: %v, want the missing netns", err)
 	}
+}
+
+// TestSessionsShareTheWakeEnd: a transport session costs the engine its
+// socket and nothing else — no descriptor of its own to wake the app (the
+// worker's flows share one) — and the sessions left after the first ones
+// (including the one whose flow made the shared end) close keep waking
+// the app; with all closed the descriptors return to where they started.
+func TestSessionsShareTheWakeEnd(t *testing.T) {
+	tp := newTopo(t)
+	ln := listenIn(t, tp.B.Path(), "10.99.0.2:0")
+	ev := newEnv(t, tp)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				// Wrapped: no splice (its pipes would be counted too).
+				_, _ = io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c})
+			}()
+		}
+	}()
+	echo := func(i int, c net.Conn) {
+		t.Helper()
+		msg := fmt.Sprintf("session %d", i)
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatalf("session %d: write: %v", i, err)
+		}
+		b := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, b); err != nil || string(b) != msg {
+			t.Fatalf("session %d: read %q, %v", i, b, err)
+		}
+	}
+	// One session first: the worker's segment and doorbells exist from here.
+	first, err := dial(t, ev.app, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(0, first)
+	before := countFDs(t)
+	const n = 20
+	conns := []net.Conn{first}
+	for i := 1; i <= n; i++ {
+		c, err := dial(t, ev.app, ln.Addr().String())
+		if err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		echo(i, c)
+		conns = append(conns, c)
+	}
+	// Per session: the engine's socket and the test server's accepted one.
+	if got := countFDs(t) - before; got > 2*n+4 {
+		t.Fatalf("%d sessions took %d descriptors in this process, want about %d (2 per session)", n, got, 2*n)
+	}
+	for _, c := range conns[:n/2] {
+		c.Close()
+	}
+	for i, c := range conns[n/2:] {
+		echo(n/2+i, c) // the reads wait for the engine's wake-ups
+	}
+	for _, c := range conns[n/2:] {
+		c.Close()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for countFDs(t) > before-2 { // first's socket and its accepted peer are gone too
+		if time.Now().After(deadline) {
+			t.Fatalf("%d descriptors open after closing every session, %d before the 20", countFDs(t), before)
+		}
+		time.Sleep(10 * time.Millisecond) // polling the count, not synchronising
+	}
+}
+
+func countFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }
