@@ -32,6 +32,7 @@ type Conn struct {
 	seg    *cseg
 	rx, tx *shm.Fifo
 	ring   int // the doorbell end that wakes the peer (see newConn)
+	key    int // the descriptor whose ring wakes this session (worker.waiters)
 	laddr  *net.TCPAddr
 	raddr  *net.TCPAddr
 	udp    *net.UDPAddr // set for the session under a PacketConn
@@ -207,7 +208,7 @@ func (c *Conn) wait(dl *deadline, cond func() bool, set func(), clear func() boo
 		}
 	}
 	w := c.w
-	wt := &waiter{ready: cond, arm: set, ch: make(chan struct{})}
+	wt := &waiter{key: c.key, ready: cond, arm: set, ch: make(chan struct{})}
 	w.mu.Lock()
 	if w.dead != nil && !w.orphan.Load() {
 		w.mu.Unlock()
@@ -219,7 +220,7 @@ func (c *Conn) wait(dl *deadline, cond func() bool, set func(), clear func() boo
 		w.mu.Unlock()
 		return nil
 	}
-	w.waiters[wt] = struct{}{}
+	w.addWaiterLocked(wt)
 	w.mu.Unlock()
 	select {
 	case <-wt.ch:
@@ -227,7 +228,7 @@ func (c *Conn) wait(dl *deadline, cond func() bool, set func(), clear func() boo
 	case <-c.closing:
 	}
 	w.mu.Lock()
-	delete(w.waiters, wt)
+	w.dropWaiterLocked(wt)
 	w.mu.Unlock()
 	return nil
 }

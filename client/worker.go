@@ -49,8 +49,13 @@ type worker struct {
 	pending   map[uint64]chan any
 	sessions  map[uint64]*Conn
 	listeners map[uint64]*listener
-	waiters   map[*waiter]struct{}
-	dead      error
+	// waiters holds the blocked calls by the descriptor whose ring wakes
+	// them (a cut-through segment's doorbell end, or bell for sessions of
+	// the engine's transports), so a ring re-checks only the calls it can
+	// concern, not every blocked call of the worker.
+	waiters map[int]map[*waiter]struct{}
+	checked uint64 // blocked calls re-checked after rings (tests)
+	dead    error
 	// orphan: its engine is gone but it still serves cut-through sessions
 	// (App.lost); it retires with the last of them
 	orphan atomic.Bool
@@ -67,6 +72,7 @@ type worker struct {
 // waiter is a Read or Write blocked on a fifo; the event loop checks its
 // condition after each wake-up.
 type waiter struct {
+	key   int         // the descriptor whose ring wakes it (worker.waiters)
 	ready func() bool // called with worker.mu held, the waiting goroutine parked
 	arm   func()      // sets the fifo's waiting flag again
 	ch    chan struct{}
@@ -80,7 +86,7 @@ func (a *App) newWorker(info wire.WorkerInfo, fds []int) (*worker, error) {
 	}
 	w := &worker{app: a, id: info.ID, mq: mq, bell: fds[1], tbell: fds[2], ep: -1, intr: -1,
 		pending: map[uint64]chan any{}, sessions: map[uint64]*Conn{},
-		listeners: map[uint64]*listener{}, waiters: map[*waiter]struct{}{}, done: make(chan struct{})}
+		listeners: map[uint64]*listener{}, waiters: map[int]map[*waiter]struct{}{}, done: make(chan struct{})}
 	if w.intr, err = shm.NewEventFD(); err != nil {
 		w.release()
 		return nil, err
@@ -178,6 +184,7 @@ func (w *worker) loop() {
 	}()
 	buf := make([]byte, shm.MsgSize)
 	var events [16]unix.EpollEvent
+	var rung []int // the descriptors the last wait found rung
 	armed := false
 	for !w.stop.Load() {
 		progress := false
@@ -197,9 +204,10 @@ func (w *worker) loop() {
 			}
 			w.dispatch(m)
 		}
-		if w.checkWaiters() {
+		if len(rung) > 0 && w.checkWaiters(rung) {
 			progress = true
 		}
+		rung = rung[:0]
 		if progress {
 			if armed {
 				w.sleeping.Store(0)
@@ -232,6 +240,7 @@ func (w *worker) loop() {
 			} else {
 				_ = shm.DrainBell(int(ev.Fd))
 			}
+			rung = append(rung, int(ev.Fd))
 		}
 		w.sleeping.Store(0)
 		armed = false
@@ -244,12 +253,32 @@ func (w *worker) stopLoop() {
 	<-w.done
 }
 
-// checkWaiters wakes the blocked calls whose condition holds.
-func (w *worker) checkWaiters() bool {
+// checkWaiters wakes the blocked calls whose condition holds among those the
+// rung descriptors concern (intr, rung by the client itself, concerns all).
+func (w *worker) checkWaiters(rung []int) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	woke := false
-	for wt := range w.waiters {
+	for _, fd := range rung {
+		if fd == w.intr {
+			for key := range w.waiters {
+				woke = w.checkSetLocked(key) || woke
+			}
+			return woke
+		}
+	}
+	for _, fd := range rung {
+		woke = w.checkSetLocked(fd) || woke
+	}
+	return woke
+}
+
+// checkSetLocked wakes the ready calls among those rung through key.
+func (w *worker) checkSetLocked(key int) bool {
+	set := w.waiters[key]
+	woke := false
+	for wt := range set {
+		w.checked++
 		if !wt.ready() {
 			// The wake-up may have been for progress the waiter had already
 			// seen (the peer's flag check-and-clear can lag behind its
@@ -260,11 +289,33 @@ func (w *worker) checkWaiters() bool {
 				continue
 			}
 		}
-		delete(w.waiters, wt)
+		delete(set, wt)
 		close(wt.ch)
 		woke = true
 	}
+	if len(set) == 0 {
+		delete(w.waiters, key)
+	}
 	return woke
+}
+
+// addWaiterLocked and dropWaiterLocked keep w.waiters (under w.mu).
+func (w *worker) addWaiterLocked(wt *waiter) {
+	set := w.waiters[wt.key]
+	if set == nil {
+		set = map[*waiter]struct{}{}
+		w.waiters[wt.key] = set
+	}
+	set[wt] = struct{}{}
+}
+
+func (w *worker) dropWaiterLocked(wt *waiter) {
+	if set := w.waiters[wt.key]; set != nil {
+		delete(set, wt)
+		if len(set) == 0 {
+			delete(w.waiters, wt.key)
+		}
+	}
 }
 
 // engineGone fails everything of this worker: the attachment ended.
@@ -346,10 +397,12 @@ func (w *worker) dropSession(c *Conn) {
 
 func (w *worker) wakeAll() {
 	w.mu.Lock()
-	for wt := range w.waiters {
-		delete(w.waiters, wt)
-		close(wt.ch)
+	for _, set := range w.waiters {
+		for wt := range set {
+			close(wt.ch)
+		}
 	}
+	clear(w.waiters)
 	w.mu.Unlock()
 }
 
@@ -523,6 +576,10 @@ func (w *worker) dispatch(m wire.Msg) {
 	case *wire.Disconnected:
 		if c := w.conn(m.Session); c != nil {
 			c.peerClosed.Store(true)
+			// its blocked calls see the end of stream now
+			w.mu.Lock()
+			w.checkSetLocked(c.key)
+			w.mu.Unlock()
 		}
 	case *wire.ResetEvt:
 		if c := w.conn(m.Session); c != nil {
@@ -570,7 +627,13 @@ func (w *worker) newConn(h uint64, f wire.FifoPair, local, remote wire.Addr) (*C
 		// a transport session: the engine's flows watch the transport doorbell
 		ring = w.tbell
 	}
-	c := &Conn{w: w, h: h, seg: seg, rx: rx, tx: tx, ring: ring,
+	// Rings for a cut-through session come on its segment's doorbell end,
+	// for a transport session on the worker's doorbell.
+	key := seg.wait
+	if key < 0 {
+		key = w.bell
+	}
+	c := &Conn{w: w, h: h, seg: seg, rx: rx, tx: tx, ring: ring, key: key,
 		laddr: tcpAddr(local), raddr: tcpAddr(remote), closing: make(chan struct{})}
 	c.rdl.init()
 	c.wdl.init()
