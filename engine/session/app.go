@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,8 +60,8 @@ type app struct {
 	flowState // transport sessions
 }
 
-// worker is one app worker: its queue segment, queues and doorbells, and
-// the goroutine serving its request queue.
+// worker is one app worker: its queue segment, queues and doorbells; an
+// engine shard serves its request queue (shard.go).
 type worker struct {
 	app *app
 	id  uint32
@@ -94,9 +93,20 @@ type worker struct {
 	listeners map[uint64]*listener
 	backlog   [][]byte
 	dead      bool
-	drainDone chan struct{} // set by reapGracefully; closed by serve once drained
+	drainDone chan struct{} // set by reapGracefully; closed by its shard once drained
 	drained   bool
-	done      chan struct{}
+	drainLeft int  // requests a graceful drain may still serve
+	parked    bool // an asynchronous request is under way: later ones wait (namespace.async)
+
+	// shard serves the request queue (assigned at creation); queued is
+	// under shard.mu, the rest belongs to the shard's goroutine
+	shard      *shard
+	queued     bool
+	key        uint32 // in the shard's epoll set
+	registered bool   // in the shard's epoll set
+	active     bool   // polled by the shard, waiting flag clear
+	look       bool   // the shard is to serve it even with an empty queue
+	released   bool   // descriptors closed
 }
 
 func (e *Engine) handleConn(s *AttachSocket, c *net.UnixConn) {
@@ -366,8 +376,8 @@ func (ns *namespace) attach(a *app, at *wire.Attach) bool {
 	}
 	w.closeAppFDs()
 	if err != nil {
-		w.stopLocked()
-		go w.serve() // returns at once (stopped) and releases the worker's fds
+		w.dead = true
+		w.release() // never served: no shard holds its descriptors
 		ns.dropSegment(own)
 		ns.e.releaseApp()
 		return false
@@ -458,11 +468,11 @@ func (ns *namespace) newWorker(a *app) (*worker, error) {
 		return nil, err
 	}
 	w := &worker{app: a, id: a.nextWrk, mq: seg, bell: -1, appFDs: [2]int{-1, -1}, v2TBell: -1, v2Wake: -1, v2AppWake: -1,
-		sessions: map[uint64]*session{}, listeners: map[uint64]*listener{}, done: make(chan struct{})}
+		sessions: map[uint64]*session{}, listeners: map[uint64]*listener{}}
 	tbell := -1
 	fail := func(err error) (*worker, error) {
-		if w.rq != nil {
-			w.rq.Close()
+		if w.shard != nil {
+			w.shard.load.Add(-1)
 		}
 		for _, fd := range []int{w.bell, tbell} {
 			if fd >= 0 {
@@ -486,7 +496,7 @@ func (ns *namespace) newWorker(a *app) (*worker, error) {
 	if w.rq, err = shm.InitQueue(seg, qfp, slots, w.bell); err != nil {
 		return fail(err)
 	}
-	if err = w.rq.EnableWake(); err != nil {
+	if w.shard, err = ns.e.shardFor(); err != nil {
 		return fail(err)
 	}
 	if w.sleeping, err = wire.Word(seg.Bytes(), 2*qfp+wire.CtlSleeping); err != nil {
@@ -502,8 +512,10 @@ func (ns *namespace) newWorker(a *app) (*worker, error) {
 	return w, nil
 }
 
+// startWorker hands the worker to its shard, which serves its requests
+// from now on.
 func (ns *namespace) startWorker(w *worker) {
-	go w.serve()
+	w.shard.post(w)
 }
 
 // closeAppFDs closes the engine's copies of the app's doorbell ends once
@@ -521,66 +533,28 @@ func (w *worker) closeAppFDs() {
 	}
 }
 
-// stopLocked stops the worker's goroutine; it releases the queue segment and
-// doorbells when it exits.
+// stopLocked stops serving the worker: its shard releases the queue
+// segment and doorbells once it sees it dead.
 func (w *worker) stopLocked() {
 	if w.dead {
 		return
 	}
 	w.dead = true
-	if w.rq != nil {
-		_ = w.rq.Wake()
-	}
+	w.poke()
 }
 
-// serve is the worker's request loop: it blocks on the request queue (spin,
-// then poll(2) on its own thread) and handles each request under the
-// namespace lock.
-func (w *worker) serve() {
-	// The worker blocks in poll(2), which takes an OS thread of its own, and
-	// Go keeps idle threads forever. Locking the goroutine to its thread as
-	// it ends (this defer runs last) makes the runtime end that thread with
-	// it, so the threads of a reaped app go too. Not for the worker's whole
-	// life: every wake-up of a locked goroutine is a hand-off to its own
-	// thread, which cut the connect rate 2.6x (ns.mu is contended there).
-	defer runtime.LockOSThread()
-	defer close(w.done)
-	defer func() {
-		// closing our own ends never blocks; the kicker's Read returns
-		w.tbell.Close()
-		w.closeV2()
-		w.rq.Close()
-		unix.Close(w.bell)
-		w.mq.Close()
-		w.app.ns.e.releaseWorker()
-	}()
-	ns := w.app.ns
-	buf := make([]byte, shm.MsgSize)
-	for {
-		n, err := w.rq.Recv(buf, time.Time{})
-		ns.mu.Lock()
-		if w.dead {
-			ns.mu.Unlock()
-			return
-		}
-		switch {
-		case errors.Is(err, shm.ErrInterrupted):
-			if w.drainDone != nil && !w.drained {
-				w.drainLocked(buf)
-			}
-		case err != nil:
-			w.app.notice(wire.ErrInvalid, fmt.Sprintf("worker %d request queue: %v", w.id, err))
-			ns.reapLocked(w.app, fmt.Sprintf("app %s corrupted its request queue", w.app.name))
-		default:
-			m, derr := w.app.codec.Decode(buf[:n])
-			if derr != nil {
-				w.send(&wire.Reply{Code: wire.ErrInvalid, Msg: wire.Truncate(derr.Error(), wire.MaxMessageLen)})
-			} else {
-				ns.request(w, m)
-			}
-		}
-		ns.mu.Unlock()
+// release closes the worker's descriptors and queue segment (by its
+// shard, or at once when it was never started). Closing our own ends never
+// blocks; the kicker's Read returns.
+func (w *worker) release() {
+	w.tbell.Close()
+	w.closeV2()
+	unix.Close(w.bell)
+	w.mq.Close()
+	if w.shard != nil {
+		w.shard.load.Add(-1)
 	}
+	w.app.ns.e.releaseWorker()
 }
 
 // send queues an event for the app worker without blocking. When the queue
@@ -669,8 +643,8 @@ func (ns *namespace) sockRequest(a *app, m wire.Msg) bool {
 		}
 		w.closeAppFDs()
 		if err != nil {
-			w.stopLocked()
-			go w.serve() // releases its resources at once (dead)
+			w.dead = true
+			w.release() // never served: no shard holds its descriptors
 			return false
 		}
 		a.workers[w.id] = w
@@ -709,7 +683,8 @@ func (ns *namespace) reapGracefully(a *app, reason string, detach bool) {
 	for _, w := range a.workers {
 		if w.drainDone == nil {
 			w.drainDone = make(chan struct{})
-			_ = w.rq.Wake()
+			w.drainLeft = w.rq.Slots()
+			w.poke()
 		}
 		drained = append(drained, w.drainDone)
 	}
@@ -731,10 +706,12 @@ func (ns *namespace) reapGracefully(a *app, reason string, detach bool) {
 }
 
 // drainLocked processes what is left in the request queue (bounded: a
-// detaching app cannot keep the engine busy), for reapGracefully.
+// detaching app cannot keep the engine busy), for reapGracefully; by the
+// worker's shard. A request that parks the worker interrupts the drain,
+// which goes on when the worker is posted back.
 func (w *worker) drainLocked(buf []byte) {
 	ns := w.app.ns
-	for i := 0; i < w.rq.Slots() && !w.dead; i++ {
+	for ; w.drainLeft > 0 && !w.dead && !w.parked; w.drainLeft-- {
 		n, err := w.rq.TryRecv(buf)
 		if n == 0 || err != nil {
 			break
@@ -742,6 +719,9 @@ func (w *worker) drainLocked(buf []byte) {
 		if m, err := w.app.codec.Decode(buf[:n]); err == nil {
 			ns.request(w, m)
 		}
+	}
+	if w.parked && !w.dead {
+		return
 	}
 	close(w.drainDone)
 	w.drained = true
