@@ -182,7 +182,8 @@ func (g gatedTransport) Listen(req session.ListenRequest) (netip.AddrPort, wire.
 // and moves data within 1 s), and the listener's address is reserved.
 func TestSlowTransportListenLeavesNamespace(t *testing.T) {
 	gt := gatedTransport{entered: make(chan struct{}, 1), gate: make(chan struct{})}
-	eng, err := session.New(session.Config{RunDir: t.TempDir(), Transport: gt, Logf: t.Logf})
+	// one shard: the bind must not stall the shard every app shares
+	eng, err := session.New(session.Config{RunDir: t.TempDir(), Transport: gt, Logf: t.Logf, Shards: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
