@@ -15,20 +15,21 @@ import (
 )
 
 // Engine shards serve the request queues of every app worker. A shard is
-// one goroutine on a locked OS thread with an epoll set holding the
-// engine's doorbell ends of the workers assigned to it: a fixed number of
-// threads (about one per core) serves any number of apps and workers,
-// where one thread per worker made the engine's thread count follow the
-// apps (the Go runtime aborts at 10,000).
+// a goroutine with an epoll set holding the engine's doorbell ends of the
+// workers assigned to it; it sleeps in epoll_wait, which takes one OS
+// thread. A fixed number of shards (about one per core) serves any number
+// of apps and workers, where a goroutine blocked in poll(2) per worker made
+// the engine's thread count follow the apps (the Go runtime aborts at
+// 10,000 threads).
 //
-// A shard sleeps in epoll_wait. When a worker's doorbell rings it serves
-// the worker's queue in a batch (at most shardBatch requests, for fairness
-// between workers) under one acquisition of the namespace lock, and keeps
-// the worker "active": while it finds work it polls the active workers'
-// queues directly with their waiting flags clear, so an app sending
-// requests back to back does not ring. After spin without work it sets the
-// active workers' waiting flags, re-checks their queues (a request sent
-// before a flag was visible rang nothing), and sleeps.
+// When a worker's doorbell rings the shard serves the worker's queue in a
+// batch (at most shardBatch requests, for fairness between workers) under
+// one acquisition of the namespace lock, and keeps the worker "active":
+// until spin passes without work it polls the active workers' queues
+// directly with their waiting flags clear (yielding to other goroutines
+// between rounds), so an app sending requests back to back does not ring.
+// Then it sets the active workers' waiting flags, re-checks their queues
+// (a request sent before a flag was visible rang nothing), and sleeps.
 //
 // Nothing that may block runs on a shard: a request that needs a blocking
 // step (a transport binding in the app's network namespace, a TLS
@@ -44,6 +45,12 @@ import (
 
 // shardBatch bounds the requests of one worker served in a row.
 const shardBatch = 32
+
+// shardEpollEvery: while spinning, a shard polls its active workers'
+// queues on every round but its epoll set (the rings of the others) only
+// on every shardEpollEvery-th: a system call per round made polling cost
+// more than the work it found.
+const shardEpollEvery = 16
 
 // shardWakeKey is the epoll key of the shard's own eventfd; workers have
 // keys from 1.
@@ -182,20 +189,25 @@ func (w *worker) poke() {
 }
 
 func (s *shard) run() {
-	// For the shard's whole life: it sleeps in epoll_wait, a thread of its
-	// own in any case, and it would otherwise leave that thread to the
-	// runtime, which keeps idle threads forever.
-	runtime.LockOSThread()
+	// Not locked to its thread: sleeping in epoll_wait takes a thread of
+	// its own anyway (so the shards bound the engine's threads either way),
+	// and a locked goroutine's every wake-up is a hand-off to that thread,
+	// and its every Gosched one more: measured, that cut the connect rate
+	// 2-4x on 2 cores (bench -only connect). Locked only as it ends, so
+	// that the runtime ends the thread with it (Close).
+	defer runtime.LockOSThread()
 	defer close(s.done)
 	defer s.close()
 	evs := make([]unix.EpollEvent, 128)
 	buf := make([]byte, shm.MsgSize)
 	last := time.Now() // when work was last found
-	for {
+	for iter := 0; ; iter++ {
+		spinning := s.spin > 0 && time.Since(last) < s.spin
 		timeout, slept := 0, false
-		if s.spin <= 0 || time.Since(last) >= s.spin {
+		if !spinning {
 			if s.armActive() {
 				last = time.Now()
+				spinning = true
 			} else {
 				slept = true
 				s.sleeping.Store(true)
@@ -204,28 +216,30 @@ func (s *shard) run() {
 				}
 			}
 		}
-		n, err := unix.EpollWait(s.ep, evs, timeout)
-		if slept {
-			s.sleeping.Store(false)
-		}
-		if err != nil && !errors.Is(err, unix.EINTR) {
-			// only a bug makes epoll_wait fail on our own set: say so, and
-			// do not spin on it
-			s.e.logf("session: engine shard %d: epoll_wait: %v", s.id, err)
-			time.Sleep(10 * time.Millisecond)
-			continue
-		}
-		for _, ev := range evs[:max(n, 0)] {
-			key := uint32(ev.Fd)
-			if key == shardWakeKey {
-				_ = shm.DrainEventFD(s.wake)
+		if !spinning || iter%shardEpollEvery == 0 {
+			n, err := unix.EpollWait(s.ep, evs, timeout)
+			if slept {
+				s.sleeping.Store(false)
+			}
+			if err != nil && !errors.Is(err, unix.EINTR) {
+				// only a bug makes epoll_wait fail on our own set: say so, and
+				// do not spin on it
+				s.e.logf("session: engine shard %d: epoll_wait: %v", s.id, err)
+				time.Sleep(10 * time.Millisecond)
 				continue
 			}
-			if w := s.byKey[key]; w != nil {
-				// one ring taken (more keep the end readable: the next
-				// epoll_wait looks again)
-				_ = shm.DrainBell(w.bell)
-				s.activate(w)
+			for _, ev := range evs[:max(n, 0)] {
+				key := uint32(ev.Fd)
+				if key == shardWakeKey {
+					_ = shm.DrainEventFD(s.wake)
+					continue
+				}
+				if w := s.byKey[key]; w != nil {
+					// one ring taken (more keep the end readable: the next
+					// epoll_wait looks again)
+					_ = shm.DrainBell(w.bell)
+					s.activate(w)
+				}
 			}
 		}
 		if s.hasPosted.Load() {
@@ -236,6 +250,10 @@ func (s *shard) run() {
 		}
 		if s.serveActive(buf) {
 			last = time.Now()
+		} else if spinning {
+			// let the apps' goroutines run: on 2 cores a shard that holds
+			// its P while polling starves the very apps it waits for
+			runtime.Gosched()
 		}
 	}
 }
