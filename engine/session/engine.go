@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -49,9 +50,6 @@ type Config struct {
 	// socket of the app namespace (key "namespace/name") may listen on
 	// ports below 1024; nil: none may.
 	PrivilegedPorts func(namespace string) bool
-	// Shards is the number of engine shards: OS threads that serve the
-	// request queues of all app workers together (shard.go); 0: GOMAXPROCS.
-	Shards int
 	// ShardSpin is how long a shard polls the queues of the workers it
 	// just served before it sleeps (0: shm.DefaultSpin; negative: never).
 	ShardSpin time.Duration
@@ -73,6 +71,10 @@ type Limits struct {
 	MaxPendingAttaches int
 	// AttachTimeout is how long a connection may take to send its attach.
 	AttachTimeout time.Duration
+	// Shards is the number of engine shards, the goroutines (each sleeping
+	// on an OS thread of its own) that serve the request queues of all app
+	// workers together (shard.go); 0: GOMAXPROCS.
+	Shards int
 }
 
 // Default node-wide limits.
@@ -97,6 +99,7 @@ func (l Limits) withDefaults() Limits {
 	if l.AttachTimeout <= 0 {
 		l.AttachTimeout = DefaultAttachTimeout
 	}
+	def(&l.Shards, runtime.GOMAXPROCS(0))
 	return l
 }
 

@@ -89,10 +89,7 @@ func (e *Engine) shardFor() (*shard, error) {
 		return nil, errors.New("session engine is shutting down")
 	}
 	if e.shards == nil {
-		n := e.cfg.Shards
-		if n <= 0 {
-			n = runtime.GOMAXPROCS(0)
-		}
+		n := e.cfg.Limits.Shards
 		spin := e.cfg.ShardSpin
 		if spin == 0 {
 			spin = shm.DefaultSpin
