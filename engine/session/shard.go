@@ -309,28 +309,50 @@ func (s *shard) activate(w *worker) {
 	}
 }
 
-// serveActive serves every active worker with work; it drops those that
+// serveActive serves every active worker with work, holding a namespace's
+// lock across consecutive workers of the namespace; it drops those that
 // were released or parked. True when there was work.
 func (s *shard) serveActive(buf []byte) bool {
 	worked := false
+	var held *namespace
+	var gone []*worker
 	keep := s.active[:0]
 	for _, w := range s.active {
 		if w.released {
 			w.active = false
 			continue
 		}
-		if w.look || w.rq.Pending() {
-			w.look = false
-			worked = true
-			if !s.serve(w, buf) {
-				w.active = false
-				continue
-			}
+		if !w.look && !w.rq.Pending() {
+			keep = append(keep, w)
+			continue
 		}
-		keep = append(keep, w)
+		w.look = false
+		worked = true
+		if ns := w.app.ns; ns != held {
+			if held != nil {
+				held.mu.Unlock()
+			}
+			ns.mu.Lock()
+			held = ns
+		}
+		switch s.serveLocked(w, buf) {
+		case served:
+			keep = append(keep, w)
+		case parked:
+			w.active = false
+		case stopped:
+			w.active = false
+			gone = append(gone, w)
+		}
+	}
+	if held != nil {
+		held.mu.Unlock()
 	}
 	clear(s.active[len(keep):])
 	s.active = keep
+	for _, w := range gone {
+		s.release(w)
+	}
 	return worked
 }
 
@@ -356,16 +378,32 @@ func (s *shard) armActive() bool {
 	return false
 }
 
-// serve handles what w has for the shard under one acquisition of its
-// namespace's lock: its stop, its graceful drain, then a batch of its
-// requests. False when the worker is no longer to be polled (stopped and
-// released, or parked by an asynchronous request).
-func (s *shard) serve(w *worker, buf []byte) bool {
+// serve is serveLocked with the namespace lock taken for it, releasing a
+// stopped worker after.
+func (s *shard) serve(w *worker, buf []byte) {
 	if w.released {
-		return false
+		return
 	}
 	ns := w.app.ns
 	ns.mu.Lock()
+	st := s.serveLocked(w, buf)
+	ns.mu.Unlock()
+	if st == stopped {
+		s.release(w)
+	}
+}
+
+// What serveLocked left a worker as.
+const (
+	served  = iota // still to be polled
+	parked         // an asynchronous request is under way: its completion posts it back
+	stopped        // dead: to be released (without ns.mu)
+)
+
+// serveLocked handles what w has for the shard (ns.mu held): its stop, its
+// graceful drain, then a batch of its requests.
+func (s *shard) serveLocked(w *worker, buf []byte) int {
+	ns := w.app.ns
 	if !w.dead && !w.parked && w.drainDone != nil && !w.drained {
 		w.drainLocked(buf)
 	}
@@ -386,17 +424,17 @@ func (s *shard) serve(w *worker, buf []byte) bool {
 		}
 		ns.request(w, m)
 	}
-	dead, parked := w.dead, w.parked
-	if dead && w.drainDone != nil && !w.drained {
-		close(w.drainDone) // nothing left to drain: the reaper need not wait
-		w.drained = true
+	switch {
+	case w.dead:
+		if w.drainDone != nil && !w.drained {
+			close(w.drainDone) // nothing left to drain: the reaper need not wait
+			w.drained = true
+		}
+		return stopped
+	case w.parked:
+		return parked
 	}
-	ns.mu.Unlock()
-	if dead {
-		s.release(w)
-		return false
-	}
-	return !parked
+	return served
 }
 
 // release takes a stopped worker out of the epoll set and closes its
