@@ -2,6 +2,7 @@ package session
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"runtime"
 	"testing"
@@ -117,5 +118,69 @@ func TestShardsBoundThreads(t *testing.T) {
 	t.Logf("%d apps x %d workers: %d OS threads (%d before the first worker, %d shards)", apps, workers, n, base, shards)
 	if n > base+shards+8 {
 		t.Fatalf("%d OS threads for %d workers: more than %d before + %d shards + 8", n, apps*workers, base, shards)
+	}
+}
+
+// gateListen is a transport whose listens block until gate is closed, as a
+// bind in a pod's network namespace may take its time; it refuses connects.
+type gateListen struct{ entered, gate chan struct{} }
+
+func (gateListen) Name() string                               { return "gate" }
+func (gateListen) Host(string, netip.Addr) (string, bool)     { return "", false }
+func (gateListen) Connect(ConnectRequest) (wire.Code, string) { return wire.ErrRefused, "gate refuses" }
+func (g gateListen) Listen(req ListenRequest) (netip.AddrPort, wire.Code, string) {
+	g.entered <- struct{}{}
+	<-g.gate
+	return req.Local, wire.OK, ""
+}
+
+// TestParkedWorkerKeepsOrder: a request with a blocking step (a transport
+// bind) parks its worker, not the shard: on a single shard another app is
+// served meanwhile, and the parked worker's next request (a connect to the
+// address being bound) is served after the bind completes, in order, as a
+// client that listens and then connects expects.
+func TestParkedWorkerKeepsOrder(t *testing.T) {
+	g := gateListen{entered: make(chan struct{}, 1), gate: make(chan struct{})}
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(g.gate)
+		}
+	}
+	dir := t.TempDir()
+	e, err := New(Config{RunDir: dir, Logf: t.Logf, Transport: g, Limits: Limits{Shards: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	path, err := e.AddNamespace(testCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release) // before the engine's Close, which must not wait for the bind forever
+	a := attachRaw(t, path, "binder")
+	b := attachRaw(t, path, "other")
+
+	a.request(&wire.Listen{Ctx: 1, Addr: lo(7000)})
+	<-g.entered // the bind is under way
+	a.request(&wire.Connect{Ctx: 2, Remote: lo(7000)})
+	// the shard serves the other app meanwhile
+	b.request(&wire.Connect{Ctx: 3, Remote: wire.Addr{Proto: wire.TCP, IP: netip.MustParseAddr("192.0.2.1"), Port: 80}})
+	if c, ok := b.event().(*wire.Connected); !ok || c.Ctx != 3 || c.Code != wire.ErrRefused {
+		t.Fatalf("other app's connect answered %#v, want refused by the transport", c)
+	}
+	release()
+	if m, ok := a.event().(*wire.Bound); !ok || m.Ctx != 1 || m.Code != wire.OK {
+		t.Fatalf("first event %#v, want the listen's bound", m)
+	}
+	if m, _ := recv(t, a.c); m.Type() != wire.TAddSegment {
+		t.Fatalf("%v on the attach socket, want the add-segment of the session to itself", m.Type())
+	}
+	if _, ok := a.event().(*wire.Accepted); !ok {
+		t.Fatal("the listener was not told of the session")
+	}
+	if m, ok := a.event().(*wire.Connected); !ok || m.Ctx != 2 || m.Code != wire.OK {
+		t.Fatalf("connect after the listen answered %#v, want connected", m)
 	}
 }
