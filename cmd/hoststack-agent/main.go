@@ -94,7 +94,8 @@ func run(args []string) int {
 	anp := fs.Bool("admin-network-policy", false, "Kubernetes mode: also enforce AdminNetworkPolicies and the BaselineAdminNetworkPolicy (policy.networking.k8s.io/v1alpha1, alpha; their CRDs must be installed) on cut-through sessions")
 	connectTimeout := fs.Duration("connect-timeout", kernel.DefaultConnectTimeout, "kernel transport: how long a TCP handshake to the outside world may take")
 	nodeMaxApps := fs.Int("node-max-apps", session.DefaultNodeMaxApps, "the engine's cap on attached apps, all AppNamespaces together")
-	nodeMaxWorkers := fs.Int("node-max-workers", session.DefaultNodeMaxWorkers, "the engine's cap on app workers, all apps together (each waits on an OS thread)")
+	nodeMaxWorkers := fs.Int("node-max-workers", session.DefaultNodeMaxWorkers, "the engine's cap on app workers, all apps together")
+	engineShards := fs.Int("engine-shards", 0, "engine shards: threads that serve the request queues of all app workers together (0: one per CPU the Go runtime uses, GOMAXPROCS)")
 	nodeMaxThreads := fs.Int("node-max-engine-threads", session.DefaultNodeMaxThreads, "no app worker is added while the agent has this many OS threads (Go aborts at 10000)")
 	maxPending := fs.Int("max-pending-attaches", session.DefaultMaxPendingAttaches, "connections per attach socket that may wait to complete their attach; more are refused")
 	attachTimeout := fs.Duration("attach-timeout", session.DefaultAttachTimeout, "how long a connection to an attach socket may take to send its attach")
@@ -146,7 +147,11 @@ func run(args []string) int {
 	}
 
 	limits := session.Limits{MaxApps: *nodeMaxApps, MaxWorkers: *nodeMaxWorkers, MaxThreads: *nodeMaxThreads,
-		MaxPendingAttaches: *maxPending, AttachTimeout: *attachTimeout}
+		MaxPendingAttaches: *maxPending, AttachTimeout: *attachTimeout, Shards: *engineShards}
+	if *engineShards < 0 {
+		fmt.Fprintln(os.Stderr, "hoststack-agent: --engine-shards must not be negative")
+		return 2
+	}
 	if limits.MaxApps <= 0 || limits.MaxWorkers <= 0 || limits.MaxThreads <= 0 || limits.MaxPendingAttaches <= 0 || limits.AttachTimeout <= 0 {
 		fmt.Fprintln(os.Stderr, "hoststack-agent: --node-max-apps, --node-max-workers, --node-max-engine-threads, --max-pending-attaches and --attach-timeout must be positive")
 		return 2

@@ -6,10 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -59,44 +56,6 @@ type app struct {
 	dead      bool
 	sockMu    sync.Mutex
 	flowState // transport sessions
-}
-
-// worker is one app worker: its queue segment, queues and doorbells, and
-// the goroutine serving its request queue.
-type worker struct {
-	app *app
-	id  uint32
-	mq  *shm.Segment
-	evq *shm.Queue // engine → app
-	rq  *shm.Queue // app → engine
-	// bell is the engine's end of the worker's doorbell: the engine rings it
-	// to wake the app's event loop (events, transport progress) and waits on
-	// it for requests. The app holds the other end, its own description.
-	bell int
-	// tbell is the engine's end of the worker's transport doorbell: the app
-	// rings its end after progress on a transport fifo whose waiting flag is
-	// set; kicker (started with the first transport session) kicks the flows.
-	tbell  *os.File
-	kicked bool
-	// appFDs are the app's ends until they are passed (closed right after:
-	// the engine never keeps a description the app holds)
-	appFDs [2]int
-	// v2TBell is a version-2 app's transport doorbell end until its own
-	// segment is announced; v2Wake the engine's write end of its wake pipe,
-	// v2AppWake the app's until passed (legacy.go); -1 otherwise
-	v2TBell, v2Wake, v2AppWake int
-	// sleeping is the app loop's flag in the worker's control line (shared,
-	// written by the app: only ever decides whether to signal)
-	sleeping *atomic.Uint64
-	info     wire.WorkerInfo
-
-	sessions  map[uint64]*session
-	listeners map[uint64]*listener
-	backlog   [][]byte
-	dead      bool
-	drainDone chan struct{} // set by reapGracefully; closed by serve once drained
-	drained   bool
-	done      chan struct{}
 }
 
 func (e *Engine) handleConn(s *AttachSocket, c *net.UnixConn) {
@@ -366,8 +325,8 @@ func (ns *namespace) attach(a *app, at *wire.Attach) bool {
 	}
 	w.closeAppFDs()
 	if err != nil {
-		w.stopLocked()
-		go w.serve() // returns at once (stopped) and releases the worker's fds
+		w.dead = true
+		w.release() // never served: no shard holds its descriptors
 		ns.dropSegment(own)
 		ns.e.releaseApp()
 		return false
@@ -444,202 +403,6 @@ func clampFifo(req, max int) int {
 	return c
 }
 
-// newWorker creates a worker's queue segment, queues and doorbells; the
-// app's ends wait in w.appFDs until passed.
-func (ns *namespace) newWorker(a *app) (*worker, error) {
-	if err := ns.e.reserveWorker(); err != nil {
-		return nil, err
-	}
-	slots := ns.cfg.QueueSlots
-	qfp := shm.QueueFootprint(slots)
-	seg, err := shm.CreateSegment(fmt.Sprintf("hs-mq-%d-%d", a.id, a.nextWrk), 2*qfp+wire.CtlSize)
-	if err != nil {
-		ns.e.releaseWorker()
-		return nil, err
-	}
-	w := &worker{app: a, id: a.nextWrk, mq: seg, bell: -1, appFDs: [2]int{-1, -1}, v2TBell: -1, v2Wake: -1, v2AppWake: -1,
-		sessions: map[uint64]*session{}, listeners: map[uint64]*listener{}, done: make(chan struct{})}
-	tbell := -1
-	fail := func(err error) (*worker, error) {
-		if w.rq != nil {
-			w.rq.Close()
-		}
-		for _, fd := range []int{w.bell, tbell} {
-			if fd >= 0 {
-				unix.Close(fd)
-			}
-		}
-		w.closeAppFDs()
-		seg.Close()
-		ns.e.releaseWorker()
-		return nil, err
-	}
-	if w.bell, w.appFDs[0], err = shm.NewDoorbell(); err != nil {
-		return fail(err)
-	}
-	if tbell, w.appFDs[1], err = shm.NewDoorbell(); err != nil {
-		return fail(err)
-	}
-	if w.evq, err = shm.InitQueue(seg, 0, slots, w.bell); err != nil {
-		return fail(err)
-	}
-	if w.rq, err = shm.InitQueue(seg, qfp, slots, w.bell); err != nil {
-		return fail(err)
-	}
-	if err = w.rq.EnableWake(); err != nil {
-		return fail(err)
-	}
-	if w.sleeping, err = wire.Word(seg.Bytes(), 2*qfp+wire.CtlSleeping); err != nil {
-		return fail(err)
-	}
-	w.sleeping.Store(0)
-	a.nextWrk++
-	// the engine's own end: non-blocking for good, so Go's netpoller serves
-	// the kicker without a thread
-	w.tbell = os.NewFile(uintptr(tbell), fmt.Sprintf("hs-tbell-%d-%d", a.id, w.id))
-	w.info = wire.WorkerInfo{ID: w.id, MQSize: uint64(seg.Size()), EvqOff: 0, EvqSlots: uint32(slots),
-		ReqOff: uint64(qfp), ReqSlots: uint32(slots), CtlOff: uint64(2 * qfp)}
-	return w, nil
-}
-
-func (ns *namespace) startWorker(w *worker) {
-	go w.serve()
-}
-
-// closeAppFDs closes the engine's copies of the app's doorbell ends once
-// they were passed (or could not be).
-func (w *worker) closeAppFDs() {
-	for i, fd := range w.appFDs {
-		if fd >= 0 {
-			unix.Close(fd)
-			w.appFDs[i] = -1
-		}
-	}
-	if w.v2AppWake >= 0 {
-		unix.Close(w.v2AppWake)
-		w.v2AppWake = -1
-	}
-}
-
-// stopLocked stops the worker's goroutine; it releases the queue segment and
-// doorbells when it exits.
-func (w *worker) stopLocked() {
-	if w.dead {
-		return
-	}
-	w.dead = true
-	if w.rq != nil {
-		_ = w.rq.Wake()
-	}
-}
-
-// serve is the worker's request loop: it blocks on the request queue (spin,
-// then poll(2) on its own thread) and handles each request under the
-// namespace lock.
-func (w *worker) serve() {
-	// The worker blocks in poll(2), which takes an OS thread of its own, and
-	// Go keeps idle threads forever. Locking the goroutine to its thread as
-	// it ends (this defer runs last) makes the runtime end that thread with
-	// it, so the threads of a reaped app go too. Not for the worker's whole
-	// life: every wake-up of a locked goroutine is a hand-off to its own
-	// thread, which cut the connect rate 2.6x (ns.mu is contended there).
-	defer runtime.LockOSThread()
-	defer close(w.done)
-	defer func() {
-		// closing our own ends never blocks; the kicker's Read returns
-		w.tbell.Close()
-		w.closeV2()
-		w.rq.Close()
-		unix.Close(w.bell)
-		w.mq.Close()
-		w.app.ns.e.releaseWorker()
-	}()
-	ns := w.app.ns
-	buf := make([]byte, shm.MsgSize)
-	for {
-		n, err := w.rq.Recv(buf, time.Time{})
-		ns.mu.Lock()
-		if w.dead {
-			ns.mu.Unlock()
-			return
-		}
-		switch {
-		case errors.Is(err, shm.ErrInterrupted):
-			if w.drainDone != nil && !w.drained {
-				w.drainLocked(buf)
-			}
-		case err != nil:
-			w.app.notice(wire.ErrInvalid, fmt.Sprintf("worker %d request queue: %v", w.id, err))
-			ns.reapLocked(w.app, fmt.Sprintf("app %s corrupted its request queue", w.app.name))
-		default:
-			m, derr := w.app.codec.Decode(buf[:n])
-			if derr != nil {
-				w.send(&wire.Reply{Code: wire.ErrInvalid, Msg: wire.Truncate(derr.Error(), wire.MaxMessageLen)})
-			} else {
-				ns.request(w, m)
-			}
-		}
-		ns.mu.Unlock()
-	}
-}
-
-// send queues an event for the app worker without blocking. When the queue
-// is full the event waits in a bounded backlog retried by the flusher; an app
-// that lets the backlog overflow is detached with a notice naming the queue.
-func (w *worker) send(m wire.Msg) {
-	if w.dead {
-		return
-	}
-	var b [wire.QueueMsgMax]byte
-	n, err := w.app.codec.Encode(b[:], m)
-	if err != nil {
-		w.app.ns.e.logf("session: encode %v: %v", m.Type(), err)
-		return
-	}
-	if len(w.backlog) > 0 {
-		w.flushLocked()
-	}
-	if len(w.backlog) == 0 && w.trySend(b[:n]) {
-		return
-	}
-	if len(w.backlog) >= maxBacklogFactor*w.evq.Slots() {
-		a := w.app
-		a.notice(wire.ErrQueueFull, fmt.Sprintf("app %s worker %d does not consume its event queue (%d slots, queueSlots of app namespace %s) and is detached",
-			a.name, w.id, w.evq.Slots(), a.ns.key))
-		a.ns.reapLocked(a, "app "+a.name+" stopped consuming its event queue")
-		return
-	}
-	w.backlog = append(w.backlog, append([]byte(nil), b[:n]...))
-	select {
-	case w.app.ns.e.kick <- struct{}{}:
-	default:
-	}
-}
-
-// trySend sends without backlog; false when the queue is full. The doorbell
-// is rung only when the app's event loop announced it sleeps (wire's control
-// line; the loop also serves fifo wake-ups, so the queue's own waiting flag
-// is not used). Ringing never blocks, whatever the app does to its end.
-func (w *worker) trySend(msg []byte) bool {
-	if err := w.evq.Send(msg); err != nil {
-		return false
-	}
-	if w.sleeping.Load() != 0 && w.sleeping.Swap(0) != 0 {
-		w.wakeApp()
-	}
-	return true
-}
-
-func (w *worker) flushLocked() {
-	i := 0
-	for ; i < len(w.backlog); i++ {
-		if !w.trySend(w.backlog[i]) {
-			break
-		}
-	}
-	w.backlog = append(w.backlog[:0], w.backlog[i:]...)
-}
-
 // sockRequest handles an attach-socket message of an attached app; true
 // ends the conversation.
 func (ns *namespace) sockRequest(a *app, m wire.Msg) bool {
@@ -669,8 +432,8 @@ func (ns *namespace) sockRequest(a *app, m wire.Msg) bool {
 		}
 		w.closeAppFDs()
 		if err != nil {
-			w.stopLocked()
-			go w.serve() // releases its resources at once (dead)
+			w.dead = true
+			w.release() // never served: no shard holds its descriptors
 			return false
 		}
 		a.workers[w.id] = w
@@ -709,7 +472,8 @@ func (ns *namespace) reapGracefully(a *app, reason string, detach bool) {
 	for _, w := range a.workers {
 		if w.drainDone == nil {
 			w.drainDone = make(chan struct{})
-			_ = w.rq.Wake()
+			w.drainLeft = w.rq.Slots()
+			w.poke()
 		}
 		drained = append(drained, w.drainDone)
 	}
@@ -728,23 +492,6 @@ func (ns *namespace) reapGracefully(a *app, reason string, detach bool) {
 		a.sendSock(&wire.DetachReply{}, nil)
 	}
 	ns.reapLocked(a, reason)
-}
-
-// drainLocked processes what is left in the request queue (bounded: a
-// detaching app cannot keep the engine busy), for reapGracefully.
-func (w *worker) drainLocked(buf []byte) {
-	ns := w.app.ns
-	for i := 0; i < w.rq.Slots() && !w.dead; i++ {
-		n, err := w.rq.TryRecv(buf)
-		if n == 0 || err != nil {
-			break
-		}
-		if m, err := w.app.codec.Decode(buf[:n]); err == nil {
-			ns.request(w, m)
-		}
-	}
-	close(w.drainDone)
-	w.drained = true
 }
 
 // reapLocked releases everything the app holds: its sessions (peers see a
@@ -781,34 +528,4 @@ func (ns *namespace) reapLocked(a *app, reason string) {
 	ns.stats.appsReaped++
 	// close the socket so the app's reader (if alive) sees the end
 	go a.conn.Close()
-}
-
-// reapWorkerLocked resets the worker's sessions, removes its listeners and
-// stops it.
-func (ns *namespace) reapWorkerLocked(w *worker, reason string) {
-	for _, l := range w.listeners {
-		ns.unlistenLocked(l)
-	}
-	for _, s := range w.sessions {
-		ns.releaseLocked(s, true, reason)
-	}
-	w.stopLocked()
-	// cut-through segments of this worker that no session uses any more
-	var empty []*segment
-	for k, segs := range ns.pairs {
-		if k[0] != w && k[1] != w {
-			continue
-		}
-		for _, s := range segs {
-			if s.sessions == 0 {
-				empty = append(empty, s)
-			} else {
-				s.orphan = true
-			}
-		}
-	}
-	for _, s := range empty {
-		ns.dropCT(s)
-	}
-	w.backlog = nil
 }

@@ -27,10 +27,12 @@ package session
 // NewDoorbell: a datagram socket pair, one end per side, each side's own
 // open file description). The worker doorbell carries both directions: the
 // engine rings its end for events, the app rings its end for requests, and
-// each side sleeps on its own end. The engine runs one goroutine per worker
-// that blocks in shm.Queue.Recv (spin, then poll(2) on its own thread, not
-// the netpoller) and handles each request under the namespace mutex. The
-// transport doorbell is rung by the app for its transport sessions (below).
+// each side sleeps on its own end. A fixed number of engine shards (about
+// one per core; shard.go) serves the request queues of all workers: each
+// waits in epoll_wait on the engine's doorbell ends of its workers and
+// serves a ready worker's requests in a batch under one acquisition of the
+// namespace mutex, so the engine's threads do not grow with apps and
+// workers. The transport doorbell is rung by the app for its transport sessions (below).
 // The engine creates both pairs, passes the app's ends and closes its copies
 // at once: it never holds a description the app holds, so nothing the app
 // does to its descriptors (blocking mode, full buffers) can block an engine
@@ -44,7 +46,9 @@ package session
 // queue size. Accepts take the backlog only up to one queue's worth; past
 // that the connect is refused (like a full listen backlog). Socket writes and
 // doorbell rings use MSG_DONTWAIT on the engine's own descriptors. What may
-// take long runs with the mutex released and its result re-checked after: a
+// take long runs neither under the mutex nor on a shard: the worker is
+// parked (its later requests wait, in order), the step runs on a goroutine
+// of its own, and its result is re-checked under the mutex after: a
 // transport's bind in the app's network namespace (a global-scope listen,
 // whose key is reserved meanwhile as a pending listener that conflicts but
 // takes no sessions; a UDP socket) and the TLS handshake of a cut-through

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -49,11 +50,16 @@ type Config struct {
 	// socket of the app namespace (key "namespace/name") may listen on
 	// ports below 1024; nil: none may.
 	PrivilegedPorts func(namespace string) bool
+	// ShardSpin is how long a shard polls the queues of the workers it
+	// just served before it sleeps (0: shm.DefaultSpin; negative: never).
+	ShardSpin time.Duration
 }
 
-// Limits are node-wide caps on what all app namespaces together may hold:
-// each worker costs the engine an OS thread while it waits for requests, and
-// the Go runtime aborts the whole process at 10,000 threads.
+// Limits are node-wide caps on what all app namespaces together may hold.
+// Workers share the engine's shards (a fixed number of threads), but each
+// costs a queue segment and descriptors; MaxThreads guards the process
+// (the Go runtime aborts it at 10,000 threads) against whatever else
+// grows its threads.
 type Limits struct {
 	MaxApps    int // apps attached, all app namespaces
 	MaxWorkers int // app workers, all apps
@@ -65,6 +71,10 @@ type Limits struct {
 	MaxPendingAttaches int
 	// AttachTimeout is how long a connection may take to send its attach.
 	AttachTimeout time.Duration
+	// Shards is the number of engine shards, the goroutines (each sleeping
+	// on an OS thread of its own) that serve the request queues of all app
+	// workers together (shard.go); 0: GOMAXPROCS.
+	Shards int
 }
 
 // Default node-wide limits.
@@ -89,6 +99,7 @@ func (l Limits) withDefaults() Limits {
 	if l.AttachTimeout <= 0 {
 		l.AttachTimeout = DefaultAttachTimeout
 	}
+	def(&l.Shards, runtime.GOMAXPROCS(0))
 	return l
 }
 
@@ -114,6 +125,10 @@ type Engine struct {
 	stop            chan struct{}
 	kick            chan struct{} // an event went to a backlog: the flusher retries
 	relays          relay         // cut-through rings for version-2 apps (legacy.go)
+
+	shardMu       sync.Mutex
+	shards        []*shard // started with the first worker
+	shardsStopped bool
 }
 
 // New returns an engine. Call Close to stop it.
@@ -145,7 +160,7 @@ func New(cfg Config) (*Engine, error) {
 // below it: all control operations of one namespace are serialised, and no
 // operation ever blocks while holding it (queue sends, doorbell rings and
 // socket writes are non-blocking on the engine's own descriptors; transport
-// binds and TLS handshakes release it, see namespace.unlocked).
+// binds and TLS handshakes run without it, see namespace.async).
 type namespace struct {
 	e   *Engine
 	key string
@@ -331,6 +346,7 @@ func (e *Engine) Close() error {
 	for s := range socks {
 		s.Close()
 	}
+	e.stopShards()
 	close(e.stop)
 	e.wg.Wait()
 	e.relays.close()

@@ -38,7 +38,8 @@ func (e *Engine) reserveApp() error {
 func (e *Engine) releaseApp() { e.nApps.Add(-1) }
 
 // reserveWorker takes one of the node's worker slots, checking the thread
-// cap too (a worker waits for requests on an OS thread of its own).
+// cap too (workers share the engine's shards, but the cap guards the
+// process against whatever else grows its threads).
 func (e *Engine) reserveWorker() error {
 	max := int64(e.cfg.Limits.MaxWorkers)
 	for {

@@ -217,9 +217,10 @@ func TestNodeLimits(t *testing.T) {
 }
 
 // TestNodeThreadLimit: no worker is added while the engine's process has
-// maxThreads OS threads (counted in /proc/self/task). Before the cap, 20
-// apps of 16 workers took the engine from 6 to 326 threads, and the Go
-// runtime aborts at 10,000.
+// maxThreads OS threads (counted in /proc/self/task). The engine's own
+// threads are bounded by its shards (TestShardsBoundThreads); here the
+// clients, in the same process, spend a thread per worker and reach the
+// cap.
 func TestNodeThreadLimit(t *testing.T) {
 	threads := func() int {
 		ents, err := os.ReadDir("/proc/self/task")

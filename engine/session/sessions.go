@@ -328,9 +328,9 @@ func (ns *namespace) listen(w *worker, m *wire.Listen) {
 	// counted from here: another worker of the app may listen while a
 	// transport binds this one without ns.mu
 	a.nlisten++
-	committed := false
+	counted := true // dropped on failure, until committed or handed to the completion
 	defer func() {
-		if !committed {
+		if counted {
 			a.nlisten--
 		}
 	}()
@@ -367,73 +367,74 @@ func (ns *namespace) listen(w *worker, m *wire.Listen) {
 		return
 	}
 	l = &listener{handle: ns.handle(), key: key, w: w, local: local, tls: srvTLS}
-	if global {
-		// The transport binds in the app's network namespace (setns, bind:
-		// system calls that may take long), so it runs without ns.mu. A
-		// specific local key is reserved meanwhile (pending: conflicts see
-		// it, connects do not); the worker's later requests wait, as it
-		// serves them in order.
-		reserved := key.port != 0
-		if reserved {
-			l.pending = true
-			if local {
-				ns.listeners[key] = l
-			}
-			ns.portAdd(l)
+	if !global {
+		counted = false
+		ns.commitListen(l, m.Ctx)
+		return
+	}
+	// The transport binds in the app's network namespace (setns, bind:
+	// system calls that may take long), so it runs without ns.mu and off
+	// the shard. A specific local key is reserved meanwhile (pending:
+	// conflicts see it, connects do not); the worker's later requests
+	// wait, as it serves them in order.
+	reserved := key.port != 0
+	if reserved {
+		l.pending = true
+		if local {
+			ns.listeners[key] = l
 		}
-		unreserve := func() {
-			if !reserved {
-				return
-			}
-			if ns.listeners[key] == l {
-				delete(ns.listeners, key)
-			}
-			ns.portDel(l)
+		ns.portAdd(l)
+	}
+	unreserve := func() {
+		if !reserved {
+			return
 		}
-		tl := &TransportListener{ns: ns, l: l, app: a.name, tls: srvTLS, closed: make(chan struct{})}
-		req := ListenRequest{Namespace: ns.key, App: a.name, Host: a.host, Local: netip.AddrPortFrom(ip, key.port), Listener: tl}
-		var bound netip.AddrPort
-		var code wire.Code
-		var msg string
-		ns.unlocked(func() { bound, code, msg = st.Listen(req) })
+		if ns.listeners[key] == l {
+			delete(ns.listeners, key)
+		}
+		ns.portDel(l)
+	}
+	tl := &TransportListener{ns: ns, l: l, app: a.name, tls: srvTLS, closed: make(chan struct{})}
+	req := ListenRequest{Namespace: ns.key, App: a.name, Host: a.host, Local: netip.AddrPortFrom(ip, key.port), Listener: tl}
+	var bound netip.AddrPort
+	counted = false // the completion's now
+	ns.async(w, func() { bound, code, msg = st.Listen(req) }, func() {
 		unreserve()
 		l.pending = false
-		if w.dead || ns.removed {
+		switch {
+		case w.dead || ns.removed:
 			// reaped meanwhile: nobody to tell, stop the transport's listener
 			tl.closeLocked()
-			return
-		}
-		if code != wire.OK {
+		case code != wire.OK:
 			fail(code, "%s", msg)
+		default:
+			l.tl = tl
+			if key.port == 0 {
+				key.port = bound.Port()
+				l.key = key
+			}
+			if inUse() {
+				tl.closeLocked()
+				break
+			}
+			ns.commitListen(l, m.Ctx)
 			return
 		}
-		l.tl = tl
-		if key.port == 0 {
-			key.port = bound.Port()
-			l.key = key
-		}
-		if inUse() {
-			tl.closeLocked()
-			return
-		}
-	}
-	if local {
+		a.nlisten--
+	})
+}
+
+// commitListen makes l a listener of its worker and answers the listen
+// (its count in the app's nlisten is taken already).
+func (ns *namespace) commitListen(l *listener, ctx uint64) {
+	w, key := l.w, l.key
+	if l.local {
 		ns.listeners[key] = l
 	}
 	ns.handles[l.handle] = l
 	w.listeners[l.handle] = l
-	committed = true
 	ns.portAdd(l)
-	w.send(&wire.Bound{Ctx: m.Ctx, Listener: l.handle, Local: wire.Addr{Proto: wire.TCP, IP: ip, Port: key.port}})
-}
-
-// unlocked runs f without ns.mu (held by the caller, and held again when
-// unlocked returns): for work that may block. The caller re-checks what f's
-// duration may have changed (the worker reaped, the namespace removed).
-func (ns *namespace) unlocked(f func()) {
-	ns.mu.Unlock()
-	defer ns.mu.Lock()
-	f()
+	w.send(&wire.Bound{Ctx: ctx, Listener: l.handle, Local: wire.Addr{Proto: wire.TCP, IP: key.ip, Port: key.port}})
 }
 
 func (ns *namespace) freePort(k listenKey) (uint16, bool) {
@@ -647,11 +648,20 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 	}
 	if m.TLS != 0 || l.tls != nil {
 		tc, code, msg := ns.tlsClient(a, m.TLS, dst)
-		if code == wire.OK {
-			// the handshake is milliseconds of CPU (or a timeout): not
-			// under ns.mu
-			srvTLS, name := l.tls, srv.app.name
-			ns.unlocked(func() { code, msg = localTLS(tc, srvTLS, name) })
+		if code != wire.OK {
+			fail(code, "%s", msg)
+			return
+		}
+		srvTLS, name := l.tls, srv.app.name
+		if tc == nil || srvTLS == nil {
+			// a mismatch: refused at once, no handshake
+			code, msg = localTLS(tc, srvTLS, name)
+			fail(code, "%s", msg)
+			return
+		}
+		// the handshake is milliseconds of CPU (or a timeout): not under
+		// ns.mu, not on the shard
+		ns.async(w, func() { code, msg = localTLS(tc, srvTLS, name) }, func() {
 			if w.dead {
 				return
 			}
@@ -661,12 +671,21 @@ func (ns *namespace) connect(w *worker, m *wire.Connect) {
 			if code == wire.OK && (a.nsessions >= cfg.MaxSessionsPerApp || srv.app.nsessions >= cfg.MaxSessionsPerApp) {
 				code, msg = wire.ErrQuota, fmt.Sprintf("maxSessionsPerApp (%d) of app namespace %s reached during the TLS handshake", cfg.MaxSessionsPerApp, ns.key)
 			}
-		}
-		if code != wire.OK {
-			fail(code, "%s", msg)
-			return
-		}
+			if code != wire.OK {
+				fail(code, "%s", msg)
+				return
+			}
+			ns.connectLocal(w, m, l, local, dst, fail)
+		})
+		return
 	}
+	ns.connectLocal(w, m, l, local, dst, fail)
+}
+
+// connectLocal completes a cut-through connect of w to listener l: the
+// fifo pair, the accepted event to the listener, the connected event.
+func (ns *namespace) connectLocal(w *worker, m *wire.Connect, l *listener, local, dst netip.AddrPort, fail func(code wire.Code, format string, args ...any)) {
+	a, srv := w.app, l.w
 	c2s, s2c := a.txFifo, a.rxFifo
 	fp1, fp2 := shm.FifoFootprint(c2s), shm.FifoFootprint(s2c)
 	seg, off, code, msg := ns.allocPair(w, srv, fp1+fp2)

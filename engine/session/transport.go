@@ -550,19 +550,21 @@ func (ns *namespace) listenPacket(w *worker, m *wire.Listen, local netip.AddrPor
 	}
 	f.dgram = true
 	f.connected = true
-	// the transport binds in the app's network namespace: not under ns.mu
-	// (the flow is registered, so a reap meanwhile reaches it as AppClosed)
+	// the transport binds in the app's network namespace: not under ns.mu,
+	// not on the shard (the flow is registered, so a reap meanwhile reaches
+	// it as AppClosed)
 	req := PacketRequest{Namespace: ns.key, App: a.name, Host: a.host, Local: local, Flow: f}
 	var bound netip.AddrPort
-	ns.unlocked(func() { bound, code, msg = pt.ListenPacket(req) })
-	if code != wire.OK {
-		ns.dropFlowLocked(f)
-		fail(code, "%s", msg)
-		return
-	}
-	if f.appDone {
-		return // reaped meanwhile: the transport sees AppClosed and finishes
-	}
-	f.s.local = wire.Addr{Proto: wire.UDP, IP: bound.Addr().Unmap(), Port: bound.Port()}
-	w.send(&wire.Bound{Ctx: m.Ctx, Local: f.s.local, Session: f.s.handle, Fifos: f.fifos()})
+	ns.async(w, func() { bound, code, msg = pt.ListenPacket(req) }, func() {
+		if code != wire.OK {
+			ns.dropFlowLocked(f)
+			fail(code, "%s", msg)
+			return
+		}
+		if f.appDone {
+			return // reaped meanwhile: the transport sees AppClosed and finishes
+		}
+		f.s.local = wire.Addr{Proto: wire.UDP, IP: bound.Addr().Unmap(), Port: bound.Port()}
+		w.send(&wire.Bound{Ctx: m.Ctx, Local: f.s.local, Session: f.s.handle, Fifos: f.fifos()})
+	})
 }

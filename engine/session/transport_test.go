@@ -179,10 +179,12 @@ func (g gatedTransport) Listen(req session.ListenRequest) (netip.AddrPort, wire.
 
 // TestSlowTransportListenLeavesNamespace: while the transport binds an app's
 // global listener, the app namespace keeps serving (a fresh app attaches
-// and moves data within 1 s), and the listener's address is reserved.
+// and moves data within 1 s) — also on the engine's only shard, which the
+// bind must not hold —, and the listener's address is reserved.
 func TestSlowTransportListenLeavesNamespace(t *testing.T) {
 	gt := gatedTransport{entered: make(chan struct{}, 1), gate: make(chan struct{})}
-	eng, err := session.New(session.Config{RunDir: t.TempDir(), Transport: gt, Logf: t.Logf})
+	// one shard: the bind must not stall the shard every app shares
+	eng, err := session.New(session.Config{RunDir: t.TempDir(), Transport: gt, Logf: t.Logf, Limits: session.Limits{Shards: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}

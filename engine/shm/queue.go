@@ -348,3 +348,20 @@ func (q *Queue) Wake() error {
 	}
 	return Signal(q.intr)
 }
+
+// Pending reports, without consuming anything, whether TryRecv would return
+// a message or an error: for a receiver that polls many queues and sleeps on
+// their doorbells itself (an event loop) instead of calling Recv.
+func (q *Queue) Pending() bool {
+	return q.rErr != nil || q.rHead != q.rTailCache || q.tailW.Load() != q.rHead
+}
+
+// ArmWake sets the receiver's waiting flag: the sender's next Send rings
+// the doorbell. A receiver that sleeps on the doorbell itself calls it,
+// then re-checks Pending before sleeping (a message sent before the flag
+// was visible rang nothing). Recv does this on its own.
+func (q *Queue) ArmWake() { q.rwaitW.Store(1) }
+
+// DisarmWake clears the waiting flag again: the receiver polls the queue
+// and needs no rings meanwhile.
+func (q *Queue) DisarmWake() { q.rwaitW.Store(0) }

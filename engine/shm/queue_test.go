@@ -291,3 +291,61 @@ func eventually(cond func() bool) bool {
 
 // pastDeadline makes Recv give up as soon as it would block.
 var pastDeadline = time.Unix(1, 0)
+
+// TestQueueEventLoopReceiver: a receiver that polls with Pending and sleeps
+// on the doorbell itself (the engine's shards) is rung exactly when it
+// armed the waiting flag, and Pending sees a message without consuming it.
+func TestQueueEventLoopReceiver(t *testing.T) {
+	seg := newSeg(t, QueueFootprint(4))
+	q := newQueuePair(t, seg, 0, 4)
+	rung := func() bool {
+		var b [8]byte
+		_, _, err := unix.Recvfrom(q.recvBell, b[:], unix.MSG_DONTWAIT)
+		return err == nil
+	}
+	buf := make([]byte, MsgSize)
+	if q.recv.Pending() {
+		t.Fatal("an empty queue is pending")
+	}
+	// not armed: the sender does not ring (a unix datagram is delivered by
+	// the time sendto returns, so its absence is certain)
+	if err := q.send.Send([]byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	if rung() {
+		t.Fatal("rung without the waiting flag")
+	}
+	if !q.recv.Pending() || !q.recv.Pending() {
+		t.Fatal("a queued message is not pending")
+	}
+	if n, err := q.recv.TryRecv(buf); n != 1 || err != nil {
+		t.Fatalf("TryRecv after Pending: %d, %v", n, err)
+	}
+	if q.recv.Pending() {
+		t.Fatal("pending after the only message was taken")
+	}
+	// armed: the next send rings once and clears the flag
+	q.recv.ArmWake()
+	for _, m := range []string{"b", "c"} {
+		if err := q.send.Send([]byte(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !rung() || rung() {
+		t.Fatal("an armed receiver was not rung exactly once")
+	}
+	// disarmed again: no ring
+	q.recv.ArmWake()
+	q.recv.DisarmWake()
+	if err := q.send.Send([]byte("d")); err != nil {
+		t.Fatal(err)
+	}
+	if rung() {
+		t.Fatal("rung after DisarmWake")
+	}
+	for _, want := range []string{"b", "c", "d"} {
+		if n, err := q.recv.TryRecv(buf); err != nil || string(buf[:n]) != want {
+			t.Fatalf("got %q, %v, want %q", buf[:n], err, want)
+		}
+	}
+}
