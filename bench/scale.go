@@ -29,9 +29,10 @@ const (
 	scaleWait     = 60 * time.Second // for the engine to reap a child's apps
 	kernelPorts   = 8                // loopback listeners (~28k ephemeral ports each)
 	// kernelFDsPerSession is what one kernel transport session was seen
-	// to take in the engine (its socket and a dup'd eventfd); the
-	// session-engine-fds row says what it took this time.
-	kernelFDsPerSession = 2
+	// to take in the engine (its socket; a worker's sessions share one
+	// wake-up descriptor); the session-engine-fds row says what it took
+	// this time.
+	kernelFDsPerSession = 1
 )
 
 // fdLimit is this process's RLIMIT_NOFILE (soft), 0 if unknown.
@@ -194,10 +195,10 @@ func runScale(rep *Report, m measurer, variants []variant) {
 	}{{"cut-through", 0}, {"kernel-transport", kernelPorts}} {
 		n := scaleSessions
 		if v.ports > 0 {
-			// A kernel transport session holds fds in the engine (its
-			// socket, an eventfd) and one in the child (the accepted
-			// socket): stay under the fd limit rather than meet it in
-			// the middle of the engine's work.
+			// A kernel transport session holds an fd in the engine (its
+			// socket) and one in the child (the accepted socket): stay
+			// under the fd limit rather than meet it in the middle of the
+			// engine's work.
 			if fit := fdRoom() / kernelFDsPerSession; fit < n {
 				fmt.Fprintf(os.Stderr, "    the fd limit (%d) fits %d sessions, not %d: measuring %d\n", fdLimit(), fit, n, fit)
 				n = fit
