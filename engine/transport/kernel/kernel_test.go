@@ -23,6 +23,7 @@ import (
 	"github.com/hoststack/hoststack/engine/rules"
 	"github.com/hoststack/hoststack/engine/session"
 	"github.com/hoststack/hoststack/engine/transport/kernel"
+	"github.com/hoststack/hoststack/internal/echotest"
 	"github.com/hoststack/hoststack/internal/netnstest"
 )
 
@@ -494,19 +495,7 @@ func TestSessionsShareTheWakeEnd(t *testing.T) {
 	tp := newTopo(t)
 	ln := listenIn(t, tp.B.Path(), "10.99.0.2:0")
 	ev := newEnv(t, tp)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				// Wrapped: no splice (its pipes would be counted too).
-				_, _ = io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c})
-			}()
-		}
-	}()
+	echotest.Serve(ln)
 	echo := func(i int, c net.Conn) {
 		t.Helper()
 		msg := fmt.Sprintf("session %d", i)
