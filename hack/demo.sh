@@ -30,6 +30,10 @@ cleanup() {
 		wait "${pids[i]}" 2>/dev/null || true
 	done
 	for ns in "${netns[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+	if ((rc != 0)); then # keep the components' logs for whoever looks next
+		rm -rf bin/demo-logs && mkdir -p bin/demo-logs && cp "$work"/*.log bin/demo-logs/ 2>/dev/null || true
+		echo "demo: logs kept in bin/demo-logs" >&2
+	fi
 	rm -rf "$work"
 	if ((rc == 0)); then say "stopped cleanly"; fi
 }
@@ -244,6 +248,11 @@ echo "    $(cat "$work/denied.log")"
 inpod client-0 bin/echo-client -to 10.98.2.1:7000 -msg "cut-through to web-0 is still allowed" | sed 's/^/    /'
 
 say "TLS with the CertKeyPair demo-tls: the engine speaks TLS, the apps read and write plaintext"
+# The agent loads the pair from the copy the manager publishes for it, which
+# can reach the agent's cache after its first configuration: wait until the
+# node reports the pair loaded, as a pod's readiness would.
+"$kubectl" wait --for=jsonpath='{.status.certKeyPairs}'=1 --timeout=30s sessionnode/demo-node >/dev/null \
+	|| die "the agent did not load CertKeyPair demo-tls: $("$kubectl" get sessionnode demo-node -o jsonpath='{.status.errors}')"
 inpod web-0 bin/echo-server -name echo-tls -listen :7443 -tls demo-tls >"$work/web-tls.log" 2>&1 &
 pids+=($!)
 wait_for_line "$work/web-tls.log" "listening on" 30
