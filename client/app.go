@@ -181,7 +181,11 @@ type App struct {
 	// sessions (they need no engine); each retires with its last session.
 	orphans   map[*worker]struct{}
 	listeners map[*listener]struct{} // open listeners, re-created on re-attach
-	gone      error                  // why the app ended for good (closed, or the engine lost without re-attach)
+	// byHandle finds an open listener by attachment and handle for the
+	// accepted events of every worker (the engine hands a listener's
+	// sessions to any worker of the app, wire.VersionAcceptAnyWorker).
+	byHandle  sync.Map // listenerKey → *listener
+	gone      error    // why the app ended for good (closed, or the engine lost without re-attach)
 	closed    bool
 	closing   chan struct{}
 	bg        sync.WaitGroup // the re-attach goroutine
@@ -695,10 +699,12 @@ func (a *App) restoreListeners() {
 			_ = w.request(&wire.Unlisten{Listener: b.Listener})
 			continue
 		}
+		a.byHandle.Delete(listenerKey{l.w.gen, l.h})
 		l.w, l.h = w, b.Listener
 		w.mu.Lock()
 		w.listeners[l.h] = l
 		w.mu.Unlock()
+		a.byHandle.Store(listenerKey{w.gen, l.h}, l)
 		l.mu.Unlock()
 	}
 }

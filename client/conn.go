@@ -704,8 +704,13 @@ func (a *App) listen(network, address string, tc *TLSConfig) (net.Listener, erro
 	w.mu.Lock()
 	w.listeners[l.h] = l
 	w.mu.Unlock()
+	a.byHandle.Store(listenerKey{w.gen, l.h}, l)
 	return l, nil
 }
+
+// listenerKey names a listener of one attachment: handles of different
+// attachments (engines) may repeat.
+type listenerKey struct{ gen, h uint64 }
 
 // listenWait bounds how long Listen waits for a re-attachment.
 const listenWait = 10 * time.Second
@@ -800,6 +805,7 @@ func (l *listener) fail(err error) bool {
 		delete(w.listeners, h)
 	}
 	w.mu.Unlock()
+	w.app.byHandle.CompareAndDelete(listenerKey{w.gen, h}, l)
 	w.app.mu.Lock()
 	delete(w.app.listeners, l)
 	w.app.mu.Unlock()

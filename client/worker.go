@@ -495,9 +495,13 @@ func (w *worker) dispatch(m wire.Msg) {
 		if w.orphan.Load() {
 			return // left in the queue by the engine that is gone
 		}
-		w.mu.Lock()
-		l := w.listeners[m.Listener]
-		w.mu.Unlock()
+		// The listener may be another worker's: the engine spreads a
+		// listener's sessions over the app's workers, and this worker owns
+		// the session (its requests go through our queue).
+		var l *listener
+		if x, ok := w.app.byHandle.Load(listenerKey{w.gen, m.Listener}); ok {
+			l = x.(*listener)
+		}
 		if l == nil {
 			_ = w.request(&wire.AcceptReply{Session: m.Session, Code: wire.ErrRefused})
 			return

@@ -54,6 +54,7 @@ type app struct {
 	nsessions int
 	ndropping int        // connects a PeerPolicy refused, waiting to time out
 	nlisten   int        // listeners (stream), against maxListenersPerApp
+	accepts   uint64     // sessions handed to its workers (accept.go)
 	tsegs     []*segment // transport segments added on demand (besides own)
 	leaving   bool       // detached or its socket closed: being reaped
 	dead      bool
@@ -92,6 +93,7 @@ type worker struct {
 
 	sessions  map[uint64]*session
 	listeners map[uint64]*listener
+	acceptSeq uint64 // app.accepts when it last took a session (accept.go)
 	backlog   [][]byte
 	dead      bool
 	drainDone chan struct{} // set by reapGracefully; closed by serve once drained

@@ -66,6 +66,12 @@
 // descriptor only, the engine relays its peer's rings of that segment to
 // its worker doorbell.
 //
+// Version 4 changes no layout: it lets the engine hand a listener's
+// sessions to any worker of the app (Accepted comes on the chosen worker's
+// event queue, naming the listener's handle, and the session belongs to
+// that worker), where older versions get every Accepted on the worker that
+// listened. Its client looks a listener up by handle across its workers.
+//
 // Decode treats its input as hostile: a version other than the session's, unknown type, a body
 // length that does not match the type, out-of-range lengths, non-canonical
 // padding, invalid UTF-8, bad address families and unknown enum values are all
@@ -110,8 +116,11 @@ import (
 // oldest. An engine and an app agree on one version at attach (see the
 // package doc, "Versions") and both use it for every later message.
 const (
-	Version    = 3
+	Version    = 4
 	MinVersion = 2
+	// VersionAcceptAnyWorker is the first version whose apps take a
+	// listener's accepted sessions on any of their workers.
+	VersionAcceptAnyWorker = 4
 )
 
 const (
