@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -1111,6 +1112,17 @@ func resolve(ctx context.Context, op, network, address string, listen bool) (*ne
 	case "tcp", "tcp4", "tcp6", "udp", "udp4", "udp6":
 	default:
 		return nil, &net.OpError{Op: op, Net: network, Err: net.UnknownNetworkError(network)}
+	}
+	// An address and a numeric port (what dials mostly get) need no
+	// resolver: it would allocate and look at more than the literal.
+	if ap, err := netip.ParseAddrPort(address); err == nil {
+		ip := ap.Addr()
+		switch {
+		case network == "tcp" || network == "udp",
+			ip.Unmap().Is4() && (network == "tcp4" || network == "udp4"),
+			ip.Is6() && !ip.Is4In6() && (network == "tcp6" || network == "udp6"):
+			return &net.TCPAddr{IP: net.IP(ip.Unmap().AsSlice()), Port: int(ap.Port()), Zone: ip.Zone()}, nil
+		}
 	}
 	host, port, err := net.SplitHostPort(address)
 	if err != nil {

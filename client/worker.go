@@ -60,6 +60,10 @@ type worker struct {
 	retired  []int
 	loopDone bool // the loop exited: retired ends are closed at once
 
+	// awaiting counts calls waiting for their answer: while there are,
+	// the loop polls its queue briefly before sleeping (see loop)
+	awaiting atomic.Int32
+
 	stop atomic.Bool
 	done chan struct{}
 }
@@ -179,6 +183,14 @@ func (w *worker) loop() {
 	buf := make([]byte, shm.MsgSize)
 	var events [16]unix.EpollEvent
 	armed := false
+	// While a call waits for its answer (a dial's connected, a listen's
+	// bound), the engine is working on it and answers within microseconds:
+	// the loop polls for up to SpinFor before it sleeps, which spares the
+	// engine a doorbell ring and this loop a sleep and wake-up (a system
+	// call each and a context switch, most of a connect's cost). Only then:
+	// an idle loop sleeps at once, as its events may be far off.
+	spinFor := w.app.spinFor
+	var spinUntil time.Time
 	for !w.stop.Load() {
 		progress := false
 		for {
@@ -205,9 +217,20 @@ func (w *worker) loop() {
 				w.sleeping.Store(0)
 				armed = false
 			}
+			spinUntil = time.Time{}
 			// let the goroutines just readied run now, on this P
 			runtime.Gosched()
 			continue
+		}
+		if spinFor > 0 && w.awaiting.Load() > 0 {
+			now := time.Now()
+			if spinUntil.IsZero() {
+				spinUntil = now.Add(spinFor)
+			}
+			if now.Before(spinUntil) {
+				runtime.Gosched()
+				continue
+			}
 		}
 		if !armed {
 			// Announce the sleep, then look once more: an event queued
@@ -423,6 +446,8 @@ func (w *worker) call(ctx context.Context, id uint64, m wire.Msg) (any, error) {
 	}
 	w.pending[id] = ch
 	w.mu.Unlock()
+	w.awaiting.Add(1)
+	defer w.awaiting.Add(-1)
 	if err := w.request(m); err != nil {
 		w.mu.Lock()
 		delete(w.pending, id)
