@@ -51,7 +51,10 @@ type Options struct {
 	// power of two, capped by the app namespace); 0 = the namespace default.
 	RxFifoSize, TxFifoSize int
 	// Workers is the number of engine workers (each with its own queues and
-	// event loop); sessions are spread over them. Default 1.
+	// event loop); sessions are spread over them: dials round robin, and
+	// the engine hands each accepted session of a listener to the least
+	// loaded worker (an engine of wire version 3 or older, to the worker
+	// that listened). Default 1.
 	Workers int
 	// Spin selects busy-polling: Read and Write never sleep on an eventfd
 	// (lowest latency, burns a core per blocked call).

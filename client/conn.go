@@ -32,9 +32,11 @@ type Conn struct {
 	seg    *cseg
 	rx, tx *shm.Fifo
 	ring   int // the doorbell end that wakes the peer (see newConn)
-	laddr  *net.TCPAddr
-	raddr  *net.TCPAddr
-	udp    *net.UDPAddr // set for the session under a PacketConn
+	// the addresses, as *net.TCPAddr made on first use (most sessions
+	// never ask)
+	local, remote wire.Addr
+	laddr, raddr  atomic.Pointer[net.TCPAddr]
+	udp           *net.UDPAddr // set for the session under a PacketConn
 
 	rmu, wmu sync.Mutex // one reader, one writer at a time; Close takes both
 	closeMu  sync.Mutex // serialises Close
@@ -62,7 +64,7 @@ func (c *Conn) opErr(op string, err error) error {
 	if c.udp != nil {
 		return &net.OpError{Op: op, Net: "udp", Source: c.udp, Err: err}
 	}
-	return &net.OpError{Op: op, Net: "tcp", Source: c.laddr, Addr: c.raddr, Err: err}
+	return &net.OpError{Op: op, Net: "tcp", Source: c.addr(&c.laddr, c.local), Addr: c.addr(&c.raddr, c.remote), Err: err}
 }
 
 func (c *Conn) setReset(e *Error) {
@@ -71,10 +73,22 @@ func (c *Conn) setReset(e *Error) {
 }
 
 // LocalAddr returns the local address (*net.TCPAddr).
-func (c *Conn) LocalAddr() net.Addr { return c.laddr }
+func (c *Conn) LocalAddr() net.Addr { return c.addr(&c.laddr, c.local) }
+
+// addr returns the *net.TCPAddr of a, made once into p.
+func (c *Conn) addr(p *atomic.Pointer[net.TCPAddr], a wire.Addr) *net.TCPAddr {
+	if t := p.Load(); t != nil {
+		return t
+	}
+	t := tcpAddr(a)
+	if p.CompareAndSwap(nil, t) {
+		return t
+	}
+	return p.Load()
+}
 
 // RemoteAddr returns the peer's address (*net.TCPAddr).
-func (c *Conn) RemoteAddr() net.Addr { return c.raddr }
+func (c *Conn) RemoteAddr() net.Addr { return c.addr(&c.raddr, c.remote) }
 
 // SetDeadline sets both deadlines.
 func (c *Conn) SetDeadline(t time.Time) error {
@@ -531,7 +545,15 @@ type deadline struct {
 	firedA atomic.Bool // fired, readable without the lock (hot path)
 }
 
-func (d *deadline) init() { d.ch = make(chan struct{}) }
+// chLocked is the channel closed when the deadline passes, made on first
+// use: most sessions never wait on a deadline (a connect+accept+close
+// would make four channels for nothing).
+func (d *deadline) chLocked() chan struct{} {
+	if d.ch == nil {
+		d.ch = make(chan struct{})
+	}
+	return d.ch
+}
 
 func (d *deadline) set(t time.Time) {
 	d.mu.Lock()
@@ -542,7 +564,7 @@ func (d *deadline) set(t time.Time) {
 		d.timer = nil
 	}
 	if d.fired {
-		d.ch = make(chan struct{})
+		d.ch = nil
 		d.fired = false
 		d.firedA.Store(false)
 	}
@@ -551,7 +573,7 @@ func (d *deadline) set(t time.Time) {
 	}
 	dur := time.Until(t)
 	if dur <= 0 {
-		close(d.ch)
+		close(d.chLocked())
 		d.fired = true
 		d.firedA.Store(true)
 		return
@@ -561,7 +583,7 @@ func (d *deadline) set(t time.Time) {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		if d.gen == gen && !d.fired {
-			close(d.ch)
+			close(d.chLocked())
 			d.fired = true
 			d.firedA.Store(true)
 		}
@@ -571,7 +593,7 @@ func (d *deadline) set(t time.Time) {
 func (d *deadline) wait() <-chan struct{} {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.ch
+	return d.chLocked()
 }
 
 func (d *deadline) expired() bool { return d.firedA.Load() }

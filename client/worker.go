@@ -43,7 +43,8 @@ type worker struct {
 	// sleeping so the engine rings the doorbell for new events
 	sleeping *atomic.Uint64
 
-	reqMu sync.Mutex // the request queue has one producer at a time
+	reqMu  sync.Mutex // the request queue has one producer at a time
+	reqBuf [wire.QueueMsgMax]byte
 
 	mu        sync.Mutex
 	pending   map[uint64]chan any
@@ -402,21 +403,24 @@ func (w *worker) request(m wire.Msg) error {
 	if w.orphan.Load() {
 		return w.deadErr()
 	}
-	var b [wire.QueueMsgMax]byte
-	n, err := w.codec.Encode(b[:], m)
-	if err != nil {
-		return err
-	}
-	deadline := time.Now().Add(5 * time.Second)
+	var deadline time.Time
 	for i := 0; ; i++ {
+		// encoded into the worker's buffer (under reqMu): a buffer of
+		// our own would be allocated per request, as it escapes
 		w.reqMu.Lock()
-		err = w.rq.Send(b[:n])
+		n, err := w.codec.Encode(w.reqBuf[:], m)
+		if err == nil {
+			err = w.rq.Send(w.reqBuf[:n])
+		}
 		w.reqMu.Unlock()
 		if err != shm.ErrQueueFull {
 			return err
 		}
 		if w.deadErr() != nil {
 			return w.deadErr()
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(5 * time.Second)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("engine request queue full for 5s (%d slots)", w.rq.Slots())
@@ -600,9 +604,7 @@ func (w *worker) newConn(h uint64, f wire.FifoPair, local, remote wire.Addr) (*C
 		ring = w.tbell
 	}
 	c := &Conn{w: w, h: h, seg: seg, rx: rx, tx: tx, ring: ring,
-		laddr: tcpAddr(local), raddr: tcpAddr(remote), closing: make(chan struct{})}
-	c.rdl.init()
-	c.wdl.init()
+		local: local, remote: remote, closing: make(chan struct{})}
 	w.mu.Lock()
 	w.sessions[h] = c
 	w.mu.Unlock()
