@@ -333,10 +333,44 @@ func (c Codec) Encode(buf []byte, m Msg) (int, error) {
 	buf[1] = byte(m.Type())
 	binary.LittleEndian.PutUint16(buf[2:], uint16(m.size(c.V)))
 	binary.LittleEndian.PutUint32(buf[4:], 0)
-	e := enc{b: buf, off: HeaderSize, v: c.V}
-	m.encode(&e)
-	if e.err != nil {
-		return 0, e.err
+	// The messages of a session's life go through concrete calls, so that
+	// neither the encoder nor the caller's buffer escapes to the heap (an
+	// encoder passed to an interface method does, and takes buf with it:
+	// two allocations per message on the engine's and the client's hot
+	// paths). Other messages are encoded into a scratch buffer and copied,
+	// which keeps buf from escaping for them too.
+	var err error // outside e: returning e's own field would take buf along
+	e := enc{b: buf, off: HeaderSize, v: c.V, err: &err}
+	switch m := m.(type) {
+	case *Connect:
+		m.encode(&e)
+	case *Connected:
+		m.encode(&e)
+	case *Accepted:
+		m.encode(&e)
+	case *AcceptReply:
+		m.encode(&e)
+	case *Disconnect:
+		m.encode(&e)
+	case *Disconnected:
+		m.encode(&e)
+	case *Reset:
+		m.encode(&e)
+	case *ResetEvt:
+		m.encode(&e)
+	case *Cleanup:
+		m.encode(&e)
+	case *Reply:
+		m.encode(&e)
+	default:
+		var herr error
+		h := &enc{b: make([]byte, n), off: HeaderSize, v: c.V, err: &herr}
+		m.encode(h)
+		copy(buf[HeaderSize:], h.b[HeaderSize:])
+		e.off, err = h.off, herr
+	}
+	if err != nil {
+		return 0, err
 	}
 	if e.off != n {
 		panic(fmt.Sprintf("wire: %v encoded %d bytes, want %d", m.Type(), e.off, n))
@@ -531,8 +565,35 @@ func decodeBody(buf []byte, v uint8, newer bool) (Msg, error) {
 			return nil, &Error{fmt.Sprintf("%v: non-zero trailing bytes", t)}
 		}
 	}
+	// concrete calls for the messages of a session's life: the decoder
+	// stays on the stack (see Encode)
 	d := dec{b: buf[:HeaderSize+want], off: HeaderSize, t: t, v: v, newer: newer}
-	m.decode(&d)
+	switch m := m.(type) {
+	case *Connect:
+		m.decode(&d)
+	case *Connected:
+		m.decode(&d)
+	case *Accepted:
+		m.decode(&d)
+	case *AcceptReply:
+		m.decode(&d)
+	case *Disconnect:
+		m.decode(&d)
+	case *Disconnected:
+		m.decode(&d)
+	case *Reset:
+		m.decode(&d)
+	case *ResetEvt:
+		m.decode(&d)
+	case *Cleanup:
+		m.decode(&d)
+	case *Reply:
+		m.decode(&d)
+	default:
+		h := &dec{b: buf[:HeaderSize+want], off: HeaderSize, t: t, v: v, newer: newer}
+		m.decode(h)
+		d.err = h.err
+	}
 	if d.err != nil {
 		return nil, d.err
 	}
@@ -545,7 +606,7 @@ type enc struct {
 	b   []byte
 	off int
 	v   uint8
-	err error
+	err *error // the first error (a variable of Encode's)
 }
 
 func (e *enc) u8(v uint8)   { e.b[e.off] = v; e.off++ }
@@ -565,8 +626,8 @@ func (e *enc) boolean(v bool) {
 // at a rune boundary by the constructors (see Msgf).
 func (e *enc) str(s string, max int, what string) {
 	if len(s) > max {
-		if e.err == nil {
-			e.err = fmt.Errorf("wire: %s is %d bytes, at most %d", what, len(s), max)
+		if *e.err == nil {
+			*e.err = fmt.Errorf("wire: %s is %d bytes, at most %d", what, len(s), max)
 		}
 		s = ""
 	}
