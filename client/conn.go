@@ -32,11 +32,10 @@ type Conn struct {
 	seg    *cseg
 	rx, tx *shm.Fifo
 	ring   int // the doorbell end that wakes the peer (see newConn)
-	// the addresses, as *net.TCPAddr made on first use (most sessions
-	// never ask)
-	local, remote wire.Addr
-	laddr, raddr  atomic.Pointer[net.TCPAddr]
-	udp           *net.UDPAddr // set for the session under a PacketConn
+	// the addresses as *net.TCPAddr, made on first use from local and
+	// remote (most sessions never ask)
+	laddr, raddr atomic.Pointer[net.TCPAddr]
+	udp          *net.UDPAddr // set for the session under a PacketConn
 
 	rmu, wmu sync.Mutex // one reader, one writer at a time; Close takes both
 	closeMu  sync.Mutex // serialises Close
@@ -55,7 +54,9 @@ type Conn struct {
 	sentBye  bool
 
 	peekPin bool // Peek holds a segment reference until Consume (under rmu)
-	_       [64]byte
+	// cold, and last: the hot words above keep the offsets they had
+	local, remote wire.Addr
+	_             [64]byte
 }
 
 var _ net.Conn = (*Conn)(nil)
