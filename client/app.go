@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -50,7 +51,10 @@ type Options struct {
 	// power of two, capped by the app namespace); 0 = the namespace default.
 	RxFifoSize, TxFifoSize int
 	// Workers is the number of engine workers (each with its own queues and
-	// event loop); sessions are spread over them. Default 1.
+	// event loop); sessions are spread over them: dials round robin, and
+	// the engine hands each accepted session of a listener to the least
+	// loaded worker (an engine of wire version 3 or older, to the worker
+	// that listened). Default 1.
 	Workers int
 	// Spin selects busy-polling: Read and Write never sleep on an eventfd
 	// (lowest latency, burns a core per blocked call).
@@ -181,7 +185,11 @@ type App struct {
 	// sessions (they need no engine); each retires with its last session.
 	orphans   map[*worker]struct{}
 	listeners map[*listener]struct{} // open listeners, re-created on re-attach
-	gone      error                  // why the app ended for good (closed, or the engine lost without re-attach)
+	// byHandle finds an open listener by attachment and handle for the
+	// accepted events of every worker (the engine hands a listener's
+	// sessions to any worker of the app, wire.VersionAcceptAnyWorker).
+	byHandle  sync.Map // listenerKey → *listener
+	gone      error    // why the app ended for good (closed, or the engine lost without re-attach)
 	closed    bool
 	closing   chan struct{}
 	bg        sync.WaitGroup // the re-attach goroutine
@@ -695,10 +703,12 @@ func (a *App) restoreListeners() {
 			_ = w.request(&wire.Unlisten{Listener: b.Listener})
 			continue
 		}
+		a.byHandle.Delete(listenerKey{l.w.gen, l.h})
 		l.w, l.h = w, b.Listener
 		w.mu.Lock()
 		w.listeners[l.h] = l
 		w.mu.Unlock()
+		a.byHandle.Store(listenerKey{w.gen, l.h}, l)
 		l.mu.Unlock()
 	}
 }
@@ -1105,6 +1115,17 @@ func resolve(ctx context.Context, op, network, address string, listen bool) (*ne
 	case "tcp", "tcp4", "tcp6", "udp", "udp4", "udp6":
 	default:
 		return nil, &net.OpError{Op: op, Net: network, Err: net.UnknownNetworkError(network)}
+	}
+	// An address and a numeric port (what dials mostly get) need no
+	// resolver: it would allocate and look at more than the literal.
+	if ap, err := netip.ParseAddrPort(address); err == nil {
+		ip := ap.Addr()
+		switch {
+		case network == "tcp" || network == "udp",
+			ip.Unmap().Is4() && (network == "tcp4" || network == "udp4"),
+			ip.Is6() && !ip.Is4In6() && (network == "tcp6" || network == "udp6"):
+			return &net.TCPAddr{IP: net.IP(ip.Unmap().AsSlice()), Port: int(ap.Port()), Zone: ip.Zone()}, nil
+		}
 	}
 	host, port, err := net.SplitHostPort(address)
 	if err != nil {

@@ -33,9 +33,10 @@ type Conn struct {
 	rx, tx *shm.Fifo
 	ring   int // the doorbell end that wakes the peer (see newConn)
 	key    int // the descriptor whose ring wakes this session (worker.waiters)
-	laddr  *net.TCPAddr
-	raddr  *net.TCPAddr
-	udp    *net.UDPAddr // set for the session under a PacketConn
+	// the addresses as *net.TCPAddr, made on first use from local and
+	// remote (most sessions never ask)
+	laddr, raddr atomic.Pointer[net.TCPAddr]
+	udp          *net.UDPAddr // set for the session under a PacketConn
 
 	rmu, wmu sync.Mutex // one reader, one writer at a time; Close takes both
 	closeMu  sync.Mutex // serialises Close
@@ -54,7 +55,9 @@ type Conn struct {
 	sentBye  bool
 
 	peekPin bool // Peek holds a segment reference until Consume (under rmu)
-	_       [64]byte
+	// cold, and last: the hot words above keep the offsets they had
+	local, remote wire.Addr
+	_             [64]byte
 }
 
 var _ net.Conn = (*Conn)(nil)
@@ -63,7 +66,7 @@ func (c *Conn) opErr(op string, err error) error {
 	if c.udp != nil {
 		return &net.OpError{Op: op, Net: "udp", Source: c.udp, Err: err}
 	}
-	return &net.OpError{Op: op, Net: "tcp", Source: c.laddr, Addr: c.raddr, Err: err}
+	return &net.OpError{Op: op, Net: "tcp", Source: c.addr(&c.laddr, c.local), Addr: c.addr(&c.raddr, c.remote), Err: err}
 }
 
 func (c *Conn) setReset(e *Error) {
@@ -72,10 +75,22 @@ func (c *Conn) setReset(e *Error) {
 }
 
 // LocalAddr returns the local address (*net.TCPAddr).
-func (c *Conn) LocalAddr() net.Addr { return c.laddr }
+func (c *Conn) LocalAddr() net.Addr { return c.addr(&c.laddr, c.local) }
+
+// addr returns the *net.TCPAddr of a, made once into p.
+func (c *Conn) addr(p *atomic.Pointer[net.TCPAddr], a wire.Addr) *net.TCPAddr {
+	if t := p.Load(); t != nil {
+		return t
+	}
+	t := tcpAddr(a)
+	if p.CompareAndSwap(nil, t) {
+		return t
+	}
+	return p.Load()
+}
 
 // RemoteAddr returns the peer's address (*net.TCPAddr).
-func (c *Conn) RemoteAddr() net.Addr { return c.raddr }
+func (c *Conn) RemoteAddr() net.Addr { return c.addr(&c.raddr, c.remote) }
 
 // SetDeadline sets both deadlines.
 func (c *Conn) SetDeadline(t time.Time) error {
@@ -532,7 +547,15 @@ type deadline struct {
 	firedA atomic.Bool // fired, readable without the lock (hot path)
 }
 
-func (d *deadline) init() { d.ch = make(chan struct{}) }
+// chLocked is the channel closed when the deadline passes, made on first
+// use: most sessions never wait on a deadline (a connect+accept+close
+// would make four channels for nothing).
+func (d *deadline) chLocked() chan struct{} {
+	if d.ch == nil {
+		d.ch = make(chan struct{})
+	}
+	return d.ch
+}
 
 func (d *deadline) set(t time.Time) {
 	d.mu.Lock()
@@ -543,7 +566,7 @@ func (d *deadline) set(t time.Time) {
 		d.timer = nil
 	}
 	if d.fired {
-		d.ch = make(chan struct{})
+		d.ch = nil
 		d.fired = false
 		d.firedA.Store(false)
 	}
@@ -552,7 +575,7 @@ func (d *deadline) set(t time.Time) {
 	}
 	dur := time.Until(t)
 	if dur <= 0 {
-		close(d.ch)
+		close(d.chLocked())
 		d.fired = true
 		d.firedA.Store(true)
 		return
@@ -562,7 +585,7 @@ func (d *deadline) set(t time.Time) {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		if d.gen == gen && !d.fired {
-			close(d.ch)
+			close(d.chLocked())
 			d.fired = true
 			d.firedA.Store(true)
 		}
@@ -572,7 +595,7 @@ func (d *deadline) set(t time.Time) {
 func (d *deadline) wait() <-chan struct{} {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.ch
+	return d.chLocked()
 }
 
 func (d *deadline) expired() bool { return d.firedA.Load() }
@@ -705,8 +728,13 @@ func (a *App) listen(network, address string, tc *TLSConfig) (net.Listener, erro
 	w.mu.Lock()
 	w.listeners[l.h] = l
 	w.mu.Unlock()
+	a.byHandle.Store(listenerKey{w.gen, l.h}, l)
 	return l, nil
 }
+
+// listenerKey names a listener of one attachment: handles of different
+// attachments (engines) may repeat.
+type listenerKey struct{ gen, h uint64 }
 
 // listenWait bounds how long Listen waits for a re-attachment.
 const listenWait = 10 * time.Second
@@ -801,6 +829,7 @@ func (l *listener) fail(err error) bool {
 		delete(w.listeners, h)
 	}
 	w.mu.Unlock()
+	w.app.byHandle.CompareAndDelete(listenerKey{w.gen, h}, l)
 	w.app.mu.Lock()
 	delete(w.app.listeners, l)
 	w.app.mu.Unlock()

@@ -54,11 +54,14 @@ func TestHostilePeerScribbles(t *testing.T) {
 	io.ReadFull(vbad, b)
 
 	// Map the cut-through segment like a hostile app would and move the
-	// tail of the first fifo (the one "bad" writes) far past the head.
-	seg := findSegment(t, "hs-ct-")
-	defer seg.Close()
-	mem := seg.Bytes()
-	binary.LittleEndian.PutUint64(mem[0:], 1<<40)
+	// tail of the first fifo (the one "bad" writes) far past the head. A
+	// segment of an earlier test may still be mapped here (its last user
+	// unmaps it): scribble on every one of that name, or the wrong one
+	// leaves the Read below blocked for good.
+	for _, seg := range findSegments(t, "hs-ct-") {
+		defer seg.Close()
+		binary.LittleEndian.PutUint64(seg.Bytes()[0:], 1<<40)
+	}
 	if _, err := vbad.Read(b); err == nil || !errors.Is(err, shm.ErrCorrupt) {
 		t.Fatalf("read of a corrupted fifo: %v", err)
 	}
@@ -71,8 +74,9 @@ func TestHostilePeerScribbles(t *testing.T) {
 	}
 }
 
-// findSegment opens this process's mapping of a segment by memfd name.
-func findSegment(t *testing.T, prefix string) *shm.Segment {
+// findSegments opens this process's mappings of segments by memfd name.
+func findSegments(t *testing.T, prefix string) []*shm.Segment {
+	var segs []*shm.Segment
 	ents, _ := os.ReadDir("/proc/self/fd")
 	for _, e := range ents {
 		l, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
@@ -87,8 +91,10 @@ func findSegment(t *testing.T, prefix string) *shm.Segment {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return s
+		segs = append(segs, s)
 	}
-	t.Fatal("no segment " + prefix)
-	return nil
+	if len(segs) == 0 {
+		t.Fatal("no segment " + prefix)
+	}
+	return segs
 }

@@ -43,7 +43,8 @@ type worker struct {
 	// sleeping so the engine rings the doorbell for new events
 	sleeping *atomic.Uint64
 
-	reqMu sync.Mutex // the request queue has one producer at a time
+	reqMu  sync.Mutex // the request queue has one producer at a time
+	reqBuf [wire.QueueMsgMax]byte
 
 	mu        sync.Mutex
 	pending   map[uint64]chan any
@@ -64,6 +65,10 @@ type worker struct {
 	// closed fd number can be reused by anything
 	retired  []int
 	loopDone bool // the loop exited: retired ends are closed at once
+
+	// awaiting counts calls waiting for their answer: while there are,
+	// the loop polls its queue briefly before sleeping (see loop)
+	awaiting atomic.Int32
 
 	stop atomic.Bool
 	done chan struct{}
@@ -186,6 +191,14 @@ func (w *worker) loop() {
 	var events [16]unix.EpollEvent
 	var rung []int // the descriptors the last wait found rung
 	armed := false
+	// While a call waits for its answer (a dial's connected, a listen's
+	// bound), the engine is working on it and answers within microseconds:
+	// the loop polls for up to SpinFor before it sleeps, which spares the
+	// engine a doorbell ring and this loop a sleep and wake-up (a system
+	// call each and a context switch, most of a connect's cost). Only then:
+	// an idle loop sleeps at once, as its events may be far off.
+	spinFor := w.app.spinFor
+	var spinUntil time.Time
 	for !w.stop.Load() {
 		progress := false
 		for {
@@ -213,9 +226,20 @@ func (w *worker) loop() {
 				w.sleeping.Store(0)
 				armed = false
 			}
+			spinUntil = time.Time{}
 			// let the goroutines just readied run now, on this P
 			runtime.Gosched()
 			continue
+		}
+		if spinFor > 0 && w.awaiting.Load() > 0 {
+			now := time.Now()
+			if spinUntil.IsZero() {
+				spinUntil = now.Add(spinFor)
+			}
+			if now.Before(spinUntil) {
+				runtime.Gosched()
+				continue
+			}
 		}
 		if !armed {
 			// Announce the sleep, then look once more: an event queued
@@ -432,21 +456,24 @@ func (w *worker) request(m wire.Msg) error {
 	if w.orphan.Load() {
 		return w.deadErr()
 	}
-	var b [wire.QueueMsgMax]byte
-	n, err := w.codec.Encode(b[:], m)
-	if err != nil {
-		return err
-	}
-	deadline := time.Now().Add(5 * time.Second)
+	var deadline time.Time
 	for i := 0; ; i++ {
+		// encoded into the worker's buffer (under reqMu): a buffer of
+		// our own would be allocated per request, as it escapes
 		w.reqMu.Lock()
-		err = w.rq.Send(b[:n])
+		n, err := w.codec.Encode(w.reqBuf[:], m)
+		if err == nil {
+			err = w.rq.Send(w.reqBuf[:n])
+		}
 		w.reqMu.Unlock()
 		if err != shm.ErrQueueFull {
 			return err
 		}
 		if w.deadErr() != nil {
 			return w.deadErr()
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(5 * time.Second)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("engine request queue full for 5s (%d slots)", w.rq.Slots())
@@ -476,6 +503,8 @@ func (w *worker) call(ctx context.Context, id uint64, m wire.Msg) (any, error) {
 	}
 	w.pending[id] = ch
 	w.mu.Unlock()
+	w.awaiting.Add(1)
+	defer w.awaiting.Add(-1)
 	if err := w.request(m); err != nil {
 		w.mu.Lock()
 		delete(w.pending, id)
@@ -548,9 +577,13 @@ func (w *worker) dispatch(m wire.Msg) {
 		if w.orphan.Load() {
 			return // left in the queue by the engine that is gone
 		}
-		w.mu.Lock()
-		l := w.listeners[m.Listener]
-		w.mu.Unlock()
+		// The listener may be another worker's: the engine spreads a
+		// listener's sessions over the app's workers, and this worker owns
+		// the session (its requests go through our queue).
+		var l *listener
+		if x, ok := w.app.byHandle.Load(listenerKey{w.gen, m.Listener}); ok {
+			l = x.(*listener)
+		}
 		if l == nil {
 			_ = w.request(&wire.AcceptReply{Session: m.Session, Code: wire.ErrRefused})
 			return
@@ -634,9 +667,7 @@ func (w *worker) newConn(h uint64, f wire.FifoPair, local, remote wire.Addr) (*C
 		key = w.bell
 	}
 	c := &Conn{w: w, h: h, seg: seg, rx: rx, tx: tx, ring: ring, key: key,
-		laddr: tcpAddr(local), raddr: tcpAddr(remote), closing: make(chan struct{})}
-	c.rdl.init()
-	c.wdl.init()
+		local: local, remote: remote, closing: make(chan struct{})}
 	w.mu.Lock()
 	w.sessions[h] = c
 	w.mu.Unlock()

@@ -51,6 +51,7 @@ type app struct {
 	nsessions int
 	ndropping int        // connects a PeerPolicy refused, waiting to time out
 	nlisten   int        // listeners (stream), against maxListenersPerApp
+	accepts   uint64     // sessions handed to its workers (accept.go)
 	tsegs     []*segment // transport segments added on demand (besides own)
 	leaving   bool       // detached or its socket closed: being reaped
 	dead      bool

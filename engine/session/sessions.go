@@ -688,7 +688,8 @@ func (ns *namespace) connectLocal(w *worker, m *wire.Connect, l *listener, local
 	a, srv := w.app, l.w
 	c2s, s2c := a.txFifo, a.rxFifo
 	fp1, fp2 := shm.FifoFootprint(c2s), shm.FifoFootprint(s2c)
-	seg, off, code, msg := ns.allocPair(w, srv, fp1+fp2)
+	// the listening app's worker that takes the session (accept.go)
+	srv, seg, off, code, msg := ns.allocPairAccepting(w, l.acceptWorker(), l, fp1+fp2)
 	if code != wire.OK {
 		fail(code, "%s", msg)
 		return

@@ -481,7 +481,7 @@ func (tl *TransportListener) Accept(local, remote netip.AddrPort) (*Flow, wire.C
 		// been told it listens): as if the peer came before the listen
 		return nil, wire.ErrRefused, "the listener is not ready yet"
 	}
-	w := tl.l.w
+	w := tl.l.acceptWorker() // accept.go
 	if len(w.backlog) >= w.evq.Slots() {
 		return nil, wire.ErrQueueFull, fmt.Sprintf("listening app %s is not keeping up: its event queue and backlog are full", w.app.name)
 	}

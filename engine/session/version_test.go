@@ -57,8 +57,8 @@ func recvAny(t *testing.T, c *net.UnixConn) (wire.Msg, uint8, []int) {
 func TestVersionNegotiation(t *testing.T) {
 	_, path := newEngine(t, testCfg)
 
-	// An app of the previous version: its Attach has no version range.
-	v2 := wire.Codec{V: wire.Version - 1}
+	// An app of the oldest version: its Attach has no version range.
+	v2 := wire.Codec{V: wire.MinVersion}
 	c := dialRaw(t, path)
 	b, err := v2.Append(nil, &wire.Attach{Name: "old"})
 	if err != nil {

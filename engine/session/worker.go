@@ -42,6 +42,7 @@ type worker struct {
 
 	sessions  map[uint64]*session
 	listeners map[uint64]*listener
+	acceptSeq uint64 // app.accepts when it last took a session (accept.go)
 	backlog   [][]byte
 	dead      bool
 	drainDone chan struct{} // set by reapGracefully; closed by its shard once drained

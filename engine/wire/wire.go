@@ -66,6 +66,12 @@
 // descriptor only, the engine relays its peer's rings of that segment to
 // its worker doorbell.
 //
+// Version 4 changes no layout: it lets the engine hand a listener's
+// sessions to any worker of the app (Accepted comes on the chosen worker's
+// event queue, naming the listener's handle, and the session belongs to
+// that worker), where older versions get every Accepted on the worker that
+// listened. Its client looks a listener up by handle across its workers.
+//
 // Decode treats its input as hostile: a version other than the session's, unknown type, a body
 // length that does not match the type, out-of-range lengths, non-canonical
 // padding, invalid UTF-8, bad address families and unknown enum values are all
@@ -110,8 +116,11 @@ import (
 // oldest. An engine and an app agree on one version at attach (see the
 // package doc, "Versions") and both use it for every later message.
 const (
-	Version    = 3
+	Version    = 4
 	MinVersion = 2
+	// VersionAcceptAnyWorker is the first version whose apps take a
+	// listener's accepted sessions on any of their workers.
+	VersionAcceptAnyWorker = 4
 )
 
 const (
@@ -324,10 +333,44 @@ func (c Codec) Encode(buf []byte, m Msg) (int, error) {
 	buf[1] = byte(m.Type())
 	binary.LittleEndian.PutUint16(buf[2:], uint16(m.size(c.V)))
 	binary.LittleEndian.PutUint32(buf[4:], 0)
-	e := enc{b: buf, off: HeaderSize, v: c.V}
-	m.encode(&e)
-	if e.err != nil {
-		return 0, e.err
+	// The messages of a session's life go through concrete calls, so that
+	// neither the encoder nor the caller's buffer escapes to the heap (an
+	// encoder passed to an interface method does, and takes buf with it:
+	// two allocations per message on the engine's and the client's hot
+	// paths). Other messages are encoded into a scratch buffer and copied,
+	// which keeps buf from escaping for them too.
+	var err error // outside e: returning e's own field would take buf along
+	e := enc{b: buf, off: HeaderSize, v: c.V, err: &err}
+	switch m := m.(type) {
+	case *Connect:
+		m.encode(&e)
+	case *Connected:
+		m.encode(&e)
+	case *Accepted:
+		m.encode(&e)
+	case *AcceptReply:
+		m.encode(&e)
+	case *Disconnect:
+		m.encode(&e)
+	case *Disconnected:
+		m.encode(&e)
+	case *Reset:
+		m.encode(&e)
+	case *ResetEvt:
+		m.encode(&e)
+	case *Cleanup:
+		m.encode(&e)
+	case *Reply:
+		m.encode(&e)
+	default:
+		var herr error
+		h := &enc{b: make([]byte, n), off: HeaderSize, v: c.V, err: &herr}
+		m.encode(h)
+		copy(buf[HeaderSize:], h.b[HeaderSize:])
+		e.off, err = h.off, herr
+	}
+	if err != nil {
+		return 0, err
 	}
 	if e.off != n {
 		panic(fmt.Sprintf("wire: %v encoded %d bytes, want %d", m.Type(), e.off, n))
@@ -522,8 +565,35 @@ func decodeBody(buf []byte, v uint8, newer bool) (Msg, error) {
 			return nil, &Error{fmt.Sprintf("%v: non-zero trailing bytes", t)}
 		}
 	}
+	// concrete calls for the messages of a session's life: the decoder
+	// stays on the stack (see Encode)
 	d := dec{b: buf[:HeaderSize+want], off: HeaderSize, t: t, v: v, newer: newer}
-	m.decode(&d)
+	switch m := m.(type) {
+	case *Connect:
+		m.decode(&d)
+	case *Connected:
+		m.decode(&d)
+	case *Accepted:
+		m.decode(&d)
+	case *AcceptReply:
+		m.decode(&d)
+	case *Disconnect:
+		m.decode(&d)
+	case *Disconnected:
+		m.decode(&d)
+	case *Reset:
+		m.decode(&d)
+	case *ResetEvt:
+		m.decode(&d)
+	case *Cleanup:
+		m.decode(&d)
+	case *Reply:
+		m.decode(&d)
+	default:
+		h := &dec{b: buf[:HeaderSize+want], off: HeaderSize, t: t, v: v, newer: newer}
+		m.decode(h)
+		d.err = h.err
+	}
 	if d.err != nil {
 		return nil, d.err
 	}
@@ -536,7 +606,7 @@ type enc struct {
 	b   []byte
 	off int
 	v   uint8
-	err error
+	err *error // the first error (a variable of Encode's)
 }
 
 func (e *enc) u8(v uint8)   { e.b[e.off] = v; e.off++ }
@@ -556,8 +626,8 @@ func (e *enc) boolean(v bool) {
 // at a rune boundary by the constructors (see Msgf).
 func (e *enc) str(s string, max int, what string) {
 	if len(s) > max {
-		if e.err == nil {
-			e.err = fmt.Errorf("wire: %s is %d bytes, at most %d", what, len(s), max)
+		if *e.err == nil {
+			*e.err = fmt.Errorf("wire: %s is %d bytes, at most %d", what, len(s), max)
 		}
 		s = ""
 	}

@@ -6,7 +6,9 @@
 // Package wirecompat_test proves that today's engine serves apps built
 // against the client of the previous wire version (frozen in v2/ by
 // hack/wire-compat.sh), and that such an app and an app of today's client
-// talk cut-through to each other.
+// talk cut-through to each other; and that an app of wire version 3
+// (frozen in v3/) with several workers gets its listener's sessions on the
+// worker that listened, as its client expects.
 package wirecompat_test
 
 import (
@@ -245,4 +247,49 @@ func waitExit(t *testing.T, cmd *exec.Cmd) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("v2app did not exit within 30s after its session")
 	}
+}
+
+// TestVersion3ListenerWithWorkers: an app of wire version 3 with 4 workers
+// takes a listener's sessions only on the worker that listened; today's
+// engine, which spreads accepted sessions over the workers of apps of
+// version 4, must hand it every session there (its client would refuse
+// them elsewhere), and every one is served.
+func TestVersion3ListenerWithWorkers(t *testing.T) {
+	sock, lg := startEngine(t)
+	bin := filepath.Join(t.TempDir(), "v3app")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/hoststack/hoststack/internal/wirecompat/v3app").CombinedOutput(); err != nil {
+		t.Fatalf("build the wire-version-3 app: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	app, err := client.Attach(ctx, client.Options{Socket: sock, Name: "today"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	const sessions = 16
+	cmd, sc := run(t, bin, "serve", sock, "127.0.0.1:0", "4", fmt.Sprint(sessions))
+	addr := line(t, sc, "ready")
+	if !lg.has("app v3app-serve") || !lg.has("wire version 3") {
+		t.Fatalf("engine log does not show the app on wire version 3: %q", lg.lines)
+	}
+	for i := 0; i < sessions; i++ {
+		c, err := app.Dial(ctx, "tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("session %d\n", i)
+		if _, err := io.WriteString(c, want); err != nil {
+			t.Fatal(err)
+		}
+		got, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil || got != want {
+			t.Fatalf("session %d: echoed %q, %v", i, got, err)
+		}
+		c.Close()
+	}
+	if got := line(t, sc, "served"); got != fmt.Sprint(sessions) {
+		t.Fatalf("served %s", got)
+	}
+	waitExit(t, cmd)
 }
