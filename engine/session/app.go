@@ -28,7 +28,10 @@ type app struct {
 	id   uint32
 	name string
 	conn *net.UnixConn
-	raw  interface {
+	// nameFree is closed when the app's name is free again: it is leaving
+	// (detached, or its socket closed) or reaped (freeName, under ns.mu)
+	nameFree chan struct{}
+	raw      interface {
 		Control(func(uintptr)) error
 		Write(func(uintptr) bool) error
 	}
@@ -71,7 +74,7 @@ func (e *Engine) handleConn(s *AttachSocket, c *net.UnixConn) {
 		c.Close()
 		return
 	}
-	a := &app{conn: c, raw: raw, sock: s, workers: map[uint32]*worker{}, v2TBell: -1}
+	a := &app{conn: c, raw: raw, sock: s, workers: map[uint32]*worker{}, v2TBell: -1, nameFree: make(chan struct{})}
 	if err := raw.Control(func(fd uintptr) {
 		a.cred, _ = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 	}); err != nil {
@@ -122,6 +125,18 @@ func (e *Engine) handleConn(s *AttachSocket, c *net.UnixConn) {
 		a.sendSock(&wire.AttachReply{Code: wire.ErrNoNamespace, Msg: msg, EngineVersion: a.codec.V}, nil)
 		c.Close()
 		return
+	}
+	if gone := ns.nameHolderGone(a, at.Name); gone != nil {
+		// The app holding the name has exited (a restarted process, a
+		// replaced container) but the engine has not read its socket's end
+		// yet: wait for that (it frees the name at once) rather than
+		// refuse the name.
+		t := time.NewTimer(nameReapWait)
+		select {
+		case <-gone:
+		case <-t.C:
+		}
+		t.Stop()
 	}
 	ok = ns.attach(a, at)
 	s.pending.Add(-1)
@@ -374,6 +389,54 @@ func constEq(a, b string) bool {
 }
 
 // appNamed is the live app called name in host, or nil.
+// nameReapWait bounds how long an attach waits for the reap of a gone app
+// that holds the name it asks for.
+const nameReapWait = 2 * time.Second
+
+// nameHolderGone returns, when name is held by an app whose attach socket
+// the other side has closed (its process exited) but whose reader has not
+// seen it yet, a channel closed when the name is free; nil otherwise
+// (free, or held by a live app).
+func (ns *namespace) nameHolderGone(a *app, name string) <-chan struct{} {
+	if name == "" {
+		return nil
+	}
+	ns.mu.Lock()
+	host := a.sock.host
+	if ns.cfg.SharedNetwork {
+		host = ""
+	}
+	o := ns.appNamed(host, name)
+	ns.mu.Unlock()
+	if o == nil || !peerHungUp(o.raw) {
+		return nil
+	}
+	return o.nameFree
+}
+
+// freeName tells attaches waiting for the name that it is free (under
+// ns.mu; idempotent).
+func (a *app) freeName() {
+	select {
+	case <-a.nameFree:
+	default:
+		close(a.nameFree)
+	}
+}
+
+// peerHungUp reports whether the other end of an attach socket is closed,
+// without reading from it (its reader goroutine may be draining it).
+func peerHungUp(raw interface{ Control(func(uintptr)) error }) bool {
+	hup := false
+	_ = raw.Control(func(fd uintptr) {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		if n, err := unix.Poll(pfd, 0); err == nil && n > 0 {
+			hup = pfd[0].Revents&(unix.POLLRDHUP|unix.POLLHUP) != 0
+		}
+	})
+	return hup
+}
+
 func (ns *namespace) appNamed(host, name string) *app {
 	for _, o := range ns.apps {
 		if !o.dead && !o.leaving && o.host == host && o.name == name {
@@ -469,6 +532,7 @@ func (ns *namespace) reapGracefully(a *app, reason string, detach bool) {
 	// Its name is free at once: a restarted process of the pod may take it
 	// while the requests of the old one drain.
 	a.leaving = true
+	a.freeName()
 	var drained []chan struct{}
 	for _, w := range a.workers {
 		if w.drainDone == nil {
@@ -502,6 +566,7 @@ func (ns *namespace) reapLocked(a *app, reason string) {
 		return
 	}
 	a.dead = true
+	a.freeName()
 	for _, w := range a.workers {
 		ns.reapWorkerLocked(w, reason)
 	}
