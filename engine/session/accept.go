@@ -36,7 +36,7 @@ func (l *listener) acceptWorker() *worker {
 		return x.acceptSeq < y.acceptSeq
 	}
 	for _, w := range a.workers {
-		if w.dead || w.drainDone != nil {
+		if !w.takesSessions() {
 			continue
 		}
 		if best == nil || better(w, best) {
@@ -65,7 +65,7 @@ func (ns *namespace) allocPairAccepting(c, srv *worker, l *listener, n int) (*wo
 		return srv, seg, off, code, msg
 	}
 	for _, w := range srv.app.workers {
-		if w == srv || w.dead || w.drainDone != nil || (w != l.w && srv.app.codec.V < wire.VersionAcceptAnyWorker) {
+		if w == srv || !w.takesSessions() || (w != l.w && srv.app.codec.V < wire.VersionAcceptAnyWorker) {
 			continue
 		}
 		if seg, off, ok := ns.allocExisting(c, w, n); ok {
@@ -90,3 +90,7 @@ func (ns *namespace) allocExisting(c, s *worker, n int) (*segment, int, bool) {
 	}
 	return nil, 0, false
 }
+
+// takesSessions reports whether w may be handed new sessions: not reaped,
+// and its app not detaching (draining).
+func (w *worker) takesSessions() bool { return !w.dead && w.drainDone == nil }

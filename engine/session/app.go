@@ -283,10 +283,7 @@ func (ns *namespace) attach(a *app, at *wire.Attach) bool {
 	if len(ns.apps) >= cfg.MaxApps {
 		return fail(wire.ErrQuota, "app namespace %s: maxApps (%d) reached", ns.key, cfg.MaxApps)
 	}
-	host := a.sock.host
-	if cfg.SharedNetwork {
-		host = ""
-	}
+	host := ns.hostOf(a)
 	// An app is known by its name within its host (its pod): a second
 	// attach under a name in use is refused, so no app can take another's
 	// redirected sessions by claiming its name there.
@@ -402,11 +399,7 @@ func (ns *namespace) nameHolderGone(a *app, name string) <-chan struct{} {
 		return nil
 	}
 	ns.mu.Lock()
-	host := a.sock.host
-	if ns.cfg.SharedNetwork {
-		host = ""
-	}
-	o := ns.appNamed(host, name)
+	o := ns.appNamed(ns.hostOf(a), name)
 	ns.mu.Unlock()
 	if o == nil || !peerHungUp(o.raw) {
 		return nil
@@ -435,6 +428,15 @@ func peerHungUp(raw interface{ Control(func(uintptr)) error }) bool {
 		}
 	})
 	return hup
+}
+
+// hostOf is the host an attaching app belongs to: its attach socket's pod,
+// or none when the namespace shares one network (under ns.mu).
+func (ns *namespace) hostOf(a *app) string {
+	if ns.cfg.SharedNetwork {
+		return ""
+	}
+	return a.sock.host
 }
 
 func (ns *namespace) appNamed(host, name string) *app {

@@ -1,15 +1,13 @@
-package client
+package client_test
 
 import (
 	"context"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/hoststack/hoststack/engine/session"
+	"github.com/hoststack/hoststack/client"
 )
 
 // TestRingsRecheckOnlyTheirSessions: a server worker with many idle blocked
@@ -18,35 +16,14 @@ import (
 // blocked on that segment, not the idle ones (which cost one check per ring
 // each before).
 func TestRingsRecheckOnlyTheirSessions(t *testing.T) {
-	dir, err := os.MkdirTemp("", "hs")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	e, err := session.New(session.Config{RunDir: filepath.Join(dir, "run"), Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
-	sock, err := e.AddNamespace(session.NamespaceConfig{Namespace: "team", Name: "default",
-		SegmentSize: 16 << 20, RxFifoSize: 16 << 10, TxFifoSize: 16 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := testNS
+	cfg.SegmentSize, cfg.RxFifoSize, cfg.TxFifoSize = 16<<20, 16<<10, 16<<10
+	_, sock := startEngine(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	noSpin := Options{Socket: sock, SpinFor: -1} // every wait sleeps: rings are what we count
-	attach := func(name string) *App {
-		o := noSpin
-		o.Name = name
-		a, err := Attach(ctx, o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { a.Close() })
-		return a
-	}
-	srv, idle, busy := attach("srv"), attach("idle"), attach("busy")
+	// every wait sleeps: rings are what this counts
+	noSpin := func(o *client.Options) { o.SpinFor = -1 }
+	srv, idle, busy := attach(t, sock, "srv", noSpin), attach(t, sock, "idle", noSpin), attach(t, sock, "busy", noSpin)
 	ln, err := srv.Listen("tcp", ":7000")
 	if err != nil {
 		t.Fatal(err)
@@ -65,7 +42,6 @@ func TestRingsRecheckOnlyTheirSessions(t *testing.T) {
 		}
 	}()
 	const idleConns = 200
-	w := srv.workers[0]
 	for i := 0; i < idleConns; i++ {
 		c, err := idle.Dial(ctx, "tcp", "127.0.0.1:7000")
 		if err != nil {
@@ -75,12 +51,7 @@ func TestRingsRecheckOnlyTheirSessions(t *testing.T) {
 	}
 	// All idle conns accepted and their echo goroutines blocked in Read.
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		w.mu.Lock()
-		n := 0
-		for _, set := range w.waiters {
-			n += len(set)
-		}
-		w.mu.Unlock()
+		n := client.BlockedCalls(srv)
 		if n >= idleConns {
 			break
 		}
@@ -94,14 +65,10 @@ func TestRingsRecheckOnlyTheirSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	w.mu.Lock()
-	before := w.checked
-	w.mu.Unlock()
+	before := client.Rechecked(srv)
 	const rounds = 500
 	pingPong(t, c, rounds)
-	w.mu.Lock()
-	checked := w.checked - before
-	w.mu.Unlock()
+	checked := client.Rechecked(srv) - before
 	// A round trip rings the server's worker about once (the request); the
 	// idle reads would add 200 checks each time.
 	if checked > 4*rounds {
