@@ -17,11 +17,9 @@ import (
 	"time"
 )
 
-// busyStream and busyRR are the variants measured in both cases; the
-// stream takes the 4 MiB FIFO variant too, to show what larger FIFOs buy
-// under load.
+// busyStream and busyRR are the variants measured in both cases.
 var (
-	busyStream = []string{"hoststack", "tcp-loopback", "hoststack-4MiB"}
+	busyStream = []string{"hoststack", "tcp-loopback"}
 	busyRR     = []string{"hoststack", "tcp-loopback"}
 )
 

@@ -262,8 +262,6 @@ func addTargets(r *Report) {
 	s := func(cs, v string) [3]string { return [3]string{"stream", cs, v} }
 	r.target("64KiB stream >= 8x TCP loopback", s("64KiB", "hoststack"), s("64KiB", "tcp-loopback"), 8, 0)
 	r.target("64KiB stream >= 0.5x memcpy", s("64KiB", "hoststack"), s("64KiB", "memcpy"), 0.5, 0)
-	r.target("64KiB stream >= 8x TCP loopback, 4 MiB FIFOs", s("64KiB", "hoststack-4MiB"), s("64KiB", "tcp-loopback"), 8, 0)
-	r.target("64KiB stream >= 0.5x memcpy, 4 MiB FIFOs", s("64KiB", "hoststack-4MiB"), s("64KiB", "memcpy"), 0.5, 0)
 	r.target("64B stream >= 20x TCP loopback", s("64B", "hoststack"), s("64B", "tcp-loopback"), 20, 0)
 	r.target("64B RR p50 <= 1/5 TCP loopback (default mode)", [3]string{"rr", "p50", "hoststack"}, [3]string{"rr", "p50", "tcp-loopback"}, 0, 0.2)
 	r.target("64B RR p50 spin mode <= 2us (vs 1us)", [3]string{"rr", "p50", "hoststack-spin"}, [3]string{"rr", "p50", "unit-1us"}, 0, 2)

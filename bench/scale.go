@@ -64,11 +64,10 @@ var scaleLimits = session.Limits{MaxApps: 2048, MaxWorkers: 4096, MaxThreads: 81
 var scaleAppsNS = session.NamespaceConfig{Namespace: "bench", Name: "scale-apps", MaxApps: scaleApps + 10}
 
 // scaleSessionsNS holds 100,000 sessions of two apps with the API default
-// 1 MiB FIFOs: MaxSessionsPerApp raised from 4,096 to 2^17, SegmentSize
-// from 32 MiB to 1 GiB and MaxSegmentsPerApp from 16 to 1,024 (a fifo
-// pair reserves 2 MiB, so 100,000 pairs reserve ~200 GiB of segments:
-// ~200 segments of 1 GiB, where 32 MiB ones would be 6,400 memfds and
-// mappings per process).
+// sizing (4 MiB FIFOs in 1 GiB segments): MaxSessionsPerApp raised from
+// 4,096 to 2^17 and MaxSegmentsPerApp from 16 to 1,024 (a fifo pair
+// reserves 8 MiB of address space, so 100,000 pairs reserve ~800 GiB:
+// ~790 sparse segments, of which only the pages written are memory).
 var scaleSessionsNS = session.NamespaceConfig{Namespace: "bench", Name: "scale-sessions",
 	SegmentSize: 1 << 30, RxFifoSize: defaultFifo, TxFifoSize: defaultFifo,
 	MaxSegmentsPerApp: 1024, MaxApps: 16, MaxSessionsPerApp: 1 << 17}

@@ -163,6 +163,9 @@ type App struct {
 	rr      atomic.Uint32
 	ctx     atomic.Uint64
 	spinFor time.Duration
+	// trimAfter is how long a session's written tx pages stay before the
+	// worker gives back those the fifo no longer holds (worker.trim)
+	trimAfter time.Duration
 
 	mu   sync.Mutex
 	cond *sync.Cond
@@ -243,6 +246,7 @@ func Attach(ctx context.Context, opts Options) (*App, error) {
 	a := &App{opts: opts, segs: map[uint64]*cseg{}, sockWait: map[uint64]chan sockReply{},
 		orphans: map[*worker]struct{}{}, listeners: map[*listener]struct{}{}, closing: make(chan struct{})}
 	a.cond = sync.NewCond(&a.mu)
+	a.trimAfter = shm.TrimAfter
 	a.spinFor = opts.SpinFor
 	if a.spinFor == 0 {
 		a.spinFor = 20 * time.Microsecond

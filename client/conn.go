@@ -55,6 +55,9 @@ type Conn struct {
 	sentBye  bool
 
 	peekPin bool // Peek holds a segment reference until Consume (under rmu)
+	// trimDue (under wmu): tx was written since its pages were last given
+	// back, and this Conn is on its worker's trim list (see worker.trim)
+	trimDue bool
 	// cold, and last: the hot words above keep the offsets they had
 	local, remote wire.Addr
 	_             [64]byte
@@ -252,6 +255,7 @@ func (c *Conn) wait(dl *deadline, cond func() bool, set func(), clear func() boo
 func (c *Conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	c.wrote()
 	total := 0
 	for {
 		if total == len(p) && total > 0 {
@@ -286,6 +290,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 func (c *Conn) WriteBuffers(bufs [][]byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	c.wrote()
 	total := 0
 	for {
 		for len(bufs) > 0 && len(bufs[0]) == 0 {
@@ -323,6 +328,36 @@ func (c *Conn) WriteBuffers(bufs [][]byte) (int, error) {
 			return total, err
 		}
 	}
+}
+
+// wrote notes (under wmu) that tx pages may be in use beyond what the fifo
+// holds: the worker gives them back once the Conn has been quiet for a
+// while. Once per trim period per Conn; the write path pays a branch.
+func (c *Conn) wrote() {
+	if !c.trimDue {
+		c.trimDue = true
+		c.w.trimLater(c)
+	}
+}
+
+// trimTx gives back the pages of tx's free space (shm.Fifo.Trim, producer
+// side, hence under wmu). False when a writer holds wmu: try again later.
+func (c *Conn) trimTx() bool {
+	if !c.wmu.TryLock() {
+		return false
+	}
+	defer c.wmu.Unlock()
+	if !c.trimDue || c.closed.Load() {
+		return true
+	}
+	c.trimDue = false
+	// the segment may be unmapped under a session the engine released
+	if !c.w.app.pin(c.seg) {
+		return true
+	}
+	_, _ = c.tx.Trim() // a corrupt fifo reports on the next Write
+	c.w.app.unref(c.seg)
+	return true
 }
 
 // Peek is the zero-copy read: it waits for data (honouring the read

@@ -1,6 +1,9 @@
 package client
 
-import "net"
+import (
+	"net"
+	"time"
+)
 
 // ConnWorker is the id of the worker that owns a session of this client
 // (its requests and events go through that worker's queues).
@@ -27,3 +30,10 @@ func Rechecked(a *App) uint64 {
 	defer w.mu.Unlock()
 	return w.checked
 }
+
+// SetTrimAfter sets how long written fifo pages stay before a's workers give
+// back those the fifo no longer holds. Call before a's sessions write.
+func SetTrimAfter(a *App, d time.Duration) { a.trimAfter = d }
+
+// SegmentResident is the resident memory of the segment that holds c's fifos.
+func SegmentResident(c net.Conn) (int64, error) { return c.(*Conn).seg.seg.Resident() }

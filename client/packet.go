@@ -176,6 +176,7 @@ func (p *PacketConn) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, err
 	wire.DgramHeader{Len: len(b), Remote: addr}.Put(hdr[:])
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	c.wrote()
 	room := func() bool {
 		if c.closed.Load() || c.resetErr.Load() != nil || c.peerClosed.Load() {
 			return true

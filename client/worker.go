@@ -66,6 +66,13 @@ type worker struct {
 	retired  []int
 	loopDone bool // the loop exited: retired ends are closed at once
 
+	// trimMu guards trimList, the Conns written since their tx pages were
+	// last given back; a timer (trimTimer, armed while the list is not
+	// empty) gives them back after App.trimAfter.
+	trimMu    sync.Mutex
+	trimList  []*Conn
+	trimTimer *time.Timer
+
 	// awaiting counts calls waiting for their answer: while there are,
 	// the loop polls its queue briefly before sleeping (see loop)
 	awaiting atomic.Int32
@@ -130,6 +137,12 @@ func (a *App) newWorker(info wire.WorkerInfo, fds []int) (*worker, error) {
 }
 
 func (w *worker) release() {
+	w.trimMu.Lock()
+	if w.trimTimer != nil {
+		w.trimTimer.Stop()
+	}
+	w.trimList = nil
+	w.trimMu.Unlock()
 	w.mq.Close()
 	for _, fd := range []int{w.bell, w.tbell, w.ep, w.intr} {
 		if fd >= 0 {
@@ -403,6 +416,42 @@ func (w *worker) engineLost(why error) {
 	if empty {
 		go w.app.retireWorker(w)
 	}
+}
+
+// trimLater puts c on the trim list (c.trimDue was just set, under c.wmu).
+func (w *worker) trimLater(c *Conn) {
+	w.trimMu.Lock()
+	defer w.trimMu.Unlock()
+	w.trimList = append(w.trimList, c)
+	if w.trimTimer == nil {
+		w.trimTimer = time.AfterFunc(w.app.trimAfter, w.trim)
+	} else if len(w.trimList) == 1 {
+		w.trimTimer.Reset(w.app.trimAfter)
+	}
+}
+
+// trim gives back the tx pages of the Conns on the trim list: a fifo's ring
+// is walked by its indices, so a session that stays open keeps every page
+// it ever wrote (up to its capacity) until its producer returns them. The
+// Conns a writer holds stay on the list for the next round.
+func (w *worker) trim() {
+	w.trimMu.Lock()
+	list := w.trimList
+	w.trimList = nil
+	w.trimMu.Unlock()
+	var busy []*Conn
+	for _, c := range list {
+		if !c.trimTx() {
+			busy = append(busy, c)
+		}
+	}
+	if len(busy) == 0 || w.stop.Load() {
+		return
+	}
+	w.trimMu.Lock()
+	w.trimList = append(w.trimList, busy...)
+	w.trimTimer.Reset(w.app.trimAfter)
+	w.trimMu.Unlock()
 }
 
 // dropSession forgets a session released without the engine (its worker

@@ -19,7 +19,7 @@ import (
 )
 
 // defaultsNSYAML is an AppNamespace with every size and quota at the CRD's
-// defaults (segmentSize 64Mi, FIFOs 1Mi, maxSegmentsPerApp 32,
+// defaults (segmentSize 1Gi, FIFOs 4Mi, maxSegmentsPerApp 32,
 // maxSessionsPerApp 512).
 const defaultsNSYAML = `apiVersion: hoststack.dev/v1alpha1
 kind: AppNamespace

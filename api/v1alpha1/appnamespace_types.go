@@ -48,9 +48,12 @@ type AppNamespaceSpec struct {
 
 	// segments sizes the shared-memory segments and FIFOs given to apps.
 	// These are defaults and limits: an app may ask for smaller FIFOs when
-	// it attaches, never larger ones.
+	// it attaches, never larger ones. Sizes are address space, not memory:
+	// a FIFO's pages are allocated as data flows through it and given back
+	// once it has been quiet for a couple of seconds, so large FIFOs cost
+	// memory only while they carry a stream.
 	// +optional
-	// +kubebuilder:default={segmentSize: "64Mi", rxFIFOSize: "1Mi", txFIFOSize: "1Mi", maxSegmentsPerApp: 32}
+	// +kubebuilder:default={segmentSize: "1Gi", rxFIFOSize: "4Mi", txFIFOSize: "4Mi", maxSegmentsPerApp: 32}
 	Segments SegmentsSpec `json:"segments,omitzero"`
 
 	// quotas bound what apps of this AppNamespace may hold on each node.
@@ -150,21 +153,26 @@ type NetworkInterface struct {
 // SegmentsSpec sizes the shared-memory segments and FIFOs.
 // +kubebuilder:validation:XValidation:rule="!has(self.segmentSize) || !has(self.rxFIFOSize) || !has(self.txFIFOSize) || !isQuantity(string(self.segmentSize)) || !isQuantity(string(self.rxFIFOSize)) || !isQuantity(string(self.txFIFOSize)) || quantity(string(self.rxFIFOSize)).add(quantity(string(self.txFIFOSize))).compareTo(quantity(string(self.segmentSize))) <= 0",message="spec.segments.rxFIFOSize + spec.segments.txFIFOSize must fit in spec.segments.segmentSize (a session's two FIFOs share one segment)",fieldPath=".segmentSize"
 type SegmentsSpec struct {
-	// segmentSize is the size of each shared-memory segment, 1Mi to 4Gi.
+	// segmentSize is the size of each shared-memory segment, 1Mi to 4Gi:
+	// address space that apps map, holding up to segmentSize / (rxFIFOSize
+	// + txFIFOSize) sessions; memory is used only by the pages written.
 	// +optional
-	// +kubebuilder:default="64Mi"
+	// +kubebuilder:default="1Gi"
 	// +kubebuilder:validation:XValidation:rule="!isQuantity(string(self)) || quantity(string(self)).isInteger() && quantity(string(self)).compareTo(quantity('1Mi')) >= 0 && quantity(string(self)).compareTo(quantity('4Gi')) <= 0",message="spec.segments.segmentSize must be a whole number of bytes from 1Mi to 4Gi"
 	SegmentSize *resource.Quantity `json:"segmentSize,omitempty"`
 
-	// rxFIFOSize is the default receive FIFO size per session, 4Ki to 1Gi.
+	// rxFIFOSize is the default receive FIFO size per session, 4Ki to 1Gi:
+	// how far a stream can run ahead of its reader. Pages are allocated as
+	// the stream needs them and given back when the session is quiet.
 	// +optional
-	// +kubebuilder:default="1Mi"
+	// +kubebuilder:default="4Mi"
 	// +kubebuilder:validation:XValidation:rule="!isQuantity(string(self)) || quantity(string(self)).isInteger() && quantity(string(self)).compareTo(quantity('4Ki')) >= 0 && quantity(string(self)).compareTo(quantity('1Gi')) <= 0",message="spec.segments.rxFIFOSize must be a whole number of bytes from 4Ki to 1Gi"
 	RxFIFOSize *resource.Quantity `json:"rxFIFOSize,omitempty"`
 
-	// txFIFOSize is the default transmit FIFO size per session, 4Ki to 1Gi.
+	// txFIFOSize is the default transmit FIFO size per session, 4Ki to 1Gi
+	// (see rxFIFOSize).
 	// +optional
-	// +kubebuilder:default="1Mi"
+	// +kubebuilder:default="4Mi"
 	// +kubebuilder:validation:XValidation:rule="!isQuantity(string(self)) || quantity(string(self)).isInteger() && quantity(string(self)).compareTo(quantity('4Ki')) >= 0 && quantity(string(self)).compareTo(quantity('1Gi')) <= 0",message="spec.segments.txFIFOSize must be a whole number of bytes from 4Ki to 1Gi"
 	TxFIFOSize *resource.Quantity `json:"txFIFOSize,omitempty"`
 

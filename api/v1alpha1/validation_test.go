@@ -98,9 +98,9 @@ func TestAppNamespaceAdmission(t *testing.T) {
 	runAdmissionCases(t, "AppNamespace", []admissionCase{
 		{name: "minimal object gets working defaults", yaml: "spec:\n  podSelector: {}\n", check: func(t *testing.T, u *unstructured.Unstructured) {
 			wantField(t, u, "PodNetwork", "spec", "network", "mode")
-			wantField(t, u, "64Mi", "spec", "segments", "segmentSize")
-			wantField(t, u, "1Mi", "spec", "segments", "rxFIFOSize")
-			wantField(t, u, "1Mi", "spec", "segments", "txFIFOSize")
+			wantField(t, u, "1Gi", "spec", "segments", "segmentSize")
+			wantField(t, u, "4Mi", "spec", "segments", "rxFIFOSize")
+			wantField(t, u, "4Mi", "spec", "segments", "txFIFOSize")
 			wantField(t, u, 32, "spec", "segments", "maxSegmentsPerApp")
 			wantField(t, u, 64, "spec", "quotas", "maxApps")
 			wantField(t, u, 512, "spec", "quotas", "maxSessionsPerApp")
@@ -111,7 +111,7 @@ func TestAppNamespaceAdmission(t *testing.T) {
 			yaml: "spec:\n  podSelector: {}\n  network: {}\n  segments:\n    rxFIFOSize: 2Mi\n  quotas:\n    maxApps: 3\n",
 			check: func(t *testing.T, u *unstructured.Unstructured) {
 				wantField(t, u, "PodNetwork", "spec", "network", "mode")
-				wantField(t, u, "64Mi", "spec", "segments", "segmentSize")
+				wantField(t, u, "1Gi", "spec", "segments", "segmentSize")
 				wantField(t, u, "2Mi", "spec", "segments", "rxFIFOSize")
 				wantField(t, u, 512, "spec", "quotas", "maxSessionsPerApp")
 				wantField(t, u, 16, "spec", "quotas", "maxWorkersPerApp")

@@ -67,6 +67,18 @@ func (ns *namespace) newSegment(name string, size int) (*segment, error) {
 	return s, nil
 }
 
+// free returns a fifo pair's extent, and its memory when data went through
+// it (written bytes is what the pair's tails say; an app that lies only
+// keeps its own pages resident until the extent is reused or the segment
+// dropped).
+func (s *segment) free(off int, written uint64) {
+	n := s.alloc.Release(off)
+	if n > 0 && written > 0 {
+		// Best effort: an error leaves the pages as they were before.
+		_ = s.seg.Punch(off, n)
+	}
+}
+
 func (ns *namespace) dropSegment(s *segment) {
 	ns.dropRelays(s)
 	delete(ns.segs, s.handle)
@@ -199,8 +211,9 @@ func (ns *namespace) releaseLocked(s *session, reset bool, reason string) {
 		return
 	}
 	if s.seg != nil {
-		ns.stats.bytes += pairBytes(s)
-		s.seg.alloc.Free(s.pairOff)
+		written := pairBytes(s)
+		ns.stats.bytes += written
+		s.seg.free(s.pairOff, written)
 		s.seg.sessions--
 		if s.seg.sessions == 0 && (s.seg.orphan || s.seg.a.dead || s.seg.b.dead) {
 			ns.dropCT(s.seg)

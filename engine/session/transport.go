@@ -152,8 +152,9 @@ func (f *Flow) freeLocked() {
 	delete(a.flows, f)
 	a.flowMu.Unlock()
 	seg := f.seg
-	f.ns.stats.bytes += fifoBytes(seg, f.rxOff, f.txOff)
-	seg.alloc.Free(f.rxOff)
+	written := fifoBytes(seg, f.rxOff, f.txOff)
+	f.ns.stats.bytes += written
+	seg.free(f.rxOff, written)
 	seg.sessions--
 	switch {
 	case seg.sessions > 0:

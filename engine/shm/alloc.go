@@ -63,12 +63,16 @@ func (a *Allocator) Alloc(n int) (int, error) {
 
 // Free returns an extent obtained from Alloc. Freeing an offset that is not
 // allocated is ignored (and reported as false).
-func (a *Allocator) Free(off int) bool {
+func (a *Allocator) Free(off int) bool { return a.Release(off) > 0 }
+
+// Release is Free that returns the size of the extent freed (0 if off was
+// not allocated), for a caller that gives its memory back (Segment.Punch).
+func (a *Allocator) Release(off int) int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	n, ok := a.used[off]
 	if !ok {
-		return false
+		return 0
 	}
 	delete(a.used, off)
 	a.inUse -= n
@@ -89,7 +93,7 @@ func (a *Allocator) Free(off int) bool {
 		copy(a.free[i+1:], a.free[i:])
 		a.free[i] = extent{off, n}
 	}
-	return true
+	return n
 }
 
 // InUse returns the number of allocated bytes (after rounding).

@@ -4,7 +4,11 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"os"
 	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Fifo header layout (offsets from the fifo's base, which is 64-byte aligned):
@@ -68,6 +72,7 @@ func validCap(c, lo, hi int) bool {
 // Any impossible value makes that side return ErrCorrupt from then on.
 type Fifo struct {
 	data     []byte // capacity bytes of the segment
+	dataOff  int    // where data starts in the segment (page arithmetic of Trim)
 	mask     uint64
 	capacity uint64
 
@@ -79,6 +84,7 @@ type Fifo struct {
 	pHeadCache uint64 // last validated head
 	pErr       error
 	pClosed    bool
+	pTrimmed   uint64 // pTail at the last Trim: nothing written since if equal
 
 	_ [64]byte
 	// consumer-private state
@@ -125,7 +131,7 @@ func OpenFifo(seg *Segment, off, capacity int) (*Fifo, error) {
 	if t-h > f.capacity {
 		return nil, fmt.Errorf("%w: fifo indices at %d", ErrCorrupt, off)
 	}
-	f.pTail, f.pHeadCache = t, h
+	f.pTail, f.pHeadCache, f.pTrimmed = t, h, t
 	f.cHead, f.cTailCache = h, t
 	return f, nil
 }
@@ -149,6 +155,7 @@ func mapFifo(seg *Segment, off, capacity int) (*Fifo, error) {
 	}
 	f := &Fifo{
 		data:     b[off+fifoHeaderSize : off+fp : off+fp],
+		dataOff:  off + fifoHeaderSize,
 		mask:     uint64(capacity) - 1,
 		capacity: uint64(capacity),
 	}
@@ -299,6 +306,63 @@ func (f *Fifo) Free() (int, error) {
 func (f *Fifo) CloseWrite() {
 	f.pClosed = true
 	f.eofW.Store(1)
+}
+
+// TrimAfter is how long a producer lets pages it wrote stay before it gives
+// back (Trim) those its fifo no longer holds: often enough that an idle
+// session costs little, rarely enough that a stream refaults its ring at
+// most once per period.
+const TrimAfter = 2 * time.Second
+
+// Trim gives the memory under the fifo's free space back to the kernel: the
+// whole pages of the ring that hold no unread byte are removed from the
+// memfd (MADV_REMOVE), so a fifo costs memory only for what it holds and
+// what was written since the last Trim; the next write there faults in
+// fresh pages. It returns the bytes released. Producer side (the producer
+// is the only writer of the free space, and the consumer reads only
+// [head, tail), so nothing needs the peer's cooperation); allowed after
+// CloseWrite.
+func (f *Fifo) Trim() (int, error) {
+	if f.pErr != nil {
+		return 0, f.pErr
+	}
+	if err := f.refreshHead(); err != nil {
+		return 0, err
+	}
+	free := f.capacity - (f.pTail - f.pHeadCache)
+	pos := f.pTail & f.mask
+	if free == f.capacity {
+		pos = 0 // empty: all of it, not two pieces around the tail's page
+	}
+	first := min(free, f.capacity-pos)
+	n1, err := f.release(pos, first)
+	if err != nil {
+		return n1, err
+	}
+	n2, err := f.release(0, free-first)
+	if err == nil {
+		f.pTrimmed = f.pTail
+	}
+	return n1 + n2, err
+}
+
+// Written reports whether anything was written since the last Trim (or since
+// the fifo was opened): a Trim now may have pages to release.
+func (f *Fifo) Written() bool { return f.pTail != f.pTrimmed }
+
+// release removes the whole pages of data[pos:pos+n]. The segment is mapped
+// at a page boundary, so the page arithmetic is on segment offsets.
+func (f *Fifo) release(pos, n uint64) (int, error) {
+	pg := os.Getpagesize()
+	start := (f.dataOff+int(pos)+pg-1)&^(pg-1) - f.dataOff
+	end := (f.dataOff+int(pos+n))&^(pg-1) - f.dataOff
+	if end <= start {
+		return 0, nil
+	}
+	if err := unix.Madvise(f.data[start:end], unix.MADV_REMOVE); err != nil {
+		return 0, fmt.Errorf("shm: releasing fifo pages: %w", err)
+	}
+	return end - start, nil
 }
 
 // ReadClosed reports whether the consumer called CloseRead (producer view;

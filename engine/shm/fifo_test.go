@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"os"
 	"sync"
 	"testing"
 )
@@ -244,14 +245,22 @@ func TestFifoConcurrentStream(t *testing.T) {
 	if testing.Short() {
 		total = 4 << 20
 	}
-	for _, spin := range []bool{false, true} {
-		p, c, _ := newFifoPair(t, 4096)
+	// trim: the producer gives the free space's pages back after every
+	// write, while the consumer reads the pages next to them.
+	for _, mode := range []struct{ spin, trim bool }{{false, false}, {true, false}, {false, true}} {
+		spin := mode.spin
+		capacity := 4096
+		if mode.trim {
+			capacity = 16 << 10 // whole pages to release
+		}
+		p, c, _ := newFifoPair(t, capacity)
 		rEfd, wEfd := mustEventFD(t), mustEventFD(t)
 		prod := &endpoint{f: p, readerEfd: rEfd, writerEfd: wEfd}
 		cons := &endpoint{f: c, readerEfd: rEfd, writerEfd: wEfd}
 		if spin {
 			prod.spin, cons.spin = 5e3, 5e3
 		}
+		released := 0
 		var wg sync.WaitGroup
 		var sent [32]byte
 		var werr error
@@ -268,6 +277,13 @@ func TestFifoConcurrentStream(t *testing.T) {
 				h.Write(buf[:n])
 				if werr = prod.writeAll(buf[:n]); werr != nil {
 					return
+				}
+				if mode.trim {
+					r, err := p.Trim()
+					if werr = err; err != nil {
+						return
+					}
+					released += r
 				}
 				left -= n
 			}
@@ -291,10 +307,13 @@ func TestFifoConcurrentStream(t *testing.T) {
 		}
 		wg.Wait()
 		if werr != nil || rerr != nil {
-			t.Fatalf("spin=%v: writer %v, reader %v", spin, werr, rerr)
+			t.Fatalf("%+v: writer %v, reader %v", mode, werr, rerr)
 		}
 		if got != total || !bytes.Equal(h.Sum(nil), sent[:]) {
-			t.Fatalf("spin=%v: got %d bytes, want %d; hash match %v", spin, got, total, bytes.Equal(h.Sum(nil), sent[:]))
+			t.Fatalf("%+v: got %d bytes, want %d; hash match %v", mode, got, total, bytes.Equal(h.Sum(nil), sent[:]))
+		}
+		if mode.trim && released == 0 {
+			t.Fatalf("trim: no page was ever released")
 		}
 	}
 }
@@ -385,5 +404,116 @@ func TestFifoReserveCommit(t *testing.T) {
 	}
 	if err := p.Commit(capacity - 199); err == nil {
 		t.Fatal("a commit beyond the free space was accepted")
+	}
+}
+
+// TestFifoTrimReleasesFreePages: a fifo costs memory for what it holds;
+// Trim gives back the pages of the free space, keeps every unread byte, and
+// the next writes fault pages in again. Resident is the memfd's own count.
+func TestFifoTrimReleasesFreePages(t *testing.T) {
+	const capacity = 1 << 20
+	p, c, seg := newFifoPair(t, capacity)
+	resident := func() int64 {
+		t.Helper()
+		r, err := seg.Resident()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	pg := int64(os.Getpagesize())
+	if r := resident(); r > pg {
+		t.Fatalf("a fresh fifo has %d bytes resident, want at most the header's page", r)
+	}
+	if p.Written() {
+		t.Fatal("Written before any write")
+	}
+	gen := newStream(7)
+	data := make([]byte, capacity)
+	gen.fill(data)
+	if n, err := p.Write(data); n != capacity || err != nil {
+		t.Fatalf("write: %d, %v", n, err)
+	}
+	if r := resident(); r < capacity {
+		t.Fatalf("full fifo: %d bytes resident, want >= %d", r, capacity)
+	}
+	// A full fifo has no free page.
+	if n, err := p.Trim(); n != 0 || err != nil {
+		t.Fatalf("trim of a full fifo: %d, %v", n, err)
+	}
+	got := make([]byte, capacity)
+	if n, err := c.Read(got[:3*capacity/4]); n != 3*capacity/4 || err != nil {
+		t.Fatalf("read: %d, %v", n, err)
+	}
+	n, err := p.Trim()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 3/4 of the ring is free: all its whole pages but the one shared with
+	// the header and the one shared with unread data.
+	if want := 3*capacity/4 - 2*int(pg); n < want {
+		t.Fatalf("trim released %d bytes, want >= %d", n, want)
+	}
+	if r := resident(); r > capacity/4+2*pg {
+		t.Fatalf("after trim: %d bytes resident, want <= %d", r, capacity/4+2*pg)
+	}
+	if p.Written() {
+		t.Fatal("Written right after Trim")
+	}
+	// The unread quarter survived; new data goes into released pages.
+	more := make([]byte, capacity/2)
+	gen.fill(more)
+	if n, err := p.Write(more); n != len(more) || err != nil {
+		t.Fatalf("write after trim: %d, %v", n, err)
+	}
+	if !p.Written() {
+		t.Fatal("not Written after a write")
+	}
+	rest := got[3*capacity/4:]
+	if n, err := c.Read(rest); n != len(rest) || err != nil {
+		t.Fatalf("read: %d, %v", n, err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("bytes unread at the trim were lost")
+	}
+	got2 := make([]byte, len(more))
+	if n, err := c.Read(got2); n != len(more) || err != nil || !bytes.Equal(got2, more) {
+		t.Fatalf("read of data written into released pages: %d, %v, equal %v", n, err, bytes.Equal(got2, more))
+	}
+	// Empty: everything goes but the two pages the data shares with the
+	// header and with whatever follows the fifo in the segment.
+	if _, err := p.Trim(); err != nil {
+		t.Fatal(err)
+	}
+	if r := resident(); r > 2*pg {
+		t.Fatalf("empty fifo after trim: %d bytes resident, want <= %d", r, 2*pg)
+	}
+}
+
+// TestSegmentPunch: a freed extent's pages go back; out-of-range is refused.
+func TestSegmentPunch(t *testing.T) {
+	pg := os.Getpagesize()
+	seg := newSeg(t, 64*pg)
+	b := seg.Bytes()
+	for i := range b {
+		b[i] = 0xa5
+	}
+	r0, err := seg.Resident()
+	if err != nil || r0 < int64(64*pg) {
+		t.Fatalf("resident after writing every page: %d, %v", r0, err)
+	}
+	// [pg/2, 10.5 pg): pages 1..9 are whole inside it
+	if err := seg.Punch(pg/2, 10*pg); err != nil {
+		t.Fatal(err)
+	}
+	r1, _ := seg.Resident()
+	if r0-r1 != int64(9*pg) {
+		t.Fatalf("punch released %d bytes, want %d", r0-r1, 9*pg)
+	}
+	if b[pg/2] != 0xa5 || b[pg] != 0 || b[10*pg-1] != 0 || b[10*pg] != 0xa5 {
+		t.Fatal("punch touched bytes outside its whole pages, or left some inside")
+	}
+	if err := seg.Punch(63*pg, 2*pg); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("punch past the end: %v, want ErrInvalid", err)
 	}
 }

@@ -92,6 +92,46 @@ func (s *Segment) Size() int { return s.size }
 // byte as untrusted and possibly changing under you.
 func (s *Segment) Bytes() []byte { s.mu.Lock(); defer s.mu.Unlock(); return s.b }
 
+// Punch gives the memory of [off, off+n) back to the kernel: the whole pages
+// in it are removed from the memfd (they read as zeros; a write faults in a
+// fresh page). For an extent that was freed, so that a closed session's
+// fifos stop costing memory while the segment lives on.
+func (s *Segment) Punch(off, n int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fd < 0 {
+		return ErrClosed
+	}
+	if off < 0 || n < 0 || off > s.size || n > s.size-off {
+		return fmt.Errorf("%w: punch [%d, %d) of a %d-byte segment", ErrInvalid, off, off+n, s.size)
+	}
+	pg := unix.Getpagesize()
+	start, end := (off+pg-1)&^(pg-1), (off+n)&^(pg-1)
+	if end <= start {
+		return nil
+	}
+	if err := unix.Fallocate(s.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, int64(start), int64(end-start)); err != nil {
+		return fmt.Errorf("shm: punching [%d, %d): %w", start, end, err)
+	}
+	return nil
+}
+
+// Resident returns the bytes of the segment backed by memory: the pages
+// written (by anyone who maps it) and not punched since. Segments are
+// sparse: an untouched page costs nothing.
+func (s *Segment) Resident() (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fd < 0 {
+		return 0, ErrClosed
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(s.fd, &st); err != nil {
+		return 0, fmt.Errorf("shm: fstat: %w", err)
+	}
+	return st.Blocks * 512, nil
+}
+
 // Close unmaps and closes the segment. It is idempotent. Fifos and queues in
 // the segment must no longer be used: the memory is gone.
 func (s *Segment) Close() error {

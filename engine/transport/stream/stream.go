@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hoststack/hoststack/engine/session"
+	"github.com/hoststack/hoststack/engine/shm"
 	"github.com/hoststack/hoststack/engine/wire"
 )
 
@@ -123,9 +124,20 @@ func resetMessage(err error, peer netip.AddrPort, name string) string {
 // app stops reading.
 func toApp(f *session.Flow, c Conn, kick, stop <-chan struct{}) error {
 	rx := f.Rx
+	trimmed := time.Now()
 	for {
 		if rx.ReadClosed() {
 			return nil
+		}
+		// Give back the pages the ring walked past (shm.Fifo.Trim): only
+		// here, as this goroutine is the fifo's producer. A session that
+		// went quiet keeps what its last burst touched until it moves again
+		// or closes (then the engine punches its extent).
+		if rx.Written() && time.Since(trimmed) >= shm.TrimAfter {
+			if _, err := rx.Trim(); err != nil {
+				return err
+			}
+			trimmed = time.Now()
 		}
 		space, _, err := rx.Reserve()
 		if err != nil {
