@@ -204,6 +204,13 @@ func main() {
 		}
 		rep.add("memory", "idle-session-resident", "hoststack", resident, "bytes")
 		rep.add("memory", "idle-session-fifo-reserved", "hoststack", reserved, "bytes")
+		fmt.Fprintln(os.Stderr, "fifo memory of a session that streamed (200 sessions):")
+		streamed, quiet, err := streamedSessionMemory()
+		if err != nil {
+			fail("hoststack", "memory", err)
+		}
+		rep.add("memory", "streamed-session-fifo-resident", "hoststack", streamed, "bytes")
+		rep.add("memory", "quiet-session-fifo-resident", "hoststack", quiet, "bytes")
 	}
 
 	if want("scale") {

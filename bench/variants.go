@@ -4,14 +4,17 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hoststack/hoststack/client"
 	"github.com/hoststack/hoststack/engine/session"
+	"github.com/hoststack/hoststack/engine/shm"
 )
 
 // benchNamespace is the AppNamespace API default sizing (1 GiB segments,
@@ -160,6 +163,70 @@ func idleSessionMemory() (resident, reserved float64, err error) {
 	}
 	after, _ := theRig.eng.NamespaceStats(benchNamespace.Key())
 	return float64(rss1-rss0) / n, float64(after.FifoBytesInUse-before.FifoBytesInUse) / n, nil
+}
+
+// streamedSessionMemory streams a lap of the ring (the default FIFO size
+// and a bit) through each of n fresh sessions and reports the fifo memory
+// each holds right after (the ring it walked: FIFOs grow as a stream needs)
+// and once the sessions have been quiet for shm.TrimAfter (what they give
+// back), both from the engine's count of resident segment pages.
+func streamedSessionMemory() (streamed, quiet float64, err error) {
+	const n = 200
+	v, err := theRig.variant("memory-streamed", false, defaultFifo)
+	if err != nil {
+		return 0, 0, err
+	}
+	ln, err := v.listen()
+	if err != nil {
+		return 0, 0, err
+	}
+	defer ln.Close()
+	resident := func() int64 {
+		st, _ := theRig.eng.NamespaceStats(benchNamespace.Key())
+		return st.SegmentResident
+	}
+	base := resident()
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < n; i++ {
+		c, err := v.dial(ln.Addr())
+		if err != nil {
+			return 0, 0, err
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			return 0, 0, err
+		}
+		conns = append(conns, c, s)
+		const lap = defaultFifo + 64<<10
+		werr := make(chan error, 1)
+		go func() {
+			src := make([]byte, 64<<10)
+			var err error
+			for sent := 0; sent < lap && err == nil; sent += len(src) {
+				_, err = c.Write(src)
+			}
+			werr <- err
+		}()
+		if _, err := io.ReadFull(s, make([]byte, lap)); err != nil {
+			return 0, 0, err
+		}
+		if err := <-werr; err != nil {
+			return 0, 0, err
+		}
+	}
+	streamed = float64(resident()-base) / n
+	// Quiet: the writers give their pages back shm.TrimAfter after their
+	// last write; wait for that (bounded), then read.
+	deadline := time.Now().Add(3 * shm.TrimAfter)
+	for r := resident(); r-base > n*16<<10 && time.Now().Before(deadline); r = resident() {
+		time.Sleep(50 * time.Millisecond)
+	}
+	return streamed, float64(resident()-base) / n, nil
 }
 
 func rss() (int64, error) {

@@ -102,3 +102,65 @@ func TestIdleSessionGivesBackItsPages(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestClosedSessionGivesBackItsPages: apps that never trim (a long trim
+// period) leave a streamed session's rings resident while it is open; once
+// both ends closed, the engine punches the fifo pair's extent.
+func TestClosedSessionGivesBackItsPages(t *testing.T) {
+	cfg := testNS
+	cfg.SegmentSize, cfg.RxFifoSize, cfg.TxFifoSize = 64<<20, 4<<20, 4<<20
+	e, sock := startEngine(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	srv, cli := attach(t, sock, "srv"), attach(t, sock, "cli")
+	for _, a := range []*client.App{srv, cli} {
+		client.SetTrimAfter(a, time.Hour)
+	}
+	ln, err := srv.Listen("tcp", ":7101")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan int64, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			accepted <- -1
+			return
+		}
+		n, _ := io.Copy(io.Discard, c)
+		c.Close()
+		accepted <- n
+	}()
+	c, err := cli.Dial(ctx, "tcp", "127.0.0.1:7101")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const total = 16 << 20
+	buf := make([]byte, 64<<10)
+	for sent := 0; sent < total; sent += len(buf) {
+		if _, err := c.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resident := func() int64 {
+		st, _ := e.NamespaceStats(cfg.Key())
+		return st.SegmentResident
+	}
+	// the reader may not have drained the ring yet, but it was walked
+	if r := resident(); r < 4<<20 {
+		t.Fatalf("open session after a 16 MiB stream: %d resident bytes, want >= 4 MiB (its whole tx ring)", r)
+	}
+	c.Close()
+	if n := <-accepted; n != total {
+		t.Fatalf("server read %d bytes, want %d", n, total)
+	}
+	const closed = 256 << 10 // the apps' own segments' first pages
+	deadline := time.Now().Add(20 * time.Second)
+	for r := resident(); r > closed; r = resident() {
+		if time.Now().After(deadline) {
+			t.Fatalf("closed session: %d resident bytes after 20s, want <= %d", r, closed)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

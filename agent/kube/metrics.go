@@ -87,6 +87,7 @@ const (
 	MetricApps         = "hoststack_agent_apps"
 	MetricSessions     = "hoststack_agent_sessions"
 	MetricSegmentBytes = "hoststack_agent_segment_bytes"
+	MetricResident     = "hoststack_agent_segment_resident_bytes"
 	MetricBytes        = "hoststack_agent_bytes_total"
 	MetricRuleLookups  = "hoststack_agent_rule_lookups_total"
 	MetricRuleDenies   = "hoststack_agent_rule_denies_total"
@@ -104,7 +105,7 @@ type Collector struct {
 	Stats func() []session.NamespaceStats
 	Rules *CountingRules
 
-	apps, sessions, segBytes, bytes, lookups, denies, refused, served *prometheus.Desc
+	apps, sessions, segBytes, resident, bytes, lookups, denies, refused, served *prometheus.Desc
 }
 
 // NewCollector returns a Collector reading stats (engine.Stats) and rules.
@@ -114,7 +115,8 @@ func NewCollector(stats func() []session.NamespaceStats, rules *CountingRules) *
 		Stats: stats, Rules: rules,
 		apps:     prometheus.NewDesc(MetricApps, "Apps attached to the AppNamespace on this node.", l, nil),
 		sessions: prometheus.NewDesc(MetricSessions, "Session ends held by the AppNamespace's apps on this node.", l, nil),
-		segBytes: prometheus.NewDesc(MetricSegmentBytes, "Bytes of FIFO segments mapped for the AppNamespace's apps.", l, nil),
+		segBytes: prometheus.NewDesc(MetricSegmentBytes, "Address space of the FIFO segments mapped for the AppNamespace's apps (sparse).", l, nil),
+		resident: prometheus.NewDesc(MetricResident, "Memory behind the AppNamespace's FIFO segments: pages written and not yet given back.", l, nil),
 		bytes:    prometheus.NewDesc(MetricBytes, "Bytes moved through the AppNamespace's cut-through sessions.", l, nil),
 		lookups:  prometheus.NewDesc(MetricRuleLookups, "SessionRule lookups made for the AppNamespace's sessions.", l, nil),
 		denies:   prometheus.NewDesc(MetricRuleDenies, "Sessions of the AppNamespace denied by a SessionRule.", l, nil),
@@ -125,7 +127,7 @@ func NewCollector(stats func() []session.NamespaceStats, rules *CountingRules) *
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.apps, c.sessions, c.segBytes, c.bytes, c.lookups, c.denies, c.refused, c.served} {
+	for _, d := range []*prometheus.Desc{c.apps, c.sessions, c.segBytes, c.resident, c.bytes, c.lookups, c.denies, c.refused, c.served} {
 		ch <- d
 	}
 }
@@ -139,6 +141,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.apps, prometheus.GaugeValue, float64(s.Apps), key)
 		ch <- prometheus.MustNewConstMetric(c.sessions, prometheus.GaugeValue, float64(s.Sessions), key)
 		ch <- prometheus.MustNewConstMetric(c.segBytes, prometheus.GaugeValue, float64(s.SegmentBytes), key)
+		ch <- prometheus.MustNewConstMetric(c.resident, prometheus.GaugeValue, float64(s.SegmentResident), key)
 		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(s.Bytes), key)
 		ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(s.ConnectsRefused), key)
 		if c.Rules != nil {

@@ -200,12 +200,12 @@ func TestCollectorFollowsTheEngine(t *testing.T) {
 	cr.Next = verdict(session.Allow)
 	cr.Lookup(session.RuleQuery{Namespace: "t/web"})
 	cr.Lookup(session.RuleQuery{Namespace: "t/web", Dir: session.Accept}) // not counted
-	stats := []session.NamespaceStats{{Namespace: "t/web", Apps: 1, Sessions: 2, SegmentBytes: 3, Bytes: 4}}
+	stats := []session.NamespaceStats{{Namespace: "t/web", Apps: 1, Sessions: 2, SegmentBytes: 3, Bytes: 4, SegmentResident: 5}}
 	col := NewCollector(func() []session.NamespaceStats { return stats }, cr)
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(col)
 	got := gather(t, reg)
-	for name, want := range map[string]float64{MetricRuleDenies: 2, MetricRuleLookups: 3, MetricApps: 1, MetricSessions: 2, MetricSegmentBytes: 3, MetricBytes: 4} {
+	for name, want := range map[string]float64{MetricRuleDenies: 2, MetricRuleLookups: 3, MetricApps: 1, MetricSessions: 2, MetricSegmentBytes: 3, MetricBytes: 4, MetricResident: 5} {
 		if v, ok := got[name+`{app_namespace="t/web"}`]; !ok || v != want {
 			t.Errorf("%s = %v (present %v), want %v; all: %v", name, v, ok, want, got)
 		}

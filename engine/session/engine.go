@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hoststack/hoststack/engine/shm"
 	enginetls "github.com/hoststack/hoststack/engine/tls"
 	"github.com/hoststack/hoststack/engine/wire"
 )
@@ -401,11 +402,15 @@ type NamespaceStats struct {
 	Apps           int
 	Workers        int
 	Listeners      int
-	Sessions       int // session ends held by apps (a cut-through session counts twice)
-	Segments       int // fifo segments mapped by the engine (apps' own + cut-through)
-	SegmentBytes   int64
-	FifoBytesInUse int64 // bytes of segments allocated to fifos
-	QueueBytes     int64 // bytes of the workers' queue segments
+	Sessions       int   // session ends held by apps (a cut-through session counts twice)
+	Segments       int   // fifo segments mapped by the engine (apps' own + cut-through)
+	SegmentBytes   int64 // address space of those segments (sparse: see SegmentResident)
+	FifoBytesInUse int64 // bytes of segments allocated to fifos (address space)
+	// SegmentResident is the memory behind the segments: the pages written
+	// and not given back (fifo headers, data in flight, rings a stream
+	// walked less than shm.TrimAfter ago).
+	SegmentResident int64
+	QueueBytes      int64 // bytes of the workers' queue segments
 	// Bytes is the data moved through cut-through sessions, both directions,
 	// closed and open (read from fifo indices the apps publish: statistics
 	// only, a hostile app can inflate its own).
@@ -443,6 +448,17 @@ func (e *Engine) NamespaceStats(key string) (NamespaceStats, bool) {
 }
 
 func (ns *namespace) snapshot() NamespaceStats {
+	st, segs := ns.snapshotLocked()
+	// a system call per segment: outside the lock
+	for _, s := range segs {
+		if r, err := s.Resident(); err == nil {
+			st.SegmentResident += r
+		}
+	}
+	return st
+}
+
+func (ns *namespace) snapshotLocked() (NamespaceStats, []*shm.Segment) {
 	ns.mu.Lock()
 	defer ns.mu.Unlock()
 	st := NamespaceStats{
@@ -463,11 +479,13 @@ func (ns *namespace) snapshot() NamespaceStats {
 			st.Bytes += pairBytes(s)
 		}
 	}
+	segs := make([]*shm.Segment, 0, len(ns.segs))
 	for _, s := range ns.segs {
 		st.SegmentBytes += int64(s.seg.Size())
 		st.FifoBytesInUse += int64(s.alloc.InUse())
+		segs = append(segs, s.seg)
 	}
-	return st
+	return st, segs
 }
 
 // ---- attach sockets ----
