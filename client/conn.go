@@ -26,13 +26,18 @@ type Conn struct {
 	// The pads keep this Conn's hot words off the cache lines of whatever
 	// the allocator puts next to it (often the peer's Conn of a cut-through
 	// session in the same process, whose locks change on every operation).
-	_      [64]byte
-	w      *worker
-	h      uint64
-	seg    *cseg
-	rx, tx *shm.Fifo
-	ring   int // the doorbell end that wakes the peer (see newConn)
-	key    int // the descriptor whose ring wakes this session (worker.waiters)
+	_    [64]byte
+	w    *worker
+	h    uint64
+	seg  *cseg
+	ring int // the doorbell end that wakes the peer (see newConn)
+	key  int // the descriptor whose ring wakes this session (worker.waiters)
+	// The fifo handles, embedded (no allocations of their own): rx is used
+	// by the reading side, tx by the writing side; the pad keeps a reader's
+	// index updates off the writer's line.
+	rx shm.Fifo
+	_  [64]byte
+	tx shm.Fifo
 	// the addresses as *net.TCPAddr, made on first use from local and
 	// remote (most sessions never ask)
 	laddr, raddr atomic.Pointer[net.TCPAddr]
@@ -341,7 +346,9 @@ func (c *Conn) wrote() {
 }
 
 // trimTx gives back the pages of tx's free space (shm.Fifo.Trim, producer
-// side, hence under wmu). False when a writer holds wmu: try again later.
+// side, hence under wmu). False when it should be tried again later: a
+// writer holds wmu, or the peer had not read everything yet (the pages of
+// what it reads later are free too, and no write may come to note them).
 func (c *Conn) trimTx() bool {
 	if !c.wmu.TryLock() {
 		return false
@@ -350,14 +357,14 @@ func (c *Conn) trimTx() bool {
 	if !c.trimDue || c.closed.Load() {
 		return true
 	}
-	c.trimDue = false
 	// the segment may be unmapped under a session the engine released
 	if !c.w.app.pin(c.seg) {
 		return true
 	}
-	_, _ = c.tx.Trim() // a corrupt fifo reports on the next Write
+	_, err := c.tx.Trim() // a corrupt fifo reports on the next Write
 	c.w.app.unref(c.seg)
-	return true
+	c.trimDue = err == nil && c.tx.Written()
+	return !c.trimDue
 }
 
 // Peek is the zero-copy read: it waits for data (honouring the read

@@ -85,22 +85,21 @@ func TestIdleSessionGivesBackItsPages(t *testing.T) {
 		}
 	}
 	const quiet = 256 << 10 // headers and the pages next to them, with room
-	echo(24 << 20)          // six laps of each ring
-	deadline := time.Now().Add(20 * time.Second)
-	for r := resident(); r > quiet; r = resident() {
-		if time.Now().After(deadline) {
-			t.Fatalf("quiet session still holds %d resident bytes of fifo memory after 20s (want <= %d)", r, quiet)
+	waitQuiet := func(after string) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for r := resident(); r > quiet; r = resident() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the quiet session still holds %d resident bytes of fifo memory after 20s (want <= %d)", after, r, quiet)
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
+	echo(24 << 20) // six laps of each ring
+	waitQuiet("after the first stream")
 	// Pages given back are faulted in again, holding the right bytes.
 	echo(9 << 20)
-	for r := resident(); r > quiet; r = resident() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after the second stream: %d resident bytes (want <= %d)", r, quiet)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitQuiet("after the second stream")
 }
 
 // TestClosedSessionGivesBackItsPages: apps that never trim (a long trim

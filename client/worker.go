@@ -694,16 +694,6 @@ func (w *worker) newConn(h uint64, f wire.FifoPair, local, remote wire.Addr) (*C
 	if err != nil {
 		return nil, err
 	}
-	rx, err := shm.OpenFifo(seg.seg, int(min(f.RxOff, 1<<62)), int(f.RxCap))
-	if err != nil {
-		w.app.unref(seg)
-		return nil, fmt.Errorf("rx fifo: %w", err)
-	}
-	tx, err := shm.OpenFifo(seg.seg, int(min(f.TxOff, 1<<62)), int(f.TxCap))
-	if err != nil {
-		w.app.unref(seg)
-		return nil, fmt.Errorf("tx fifo: %w", err)
-	}
 	ring := seg.ring
 	if ring < 0 {
 		// a transport session: the engine's flows watch the transport doorbell
@@ -715,8 +705,16 @@ func (w *worker) newConn(h uint64, f wire.FifoPair, local, remote wire.Addr) (*C
 	if key < 0 {
 		key = w.bell
 	}
-	c := &Conn{w: w, h: h, seg: seg, rx: rx, tx: tx, ring: ring, key: key,
+	c := &Conn{w: w, h: h, seg: seg, ring: ring, key: key,
 		local: local, remote: remote, closing: make(chan struct{})}
+	if err := c.rx.Open(seg.seg, int(min(f.RxOff, 1<<62)), int(f.RxCap)); err != nil {
+		w.app.unref(seg)
+		return nil, fmt.Errorf("rx fifo: %w", err)
+	}
+	if err := c.tx.Open(seg.seg, int(min(f.TxOff, 1<<62)), int(f.TxCap)); err != nil {
+		w.app.unref(seg)
+		return nil, fmt.Errorf("tx fifo: %w", err)
+	}
 	w.mu.Lock()
 	w.sessions[h] = c
 	w.mu.Unlock()

@@ -707,12 +707,12 @@ func (ns *namespace) connectLocal(w *worker, m *wire.Connect, l *listener, local
 		fail(code, "%s", msg)
 		return
 	}
-	if _, err := shm.InitFifo(seg.seg, off, c2s); err != nil {
+	if err := shm.FormatFifo(seg.seg, off, c2s); err != nil {
 		seg.alloc.Free(off)
 		fail(wire.ErrInternal, "fifo init: %v", err)
 		return
 	}
-	if _, err := shm.InitFifo(seg.seg, off+fp1, s2c); err != nil {
+	if err := shm.FormatFifo(seg.seg, off+fp1, s2c); err != nil {
 		seg.alloc.Free(off)
 		fail(wire.ErrInternal, "fifo init: %v", err)
 		return

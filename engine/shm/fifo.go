@@ -75,41 +75,49 @@ type Fifo struct {
 	dataOff  int    // where data starts in the segment (page arithmetic of Trim)
 	mask     uint64
 	capacity uint64
+	hdr      *fifoHeader
 
-	tailW, eofW, headW, rclosedW, rwaitW, wwaitW *atomic.Uint64
+	// No padding between the two sides' state: a process uses a handle
+	// for one side only (each app, and the engine, opens its own), so the
+	// lines are not contended; sessions pay no 200 bytes for it.
 
-	_ [64]byte
 	// producer-private state
 	pTail      uint64 // our tail, authoritative
 	pHeadCache uint64 // last validated head
 	pErr       error
 	pClosed    bool
 	pTrimmed   uint64 // pTail at the last Trim: nothing written since if equal
+	pTrimHeld  bool   // the last Trim left unread bytes, whose pages go once read
 
-	_ [64]byte
 	// consumer-private state
 	cHead      uint64 // our head, authoritative
 	cTailCache uint64 // last validated tail
 	cErr       error
-	_          [64]byte
 }
 
 // InitFifo formats a fifo at off (64-byte aligned) in seg: zero indices and
 // flags, magic, capacity. Engine side; the peer must not be using it yet.
 func InitFifo(seg *Segment, off, capacity int) (*Fifo, error) {
-	f, err := mapFifo(seg, off, capacity)
-	if err != nil {
+	if err := FormatFifo(seg, off, capacity); err != nil {
 		return nil, err
 	}
-	for _, w := range []*atomic.Uint64{f.tailW, f.eofW, f.headW, f.rclosedW, f.rwaitW, f.wwaitW} {
+	return OpenFifo(seg, off, capacity)
+}
+
+// FormatFifo is InitFifo for a caller that keeps no handle (the engine's
+// side of a cut-through pair): nothing is allocated.
+func FormatFifo(seg *Segment, off, capacity int) error {
+	var f Fifo
+	if err := f.mapAt(seg, off, capacity); err != nil {
+		return err
+	}
+	h := f.hdr
+	for _, w := range []*atomic.Uint64{&h.tail, &h.eof, &h.head, &h.rclosed, &h.rwait, &h.wwait} {
 		w.Store(0)
 	}
-	b := seg.Bytes()
-	capW, _ := wordAt(b, off+fifoOffCap)
-	capW.Store(uint64(capacity))
-	magW, _ := wordAt(b, off+fifoOffMagic)
-	magW.Store(fifoMagic)
-	return f, nil
+	h.capacity.Store(uint64(capacity))
+	h.magic.Store(fifoMagic)
+	return nil
 }
 
 // OpenFifo attaches to a fifo formatted by InitFifo. off and capacity must
@@ -117,55 +125,62 @@ func InitFifo(seg *Segment, off, capacity int) (*Fifo, error) {
 // they are checked against the segment. The header's magic and capacity
 // must agree, and the indices must be consistent, or ErrCorrupt.
 func OpenFifo(seg *Segment, off, capacity int) (*Fifo, error) {
-	f, err := mapFifo(seg, off, capacity)
-	if err != nil {
+	f := new(Fifo)
+	if err := f.Open(seg, off, capacity); err != nil {
 		return nil, err
 	}
-	b := seg.Bytes()
-	magW, _ := wordAt(b, off+fifoOffMagic)
-	capW, _ := wordAt(b, off+fifoOffCap)
-	if magW.Load() != fifoMagic || capW.Load() != uint64(capacity) {
-		return nil, fmt.Errorf("%w: fifo header at %d", ErrCorrupt, off)
-	}
-	h, t := f.headW.Load(), f.tailW.Load()
-	if t-h > f.capacity {
-		return nil, fmt.Errorf("%w: fifo indices at %d", ErrCorrupt, off)
-	}
-	f.pTail, f.pHeadCache, f.pTrimmed = t, h, t
-	f.cHead, f.cTailCache = h, t
 	return f, nil
 }
 
-func mapFifo(seg *Segment, off, capacity int) (*Fifo, error) {
+// Open is OpenFifo into a handle the caller holds (one embedded in a
+// larger object: no allocation of its own). f must not be in use.
+func (f *Fifo) Open(seg *Segment, off, capacity int) error {
+	*f = Fifo{}
+	if err := f.mapAt(seg, off, capacity); err != nil {
+		return err
+	}
+	h := f.hdr
+	if h.magic.Load() != fifoMagic || h.capacity.Load() != uint64(capacity) {
+		*f = Fifo{}
+		return fmt.Errorf("%w: fifo header at %d", ErrCorrupt, off)
+	}
+	hd, t := h.head.Load(), h.tail.Load()
+	if t-hd > f.capacity {
+		*f = Fifo{}
+		return fmt.Errorf("%w: fifo indices at %d", ErrCorrupt, off)
+	}
+	f.pTail, f.pHeadCache, f.pTrimmed = t, hd, t
+	f.cHead, f.cTailCache = hd, t
+	return nil
+}
+
+func (f *Fifo) mapAt(seg *Segment, off, capacity int) error {
 	if seg == nil {
-		return nil, fmt.Errorf("%w: nil segment", ErrInvalid)
+		return fmt.Errorf("%w: nil segment", ErrInvalid)
 	}
 	b := seg.Bytes()
 	if b == nil {
-		return nil, ErrClosed
+		return ErrClosed
 	}
 	fp := FifoFootprint(capacity)
 	if fp < 0 {
-		return nil, fmt.Errorf("%w: fifo capacity %d (power of two in [%d, %d])",
+		return fmt.Errorf("%w: fifo capacity %d (power of two in [%d, %d])",
 			ErrInvalid, capacity, MinFifoCapacity, MaxFifoCapacity)
 	}
 	if off < 0 || off%Align != 0 || off > len(b) || fp > len(b)-off || !addrAligned(b, off, Align) {
-		return nil, fmt.Errorf("%w: fifo at offset %d size %d in segment of %d (must be %d-byte aligned and fit)",
+		return fmt.Errorf("%w: fifo at offset %d size %d in segment of %d (must be %d-byte aligned and fit)",
 			ErrInvalid, off, fp, len(b), Align)
 	}
-	f := &Fifo{
-		data:     b[off+fifoHeaderSize : off+fp : off+fp],
-		dataOff:  off + fifoHeaderSize,
-		mask:     uint64(capacity) - 1,
-		capacity: uint64(capacity),
+	hdr, err := headerAt(b, off)
+	if err != nil {
+		return fmt.Errorf("%w: fifo header at offset %d", err, off)
 	}
-	f.tailW, _ = wordAt(b, off+fifoOffTail)
-	f.eofW, _ = wordAt(b, off+fifoOffEOF)
-	f.headW, _ = wordAt(b, off+fifoOffHead)
-	f.rclosedW, _ = wordAt(b, off+fifoOffRClosed)
-	f.rwaitW, _ = wordAt(b, off+fifoOffRWait)
-	f.wwaitW, _ = wordAt(b, off+fifoOffWWait)
-	return f, nil
+	f.data = b[off+fifoHeaderSize : off+fp : off+fp]
+	f.dataOff = off + fifoHeaderSize
+	f.mask = uint64(capacity) - 1
+	f.capacity = uint64(capacity)
+	f.hdr = hdr
+	return nil
 }
 
 // Cap returns the capacity in bytes.
@@ -176,7 +191,7 @@ func (f *Fifo) Cap() int { return int(f.capacity) }
 // refreshHead reads the consumer's head once and validates it: it may only
 // move forward, and never past our tail.
 func (f *Fifo) refreshHead() error {
-	h := f.headW.Load()
+	h := f.hdr.head.Load()
 	if h-f.pHeadCache > f.pTail-f.pHeadCache {
 		f.pErr = ErrCorrupt
 		return ErrCorrupt
@@ -224,7 +239,7 @@ func (f *Fifo) Write(p []byte) (int, error) {
 	}
 	f.put(f.pTail, p[:n])
 	f.pTail += uint64(n)
-	f.tailW.Store(f.pTail)
+	f.hdr.tail.Store(f.pTail)
 	return n, nil
 }
 
@@ -254,7 +269,7 @@ func (f *Fifo) WriteVec(bufs [][]byte) (int, error) {
 	}
 	n := int(t - f.pTail)
 	f.pTail = t
-	f.tailW.Store(t)
+	f.hdr.tail.Store(t)
 	return n, nil
 }
 
@@ -284,7 +299,7 @@ func (f *Fifo) Commit(n int) error {
 		return nil
 	}
 	f.pTail += uint64(n)
-	f.tailW.Store(f.pTail)
+	f.hdr.tail.Store(f.pTail)
 	return nil
 }
 
@@ -305,7 +320,7 @@ func (f *Fifo) Free() (int, error) {
 // tail sees all the data: it reports io.EOF only once drained. Idempotent.
 func (f *Fifo) CloseWrite() {
 	f.pClosed = true
-	f.eofW.Store(1)
+	f.hdr.eof.Store(1)
 }
 
 // TrimAfter is how long a producer lets pages it wrote stay before it gives
@@ -341,14 +356,16 @@ func (f *Fifo) Trim() (int, error) {
 	}
 	n2, err := f.release(0, free-first)
 	if err == nil {
-		f.pTrimmed = f.pTail
+		f.pTrimmed, f.pTrimHeld = f.pTail, free != f.capacity
 	}
 	return n1 + n2, err
 }
 
-// Written reports whether anything was written since the last Trim (or since
-// the fifo was opened): a Trim now may have pages to release.
-func (f *Fifo) Written() bool { return f.pTail != f.pTrimmed }
+// Written reports whether a Trim now may have pages to release: something
+// was written since the last Trim (or since the fifo was opened), or the
+// last Trim left bytes unread (their pages are free once the consumer read
+// them, and only a Trim gives them back).
+func (f *Fifo) Written() bool { return f.pTail != f.pTrimmed || f.pTrimHeld }
 
 // release removes the whole pages of data[pos:pos+n]. The segment is mapped
 // at a page boundary, so the page arithmetic is on segment offsets.
@@ -367,14 +384,14 @@ func (f *Fifo) release(pos, n uint64) (int, error) {
 
 // ReadClosed reports whether the consumer called CloseRead (producer view;
 // the peer may lie, it is a hint).
-func (f *Fifo) ReadClosed() bool { return f.rclosedW.Load() != 0 }
+func (f *Fifo) ReadClosed() bool { return f.hdr.rclosed.Load() != 0 }
 
 // ---- consumer side ----
 
 // refreshTail reads the producer's tail once and validates it: it may only
 // move forward and never more than capacity ahead of our head.
 func (f *Fifo) refreshTail() error {
-	t := f.tailW.Load()
+	t := f.hdr.tail.Load()
 	d := t - f.cHead
 	if d > f.capacity || d < f.cTailCache-f.cHead {
 		f.cErr = ErrCorrupt
@@ -396,7 +413,7 @@ func (f *Fifo) avail(want int) (uint64, error) {
 			return 0, err
 		}
 		n = f.cTailCache - f.cHead
-		if n == 0 && f.eofW.Load() != 0 {
+		if n == 0 && f.hdr.eof.Load() != 0 {
 			// EOF was stored after the final tail: re-read the tail so
 			// data written just before the close is not lost.
 			if err := f.refreshTail(); err != nil {
@@ -425,7 +442,7 @@ func (f *Fifo) Read(p []byte) (int, error) {
 	c := copy(p[:n], f.data[pos:])
 	copy(p[c:n], f.data)
 	f.cHead += n
-	f.headW.Store(f.cHead)
+	f.hdr.head.Store(f.cHead)
 	return int(n), nil
 }
 
@@ -463,7 +480,7 @@ func (f *Fifo) Consume(n int) error {
 		return nil
 	}
 	f.cHead += uint64(n)
-	f.headW.Store(f.cHead)
+	f.hdr.head.Store(f.cHead)
 	return nil
 }
 
@@ -480,10 +497,10 @@ func (f *Fifo) Len() (int, error) {
 
 // WriteClosed reports whether the producer called CloseWrite (consumer
 // view). Data may still be readable: Read/Peek return io.EOF once drained.
-func (f *Fifo) WriteClosed() bool { return f.eofW.Load() != 0 }
+func (f *Fifo) WriteClosed() bool { return f.hdr.eof.Load() != 0 }
 
 // CloseRead tells the producer the consumer is gone (a hint; see ReadClosed).
-func (f *Fifo) CloseRead() { f.rclosedW.Store(1) }
+func (f *Fifo) CloseRead() { f.hdr.rclosed.Store(1) }
 
 // ---- wake-up flags ----
 //
@@ -491,33 +508,33 @@ func (f *Fifo) CloseRead() { f.rclosedW.Store(1) }
 // wake-up.
 
 // SetReaderWaiting announces that the consumer is about to block.
-func (f *Fifo) SetReaderWaiting() { f.rwaitW.Store(1) }
+func (f *Fifo) SetReaderWaiting() { f.hdr.rwait.Store(1) }
 
 // ClearReaderWaiting clears the flag and reports whether it was set.
-func (f *Fifo) ClearReaderWaiting() bool { return f.rwaitW.Swap(0) != 0 }
+func (f *Fifo) ClearReaderWaiting() bool { return f.hdr.rwait.Swap(0) != 0 }
 
 // ReaderWaiting reports whether the consumer announced it is blocking.
-func (f *Fifo) ReaderWaiting() bool { return f.rwaitW.Load() != 0 }
+func (f *Fifo) ReaderWaiting() bool { return f.hdr.rwait.Load() != 0 }
 
 // TakeReaderWaiting is the producer's check after publishing data: true at
 // most once per SetReaderWaiting, and then the caller must signal the
 // consumer. The plain load first keeps the common case (nobody waiting)
 // free of a locked read-modify-write on the shared line.
 func (f *Fifo) TakeReaderWaiting() bool {
-	return f.rwaitW.Load() != 0 && f.rwaitW.Swap(0) != 0
+	return f.hdr.rwait.Load() != 0 && f.hdr.rwait.Swap(0) != 0
 }
 
 // SetWriterWaiting announces that the producer is about to block on a full fifo.
-func (f *Fifo) SetWriterWaiting() { f.wwaitW.Store(1) }
+func (f *Fifo) SetWriterWaiting() { f.hdr.wwait.Store(1) }
 
 // ClearWriterWaiting clears the flag and reports whether it was set.
-func (f *Fifo) ClearWriterWaiting() bool { return f.wwaitW.Swap(0) != 0 }
+func (f *Fifo) ClearWriterWaiting() bool { return f.hdr.wwait.Swap(0) != 0 }
 
 // WriterWaiting reports whether the producer announced it is blocking.
-func (f *Fifo) WriterWaiting() bool { return f.wwaitW.Load() != 0 }
+func (f *Fifo) WriterWaiting() bool { return f.hdr.wwait.Load() != 0 }
 
 // TakeWriterWaiting is the consumer's check after consuming: true at most
 // once per SetWriterWaiting, and then the caller must signal the producer.
 func (f *Fifo) TakeWriterWaiting() bool {
-	return f.wwaitW.Load() != 0 && f.wwaitW.Swap(0) != 0
+	return f.hdr.wwait.Load() != 0 && f.hdr.wwait.Swap(0) != 0
 }

@@ -457,8 +457,8 @@ func TestFifoTrimReleasesFreePages(t *testing.T) {
 	if r := resident(); r > capacity/4+2*pg {
 		t.Fatalf("after trim: %d bytes resident, want <= %d", r, capacity/4+2*pg)
 	}
-	if p.Written() {
-		t.Fatal("Written right after Trim")
+	if !p.Written() {
+		t.Fatal("not Written after a Trim that left unread bytes")
 	}
 	// The unread quarter survived; new data goes into released pages.
 	more := make([]byte, capacity/2)
@@ -484,6 +484,9 @@ func TestFifoTrimReleasesFreePages(t *testing.T) {
 	// header and with whatever follows the fifo in the segment.
 	if _, err := p.Trim(); err != nil {
 		t.Fatal(err)
+	}
+	if p.Written() {
+		t.Fatal("Written after the Trim of an empty fifo")
 	}
 	if r := resident(); r > 2*pg {
 		t.Fatalf("empty fifo after trim: %d bytes resident, want <= %d", r, 2*pg)

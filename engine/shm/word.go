@@ -24,6 +24,44 @@ func wordAt(b []byte, off int) (*atomic.Uint64, error) {
 	return (*atomic.Uint64)(p), nil
 }
 
+// fifoHeader is the fifo header layout of fifo.go as a struct: one pointer
+// to it in a Fifo handle instead of one per word.
+type fifoHeader struct {
+	tail, eof                     atomic.Uint64 // producer line
+	_                             [6]uint64
+	head, rclosed                 atomic.Uint64 // consumer line
+	_                             [6]uint64
+	magic, capacity, rwait, wwait atomic.Uint64 // shared line
+	_                             [4]uint64
+}
+
+// The struct must match fifo.go's offsets: each index below is 0 or the
+// package does not compile.
+var (
+	_ = [1]struct{}{}[unsafe.Offsetof(fifoHeader{}.tail)-fifoOffTail]
+	_ = [1]struct{}{}[unsafe.Offsetof(fifoHeader{}.eof)-fifoOffEOF]
+	_ = [1]struct{}{}[unsafe.Offsetof(fifoHeader{}.head)-fifoOffHead]
+	_ = [1]struct{}{}[unsafe.Offsetof(fifoHeader{}.rclosed)-fifoOffRClosed]
+	_ = [1]struct{}{}[unsafe.Offsetof(fifoHeader{}.magic)-fifoOffMagic]
+	_ = [1]struct{}{}[unsafe.Offsetof(fifoHeader{}.capacity)-fifoOffCap]
+	_ = [1]struct{}{}[unsafe.Offsetof(fifoHeader{}.rwait)-fifoOffRWait]
+	_ = [1]struct{}{}[unsafe.Offsetof(fifoHeader{}.wwait)-fifoOffWWait]
+	_ = [1]struct{}{}[unsafe.Sizeof(fifoHeader{})-fifoHeaderSize]
+)
+
+// headerAt returns the fifo header at b[off:off+fifoHeaderSize], or
+// ErrInvalid when it does not fit or &b[off] is not 64-byte aligned.
+func headerAt(b []byte, off int) (*fifoHeader, error) {
+	if off < 0 || off > len(b)-fifoHeaderSize {
+		return nil, ErrInvalid
+	}
+	p := unsafe.Pointer(unsafe.SliceData(b[off : off+fifoHeaderSize : off+fifoHeaderSize]))
+	if uintptr(p)%Align != 0 {
+		return nil, ErrInvalid
+	}
+	return (*fifoHeader)(p), nil
+}
+
 // addrAligned reports whether &b[off] is aligned to a.
 func addrAligned(b []byte, off, a int) bool {
 	if off < 0 || off >= len(b) {
