@@ -23,10 +23,10 @@ import (
 // (then one doorbell ring wakes it). Read, Write, Close, CloseWrite and the
 // deadline setters may be called concurrently from different goroutines.
 type Conn struct {
-	// The pads keep this Conn's hot words off the cache lines of whatever
-	// the allocator puts next to it (often the peer's Conn of a cut-through
-	// session in the same process, whose locks change on every operation).
-	_    [64]byte
+	// No padding at the ends: a Conn is 512 bytes, and Go's size classes
+	// from 512 up are multiples of 64, so every Conn starts on a cache line
+	// and shares none with its neighbours (often the peer's Conn of a
+	// cut-through session in the same process). TestConnLayout keeps it so.
 	w    *worker
 	h    uint64
 	seg  *cseg
@@ -45,11 +45,15 @@ type Conn struct {
 
 	rmu, wmu sync.Mutex // one reader, one writer at a time; Close takes both
 	closeMu  sync.Mutex // serialises Close
-	rdl, wdl deadline
+	// the deadlines, made by the first Set*Deadline (most sessions never
+	// set one)
+	rdl, wdl atomic.Pointer[deadline]
+	// the Read and the Write blocked on the worker, if any (under w.mu):
+	// Close and a first deadline wake exactly them
+	rwait, wwait *waiter
 
 	closed     atomic.Bool
 	abort      atomic.Bool // SetLinger(0): Close resets
-	closing    chan struct{}
 	wshut      atomic.Bool
 	peerClosed atomic.Bool
 	resetErr   atomic.Pointer[Error]
@@ -63,9 +67,8 @@ type Conn struct {
 	// trimDue (under wmu): tx was written since its pages were last given
 	// back, and this Conn is on its worker's trim list (see worker.trim)
 	trimDue bool
-	// cold, and last: the hot words above keep the offsets they had
+	// cold, and last
 	local, remote wire.Addr
-	_             [64]byte
 }
 
 var _ net.Conn = (*Conn)(nil)
@@ -102,16 +105,46 @@ func (c *Conn) RemoteAddr() net.Addr { return c.addr(&c.raddr, c.remote) }
 
 // SetDeadline sets both deadlines.
 func (c *Conn) SetDeadline(t time.Time) error {
-	c.rdl.set(t)
-	c.wdl.set(t)
+	c.setDeadline(&c.rdl, &c.rwait, t)
+	c.setDeadline(&c.wdl, &c.wwait, t)
 	return nil
 }
 
 // SetReadDeadline sets the read deadline; it also wakes a blocked Read.
-func (c *Conn) SetReadDeadline(t time.Time) error { c.rdl.set(t); return nil }
+func (c *Conn) SetReadDeadline(t time.Time) error { c.setDeadline(&c.rdl, &c.rwait, t); return nil }
 
 // SetWriteDeadline sets the write deadline; it also wakes a blocked Write.
-func (c *Conn) SetWriteDeadline(t time.Time) error { c.wdl.set(t); return nil }
+func (c *Conn) SetWriteDeadline(t time.Time) error { c.setDeadline(&c.wdl, &c.wwait, t); return nil }
+
+// setDeadline sets the deadline in p, making it on first use: then the call
+// blocked in wait (slot), which could not select on it, is woken to retry.
+func (c *Conn) setDeadline(p *atomic.Pointer[deadline], slot **waiter, t time.Time) {
+	d := p.Load()
+	if d == nil {
+		if t.IsZero() {
+			return
+		}
+		if !p.CompareAndSwap(nil, new(deadline)) {
+			d = p.Load()
+			d.set(t)
+			return
+		}
+		p.Load().set(t)
+		c.wake(slot)
+		return
+	}
+	d.set(t)
+}
+
+// wake wakes the call blocked in slot (c.rwait or c.wwait), if any.
+func (c *Conn) wake(slot **waiter) {
+	w := c.w
+	w.mu.Lock()
+	if wt := *slot; wt != nil {
+		w.wakeLocked(wt)
+	}
+	w.mu.Unlock()
+}
 
 // readErr reports why no read can proceed, nil if it may.
 func (c *Conn) readErr() error {
@@ -121,7 +154,7 @@ func (c *Conn) readErr() error {
 	if e := c.resetErr.Load(); e != nil {
 		return c.opErr("read", e)
 	}
-	if c.rdl.expired() {
+	if c.rdl.Load().expired() {
 		return c.opErr("read", os.ErrDeadlineExceeded)
 	}
 	return nil
@@ -141,7 +174,7 @@ func (c *Conn) writeErr() error {
 		// without an engine to say so, the peer's close is seen in the fifo
 		return c.opErr("write", &Error{Code: wire.ErrReset, Msg: "peer closed the session: broken pipe", Errno: syscall.EPIPE})
 	}
-	if c.wdl.expired() {
+	if c.wdl.Load().expired() {
 		return c.opErr("write", os.ErrDeadlineExceeded)
 	}
 	return nil
@@ -195,11 +228,11 @@ func (c *Conn) writable() bool {
 }
 
 func (c *Conn) waitReadable() error {
-	return c.wait(&c.rdl, c.readable, c.rx.SetReaderWaiting, c.rx.ClearReaderWaiting)
+	return c.wait(&c.rdl, &c.rwait, c.readable, c.rx.SetReaderWaiting, c.rx.ClearReaderWaiting)
 }
 
 func (c *Conn) waitWritable() error {
-	return c.wait(&c.wdl, c.writable, c.tx.SetWriterWaiting, c.tx.ClearWriterWaiting)
+	return c.wait(&c.wdl, &c.wwait, c.writable, c.tx.SetWriterWaiting, c.tx.ClearWriterWaiting)
 }
 
 // wait polls cond for a while (or forever in spin mode), then sleeps: it
@@ -207,13 +240,13 @@ func (c *Conn) waitWritable() error {
 // waiting flag so the peer signals the worker's eventfd, re-checks, and
 // blocks until the loop sees cond, the deadline passes or the conn closes.
 // It returns nil to retry the operation; errors are reported by the caller's
-// next check.
-func (c *Conn) wait(dl *deadline, cond func() bool, set func(), clear func() bool) error {
+// next check. slot is where Close (and a first deadline) find the call.
+func (c *Conn) wait(dl *atomic.Pointer[deadline], slot **waiter, cond func() bool, set func(), clear func() bool) error {
 	a := c.w.app
 	if a.opts.Spin || a.spinFor > 0 {
 		start := time.Now()
 		for i := 0; ; i++ {
-			if cond() || dl.expired() {
+			if cond() || dl.Load().expired() {
 				return nil
 			}
 			if i&63 == 63 {
@@ -244,14 +277,18 @@ func (c *Conn) wait(dl *deadline, cond func() bool, set func(), clear func() boo
 		return nil
 	}
 	w.addWaiterLocked(wt)
+	*slot = wt
 	w.mu.Unlock()
+	// Loaded after registering: a deadline made later wakes wt (setDeadline).
 	select {
 	case <-wt.ch:
-	case <-dl.wait():
-	case <-c.closing:
+	case <-dl.Load().wait():
 	}
 	w.mu.Lock()
 	w.dropWaiterLocked(wt)
+	if *slot == wt {
+		*slot = nil
+	}
 	w.mu.Unlock()
 	return nil
 }
@@ -483,9 +520,8 @@ func (c *Conn) CloseWrite() error {
 		return c.opErr("close", net.ErrClosed)
 	}
 	c.wshut.Store(true)
-	c.wdl.set(time.Unix(1, 0)) // wake a blocked Write; it reports EPIPE
+	c.wake(&c.wwait) // a blocked Write reports EPIPE
 	c.wmu.Lock()
-	c.wdl.set(time.Time{})
 	defer c.wmu.Unlock()
 	if c.closed.Load() {
 		return c.opErr("close", net.ErrClosed)
@@ -524,7 +560,10 @@ func (c *Conn) Close() error {
 	if !c.closed.CompareAndSwap(false, true) {
 		return c.opErr("close", net.ErrClosed)
 	}
-	close(c.closing)
+	// blocked calls see closed: wake them (one registering later sees it
+	// in its check under the worker's lock)
+	c.wake(&c.rwait)
+	c.wake(&c.wwait)
 	c.rmu.Lock()
 	c.wmu.Lock()
 	reset := c.resetErr.Load() != nil
@@ -634,13 +673,17 @@ func (d *deadline) set(t time.Time) {
 	})
 }
 
+// wait is the channel closed when d passes; nil (never ready) for no deadline.
 func (d *deadline) wait() <-chan struct{} {
+	if d == nil {
+		return nil
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.chLocked()
 }
 
-func (d *deadline) expired() bool { return d.firedA.Load() }
+func (d *deadline) expired() bool { return d != nil && d.firedA.Load() }
 
 // ---- dial and listen ----
 

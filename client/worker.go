@@ -346,6 +346,19 @@ func (w *worker) addWaiterLocked(wt *waiter) {
 	set[wt] = struct{}{}
 }
 
+// wakeLocked wakes wt now if it is still waiting (under w.mu).
+func (w *worker) wakeLocked(wt *waiter) {
+	set := w.waiters[wt.key]
+	if _, ok := set[wt]; !ok {
+		return
+	}
+	delete(set, wt)
+	if len(set) == 0 {
+		delete(w.waiters, wt.key)
+	}
+	close(wt.ch)
+}
+
 func (w *worker) dropWaiterLocked(wt *waiter) {
 	if set := w.waiters[wt.key]; set != nil {
 		delete(set, wt)
@@ -705,8 +718,7 @@ func (w *worker) newConn(h uint64, f wire.FifoPair, local, remote wire.Addr) (*C
 	if key < 0 {
 		key = w.bell
 	}
-	c := &Conn{w: w, h: h, seg: seg, ring: ring, key: key,
-		local: local, remote: remote, closing: make(chan struct{})}
+	c := &Conn{w: w, h: h, seg: seg, ring: ring, key: key, local: local, remote: remote}
 	if err := c.rx.Open(seg.seg, int(min(f.RxOff, 1<<62)), int(f.RxCap)); err != nil {
 		w.app.unref(seg)
 		return nil, fmt.Errorf("rx fifo: %w", err)

@@ -50,8 +50,6 @@ type session struct {
 	pairOff int // offset of the fifo pair (freed when both ends are done)
 	s2cOff  int // offset of the second fifo of the pair
 	client  bool
-	local   wire.Addr
-	remote  wire.Addr
 	pending bool // accepted, waiting for the app's accept-reply
 	done    bool
 	flow    *Flow // carried by a transport (no peer, fifos in the app's own segment)
@@ -720,8 +718,8 @@ func (ns *namespace) connectLocal(w *worker, m *wire.Connect, l *listener, local
 	seg.sessions++
 	la := wire.Addr{Proto: wire.TCP, IP: local.Addr(), Port: local.Port()}
 	ra := wire.Addr{Proto: wire.TCP, IP: dst.Addr(), Port: dst.Port()}
-	cs := &session{handle: ns.handle(), w: w, seg: seg, pairOff: off, s2cOff: off + fp1, client: true, local: la, remote: ra}
-	ss := &session{handle: ns.handle(), w: srv, seg: seg, pairOff: off, s2cOff: off + fp1, local: ra, remote: la, pending: true}
+	cs := &session{handle: ns.handle(), w: w, seg: seg, pairOff: off, s2cOff: off + fp1, client: true}
+	ss := &session{handle: ns.handle(), w: srv, seg: seg, pairOff: off, s2cOff: off + fp1, pending: true}
 	cs.peer, ss.peer = ss, cs
 	// The listener learns about it through its event queue; when that is
 	// full the event waits in the worker's backlog (delivered in order by

@@ -91,8 +91,8 @@ func (f *Flow) Connected(local netip.AddrPort) bool {
 	}
 	f.connected = true
 	s := f.s
-	s.local = wire.Addr{Proto: wire.TCP, IP: local.Addr().Unmap(), Port: local.Port()}
-	s.w.send(&wire.Connected{Ctx: f.ctx, Session: s.handle, Local: s.local, Remote: s.remote,
+	la := wire.Addr{Proto: wire.TCP, IP: local.Addr().Unmap(), Port: local.Port()}
+	s.w.send(&wire.Connected{Ctx: f.ctx, Session: s.handle, Local: la, Remote: f.remote,
 		Fifos: wire.FifoPair{Segment: f.seg.handle, RxOff: uint64(f.rxOff), TxOff: uint64(f.txOff),
 			RxCap: uint32(f.Rx.Cap()), TxCap: uint32(f.Tx.Cap())}})
 	return true
@@ -367,7 +367,7 @@ func (ns *namespace) newFlowLocked(w *worker, ctx uint64, local, remote wire.Add
 	if err != nil {
 		return fail(err)
 	}
-	s := &session{handle: ns.handle(), w: w, pairOff: -1, s2cOff: -1, local: local, remote: remote}
+	s := &session{handle: ns.handle(), w: w, pairOff: -1, s2cOff: -1}
 	f := &Flow{Rx: rx, Tx: tx, ns: ns, s: s, app: a.name, ctx: ctx, remote: remote, rxOff: off, txOff: off + fpRx, seg: seg,
 		wake: wake, kick: make(chan struct{}, 1), closed: make(chan struct{})}
 	s.flow = f
@@ -565,7 +565,7 @@ func (ns *namespace) listenPacket(w *worker, m *wire.Listen, local netip.AddrPor
 		if f.appDone {
 			return // reaped meanwhile: the transport sees AppClosed and finishes
 		}
-		f.s.local = wire.Addr{Proto: wire.UDP, IP: bound.Addr().Unmap(), Port: bound.Port()}
-		w.send(&wire.Bound{Ctx: m.Ctx, Local: f.s.local, Session: f.s.handle, Fifos: f.fifos()})
+		la := wire.Addr{Proto: wire.UDP, IP: bound.Addr().Unmap(), Port: bound.Port()}
+		w.send(&wire.Bound{Ctx: m.Ctx, Local: la, Session: f.s.handle, Fifos: f.fifos()})
 	})
 }

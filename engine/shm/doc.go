@@ -61,6 +61,24 @@
 // more before reporting io.EOF, so everything written before the close is
 // read first.
 //
+// # Memory
+//
+// A segment is sparse: its size is address space, and a page costs memory
+// only once someone writes it (Segment.Resident counts those pages). So a
+// FIFO grows as a stream needs: its capacity is how far the producer may
+// run ahead, and a session that moves small messages touches a few pages.
+// But the indices walk the whole ring whatever the FIFO holds, so every
+// page it ever wrote would stay. Trim gives them back: the producer — the
+// only writer of the free space [tail, head+capacity), which the consumer
+// never reads — removes that space's whole pages from the memfd
+// (MADV_REMOVE; they read as zeros and fault in fresh on the next write).
+// No cooperation from the consumer is needed, and a consumer that lies
+// about head only loses its own bytes. Producers trim after TrimAfter of
+// quiet (the client per worker, the engine's transport pumps as they
+// loop), so an idle session holds its header pages and a stream refaults
+// its ring at most once per period. Segment.Punch gives back a freed
+// extent.
+//
 // # Trust
 //
 // The peer may write any value into any shared word at any time, including

@@ -71,11 +71,10 @@ func validCap(c, lo, hi int) bool {
 // capacity is the caller's trusted value, never re-read from the segment.
 // Any impossible value makes that side return ErrCorrupt from then on.
 type Fifo struct {
-	data     []byte // capacity bytes of the segment
-	dataOff  int    // where data starts in the segment (page arithmetic of Trim)
-	mask     uint64
-	capacity uint64
-	hdr      *fifoHeader
+	data    []byte // capacity bytes of the segment
+	dataOff int    // where data starts in the segment (page arithmetic of Trim)
+	mask    uint64 // capacity-1 (the capacity is not stored: a Conn holds two)
+	hdr     *fifoHeader
 
 	// No padding between the two sides' state: a process uses a handle
 	// for one side only (each app, and the engine, opens its own), so the
@@ -84,15 +83,15 @@ type Fifo struct {
 	// producer-private state
 	pTail      uint64 // our tail, authoritative
 	pHeadCache uint64 // last validated head
-	pErr       error
-	pClosed    bool
 	pTrimmed   uint64 // pTail at the last Trim: nothing written since if equal
-	pTrimHeld  bool   // the last Trim left unread bytes, whose pages go once read
+	pBad       bool   // the consumer's index was impossible: ErrCorrupt from now on
+	pClosed    bool
+	pTrimHeld  bool // the last Trim left unread bytes, whose pages go once read
 
 	// consumer-private state
 	cHead      uint64 // our head, authoritative
 	cTailCache uint64 // last validated tail
-	cErr       error
+	cBad       bool   // the producer's index was impossible: ErrCorrupt from now on
 }
 
 // InitFifo formats a fifo at off (64-byte aligned) in seg: zero indices and
@@ -145,7 +144,7 @@ func (f *Fifo) Open(seg *Segment, off, capacity int) error {
 		return fmt.Errorf("%w: fifo header at %d", ErrCorrupt, off)
 	}
 	hd, t := h.head.Load(), h.tail.Load()
-	if t-hd > f.capacity {
+	if t-hd > f.size() {
 		*f = Fifo{}
 		return fmt.Errorf("%w: fifo indices at %d", ErrCorrupt, off)
 	}
@@ -178,13 +177,15 @@ func (f *Fifo) mapAt(seg *Segment, off, capacity int) error {
 	f.data = b[off+fifoHeaderSize : off+fp : off+fp]
 	f.dataOff = off + fifoHeaderSize
 	f.mask = uint64(capacity) - 1
-	f.capacity = uint64(capacity)
 	f.hdr = hdr
 	return nil
 }
 
+// size is the capacity (mask+1: not stored, a Conn holds two handles).
+func (f *Fifo) size() uint64 { return f.mask + 1 }
+
 // Cap returns the capacity in bytes.
-func (f *Fifo) Cap() int { return int(f.capacity) }
+func (f *Fifo) Cap() int { return int(f.size()) }
 
 // ---- producer side ----
 
@@ -193,7 +194,7 @@ func (f *Fifo) Cap() int { return int(f.capacity) }
 func (f *Fifo) refreshHead() error {
 	h := f.hdr.head.Load()
 	if h-f.pHeadCache > f.pTail-f.pHeadCache {
-		f.pErr = ErrCorrupt
+		f.pBad = true
 		return ErrCorrupt
 	}
 	f.pHeadCache = h
@@ -203,18 +204,18 @@ func (f *Fifo) refreshHead() error {
 // space returns the free bytes, refreshing the consumer's index only when
 // the cached one does not leave room for want bytes.
 func (f *Fifo) space(want int) (uint64, error) {
-	if f.pErr != nil {
-		return 0, f.pErr
+	if f.pBad {
+		return 0, ErrCorrupt
 	}
 	if f.pClosed {
 		return 0, ErrClosed
 	}
-	free := f.capacity - (f.pTail - f.pHeadCache)
+	free := f.size() - (f.pTail - f.pHeadCache)
 	if free < uint64(want) {
 		if err := f.refreshHead(); err != nil {
 			return 0, err
 		}
-		free = f.capacity - (f.pTail - f.pHeadCache)
+		free = f.size() - (f.pTail - f.pHeadCache)
 	}
 	return free, nil
 }
@@ -280,19 +281,19 @@ func (f *Fifo) WriteVec(bufs [][]byte) (int, error) {
 // on the slices meanwhile, which only garbles its own stream. Full: two empty
 // slices and a nil error.
 func (f *Fifo) Reserve() (a, b []byte, err error) {
-	free, err := f.space(int(f.capacity))
+	free, err := f.space(int(f.size()))
 	if err != nil || free == 0 {
 		return nil, nil, err
 	}
 	pos := f.pTail & f.mask
-	first := min(free, f.capacity-pos)
+	first := min(free, f.size()-pos)
 	return f.data[pos : pos+first], f.data[:free-first], nil
 }
 
 // Commit publishes n bytes written into the space Reserve returned. n beyond
 // that space is an error and publishes nothing.
 func (f *Fifo) Commit(n int) error {
-	if n < 0 || uint64(n) > f.capacity-(f.pTail-f.pHeadCache) {
+	if n < 0 || uint64(n) > f.size()-(f.pTail-f.pHeadCache) {
 		return fmt.Errorf("shm: commit of %d bytes exceeds the reserved space", n)
 	}
 	if n == 0 {
@@ -306,13 +307,13 @@ func (f *Fifo) Commit(n int) error {
 // Free returns the bytes that can be written now (re-reading the consumer's
 // index).
 func (f *Fifo) Free() (int, error) {
-	if f.pErr != nil {
-		return 0, f.pErr
+	if f.pBad {
+		return 0, ErrCorrupt
 	}
 	if err := f.refreshHead(); err != nil {
 		return 0, err
 	}
-	return int(f.capacity - (f.pTail - f.pHeadCache)), nil
+	return int(f.size() - (f.pTail - f.pHeadCache)), nil
 }
 
 // CloseWrite marks the end of the stream (half-close). The flag is stored
@@ -338,25 +339,25 @@ const TrimAfter = 2 * time.Second
 // [head, tail), so nothing needs the peer's cooperation); allowed after
 // CloseWrite.
 func (f *Fifo) Trim() (int, error) {
-	if f.pErr != nil {
-		return 0, f.pErr
+	if f.pBad {
+		return 0, ErrCorrupt
 	}
 	if err := f.refreshHead(); err != nil {
 		return 0, err
 	}
-	free := f.capacity - (f.pTail - f.pHeadCache)
+	free := f.size() - (f.pTail - f.pHeadCache)
 	pos := f.pTail & f.mask
-	if free == f.capacity {
+	if free == f.size() {
 		pos = 0 // empty: all of it, not two pieces around the tail's page
 	}
-	first := min(free, f.capacity-pos)
+	first := min(free, f.size()-pos)
 	n1, err := f.release(pos, first)
 	if err != nil {
 		return n1, err
 	}
 	n2, err := f.release(0, free-first)
 	if err == nil {
-		f.pTrimmed, f.pTrimHeld = f.pTail, free != f.capacity
+		f.pTrimmed, f.pTrimHeld = f.pTail, free != f.size()
 	}
 	return n1 + n2, err
 }
@@ -393,8 +394,8 @@ func (f *Fifo) ReadClosed() bool { return f.hdr.rclosed.Load() != 0 }
 func (f *Fifo) refreshTail() error {
 	t := f.hdr.tail.Load()
 	d := t - f.cHead
-	if d > f.capacity || d < f.cTailCache-f.cHead {
-		f.cErr = ErrCorrupt
+	if d > f.size() || d < f.cTailCache-f.cHead {
+		f.cBad = true
 		return ErrCorrupt
 	}
 	f.cTailCache = t
@@ -404,8 +405,8 @@ func (f *Fifo) refreshTail() error {
 // avail returns the readable bytes, refreshing the producer's index only if
 // the cached one shows fewer than want. At 0 it checks for end of stream.
 func (f *Fifo) avail(want int) (uint64, error) {
-	if f.cErr != nil {
-		return 0, f.cErr
+	if f.cBad {
+		return 0, ErrCorrupt
 	}
 	n := f.cTailCache - f.cHead
 	if n < uint64(want) || n == 0 {
@@ -455,23 +456,23 @@ func (f *Fifo) Peek() (a, b []byte, err error) {
 	// Always re-read the tail (one load): a reader that needs more bytes
 	// than the cached view shows (a partial frame) must see everything
 	// already written, or it would wait for a wake-up that never comes.
-	n, err := f.avail(int(f.capacity) + 1)
+	n, err := f.avail(int(f.size()) + 1)
 	if err != nil || n == 0 {
 		return nil, nil, err
 	}
 	pos := f.cHead & f.mask
 	end := pos + n
-	if end <= f.capacity {
+	if end <= f.size() {
 		return f.data[pos:end:end], nil, nil
 	}
-	return f.data[pos:f.capacity:f.capacity], f.data[: end-f.capacity : end-f.capacity], nil
+	return f.data[pos:f.size():f.size()], f.data[: end-f.size() : end-f.size()], nil
 }
 
 // Consume drops n bytes returned by Peek. n larger than what Peek returned is
 // ErrInvalid (nothing consumed).
 func (f *Fifo) Consume(n int) error {
-	if f.cErr != nil {
-		return f.cErr
+	if f.cBad {
+		return ErrCorrupt
 	}
 	if n < 0 || uint64(n) > f.cTailCache-f.cHead {
 		return fmt.Errorf("%w: consume %d of %d readable", ErrInvalid, n, f.cTailCache-f.cHead)
@@ -486,8 +487,8 @@ func (f *Fifo) Consume(n int) error {
 
 // Len returns the readable bytes (re-reading the producer's index).
 func (f *Fifo) Len() (int, error) {
-	if f.cErr != nil {
-		return 0, f.cErr
+	if f.cBad {
+		return 0, ErrCorrupt
 	}
 	if err := f.refreshTail(); err != nil {
 		return 0, err

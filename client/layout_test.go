@@ -1,0 +1,20 @@
+package client
+
+import (
+	"testing"
+	"unsafe"
+)
+
+// TestConnLayout: a Conn takes a size class that is a multiple of the cache
+// line (every class from 512 bytes is), so Conns never share a line, and
+// the writer's fifo handle starts on a line after the reader's ends.
+func TestConnLayout(t *testing.T) {
+	var c Conn
+	if size := unsafe.Sizeof(c); size < 512 {
+		t.Errorf("Conn is %d bytes: below 512 its size class may not be a multiple of 64", size)
+	}
+	rxEnd := unsafe.Offsetof(c.rx) + unsafe.Sizeof(c.rx) - 1
+	if unsafe.Offsetof(c.tx)/64 <= rxEnd/64 {
+		t.Errorf("tx (offset %d) shares a cache line with rx (ends at %d)", unsafe.Offsetof(c.tx), rxEnd)
+	}
+}
