@@ -156,10 +156,7 @@ func (ns *namespace) request(w *worker, m wire.Msg) {
 		// The end of stream travels in the fifo itself; the engine only
 		// acknowledges (and nudges a transport to look at the fifo).
 		if f := s.flow; f != nil {
-			select {
-			case f.kick <- struct{}{}:
-			default:
-			}
+			f.poke()
 		}
 		w.send(&wire.Reply{Req: wire.TShutdown, Handle: m.Session})
 	default:

@@ -49,6 +49,10 @@ type Flow struct {
 	kick     chan struct{}
 	closed   chan struct{}
 	appReset atomic.Bool
+	// notify, when set (Notify), replaces kick and also reports AppClosed:
+	// for a transport that serves its flows from an event loop, not from a
+	// goroutine per flow blocked on the channels
+	notify atomic.Pointer[func()]
 
 	// under ns.mu
 	connected bool
@@ -70,6 +74,24 @@ func (f *Flow) WakeApp() {
 // Kick receives after the app signalled progress on one of its transport
 // fifos (possibly of another session of the same app: re-check).
 func (f *Flow) Kick() <-chan struct{} { return f.kick }
+
+// Notify makes the engine call fn instead of sending on Kick, and also once
+// the app released the session (AppClosed is closed then). fn must not
+// block or call into the engine: it runs under the engine's locks. A kick
+// may have come before Notify: the caller looks at the fifos afterwards.
+func (f *Flow) Notify(fn func()) { f.notify.Store(&fn) }
+
+// poke is a kick: to the notify function, or on the channel.
+func (f *Flow) poke() {
+	if fn := f.notify.Load(); fn != nil {
+		(*fn)()
+		return
+	}
+	select {
+	case f.kick <- struct{}{}:
+	default:
+	}
+}
 
 // AppClosed is closed when the app released the session: closed it
 // (AppReset false: it wrote its last bytes to Tx and closed it for writing),
@@ -141,6 +163,9 @@ func (f *Flow) appDoneLocked(reset bool) {
 	f.appDone = true
 	f.appReset.Store(reset)
 	close(f.closed)
+	if fn := f.notify.Load(); fn != nil {
+		(*fn)()
+	}
 	if f.finished {
 		f.freeLocked()
 	}
@@ -264,10 +289,7 @@ func (a *app) kicker(f *os.File) {
 		}
 		a.flowMu.Lock()
 		for fl := range a.flows {
-			select {
-			case fl.kick <- struct{}{}:
-			default:
-			}
+			fl.poke()
 		}
 		a.flowMu.Unlock()
 	}

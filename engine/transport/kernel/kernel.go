@@ -14,6 +14,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -63,6 +65,12 @@ type Transport struct {
 	stats struct {
 		accepted, acceptRefused, dgramIn, dgramOut, dgramDropped atomic.Uint64
 	}
+	// pollers serve the plain TCP sessions (stream.Poller: no goroutine per
+	// session), made with the first one; TLS sessions are pumped by
+	// goroutines over crypto/tls
+	pollOnce sync.Once
+	pollers  []*stream.Poller
+	pollNext atomic.Uint32
 }
 
 var (
@@ -405,8 +413,57 @@ func (t *Transport) dial(path string, dst netip.AddrPort, abort <-chan struct{})
 }
 
 // pump runs the session over conn (raw itself, or TLS over it) until it
-// ends (see stream.Pump).
+// ends: a plain socket on a poller, TLS with stream.Pump.
 func (t *Transport) pump(f *session.Flow, conn stream.Conn, raw *net.TCPConn, dst netip.AddrPort) {
+	if conn == stream.Conn(raw) {
+		if p := t.poller(); p != nil {
+			if fd, err := detach(raw); err == nil {
+				p.Add(f, fd, dst)
+				return
+			}
+		}
+	}
 	stream.Pump(f, conn, dst, stream.Options{CloseTimeout: t.opts.CloseTimeout, Name: "kernel transport",
 		Abort: func() { _ = raw.SetLinger(0) }})
+}
+
+// poller returns the next poller (round robin over GOMAXPROCS of them), nil
+// if none could be made (sessions are then pumped by goroutines).
+func (t *Transport) poller() *stream.Poller {
+	t.pollOnce.Do(func() {
+		for range runtime.GOMAXPROCS(0) {
+			p, err := stream.NewPoller("kernel transport", t.opts.CloseTimeout)
+			if err != nil {
+				t.opts.Logf("kernel transport: %v (sessions are pumped by goroutines)", err)
+				break
+			}
+			t.pollers = append(t.pollers, p)
+		}
+	})
+	if len(t.pollers) == 0 {
+		return nil
+	}
+	return t.pollers[int(t.pollNext.Add(1))%len(t.pollers)]
+}
+
+// detach takes the socket out of c (and out of Go's netpoller): a duplicate
+// of its descriptor, non-blocking like the original (they share the open
+// file), which the caller owns; c is closed.
+func detach(c *net.TCPConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	cerr := rc.Control(func(s uintptr) {
+		fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	})
+	if cerr != nil {
+		return -1, cerr
+	}
+	if err != nil {
+		return -1, err
+	}
+	c.Close()
+	return fd, nil
 }

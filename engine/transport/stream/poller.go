@@ -1,0 +1,346 @@
+package stream
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hoststack/hoststack/engine/session"
+	"github.com/hoststack/hoststack/engine/shm"
+	"github.com/hoststack/hoststack/engine/wire"
+)
+
+// Poller moves the bytes of plain TCP sessions between their sockets and
+// the apps' fifos from one event loop: epoll on the sockets (edge
+// triggered) and on an eventfd the flows' kicks write. A session costs no
+// goroutine, stack or buffer: its socket is read straight into the rx fifo
+// and written straight from the tx fifo (readv/sendmsg over the ring's two
+// pieces). Pump is the same protocol over a net.Conn, for TLS.
+//
+// Each flow is served only by the loop, so its state needs no lock; the
+// loop never blocks but in epoll_wait.
+type Poller struct {
+	name         string
+	closeTimeout time.Duration
+
+	ep  int // epoll set: the sockets and efd
+	efd int // eventfd: a flow was kicked or added
+
+	mu     sync.Mutex
+	queued []*pflow // to serve at the loop's next round (kicks, new flows)
+
+	// loop-only
+	flows  map[int32]*pflow // by socket descriptor
+	drains []*pflow         // closed by their apps, draining until drainBy
+}
+
+// pflow is one session of a Poller.
+type pflow struct {
+	p    *Poller
+	f    *session.Flow
+	fd   int
+	peer netip.AddrPort
+
+	queued bool // under p.mu
+
+	// loop-only
+	rxDone, txDone bool // socket end of stream / app stopped reading; shut down for writing
+	appClosed      bool
+	drainBy        time.Time
+	ended          bool
+	trimmed        time.Time
+}
+
+// NewPoller starts a poller; name is the transport's, for messages, and
+// closeTimeout bounds how long what an app wrote before closing may take to
+// leave (then the socket is reset).
+func NewPoller(name string, closeTimeout time.Duration) (*Poller, error) {
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("%s: epoll_create: %w", name, err)
+	}
+	efd, err := shm.NewEventFD()
+	if err != nil {
+		unix.Close(ep)
+		return nil, fmt.Errorf("%s: eventfd: %w", name, err)
+	}
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, efd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(efd)}); err != nil {
+		unix.Close(ep)
+		unix.Close(efd)
+		return nil, fmt.Errorf("%s: epoll_ctl: %w", name, err)
+	}
+	p := &Poller{name: name, closeTimeout: closeTimeout, ep: ep, efd: efd, flows: map[int32]*pflow{}}
+	go p.loop()
+	return p, nil
+}
+
+// Add serves f over fd, a connected non-blocking TCP socket that the poller
+// owns from now on (it closes it when the session ends, then calls
+// f.Finish). Never blocks.
+func (p *Poller) Add(f *session.Flow, fd int, peer netip.AddrPort) {
+	pf := &pflow{p: p, f: f, fd: fd, peer: peer, trimmed: time.Now()}
+	f.Notify(pf.kick)
+	pf.kick() // registers it, and looks at the fifos (a kick may have come before Notify)
+}
+
+// kick queues the flow for the loop. It runs under the engine's locks:
+// only the poller's own lock and an eventfd write.
+func (pf *pflow) kick() {
+	p := pf.p
+	p.mu.Lock()
+	if pf.queued {
+		p.mu.Unlock()
+		return
+	}
+	pf.queued = true
+	first := len(p.queued) == 0
+	p.queued = append(p.queued, pf)
+	p.mu.Unlock()
+	if first {
+		_ = shm.Signal(p.efd)
+	}
+}
+
+func (p *Poller) loop() {
+	events := make([]unix.EpollEvent, 128)
+	var batch []*pflow
+	for {
+		timeout := -1
+		if len(p.drains) > 0 {
+			next := p.drains[0].drainBy
+			for _, pf := range p.drains[1:] {
+				if pf.drainBy.Before(next) {
+					next = pf.drainBy
+				}
+			}
+			timeout = max(int(time.Until(next)/time.Millisecond)+1, 0)
+		}
+		n, err := unix.EpollWait(p.ep, events, timeout)
+		if err != nil && err != unix.EINTR {
+			// only a programming error (a bad epoll descriptor) gets here
+			panic(fmt.Sprintf("%s: epoll_wait: %v", p.name, err))
+		}
+		for _, ev := range events[:max(n, 0)] {
+			if ev.Fd == int32(p.efd) {
+				_ = shm.DrainEventFD(p.efd)
+				continue
+			}
+			if pf := p.flows[ev.Fd]; pf != nil {
+				pf.serve()
+			}
+		}
+		p.mu.Lock()
+		batch, p.queued = p.queued, batch[:0]
+		for _, pf := range batch {
+			pf.queued = false
+		}
+		p.mu.Unlock()
+		for _, pf := range batch {
+			if !pf.ended {
+				if _, ok := p.flows[int32(pf.fd)]; !ok {
+					p.register(pf)
+				}
+				pf.serve()
+			}
+		}
+		clear(batch)
+		if len(p.drains) > 0 {
+			now := time.Now()
+			kept := p.drains[:0]
+			for _, pf := range p.drains {
+				switch {
+				case pf.ended:
+				case now.After(pf.drainBy):
+					pf.end(true, nil) // the app's last bytes did not leave in time
+				default:
+					kept = append(kept, pf)
+				}
+			}
+			clear(p.drains[len(kept):])
+			p.drains = kept
+		}
+	}
+}
+
+func (p *Poller) register(pf *pflow) {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(pf.fd)}
+	if err := unix.EpollCtl(p.ep, unix.EPOLL_CTL_ADD, pf.fd, &ev); err != nil {
+		pf.end(true, fmt.Errorf("epoll_ctl: %w", err))
+		return
+	}
+	p.flows[int32(pf.fd)] = pf
+}
+
+// serve does what can be done now in both directions, then ends the
+// session once both are done (or at the first failure).
+func (pf *pflow) serve() {
+	if pf.ended {
+		return
+	}
+	f := pf.f
+	if !pf.appClosed {
+		select {
+		case <-f.AppClosed():
+			pf.appClosed = true
+			if f.AppReset() {
+				pf.end(true, nil)
+				return
+			}
+			// it reads no more; what it wrote drains, within closeTimeout
+			pf.rxDone = true
+			pf.drainBy = time.Now().Add(pf.p.closeTimeout)
+			pf.p.drains = append(pf.p.drains, pf)
+		default:
+		}
+	}
+	if !pf.rxDone {
+		if err := pf.toApp(); err != nil {
+			pf.end(true, err)
+			return
+		}
+	}
+	if !pf.txDone {
+		stop, err := pf.fromApp()
+		if err != nil || stop {
+			pf.end(true, err)
+			return
+		}
+	}
+	if pf.rxDone && pf.txDone {
+		pf.end(false, nil)
+	}
+}
+
+// toApp reads the socket into the rx fifo until the socket has nothing more
+// (EAGAIN: the next data is a new edge) or the fifo is full (then the app's
+// kick resumes).
+func (pf *pflow) toApp() error {
+	f, rx := pf.f, pf.f.Rx
+	for {
+		if rx.ReadClosed() {
+			pf.rxDone = true // the app reads no more
+			return nil
+		}
+		if rx.Written() && time.Since(pf.trimmed) >= shm.TrimAfter {
+			if _, err := rx.Trim(); err != nil {
+				return err
+			}
+			pf.trimmed = time.Now()
+		}
+		a, b, err := rx.Reserve()
+		if err != nil {
+			return err
+		}
+		if len(a) == 0 {
+			rx.SetWriterWaiting()
+			if free, err := rx.Free(); err == nil && free == 0 && !rx.ReadClosed() {
+				return nil
+			}
+			continue
+		}
+		bufs := [][]byte{a, b}
+		if len(b) == 0 {
+			bufs = bufs[:1]
+		}
+		n, err := unix.Readv(pf.fd, bufs)
+		if n > 0 {
+			if err := rx.Commit(n); err != nil {
+				return err
+			}
+			if rx.TakeReaderWaiting() {
+				f.WakeApp()
+			}
+		}
+		switch {
+		case err == unix.EINTR:
+		case err == unix.EAGAIN:
+			return nil
+		case err != nil:
+			return err
+		case n == 0:
+			rx.CloseWrite()
+			f.WakeApp()
+			pf.rxDone = true
+			return nil
+		}
+		// A short read is no sign of EAGAIN: the read that takes the last
+		// data before a FIN also takes the FIN's edge; only the next read
+		// says end of stream.
+	}
+}
+
+// fromApp writes the tx fifo to the socket until it is empty (then the
+// app's kick resumes), the socket is full (EPOLLOUT resumes) or the app
+// closed the fifo (then the socket is shut down for writing). stop: the app
+// released the session without closing its fifo.
+func (pf *pflow) fromApp() (stop bool, err error) {
+	f, tx := pf.f, pf.f.Tx
+	for {
+		a, b, err := tx.Peek()
+		if len(a) > 0 {
+			bufs := [][]byte{a, b}
+			if len(b) == 0 {
+				bufs = bufs[:1]
+			}
+			n, werr := unix.SendmsgBuffers(pf.fd, bufs, nil, nil, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+			if n > 0 {
+				if cerr := tx.Consume(n); cerr != nil {
+					return false, cerr
+				}
+				if tx.TakeWriterWaiting() {
+					f.WakeApp()
+				}
+			}
+			switch {
+			case werr == unix.EINTR:
+			case werr == unix.EAGAIN:
+				return false, nil
+			case werr != nil:
+				return false, werr
+			}
+			continue
+		}
+		if err == io.EOF {
+			if serr := unix.Shutdown(pf.fd, unix.SHUT_WR); serr != nil && serr != unix.ENOTCONN {
+				return false, serr
+			}
+			pf.txDone = true
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		if pf.appClosed && !tx.WriteClosed() {
+			return true, nil
+		}
+		tx.SetReaderWaiting()
+		if n, lerr := tx.Len(); lerr == nil && n == 0 && !tx.WriteClosed() {
+			return false, nil
+		}
+	}
+}
+
+// end closes the socket (with a reset when abort) and finishes the flow:
+// err resets the app's session with what went wrong.
+func (pf *pflow) end(abort bool, err error) {
+	pf.ended = true
+	p := pf.p
+	if p.flows[int32(pf.fd)] == pf {
+		delete(p.flows, int32(pf.fd))
+		_ = unix.EpollCtl(p.ep, unix.EPOLL_CTL_DEL, pf.fd, nil)
+	}
+	if abort {
+		_ = unix.SetsockoptLinger(pf.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	}
+	unix.Close(pf.fd)
+	if err != nil && !errors.Is(err, errStopped) {
+		pf.f.Finish(wire.ErrReset, resetMessage(err, pf.peer, p.name))
+		return
+	}
+	pf.f.Finish(wire.OK, "")
+}
