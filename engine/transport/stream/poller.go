@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -28,8 +30,10 @@ type Poller struct {
 	name         string
 	closeTimeout time.Duration
 
-	ep  int // epoll set: the sockets and efd
-	efd int // eventfd: a flow was kicked or added
+	ep   int             // epoll set: the sockets and efd
+	efd  int             // eventfd: a flow was kicked or added
+	file *os.File        // ep, registered with Go's netpoller
+	raw  syscall.RawConn // its raw access
 
 	mu     sync.Mutex
 	queued []*pflow // to serve at the loop's next round (kicks, new flows)
@@ -74,7 +78,20 @@ func NewPoller(name string, closeTimeout time.Duration) (*Poller, error) {
 		unix.Close(efd)
 		return nil, fmt.Errorf("%s: epoll_ctl: %w", name, err)
 	}
-	p := &Poller{name: name, closeTimeout: closeTimeout, ep: ep, efd: efd, flows: map[int32]*pflow{}}
+	// Non-blocking, so that os.NewFile registers it with the netpoller.
+	if err := unix.SetNonblock(ep, true); err != nil {
+		unix.Close(ep)
+		unix.Close(efd)
+		return nil, fmt.Errorf("%s: epoll descriptor: %w", name, err)
+	}
+	file := os.NewFile(uintptr(ep), "epoll")
+	raw, err := file.SyscallConn()
+	if err != nil {
+		file.Close()
+		unix.Close(efd)
+		return nil, fmt.Errorf("%s: epoll descriptor: %w", name, err)
+	}
+	p := &Poller{name: name, closeTimeout: closeTimeout, ep: ep, efd: efd, file: file, raw: raw, flows: map[int32]*pflow{}}
 	go p.loop()
 	return p, nil
 }
@@ -106,24 +123,39 @@ func (pf *pflow) kick() {
 	}
 }
 
+// loop waits for the epoll set to be ready through Go's netpoller (an
+// epoll descriptor is itself pollable), so a poller holds no OS thread
+// while its sessions are idle; its epoll_wait calls never block.
 func (p *Poller) loop() {
 	events := make([]unix.EpollEvent, 128)
 	var batch []*pflow
+	var set time.Time // the deadline of the waits: the first drain's end
 	for {
-		timeout := -1
-		if len(p.drains) > 0 {
-			next := p.drains[0].drainBy
-			for _, pf := range p.drains[1:] {
-				if pf.drainBy.Before(next) {
-					next = pf.drainBy
+		var deadline time.Time
+		for _, pf := range p.drains {
+			if deadline.IsZero() || pf.drainBy.Before(deadline) {
+				deadline = pf.drainBy
+			}
+		}
+		if !deadline.Equal(set) {
+			_ = p.file.SetReadDeadline(deadline)
+			set = deadline
+		}
+		n := 0
+		err := p.raw.Read(func(fd uintptr) bool {
+			for {
+				var err error
+				n, err = unix.EpollWait(int(fd), events, 0)
+				if err != unix.EINTR {
+					// nothing ready: park until the set is (an edge, as
+					// the set was just seen empty)
+					return n != 0 || err != nil
 				}
 			}
-			timeout = max(int(time.Until(next)/time.Millisecond)+1, 0)
-		}
-		n, err := unix.EpollWait(p.ep, events, timeout)
-		if err != nil && err != unix.EINTR {
-			// only a programming error (a bad epoll descriptor) gets here
-			panic(fmt.Sprintf("%s: epoll_wait: %v", p.name, err))
+		})
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			// only a programming error (a closed epoll descriptor) gets here
+			panic(fmt.Sprintf("%s: waiting for the epoll set: %v", p.name, err))
 		}
 		for _, ev := range events[:max(n, 0)] {
 			if ev.Fd == int32(p.efd) {
