@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,8 +81,12 @@ func spin() {
 	}
 }
 
+// anonNow is the process's RssAnon after a collection that also returns
+// the freed heap to the kernel: without it a delta between two samples
+// counts whatever garbage the scavenger had not returned yet (and went
+// negative when it returned an earlier phase's).
 func anonNow() int64 {
-	runtime.GC()
+	debug.FreeOSMemory()
 	st, err := status("self")
 	if err != nil {
 		return -1

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -145,7 +146,8 @@ type engineSample struct {
 }
 
 func (r *scaleRig) sample(key string) (engineSample, error) {
-	runtime.GC()
+	debug.FreeOSMemory() // see anonNow
+
 	var s engineSample
 	var err error
 	if s.st, err = status("self"); err != nil {
