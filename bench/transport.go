@@ -7,7 +7,7 @@ package main
 // this process attached to an engine whose transport is a userspace stack
 // at 10.99.0.11/24 on A's veth over AF_PACKET ("netstack-afpacket") or
 // AF_XDP ("netstack-afxdp"), or an engine on the kernel transport in A
-// ("engine-kernel", for TLS only). B (10.99.0.2) holds kernel TCP servers
+// ("engine-kernel"). B (10.99.0.2) holds kernel TCP servers
 // of this process: a sink reading into io.Discard, an echo, a counter, a
 // stock crypto/tls sink. Every figure is measured by the same code for
 // every variant; only the sender's transport differs.
@@ -125,6 +125,7 @@ func runTransport(rep *Report, m measurer) {
 			return
 		}
 		defer closeV()
+		tp.measure(v, kern) // the kernel transport against a plain socket
 		tp.tlsFlows(v)
 	})
 
