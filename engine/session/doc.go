@@ -96,8 +96,11 @@ package session
 // that applies. The app rings its worker's transport doorbell after
 // progress on such a fifo whose waiting flag the transport set; the
 // worker's kicker goroutine (started with its first transport session,
-// reading the engine's end through the netpoller) kicks the app's flows,
-// and Flow.WakeApp rings the worker doorbell from the engine's end. The
+// reading the engine's end through the netpoller) kicks the app's flows
+// (on Flow.Kick, or through the function a transport gave Flow.Notify when
+// it serves its flows from event loops), and Flow.WakeApp rings the worker
+// doorbell from the engine's end. When a fifo pair is freed its pages are
+// punched out of the segment (segment.free). The
 // session is registered before Transport.Connect is called with a
 // Flow (see Flow): the transport completes it later (Flow.Connected → the
 // app's connected event) and ends its side with Flow.Finish (disconnected

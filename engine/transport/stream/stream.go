@@ -1,8 +1,9 @@
-// Package stream pumps a transport session between the app's fifos and a
-// net.Conn (a kernel TCP socket, a TLS connection over any transport, a
-// userspace stack's connection): one goroutine per direction, following the
-// fifo waiting-flag protocol, until both directions ended, either side
-// failed, or the app released the session.
+// Package stream moves a transport session's bytes between the app's fifos
+// and the network, following the fifo waiting-flag protocol, until both
+// directions ended, either side failed, or the app released the session.
+// Poller serves plain kernel TCP sockets from a few event loops (no
+// goroutine per session); Pump serves any net.Conn (a TLS connection, a
+// userspace stack's connection) with one goroutine per direction.
 package stream
 
 import (
