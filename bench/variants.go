@@ -139,22 +139,10 @@ func idleSessionMemory() (resident, reserved float64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	var conns []net.Conn
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	for i := 0; i < n; i++ {
-		c, err := v.dial(ln.Addr())
-		if err != nil {
-			return 0, 0, err
-		}
-		s, err := ln.Accept()
-		if err != nil {
-			return 0, 0, err
-		}
-		conns = append(conns, c, s)
+	conns, err := openSessions(v, ln, n, nil)
+	defer closeAll(conns)
+	if err != nil {
+		return 0, 0, err
 	}
 	runtime.GC()
 	rss1, err := rss()
@@ -186,22 +174,8 @@ func streamedSessionMemory() (streamed, quiet float64, err error) {
 		return st.SegmentResident
 	}
 	base := resident()
-	var conns []net.Conn
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	for i := 0; i < n; i++ {
-		c, err := v.dial(ln.Addr())
-		if err != nil {
-			return 0, 0, err
-		}
-		s, err := ln.Accept()
-		if err != nil {
-			return 0, 0, err
-		}
-		conns = append(conns, c, s)
+	// each session walks its ring once
+	conns, err := openSessions(v, ln, n, func(c, s net.Conn) error {
 		const lap = defaultFifo + 64<<10
 		werr := make(chan error, 1)
 		go func() {
@@ -213,11 +187,13 @@ func streamedSessionMemory() (streamed, quiet float64, err error) {
 			werr <- err
 		}()
 		if _, err := io.ReadFull(s, make([]byte, lap)); err != nil {
-			return 0, 0, err
+			return err
 		}
-		if err := <-werr; err != nil {
-			return 0, 0, err
-		}
+		return <-werr
+	})
+	defer closeAll(conns)
+	if err != nil {
+		return 0, 0, err
 	}
 	streamed = float64(resident()-base) / n
 	// Quiet: the writers give their pages back shm.TrimAfter after their
@@ -227,6 +203,36 @@ func streamedSessionMemory() (streamed, quiet float64, err error) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return streamed, float64(resident()-base) / n, nil
+}
+
+// openSessions opens n sessions of v to ln, calling each (if set) with the
+// two ends of every one; it returns the ends opened, also on error.
+func openSessions(v variant, ln net.Listener, n int, each func(c, s net.Conn) error) ([]net.Conn, error) {
+	var conns []net.Conn
+	for i := 0; i < n; i++ {
+		c, err := v.dial(ln.Addr())
+		if err != nil {
+			return conns, err
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			c.Close()
+			return conns, err
+		}
+		conns = append(conns, c, s)
+		if each != nil {
+			if err := each(c, s); err != nil {
+				return conns, err
+			}
+		}
+	}
+	return conns, nil
+}
+
+func closeAll(conns []net.Conn) {
+	for _, c := range conns {
+		c.Close()
+	}
 }
 
 func rss() (int64, error) {

@@ -6,10 +6,12 @@ import (
 	"crypto/sha256"
 	"io"
 	"math/rand/v2"
+	"net"
 	"testing"
 	"time"
 
 	"github.com/hoststack/hoststack/client"
+	"github.com/hoststack/hoststack/engine/session"
 )
 
 // TestIdleSessionGivesBackItsPages: a session that streamed through 4 MiB
@@ -17,20 +19,9 @@ import (
 // gives back the pages of its tx fifo that hold nothing (the memfd's own
 // block count shows it), and the session carries data correctly afterwards.
 func TestIdleSessionGivesBackItsPages(t *testing.T) {
-	cfg := testNS
-	cfg.SegmentSize, cfg.RxFifoSize, cfg.TxFifoSize = 64<<20, 4<<20, 4<<20
-	_, sock := startEngine(t, cfg)
+	_, cli, ln := trimPair(t, 20*time.Millisecond)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	srv, cli := attach(t, sock, "srv"), attach(t, sock, "cli")
-	for _, a := range []*client.App{srv, cli} {
-		client.SetTrimAfter(a, 20*time.Millisecond)
-	}
-	ln, err := srv.Listen("tcp", ":7100")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
@@ -39,7 +30,7 @@ func TestIdleSessionGivesBackItsPages(t *testing.T) {
 		defer c.Close()
 		_, _ = io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c}) // echo
 	}()
-	c, err := cli.Dial(ctx, "tcp", "127.0.0.1:7100")
+	c, err := cli.Dial(ctx, "tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,20 +97,9 @@ func TestIdleSessionGivesBackItsPages(t *testing.T) {
 // period) leave a streamed session's rings resident while it is open; once
 // both ends closed, the engine punches the fifo pair's extent.
 func TestClosedSessionGivesBackItsPages(t *testing.T) {
-	cfg := testNS
-	cfg.SegmentSize, cfg.RxFifoSize, cfg.TxFifoSize = 64<<20, 4<<20, 4<<20
-	e, sock := startEngine(t, cfg)
+	e, cli, ln := trimPair(t, time.Hour)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	srv, cli := attach(t, sock, "srv"), attach(t, sock, "cli")
-	for _, a := range []*client.App{srv, cli} {
-		client.SetTrimAfter(a, time.Hour)
-	}
-	ln, err := srv.Listen("tcp", ":7101")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	accepted := make(chan int64, 1)
 	go func() {
 		c, err := ln.Accept()
@@ -131,7 +111,7 @@ func TestClosedSessionGivesBackItsPages(t *testing.T) {
 		c.Close()
 		accepted <- n
 	}()
-	c, err := cli.Dial(ctx, "tcp", "127.0.0.1:7101")
+	c, err := cli.Dial(ctx, "tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +123,7 @@ func TestClosedSessionGivesBackItsPages(t *testing.T) {
 		}
 	}
 	resident := func() int64 {
-		st, _ := e.NamespaceStats(cfg.Key())
+		st, _ := e.NamespaceStats(testNS.Key())
 		return st.SegmentResident
 	}
 	// the reader may not have drained the ring yet, but it was walked
@@ -162,4 +142,23 @@ func TestClosedSessionGivesBackItsPages(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// trimPair is an engine with 4 MiB fifos, a client app and a listening app,
+// both giving back their written pages after trimAfter.
+func trimPair(t *testing.T, trimAfter time.Duration) (*session.Engine, *client.App, net.Listener) {
+	t.Helper()
+	cfg := testNS
+	cfg.SegmentSize, cfg.RxFifoSize, cfg.TxFifoSize = 64<<20, 4<<20, 4<<20
+	e, sock := startEngine(t, cfg)
+	srv, cli := attach(t, sock, "srv"), attach(t, sock, "cli")
+	for _, a := range []*client.App{srv, cli} {
+		client.SetTrimAfter(a, trimAfter)
+	}
+	ln, err := srv.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return e, cli, ln
 }
