@@ -204,7 +204,7 @@ func main() {
 		}
 		rep.add("memory", "idle-session-resident", "hoststack", resident, "bytes")
 		rep.add("memory", "idle-session-fifo-reserved", "hoststack", reserved, "bytes")
-		fmt.Fprintln(os.Stderr, "fifo memory of a session that streamed (200 sessions):")
+		fmt.Fprintln(os.Stderr, "fifo memory of a session that streamed (20 sessions):")
 		streamed, quiet, err := streamedSessionMemory()
 		if err != nil {
 			fail("hoststack", "memory", err)

@@ -159,7 +159,7 @@ func idleSessionMemory() (resident, reserved float64, err error) {
 // and once the sessions have been quiet for shm.TrimAfter (what they give
 // back), both from the engine's count of resident segment pages.
 func streamedSessionMemory() (streamed, quiet float64, err error) {
-	const n = 200
+	const n = 20 // streamed well within shm.TrimAfter: "right after" is before any page is given back
 	v, err := theRig.variant("memory-streamed", false, defaultFifo)
 	if err != nil {
 		return 0, 0, err
