@@ -189,11 +189,14 @@ func main() {
 	if want("connect") {
 		fmt.Fprintln(os.Stderr, "connect+accept+close:")
 		for _, v := range variants {
-			rate, err := m.connect(v)
+			rate, retries, err := m.connect(v)
 			if err != nil {
 				fail(v.name, "connect", err)
 			}
 			rep.add("connect", "rate", v.name, rate, "conn/s")
+			if retries > 0 {
+				rep.add("connect", "queue-full-retries", v.name, float64(retries), "connects")
+			}
 		}
 	}
 	if want("memory") {

@@ -234,12 +234,15 @@ func runScale(rep *Report, m measurer, variants []variant) {
 	}
 	fmt.Fprintln(os.Stderr, "  connect+accept+close:")
 	for _, v := range vs {
-		rate, err := m.connect(v)
+		rate, retries, err := m.connect(v)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "bench: scale: %s connect: %v\n", v.name, err)
 			continue
 		}
 		add("connect-rate", v.name, rate, "conn/s")
+		if retries > 0 {
+			add("connect-queue-full-retries", v.name, float64(retries), "connects")
+		}
 	}
 }
 
