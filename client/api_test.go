@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/hoststack/hoststack/client"
 )
@@ -173,4 +175,95 @@ func TestLingerResetAndWriteTo(t *testing.T) {
 		t.Fatalf("read after peer's abortive close: %v", err)
 	}
 	s.Close()
+}
+
+// TestBlockedCallsWakeOnClose: a Write blocked on a full fifo returns EPIPE
+// when another goroutine calls CloseWrite, and a blocked Read and Write
+// return net.ErrClosed on Close — whether the call already sleeps on the
+// worker or is still spinning (Options.Spin: it never sleeps, so only its
+// own checks can see the change).
+func TestBlockedCallsWakeOnClose(t *testing.T) {
+	_, sock := startEngine(t, testNS)
+	for _, spin := range []bool{false, true} {
+		opt := func(o *client.Options) { o.Spin = spin }
+		name := fmt.Sprintf("spin-%v", spin)
+		srv, cli := attach(t, sock, "server-"+name, opt), attach(t, sock, "client-"+name, opt)
+		ln, err := srv.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		accepted := make(chan net.Conn, 2)
+		go func() {
+			for {
+				s, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				accepted <- s // never read: the client's writes fill the fifo
+			}
+		}()
+		dial := func() net.Conn {
+			t.Helper()
+			c, err := cli.Dial(context.Background(), "tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		}
+		fillThenBlock := func(c net.Conn) chan error {
+			errc := make(chan error, 1)
+			go func() {
+				buf := make([]byte, 64<<10)
+				for {
+					if _, err := c.Write(buf); err != nil {
+						errc <- err
+						return
+					}
+				}
+			}()
+			return errc
+		}
+		within := func(what string, errc chan error, want error) {
+			t.Helper()
+			select {
+			case err := <-errc:
+				if !errors.Is(err, want) {
+					t.Fatalf("spin=%v: %s: %v, want %v", spin, what, err, want)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("spin=%v: %s: still blocked after 10s", spin, what)
+			}
+		}
+		// Without spin, the Write must be asleep on the worker first.
+		asleep := func() {
+			t.Helper()
+			for deadline := time.Now().Add(10 * time.Second); !spin && client.BlockedCalls(cli) == 0; {
+				if time.Now().After(deadline) {
+					t.Fatal("the Write never blocked")
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
+		c := dial()
+		s := <-accepted
+		errc := fillThenBlock(c)
+		asleep()
+		if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+			t.Fatalf("spin=%v: CloseWrite: %v", spin, err)
+		}
+		within("blocked Write after CloseWrite", errc, syscall.EPIPE)
+		rerr := make(chan error, 1)
+		go func() { _, err := c.Read(make([]byte, 1)); rerr <- err }()
+		c.Close()
+		within("blocked Read after Close", rerr, net.ErrClosed)
+		s.Close()
+		c = dial()
+		s = <-accepted
+		errc = fillThenBlock(c)
+		asleep()
+		c.Close()
+		within("blocked Write after Close", errc, net.ErrClosed)
+		s.Close()
+		ln.Close()
+	}
 }

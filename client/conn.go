@@ -220,7 +220,9 @@ func (c *Conn) readable() bool {
 }
 
 func (c *Conn) writable() bool {
-	if c.closed.Load() || c.resetErr.Load() != nil || c.peerClosed.Load() || (c.w.orphan.Load() && c.tx.ReadClosed()) {
+	// wshut: a Write that CloseWrite's wake-up did not find (it was still
+	// spinning) returns EPIPE at once rather than wait for room
+	if c.closed.Load() || c.wshut.Load() || c.resetErr.Load() != nil || c.peerClosed.Load() || (c.w.orphan.Load() && c.tx.ReadClosed()) {
 		return true
 	}
 	n, err := c.tx.Free()
