@@ -60,6 +60,11 @@ type pflow struct {
 	trimmed        time.Time
 }
 
+// serveBudget bounds the reads (and the writes) one serve makes, so that a
+// session whose peer and app keep up forever does not starve the others of
+// its poller: past it, the session queues itself again.
+const serveBudget = 16
+
 // NewPoller starts a poller; name is the transport's, for messages, and
 // closeTimeout bounds how long what an app wrote before closing may take to
 // leave (then the socket is reset).
@@ -253,7 +258,11 @@ func (pf *pflow) serve() {
 // kick resumes).
 func (pf *pflow) toApp() error {
 	f, rx := pf.f, pf.f.Rx
-	for {
+	for i := 0; ; i++ {
+		if i == serveBudget {
+			pf.kick() // more later, after the other sessions
+			return nil
+		}
 		if rx.ReadClosed() {
 			pf.rxDone = true // the app reads no more
 			return nil
@@ -312,7 +321,11 @@ func (pf *pflow) toApp() error {
 // released the session without closing its fifo.
 func (pf *pflow) fromApp() (stop bool, err error) {
 	f, tx := pf.f, pf.f.Tx
-	for {
+	for i := 0; ; i++ {
+		if i == serveBudget {
+			pf.kick() // more later, after the other sessions
+			return false, nil
+		}
 		a, b, err := tx.Peek()
 		if len(a) > 0 {
 			bufs := [][]byte{a, b}
