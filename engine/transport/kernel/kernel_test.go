@@ -163,6 +163,97 @@ func TestCloseResetsWhatCannotDrain(t *testing.T) {
 	}
 }
 
+// slowReader reads r to the end in 4 KiB reads, pausing after each: a
+// reader that keeps the fifo (or the socket) behind it full, so the
+// transport waits for room in both directions. The pause only paces; the
+// hash says whether every byte arrived in order.
+func slowReader(r io.Reader) ([32]byte, int64, error) {
+	h := sha256.New()
+	buf := make([]byte, 4<<10)
+	var n int64
+	for {
+		k, err := r.Read(buf)
+		h.Write(buf[:k])
+		n += int64(k)
+		if err == io.EOF {
+			var sum [32]byte
+			copy(sum[:], h.Sum(nil))
+			return sum, n, nil
+		}
+		if err != nil {
+			return [32]byte{}, n, err
+		}
+		time.Sleep(20 * time.Microsecond)
+	}
+}
+
+// TestSlowReadersBothWays: 8 MiB each way through the kernel transport to
+// readers slower than their writers: the app's rx fifo fills (the transport
+// waits for the app's kick) and the socket fills (it waits for the socket
+// to drain), and every byte arrives.
+func TestSlowReadersBothWays(t *testing.T) {
+	tp := newTopo(t)
+	ln := listenIn(t, tp.B.Path(), "10.99.0.2:0")
+	ev := newEnv(t, tp)
+	const size = 8 << 20
+	data := make([]byte, size)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	want := sha256.Sum256(data)
+	type result struct {
+		sum [32]byte
+		n   int64
+		err error
+	}
+	srvGot := make(chan result, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			srvGot <- result{err: err}
+			return
+		}
+		defer c.Close()
+		werr := make(chan error, 1)
+		go func() {
+			_, err := c.Write(data)
+			if err == nil {
+				err = c.(*net.TCPConn).CloseWrite()
+			}
+			werr <- err
+		}()
+		sum, n, err := slowReader(c)
+		if err == nil {
+			err = <-werr
+		}
+		srvGot <- result{sum, n, err}
+	}()
+	c, err := dial(t, ev.app, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(data)
+		if err == nil {
+			err = c.(interface{ CloseWrite() error }).CloseWrite()
+		}
+		werr <- err
+	}()
+	sum, n, err := slowReader(c)
+	if err != nil || n != size || sum != want {
+		t.Fatalf("app read %d of %d bytes (hash match %v): %v", n, size, sum == want, err)
+	}
+	if err := <-werr; err != nil {
+		t.Fatalf("app write: %v", err)
+	}
+	r := <-srvGot
+	if r.err != nil || r.n != size || r.sum != want {
+		t.Fatalf("server read %d of %d bytes (hash match %v): %v", r.n, size, r.sum == want, r.err)
+	}
+}
+
 func TestEchoThroughThePodNetns(t *testing.T) {
 	tp := newTopo(t)
 	ln := listenIn(t, tp.B.Path(), "10.99.0.2:0")
