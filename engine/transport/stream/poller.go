@@ -54,10 +54,14 @@ type pflow struct {
 
 	// loop-only
 	rxDone, txDone bool // socket end of stream / app stopped reading; shut down for writing
-	appClosed      bool
-	drainBy        time.Time
-	ended          bool
-	trimmed        time.Time
+	// rxStalled: the last read found the socket empty (EAGAIN), so only the
+	// socket's next edge can bring data: a kick (the app's progress on any
+	// of its sessions) skips the read system call
+	rxStalled bool
+	appClosed bool
+	drainBy   time.Time
+	ended     bool
+	trimmed   time.Time
 }
 
 // serveBudget bounds the reads (and the writes) one serve makes, so that a
@@ -168,7 +172,7 @@ func (p *Poller) loop() {
 				continue
 			}
 			if pf := p.flows[ev.Fd]; pf != nil {
-				pf.serve()
+				pf.serve(true)
 			}
 		}
 		p.mu.Lock()
@@ -182,7 +186,7 @@ func (p *Poller) loop() {
 				if _, ok := p.flows[int32(pf.fd)]; !ok {
 					p.register(pf)
 				}
-				pf.serve()
+				pf.serve(false)
 			}
 		}
 		clear(batch)
@@ -214,8 +218,9 @@ func (p *Poller) register(pf *pflow) {
 }
 
 // serve does what can be done now in both directions, then ends the
-// session once both are done (or at the first failure).
-func (pf *pflow) serve() {
+// session once both are done (or at the first failure). sock: the socket
+// signalled (else a kick: the app moved, or the session queued itself).
+func (pf *pflow) serve(sock bool) {
 	if pf.ended {
 		return
 	}
@@ -235,7 +240,7 @@ func (pf *pflow) serve() {
 		default:
 		}
 	}
-	if !pf.rxDone {
+	if !pf.rxDone && (sock || !pf.rxStalled) {
 		if err := pf.toApp(); err != nil {
 			pf.end(true, err)
 			return
@@ -258,6 +263,7 @@ func (pf *pflow) serve() {
 // kick resumes).
 func (pf *pflow) toApp() error {
 	f, rx := pf.f, pf.f.Rx
+	pf.rxStalled = false
 	for i := 0; ; i++ {
 		if i == serveBudget {
 			pf.kick() // more later, after the other sessions
@@ -300,6 +306,7 @@ func (pf *pflow) toApp() error {
 		switch {
 		case err == unix.EINTR:
 		case err == unix.EAGAIN:
+			pf.rxStalled = true
 			return nil
 		case err != nil:
 			return err
