@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
-	"os"
 	"sync/atomic"
 	"time"
 
@@ -371,7 +370,7 @@ func (f *Fifo) Written() bool { return f.pTail != f.pTrimmed || f.pTrimHeld }
 // release removes the whole pages of data[pos:pos+n]. The segment is mapped
 // at a page boundary, so the page arithmetic is on segment offsets.
 func (f *Fifo) release(pos, n uint64) (int, error) {
-	pg := os.Getpagesize()
+	pg := unix.Getpagesize()
 	start := (f.dataOff+int(pos)+pg-1)&^(pg-1) - f.dataOff
 	end := (f.dataOff+int(pos+n))&^(pg-1) - f.dataOff
 	if end <= start {

@@ -264,6 +264,9 @@ func (pf *pflow) serve(sock bool) {
 func (pf *pflow) toApp() error {
 	f, rx := pf.f, pf.f.Rx
 	pf.rxStalled = false
+	if err := trimIfDue(rx, &pf.trimmed); err != nil {
+		return err
+	}
 	for i := 0; ; i++ {
 		if i == serveBudget {
 			pf.kick() // more later, after the other sessions
@@ -272,12 +275,6 @@ func (pf *pflow) toApp() error {
 		if rx.ReadClosed() {
 			pf.rxDone = true // the app reads no more
 			return nil
-		}
-		if rx.Written() && time.Since(pf.trimmed) >= shm.TrimAfter {
-			if _, err := rx.Trim(); err != nil {
-				return err
-			}
-			pf.trimmed = time.Now()
 		}
 		a, b, err := rx.Reserve()
 		if err != nil {

@@ -130,15 +130,8 @@ func toApp(f *session.Flow, c Conn, kick, stop <-chan struct{}) error {
 		if rx.ReadClosed() {
 			return nil
 		}
-		// Give back the pages the ring walked past (shm.Fifo.Trim): only
-		// here, as this goroutine is the fifo's producer. A session that
-		// went quiet keeps what its last burst touched until it moves again
-		// or closes (then the engine punches its extent).
-		if rx.Written() && time.Since(trimmed) >= shm.TrimAfter {
-			if _, err := rx.Trim(); err != nil {
-				return err
-			}
-			trimmed = time.Now()
+		if err := trimIfDue(rx, &trimmed); err != nil {
+			return err
 		}
 		space, _, err := rx.Reserve()
 		if err != nil {
@@ -186,6 +179,22 @@ func toApp(f *session.Flow, c Conn, kick, stop <-chan struct{}) error {
 			return rerr
 		}
 	}
+}
+
+// trimIfDue gives back the pages the rx ring walked past (shm.Fifo.Trim)
+// once shm.TrimAfter passed since the last time (*last): only from the
+// fifo's producer, Pump's toApp or a Poller's. A session that went quiet
+// keeps what its last burst touched until it moves again or closes (then
+// the engine punches its extent).
+func trimIfDue(rx *shm.Fifo, last *time.Time) error {
+	if !rx.Written() || time.Since(*last) < shm.TrimAfter {
+		return nil
+	}
+	if _, err := rx.Trim(); err != nil {
+		return err
+	}
+	*last = time.Now()
+	return nil
 }
 
 // fromApp copies the app's tx fifo to the socket until the app closes it
