@@ -201,7 +201,7 @@ func (p *PacketConn) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, err
 			}
 			return len(b), nil
 		}
-		if err := c.wait(&c.wdl, &c.wwait, room, c.tx.SetWriterWaiting, c.tx.ClearWriterWaiting); err != nil {
+		if err := c.wait(&c.wdl, &c.wwait, &c.wspin, room, c.tx.SetWriterWaiting, c.tx.ClearWriterWaiting); err != nil {
 			return 0, err
 		}
 	}

@@ -199,6 +199,23 @@ type Transport interface {
 	Connect(req ConnectRequest) (wire.Code, string)
 }
 
+// BellWatcher is implemented by transports that serve their flows from
+// event loops (the kernel transport's pollers): the engine hands them each
+// app worker's transport doorbell, and the loop that serves the worker's
+// flows (Flow.Affinity == affinity) watches it, so an app's ring reaches
+// the loop directly instead of through a goroutine that pokes it: one
+// wake-up less between an app's write and its bytes leaving.
+//
+// WatchBell watches fd (the engine's end of the doorbell: readable when
+// rung, the watcher drains it with shm.DrainBell) and calls ring after
+// rings; ring never blocks. It returns nil when it cannot watch (the
+// engine then reads the doorbell itself). After unwatch returns the
+// watcher no longer touches fd (the engine closes it next); ring may still
+// run once.
+type BellWatcher interface {
+	WatchBell(namespace string, affinity uint64, fd int, ring func()) (unwatch func())
+}
+
 // HostAddresser is implemented by transports that know the addresses of the
 // hosts: a cut-through session then gets the connecting app's host address
 // of the destination's family as its local address, as a kernel socket in

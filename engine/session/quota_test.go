@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -217,10 +218,11 @@ func TestNodeLimits(t *testing.T) {
 }
 
 // TestNodeThreadLimit: no worker is added while the engine's process has
-// maxThreads OS threads (counted in /proc/self/task). The engine's own
-// threads are bounded by its shards (TestShardsBoundThreads); here the
-// clients, in the same process, spend a thread per worker and reach the
-// cap.
+// maxThreads OS threads (counted in /proc/self/task). Neither the engine
+// (its shards) nor the client (its worker loops) keeps a thread per worker
+// (TestShardsBoundThreads): here goroutines blocked in read(2) on a pipe,
+// a thread each, stand for whatever else the process runs; once they are
+// gone, workers are added again.
 func TestNodeThreadLimit(t *testing.T) {
 	threads := func() int {
 		ents, err := os.ReadDir("/proc/self/task")
@@ -235,19 +237,42 @@ func TestNodeThreadLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var refused error
-	for i := 0; i < 40 && refused == nil; i++ {
-		_, refused = quotaAttach(t, sock, fmt.Sprintf("app-%d", i), func(o *client.Options) { o.Workers = 4 })
+	mustAttach(t, sock, "below", func(o *client.Options) { o.Workers = 4 })
+	var p [2]int
+	if err := syscall.Pipe2(p[:], syscall.O_CLOEXEC); err != nil {
+		t.Fatal(err)
 	}
-	wantQuota(t, "workers past the thread cap", refused, fmt.Sprintf("node limit nodeMaxThreads (%d) reached", max))
-	// a worker is refused once the count reaches the cap; the client's own
-	// threads (same process here) may add a few after the last check
-	if n := threads(); n > max+16 {
-		t.Fatalf("%d threads, cap %d", n, max)
+	defer syscall.Close(p[0])
+	release := func() {
+		if p[1] >= 0 {
+			syscall.Close(p[1]) // every blocked read returns 0
+			p[1] = -1
+		}
 	}
-	if st := eng.Limits(); st.Refusals[session.LimitNodeMaxThreads] == 0 || st.Threads <= 0 {
+	defer release()
+	// Each blocked goroutine holds a thread of its own, so the count
+	// reaches the cap after at most max of them (fewer: they may take
+	// idle threads first, and a check may overshoot by one or two).
+	for threads() < max {
+		started := make(chan struct{})
+		go func() {
+			// Locked and never unlocked: the thread ends with the
+			// goroutine (idle threads would otherwise stay).
+			runtime.LockOSThread()
+			close(started)
+			var b [1]byte
+			_, _ = syscall.Read(p[0], b[:]) // a blocking pipe: holds its thread
+		}()
+		<-started
+	}
+	_, refused := quotaAttach(t, sock, "past", func(o *client.Options) { o.Workers = 4 })
+	wantQuota(t, "a worker past the thread cap", refused, fmt.Sprintf("node limit nodeMaxThreads (%d) reached", max))
+	if st := eng.Limits(); st.Refusals[session.LimitNodeMaxThreads] == 0 || st.Threads < max {
 		t.Fatalf("limit status %+v", st)
 	}
+	release()
+	waitUntil(t, "the blocked threads gone", func() bool { return threads() < max })
+	mustAttach(t, sock, "after", func(o *client.Options) { o.Workers = 4 })
 }
 
 // redirectRules redirects connects to port 9000 to the app named target.

@@ -16,11 +16,11 @@ import (
 
 // Engine shards serve the request queues of every app worker. A shard is
 // a goroutine with an epoll set holding the engine's doorbell ends of the
-// workers assigned to it; it sleeps in epoll_wait, which takes one OS
-// thread. A fixed number of shards (about one per core) serves any number
-// of apps and workers, where a goroutine blocked in poll(2) per worker made
-// the engine's thread count follow the apps (the Go runtime aborts at
-// 10,000 threads).
+// workers assigned to it; it sleeps parked in the netpoller (shm.Epoll),
+// holding no thread. A fixed number of shards (about one per core) serves
+// any number of apps and workers, where a goroutine blocked in poll(2) per
+// worker made the engine's thread count follow the apps (the Go runtime
+// aborts at 10,000 threads).
 //
 // When a worker's doorbell rings the shard serves the worker's queue in a
 // batch (at most shardBatch requests, for fairness between workers) under
@@ -59,7 +59,7 @@ const shardWakeKey = 0
 type shard struct {
 	e    *Engine
 	id   int
-	ep   int // epoll set
+	ep   *shm.Epoll
 	wake int // eventfd (this process's own): post and stop ring it while the shard sleeps
 	spin time.Duration
 	load atomic.Int32 // workers assigned, for least-loaded placement
@@ -138,25 +138,25 @@ func (e *Engine) stopShards() {
 }
 
 func newShard(e *Engine, id int, spin time.Duration) (*shard, error) {
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	ep, err := shm.NewEpoll()
 	if err != nil {
-		return nil, fmt.Errorf("session: engine shard epoll: %w", err)
+		return nil, fmt.Errorf("session: engine shard: %w", err)
 	}
 	wake, err := shm.NewEventFD()
 	if err != nil {
-		unix.Close(ep)
+		ep.Close()
 		return nil, fmt.Errorf("session: engine shard: %w", err)
 	}
-	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: shardWakeKey}); err != nil {
-		unix.Close(ep)
+	if err := ep.Add(wake, unix.EPOLLIN, shardWakeKey); err != nil {
+		ep.Close()
 		unix.Close(wake)
-		return nil, fmt.Errorf("session: engine shard epoll: %w", err)
+		return nil, fmt.Errorf("session: engine shard: %w", err)
 	}
 	return &shard{e: e, id: id, ep: ep, wake: wake, spin: spin, byKey: map[uint32]*worker{}, nextKey: shardWakeKey + 1, done: make(chan struct{})}, nil
 }
 
 func (s *shard) close() {
-	unix.Close(s.ep)
+	s.ep.Close()
 	unix.Close(s.wake)
 }
 
@@ -186,13 +186,9 @@ func (w *worker) poke() {
 }
 
 func (s *shard) run() {
-	// Not locked to its thread: sleeping in epoll_wait takes a thread of
-	// its own anyway (so the shards bound the engine's threads either way),
-	// and a locked goroutine's every wake-up is a hand-off to that thread,
-	// and its every Gosched one more: measured, that cut the connect rate
-	// 2-4x on 2 cores (bench -only connect). Locked only as it ends, so
-	// that the runtime ends the thread with it (Close).
-	defer runtime.LockOSThread()
+	// Not locked to a thread: a locked goroutine's every wake-up is a
+	// hand-off to that thread, and its every Gosched one more: measured,
+	// that cut the connect rate 2-4x on 2 cores (bench -only connect).
 	defer close(s.done)
 	defer s.close()
 	evs := make([]unix.EpollEvent, 128)
@@ -200,7 +196,7 @@ func (s *shard) run() {
 	last := time.Now() // when work was last found
 	for iter := 0; ; iter++ {
 		spinning := s.spin > 0 && time.Since(last) < s.spin
-		timeout, slept := 0, false
+		block, slept := false, false
 		if !spinning {
 			if s.armActive() {
 				last = time.Now()
@@ -208,17 +204,21 @@ func (s *shard) run() {
 			} else {
 				slept = true
 				s.sleeping.Store(true)
-				if !s.hasPosted.Load() {
-					timeout = -1
-				}
+				block = !s.hasPosted.Load()
 			}
 		}
 		if !spinning || iter%shardEpollEvery == 0 {
-			n, err := unix.EpollWait(s.ep, evs, timeout)
+			var n int
+			var err error
+			if block {
+				n, err = s.ep.Wait(evs, time.Time{})
+			} else {
+				n, err = s.ep.Poll(evs)
+			}
 			if slept {
 				s.sleeping.Store(false)
 			}
-			if err != nil && !errors.Is(err, unix.EINTR) {
+			if err != nil {
 				// only a bug makes epoll_wait fail on our own set: say so, and
 				// do not spin on it
 				s.e.logf("session: engine shard %d: epoll_wait: %v", s.id, err)
@@ -277,7 +277,7 @@ func (s *shard) takePosted() bool {
 			if s.nextKey == shardWakeKey {
 				s.nextKey++
 			}
-			if err := unix.EpollCtl(s.ep, unix.EPOLL_CTL_ADD, w.bell, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(w.key)}); err != nil {
+			if err := s.ep.Add(w.bell, unix.EPOLLIN, int32(w.key)); err != nil {
 				s.failWorker(w, fmt.Sprintf("engine shard %d cannot watch its doorbell: %v", s.id, err))
 				continue
 			}
@@ -445,7 +445,7 @@ func (s *shard) release(w *worker) {
 	}
 	w.released = true
 	if w.registered {
-		_ = unix.EpollCtl(s.ep, unix.EPOLL_CTL_DEL, w.bell, nil)
+		_ = s.ep.Del(w.bell)
 		delete(s.byKey, w.key)
 		w.registered = false
 	}

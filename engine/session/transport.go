@@ -45,6 +45,7 @@ type Flow struct {
 	txOff     int
 	seg       *segment
 	wake      *wakeEnd // the app worker's wake-up end, shared with its other flows
+	affinity  uint64   // see Affinity
 
 	kick     chan struct{}
 	closed   chan struct{}
@@ -70,6 +71,11 @@ func (f *Flow) WakeApp() {
 	}
 	_ = shm.Ring(f.wake.fd)
 }
+
+// Affinity names the app worker the session belongs to: a BellWatcher
+// serves the flows of one worker in the loop that watches its doorbell
+// (WatchBell's affinity), so a ring kicks them without another hand-off.
+func (f *Flow) Affinity() uint64 { return f.affinity }
 
 // Kick receives after the app signalled progress on one of its transport
 // fifos (possibly of another session of the same app: re-check).
@@ -259,20 +265,36 @@ func (ns *namespace) announceTransportSegLocked(w *worker, seg *segment) error {
 		[]int{seg.seg.FD()})
 }
 
-// transportWakeLocked starts the worker's kicker with its first transport
-// session: the app rings its end of the worker's transport doorbell after
-// progress on a transport fifo whose waiting flag is set, and the kicker
-// kicks the app's flows. (Until then rings just wait in the socket.)
+// transportWakeLocked starts watching the worker's transport doorbell with
+// its first transport session: the app rings its end after progress on a
+// transport fifo whose waiting flag is set, and the app's flows are kicked.
+// A transport that serves flows from event loops (BellWatcher) watches it
+// in the loop that serves the worker's flows; else the worker's kicker
+// goroutine does. (Until then rings just wait in the socket.)
 func (ns *namespace) transportWakeLocked(w *worker) error {
 	if err := ns.v2OwnSegmentLocked(w); err != nil {
 		return err
 	}
-	if !w.kicked {
-		w.kicked = true
-		go w.app.kicker(w.tbell)
+	if w.kicked {
+		return nil
 	}
+	w.kicked = true
+	if bw, ok := ns.e.cfg.Transport.(BellWatcher); ok {
+		var unwatch func()
+		if err := w.tbellRaw.Control(func(fd uintptr) {
+			unwatch = bw.WatchBell(ns.key, w.affinity(), int(fd), w.app.pokeFlows)
+		}); err == nil && unwatch != nil {
+			w.unwatch = unwatch
+			return nil
+		}
+	}
+	go w.app.kicker(w.tbell)
 	return nil
 }
+
+// affinity is the key under which a BellWatcher serves the worker's flows
+// and its transport doorbell in one loop (Flow.Affinity).
+func (w *worker) affinity() uint64 { return uint64(w.app.id)<<32 | uint64(w.id) }
 
 // kicker forwards the app's wake-ups of its transport fifos to the flows.
 // It reads the engine's own end of the doorbell through Go's netpoller (the
@@ -287,12 +309,18 @@ func (a *app) kicker(f *os.File) {
 			}
 			return // closed by the worker
 		}
-		a.flowMu.Lock()
-		for fl := range a.flows {
-			fl.poke()
-		}
-		a.flowMu.Unlock()
+		a.pokeFlows()
 	}
+}
+
+// pokeFlows kicks the app's transport flows after a ring of one of its
+// transport doorbells. It never blocks.
+func (a *app) pokeFlows() {
+	a.flowMu.Lock()
+	for fl := range a.flows {
+		fl.poke()
+	}
+	a.flowMu.Unlock()
 }
 
 // flowState is kept per app for its transport sessions.
@@ -391,7 +419,7 @@ func (ns *namespace) newFlowLocked(w *worker, ctx uint64, local, remote wire.Add
 	}
 	s := &session{handle: ns.handle(), w: w, pairOff: -1, s2cOff: -1}
 	f := &Flow{Rx: rx, Tx: tx, ns: ns, s: s, app: a.name, ctx: ctx, remote: remote, rxOff: off, txOff: off + fpRx, seg: seg,
-		wake: wake, kick: make(chan struct{}, 1), closed: make(chan struct{})}
+		wake: wake, affinity: w.affinity(), kick: make(chan struct{}, 1), closed: make(chan struct{})}
 	s.flow = f
 	seg.sessions++
 	ns.sessions[s.handle] = s

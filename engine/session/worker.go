@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"sync/atomic"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -26,8 +27,12 @@ type worker struct {
 	// tbell is the engine's end of the worker's transport doorbell: the app
 	// rings its end after progress on a transport fifo whose waiting flag is
 	// set; kicker (started with the first transport session) kicks the flows.
-	tbell  *os.File
-	kicked bool
+	tbell    *os.File
+	tbellRaw syscall.RawConn // its descriptor, without File.Fd's switch to blocking
+	kicked   bool
+	// unwatch stops the transport's BellWatcher watching tbell (nil: a
+	// kicker goroutine reads it); called before tbell is closed
+	unwatch func()
 	// appFDs are the app's ends until they are passed (closed right after:
 	// the engine never keeps a description the app holds)
 	appFDs [2]int
@@ -114,6 +119,11 @@ func (ns *namespace) newWorker(a *app) (*worker, error) {
 	// the engine's own end: non-blocking for good, so Go's netpoller serves
 	// the kicker without a thread
 	w.tbell = os.NewFile(uintptr(tbell), fmt.Sprintf("hs-tbell-%d-%d", a.id, w.id))
+	if w.tbellRaw, err = w.tbell.SyscallConn(); err != nil {
+		w.tbell.Close()
+		tbell = -1
+		return fail(err)
+	}
 	w.info = wire.WorkerInfo{ID: w.id, MQSize: uint64(seg.Size()), EvqOff: 0, EvqSlots: uint32(slots),
 		ReqOff: uint64(qfp), ReqSlots: uint32(slots), CtlOff: uint64(2 * qfp)}
 	return w, nil
@@ -154,6 +164,10 @@ func (w *worker) stopLocked() {
 // shard, or at once when it was never started). Closing our own ends never
 // blocks; the kicker's Read returns.
 func (w *worker) release() {
+	if w.unwatch != nil {
+		w.unwatch() // the watcher lets go of the descriptor before it closes
+		w.unwatch = nil
+	}
 	w.tbell.Close()
 	w.closeV2()
 	unix.Close(w.bell)

@@ -70,7 +70,6 @@ type Transport struct {
 	// goroutines over crypto/tls
 	pollOnce sync.Once
 	pollers  []*stream.Poller
-	pollNext atomic.Uint32
 }
 
 var (
@@ -416,7 +415,7 @@ func (t *Transport) dial(path string, dst netip.AddrPort, abort <-chan struct{})
 // ends: a plain socket on a poller, TLS with stream.Pump.
 func (t *Transport) pump(f *session.Flow, conn stream.Conn, raw *net.TCPConn, dst netip.AddrPort) {
 	if conn == stream.Conn(raw) {
-		if p := t.poller(); p != nil {
+		if p := t.poller(f.Affinity()); p != nil {
 			if fd, err := detach(raw); err == nil {
 				p.Add(f, fd, dst)
 				return
@@ -427,9 +426,25 @@ func (t *Transport) pump(f *session.Flow, conn stream.Conn, raw *net.TCPConn, ds
 		Abort: func() { _ = raw.SetLinger(0) }})
 }
 
-// poller returns the next poller (round robin over GOMAXPROCS of them), nil
-// if none could be made (sessions are then pumped by goroutines).
-func (t *Transport) poller() *stream.Poller {
+// WatchBell has the poller of the app worker's flows watch its transport
+// doorbell (session.BellWatcher).
+func (t *Transport) WatchBell(_ string, affinity uint64, fd int, ring func()) func() {
+	p := t.poller(affinity)
+	if p == nil {
+		return nil
+	}
+	unwatch, err := p.WatchBell(fd, ring)
+	if err != nil {
+		t.opts.Logf("kernel transport: %v (a goroutine reads the doorbell)", err)
+		return nil
+	}
+	return unwatch
+}
+
+// poller returns the poller (one of GOMAXPROCS) that serves the flows and
+// the doorbell of the app worker named by affinity; nil if none could be
+// made (sessions are then pumped by goroutines).
+func (t *Transport) poller(affinity uint64) *stream.Poller {
 	t.pollOnce.Do(func() {
 		for range runtime.GOMAXPROCS(0) {
 			p, err := stream.NewPoller("kernel transport", t.opts.CloseTimeout)
@@ -443,7 +458,8 @@ func (t *Transport) poller() *stream.Poller {
 	if len(t.pollers) == 0 {
 		return nil
 	}
-	return t.pollers[int(t.pollNext.Add(1))%len(t.pollers)]
+	// mixed: the apps' and workers' ids are small sequential numbers
+	return t.pollers[(affinity*0x9e3779b97f4a7c15)>>32%uint64(len(t.pollers))]
 }
 
 // detach takes the socket out of c (and out of Go's netpoller): a duplicate

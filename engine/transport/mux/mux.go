@@ -106,3 +106,12 @@ func (m *Mux) ListenPacket(req session.PacketRequest) (netip.AddrPort, wire.Code
 	}
 	return t.ListenPacket(req)
 }
+
+// WatchBell forwards to the namespace's transport if it watches doorbells
+// (session.BellWatcher).
+func (m *Mux) WatchBell(namespace string, affinity uint64, fd int, ring func()) func() {
+	if bw, ok := m.For(namespace).(session.BellWatcher); ok {
+		return bw.WatchBell(namespace, affinity, fd, ring)
+	}
+	return nil
+}

@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -30,17 +28,30 @@ type Poller struct {
 	name         string
 	closeTimeout time.Duration
 
-	ep   int             // epoll set: the sockets and efd
-	efd  int             // eventfd: a flow was kicked or added
-	file *os.File        // ep, registered with Go's netpoller
-	raw  syscall.RawConn // its raw access
+	ep  *shm.Epoll // the sockets and efd
+	efd int        // eventfd: a flow was kicked or added
 
 	mu     sync.Mutex
 	queued []*pflow // to serve at the loop's next round (kicks, new flows)
+	// busy: the loop is handling events and has not yet taken queued, so a
+	// kick needs no eventfd write (a ring's kicks come from the loop itself)
+	busy bool
+
+	// bells are the app doorbells the loop watches (WatchBell), by their
+	// epoll keys: negative, unlike the sockets' descriptors
+	bellMu   sync.Mutex
+	bells    map[int32]*pbell
+	nextBell int32
 
 	// loop-only
 	flows  map[int32]*pflow // by socket descriptor
 	drains []*pflow         // closed by their apps, draining until drainBy
+}
+
+// pbell is a doorbell the loop watches: ring runs after each ring.
+type pbell struct {
+	fd   int
+	ring func()
 }
 
 // pflow is one session of a Poller.
@@ -73,34 +84,21 @@ const serveBudget = 16
 // closeTimeout bounds how long what an app wrote before closing may take to
 // leave (then the socket is reset).
 func NewPoller(name string, closeTimeout time.Duration) (*Poller, error) {
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	ep, err := shm.NewEpoll()
 	if err != nil {
-		return nil, fmt.Errorf("%s: epoll_create: %w", name, err)
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	efd, err := shm.NewEventFD()
 	if err != nil {
-		unix.Close(ep)
-		return nil, fmt.Errorf("%s: eventfd: %w", name, err)
+		ep.Close()
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, efd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(efd)}); err != nil {
-		unix.Close(ep)
+	if err := ep.Add(efd, unix.EPOLLIN, int32(efd)); err != nil {
+		ep.Close()
 		unix.Close(efd)
-		return nil, fmt.Errorf("%s: epoll_ctl: %w", name, err)
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	// Non-blocking, so that os.NewFile registers it with the netpoller.
-	if err := unix.SetNonblock(ep, true); err != nil {
-		unix.Close(ep)
-		unix.Close(efd)
-		return nil, fmt.Errorf("%s: epoll descriptor: %w", name, err)
-	}
-	file := os.NewFile(uintptr(ep), "epoll")
-	raw, err := file.SyscallConn()
-	if err != nil {
-		file.Close()
-		unix.Close(efd)
-		return nil, fmt.Errorf("%s: epoll descriptor: %w", name, err)
-	}
-	p := &Poller{name: name, closeTimeout: closeTimeout, ep: ep, efd: efd, file: file, raw: raw, flows: map[int32]*pflow{}}
+	p := &Poller{name: name, closeTimeout: closeTimeout, ep: ep, efd: efd, flows: map[int32]*pflow{}, bells: map[int32]*pbell{}}
 	go p.loop()
 	return p, nil
 }
@@ -124,7 +122,7 @@ func (pf *pflow) kick() {
 		return
 	}
 	pf.queued = true
-	first := len(p.queued) == 0
+	first := len(p.queued) == 0 && !p.busy
 	p.queued = append(p.queued, pf)
 	p.mu.Unlock()
 	if first {
@@ -132,13 +130,11 @@ func (pf *pflow) kick() {
 	}
 }
 
-// loop waits for the epoll set to be ready through Go's netpoller (an
-// epoll descriptor is itself pollable), so a poller holds no OS thread
-// while its sessions are idle; its epoll_wait calls never block.
+// loop waits for the epoll set parked in Go's netpoller (shm.Epoll), so
+// a poller holds no OS thread while its sessions are idle.
 func (p *Poller) loop() {
 	events := make([]unix.EpollEvent, 128)
 	var batch []*pflow
-	var set time.Time // the deadline of the waits: the first drain's end
 	for {
 		var deadline time.Time
 		for _, pf := range p.drains {
@@ -146,29 +142,21 @@ func (p *Poller) loop() {
 				deadline = pf.drainBy
 			}
 		}
-		if !deadline.Equal(set) {
-			_ = p.file.SetReadDeadline(deadline)
-			set = deadline
-		}
-		n := 0
-		err := p.raw.Read(func(fd uintptr) bool {
-			for {
-				var err error
-				n, err = unix.EpollWait(int(fd), events, 0)
-				if err != unix.EINTR {
-					// nothing ready: park until the set is (an edge, as
-					// the set was just seen empty)
-					return n != 0 || err != nil
-				}
-			}
-		})
-		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		n, err := p.ep.Wait(events, deadline)
+		if err != nil && !errors.Is(err, shm.ErrDeadline) {
 			// only a programming error (a closed epoll descriptor) gets here
 			panic(fmt.Sprintf("%s: waiting for the epoll set: %v", p.name, err))
 		}
+		p.mu.Lock()
+		p.busy = true
+		p.mu.Unlock()
 		for _, ev := range events[:max(n, 0)] {
 			if ev.Fd == int32(p.efd) {
 				_ = shm.DrainEventFD(p.efd)
+				continue
+			}
+			if ev.Fd < 0 {
+				p.rung(ev.Fd)
 				continue
 			}
 			if pf := p.flows[ev.Fd]; pf != nil {
@@ -176,6 +164,7 @@ func (p *Poller) loop() {
 			}
 		}
 		p.mu.Lock()
+		p.busy = false
 		batch, p.queued = p.queued, batch[:0]
 		for _, pf := range batch {
 			pf.queued = false
@@ -208,10 +197,53 @@ func (p *Poller) loop() {
 	}
 }
 
+// WatchBell has the loop watch fd, a doorbell end (readable when rung),
+// drain it and call ring after each ring: the flows ring kicks are then
+// served by this loop without a hand-off (see session.BellWatcher). After
+// unwatch returns the loop no longer touches fd; ring may still run once.
+func (p *Poller) WatchBell(fd int, ring func()) (unwatch func(), err error) {
+	p.bellMu.Lock()
+	p.nextBell--
+	if p.nextBell >= 0 {
+		p.nextBell = -1 // wrapped, after 2^31 watches
+	}
+	key := p.nextBell
+	p.bells[key] = &pbell{fd: fd, ring: ring}
+	p.bellMu.Unlock()
+	unwatch = func() {
+		p.bellMu.Lock()
+		defer p.bellMu.Unlock()
+		if _, ok := p.bells[key]; ok {
+			delete(p.bells, key)
+			_ = p.ep.Del(fd)
+		}
+	}
+	if err := p.ep.Add(fd, unix.EPOLLIN, key); err != nil {
+		unwatch()
+		return nil, fmt.Errorf("%s: %w", p.name, err)
+	}
+	return unwatch, nil
+}
+
+// rung takes one ring of the bell under key (more keep it readable: the
+// next wait looks again) and calls its ring. The drain is under bellMu, so
+// an unwatch that returned has no drain to come on a descriptor the engine
+// may have closed and reused.
+func (p *Poller) rung(key int32) {
+	p.bellMu.Lock()
+	b := p.bells[key]
+	if b != nil {
+		_ = shm.DrainBell(b.fd)
+	}
+	p.bellMu.Unlock()
+	if b != nil {
+		b.ring()
+	}
+}
+
 func (p *Poller) register(pf *pflow) {
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(pf.fd)}
-	if err := unix.EpollCtl(p.ep, unix.EPOLL_CTL_ADD, pf.fd, &ev); err != nil {
-		pf.end(true, fmt.Errorf("epoll_ctl: %w", err))
+	if err := p.ep.Add(pf.fd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, int32(pf.fd)); err != nil {
+		pf.end(true, err)
 		return
 	}
 	p.flows[int32(pf.fd)] = pf
@@ -381,7 +413,7 @@ func (pf *pflow) end(abort bool, err error) {
 	p := pf.p
 	if p.flows[int32(pf.fd)] == pf {
 		delete(p.flows, int32(pf.fd))
-		_ = unix.EpollCtl(p.ep, unix.EPOLL_CTL_DEL, pf.fd, nil)
+		_ = p.ep.Del(pf.fd)
 	}
 	if abort {
 		_ = unix.SetsockoptLinger(pf.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})

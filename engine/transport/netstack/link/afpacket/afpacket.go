@@ -115,6 +115,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/hoststack/hoststack/engine/netns"
+	"github.com/hoststack/hoststack/engine/shm"
 )
 
 // Options configure New.
@@ -155,6 +156,7 @@ type Endpoint struct {
 	dispatcher stack.NetworkDispatcher
 	attached   atomic.Bool // dispatcher != nil, readable without mu
 	rxStop     stopfd.StopFD
+	rxWait     *shm.Epoll // rxStop and the socket
 	rxStopping atomic.Bool
 	rxDone     chan struct{} // closed when the receive goroutine returns
 	onClose    func()
@@ -247,8 +249,22 @@ func (e *Endpoint) setup() error {
 	if err != nil {
 		return err
 	}
-	return nil
+	// The receive goroutine sleeps parked in the netpoller, not in poll(2)
+	// (see shm.Epoll: a thread asleep in a system call keeps its P).
+	if e.rxWait, err = shm.NewEpoll(); err != nil {
+		return err
+	}
+	if err := e.rxWait.Add(e.rxStop.EFD, unix.EPOLLIN, rxWaitStop); err != nil {
+		return err
+	}
+	return e.rxWait.Add(e.fd, unix.EPOLLIN, rxWaitSocket)
 }
+
+// The keys of rxWait's two descriptors.
+const (
+	rxWaitStop = iota
+	rxWaitSocket
+)
 
 // sndBuf is the socket send buffer; see setup.
 const sndBuf = 4 << 20
@@ -270,6 +286,10 @@ func (e *Endpoint) release() {
 	if e.rxStop.EFD > 0 {
 		unix.Close(e.rxStop.EFD)
 		e.rxStop.EFD = -1
+	}
+	if e.rxWait != nil {
+		e.rxWait.Close()
+		e.rxWait = nil
 	}
 }
 

@@ -3,11 +3,11 @@ package afpacket
 import (
 	"fmt"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
-	"gvisor.dev/gvisor/pkg/rawfile"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -123,33 +123,32 @@ func (e *Endpoint) rxLoop(d stack.NetworkDispatcher, done chan<- struct{}) {
 	// Release what GRO holds: into a detached NIC, which drops it.
 	defer g.Flush()
 	r := e.ring
-	pfd := [2]rawfile.PollEvent{
-		{FD: int32(e.rxStop.EFD), Events: unix.POLLIN},
-		{FD: int32(e.fd), Events: unix.POLLIN | unix.POLLERR},
-	}
+	var evs [2]unix.EpollEvent
 	batch := 0
 	for !e.rxStopping.Load() {
 		h, f := r.frame(r.next)
 		if loadStatus(h)&unix.TP_STATUS_USER == 0 {
 			g.Flush()
 			batch = 0
-			pfd[0].Revents, pfd[1].Revents = 0, 0
-			if _, errno := rawfile.BlockingPoll(&pfd[0], len(pfd), nil); errno != 0 && errno != unix.EINTR {
-				// poll(2) on two valid fds has no other failure
+			n, err := e.rxWait.Wait(evs[:], time.Time{})
+			if err != nil {
+				// epoll_wait on our own set has no other failure
 				// than ENOMEM; try again rather than go deaf.
 				continue
 			}
-			if pfd[0].Revents != 0 {
-				return
-			}
-			if pfd[1].Revents&unix.POLLERR != 0 {
-				// A pending socket error (e.g. ENETDOWN when the
-				// interface goes away) keeps poll returning
-				// until read.
-				_, _ = unix.GetsockoptInt(e.fd, unix.SOL_SOCKET, unix.SO_ERROR)
-			}
-			if pfd[1].Revents&(unix.POLLHUP|unix.POLLNVAL) != 0 {
-				return
+			for _, ev := range evs[:n] {
+				if ev.Fd == rxWaitStop {
+					return
+				}
+				if ev.Events&unix.EPOLLERR != 0 {
+					// A pending socket error (e.g. ENETDOWN when the
+					// interface goes away) keeps the socket ready
+					// until read.
+					_, _ = unix.GetsockoptInt(e.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+				}
+				if ev.Events&unix.EPOLLHUP != 0 {
+					return
+				}
 			}
 			continue
 		}

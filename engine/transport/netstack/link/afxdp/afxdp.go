@@ -18,6 +18,7 @@ import (
 	"gvisor.dev/gvisor/pkg/xdp"
 
 	"github.com/hoststack/hoststack/engine/netns"
+	"github.com/hoststack/hoststack/engine/shm"
 )
 
 // Mode is the AF_XDP data path mode.
@@ -122,7 +123,8 @@ const (
 // Endpoint is an AF_XDP link endpoint. It implements stack.LinkEndpoint.
 type Endpoint struct {
 	fd       int
-	evfd     int // wakes the RX goroutine from poll on Close
+	evfd     int        // wakes the RX goroutine from its wait on Close
+	rxWait   *shm.Epoll // the socket and evfd
 	ifindex  int
 	queue    uint32
 	txBudget int // frames per copy-mode kick, when raised (0: kernel default)
@@ -243,6 +245,15 @@ func (e *Endpoint) open(opts Options) error {
 	}
 	if e.fd, err = unix.Socket(unix.AF_XDP, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0); err != nil {
 		return fmt.Errorf("AF_XDP socket: %w", err)
+	}
+	if e.rxWait, err = shm.NewEpoll(); err != nil {
+		return err
+	}
+	if err := e.rxWait.Add(e.fd, unix.EPOLLIN, rxWaitSocket); err != nil {
+		return err
+	}
+	if err := e.rxWait.Add(e.evfd, unix.EPOLLIN, rxWaitClose); err != nil {
+		return err
 	}
 	// The large geometry where the memlock limit allows it, else (or if
 	// registering it fails: a failed registration leaves the socket
@@ -470,7 +481,17 @@ func (e *Endpoint) teardown() {
 		unix.Close(e.evfd)
 		e.evfd = -1
 	}
+	if e.rxWait != nil {
+		e.rxWait.Close()
+		e.rxWait = nil
+	}
 }
+
+// The keys of rxWait's two descriptors.
+const (
+	rxWaitSocket = iota
+	rxWaitClose
+)
 
 // Stats returns a snapshot of the counters.
 func (e *Endpoint) Stats() Stats {

@@ -48,7 +48,8 @@ func (e *Endpoint) rxLoop() {
 	}
 }
 
-// block waits in poll(2) for RX frames or the close wake-up. Before it
+// block waits for RX frames or the close wake-up, parked in the netpoller
+// (rxWait; see shm.Epoll: a thread asleep in poll(2) keeps its P). Before it
 // sleeps it reaps completions and tops up the fill ring, so frames the TX
 // side released since the last batch are back with the kernel: the kernel
 // can always deliver the frame that wakes us.
@@ -61,14 +62,17 @@ func (e *Endpoint) block() {
 		e.c.fillWakeups.Add(1)
 		unix.Recvfrom(e.fd, nil, unix.MSG_DONTWAIT)
 	}
-	fds := []unix.PollFd{{Fd: int32(e.fd), Events: unix.POLLIN}, {Fd: int32(e.evfd), Events: unix.POLLIN}}
 	e.c.polls.Add(1)
-	if _, err := unix.Poll(fds, -1); err != nil {
-		return // EINTR: loop and look again
+	var evs [2]unix.EpollEvent
+	n, err := e.rxWait.Wait(evs[:], time.Time{})
+	if err != nil {
+		return // loop and look again
 	}
-	if fds[1].Revents&unix.POLLIN != 0 {
-		var buf [8]byte
-		unix.Read(e.evfd, buf[:])
+	for _, ev := range evs[:n] {
+		if ev.Fd == rxWaitClose {
+			var buf [8]byte
+			unix.Read(e.evfd, buf[:])
+		}
 	}
 }
 
