@@ -85,7 +85,7 @@ func (e *Epoll) Poll(events []unix.EpollEvent) (int, error) {
 func (e *Epoll) Wait(events []unix.EpollEvent, deadline time.Time) (int, error) {
 	if !deadline.Equal(e.set) {
 		if err := e.file.SetReadDeadline(deadline); err != nil {
-			return 0, fmt.Errorf("shm: epoll deadline: %w", err)
+			return 0, os.ErrClosed // a pollable descriptor's only failure here
 		}
 		e.set = deadline
 	}
@@ -105,7 +105,9 @@ func (e *Epoll) Wait(events []unix.EpollEvent, deadline time.Time) (int, error) 
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return 0, ErrDeadline
 	case err != nil:
-		return 0, err
+		// the only other failure of a pollable descriptor's wait: closed
+		// (before or during it)
+		return 0, os.ErrClosed
 	case werr != nil:
 		return 0, fmt.Errorf("shm: epoll_wait: %w", werr)
 	}
