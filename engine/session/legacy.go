@@ -3,7 +3,6 @@ package session
 import (
 	"fmt"
 	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -189,12 +188,12 @@ func (ns *namespace) dropRelays(seg *segment) {
 }
 
 // relay forwards rings from doorbell ends to worker doorbells, for
-// version-2 apps (see above). One goroutine waits for all of them, parked
-// in the netpoller (shm.Epoll); it takes no lock of the engine.
+// version-2 apps (see above). One goroutine waits in epoll_wait on its own
+// thread for all of them; it takes no lock of the engine.
 type relay struct {
 	once sync.Once
 	err  error
-	ep   *shm.Epoll
+	ep   int
 	stop int // eventfd: Close wakes the loop
 
 	mu      sync.Mutex
@@ -216,18 +215,19 @@ func (r *relay) start() error {
 	r.once.Do(func() {
 		r.entries = map[uint64]relayEntry{}
 		r.done = make(chan struct{})
-		if r.ep, r.err = shm.NewEpoll(); r.err != nil {
-			r.err = fmt.Errorf("relay: %w", r.err)
+		if r.ep, r.err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); r.err != nil {
+			r.err = fmt.Errorf("relay epoll: %w", r.err)
 			close(r.done)
 			return
 		}
 		if r.stop, r.err = shm.NewEventFD(); r.err != nil {
-			r.ep.Close()
+			unix.Close(r.ep)
 			close(r.done)
 			return
 		}
-		if r.err = r.ep.Add(r.stop, unix.EPOLLIN, 0); r.err != nil { // id 0: stop
-			r.ep.Close()
+		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: 0} // id 0: stop
+		if r.err = unix.EpollCtl(r.ep, unix.EPOLL_CTL_ADD, r.stop, &ev); r.err != nil {
+			unix.Close(r.ep)
 			unix.Close(r.stop)
 			close(r.done)
 			return
@@ -262,10 +262,11 @@ func (r *relay) add(src, dst int) (uint64, error) {
 	}
 	id := r.next
 	r.next++
-	if err := r.ep.Add(s, unix.EPOLLIN, int32(id)); err != nil {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(id)}
+	if err := unix.EpollCtl(r.ep, unix.EPOLL_CTL_ADD, s, &ev); err != nil {
 		unix.Close(s)
 		unix.Close(d)
-		return 0, fmt.Errorf("relay: %w", err)
+		return 0, fmt.Errorf("relay epoll add: %w", err)
 	}
 	r.entries[id] = relayEntry{src: s, dst: d}
 	return id, nil
@@ -281,7 +282,7 @@ func (r *relay) remove(id uint64) {
 	if !ok {
 		return
 	}
-	_ = r.ep.Del(en.src)
+	_ = unix.EpollCtl(r.ep, unix.EPOLL_CTL_DEL, en.src, nil)
 	unix.Close(en.src)
 	unix.Close(en.dst)
 }
@@ -290,7 +291,10 @@ func (r *relay) loop() {
 	defer close(r.done)
 	var evs [32]unix.EpollEvent
 	for {
-		n, err := r.ep.Wait(evs[:], time.Time{})
+		n, err := unix.EpollWait(r.ep, evs[:], -1)
+		if err == unix.EINTR {
+			continue
+		}
 		if err != nil {
 			return
 		}
@@ -328,6 +332,6 @@ func (r *relay) close() {
 		unix.Close(en.src)
 		unix.Close(en.dst)
 	}
-	r.ep.Close()
+	unix.Close(r.ep)
 	unix.Close(r.stop)
 }

@@ -218,11 +218,10 @@ func TestNodeLimits(t *testing.T) {
 }
 
 // TestNodeThreadLimit: no worker is added while the engine's process has
-// maxThreads OS threads (counted in /proc/self/task). Neither the engine
-// (its shards) nor the client (its worker loops) keeps a thread per worker
-// (TestShardsBoundThreads): here goroutines blocked in read(2) on a pipe,
-// a thread each, stand for whatever else the process runs; once they are
-// gone, workers are added again.
+// maxThreads OS threads (counted in /proc/self/task). Goroutines blocked
+// in read(2) on a pipe, a thread each, stand for whatever else the process
+// runs (the engine's own threads are bounded by its shards:
+// TestShardsBoundThreads); once they are gone, workers are added again.
 func TestNodeThreadLimit(t *testing.T) {
 	threads := func() int {
 		ents, err := os.ReadDir("/proc/self/task")

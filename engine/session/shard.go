@@ -16,11 +16,19 @@ import (
 
 // Engine shards serve the request queues of every app worker. A shard is
 // a goroutine with an epoll set holding the engine's doorbell ends of the
-// workers assigned to it; it sleeps parked in the netpoller (shm.Epoll),
-// holding no thread. A fixed number of shards (about one per core) serves
-// any number of apps and workers, where a goroutine blocked in poll(2) per
-// worker made the engine's thread count follow the apps (the Go runtime
-// aborts at 10,000 threads).
+// workers assigned to it; it sleeps in epoll_wait, which takes one OS
+// thread. A fixed number of shards (about one per core) serves any number
+// of apps and workers, where a goroutine blocked in poll(2) per worker made
+// the engine's thread count follow the apps (the Go runtime aborts at
+// 10,000 threads).
+//
+// Not parked in the netpoller (shm.Epoll), as the transport's loops are:
+// measured with apps in the engine's process, parked shards made the
+// cut-through streams bistable (64 KiB writes at 2.6-14 GB/s in some runs
+// instead of 30-40; 4 of 12 runs): Go consults the netpoller only when a
+// P runs out of work, and goroutines polling with runtime.Gosched never
+// let it. Apps are other processes on a node, but the bench and tests run
+// them in ours.
 //
 // When a worker's doorbell rings the shard serves the worker's queue in a
 // batch (at most shardBatch requests, for fairness between workers) under
@@ -59,7 +67,7 @@ const shardWakeKey = 0
 type shard struct {
 	e    *Engine
 	id   int
-	ep   *shm.Epoll
+	ep   int // epoll set
 	wake int // eventfd (this process's own): post and stop ring it while the shard sleeps
 	spin time.Duration
 	load atomic.Int32 // workers assigned, for least-loaded placement
@@ -138,25 +146,25 @@ func (e *Engine) stopShards() {
 }
 
 func newShard(e *Engine, id int, spin time.Duration) (*shard, error) {
-	ep, err := shm.NewEpoll()
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
-		return nil, fmt.Errorf("session: engine shard: %w", err)
+		return nil, fmt.Errorf("session: engine shard epoll: %w", err)
 	}
 	wake, err := shm.NewEventFD()
 	if err != nil {
-		ep.Close()
+		unix.Close(ep)
 		return nil, fmt.Errorf("session: engine shard: %w", err)
 	}
-	if err := ep.Add(wake, unix.EPOLLIN, shardWakeKey); err != nil {
-		ep.Close()
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: shardWakeKey}); err != nil {
+		unix.Close(ep)
 		unix.Close(wake)
-		return nil, fmt.Errorf("session: engine shard: %w", err)
+		return nil, fmt.Errorf("session: engine shard epoll: %w", err)
 	}
 	return &shard{e: e, id: id, ep: ep, wake: wake, spin: spin, byKey: map[uint32]*worker{}, nextKey: shardWakeKey + 1, done: make(chan struct{})}, nil
 }
 
 func (s *shard) close() {
-	s.ep.Close()
+	unix.Close(s.ep)
 	unix.Close(s.wake)
 }
 
@@ -186,9 +194,13 @@ func (w *worker) poke() {
 }
 
 func (s *shard) run() {
-	// Not locked to a thread: a locked goroutine's every wake-up is a
-	// hand-off to that thread, and its every Gosched one more: measured,
-	// that cut the connect rate 2-4x on 2 cores (bench -only connect).
+	// Not locked to its thread: sleeping in epoll_wait takes a thread of
+	// its own anyway (so the shards bound the engine's threads either way),
+	// and a locked goroutine's every wake-up is a hand-off to that thread,
+	// and its every Gosched one more: measured, that cut the connect rate
+	// 2-4x on 2 cores (bench -only connect). Locked only as it ends, so
+	// that the runtime ends the thread with it (Close).
+	defer runtime.LockOSThread()
 	defer close(s.done)
 	defer s.close()
 	evs := make([]unix.EpollEvent, 128)
@@ -196,7 +208,7 @@ func (s *shard) run() {
 	last := time.Now() // when work was last found
 	for iter := 0; ; iter++ {
 		spinning := s.spin > 0 && time.Since(last) < s.spin
-		block, slept := false, false
+		timeout, slept := 0, false
 		if !spinning {
 			if s.armActive() {
 				last = time.Now()
@@ -204,21 +216,17 @@ func (s *shard) run() {
 			} else {
 				slept = true
 				s.sleeping.Store(true)
-				block = !s.hasPosted.Load()
+				if !s.hasPosted.Load() {
+					timeout = -1
+				}
 			}
 		}
 		if !spinning || iter%shardEpollEvery == 0 {
-			var n int
-			var err error
-			if block {
-				n, err = s.ep.Wait(evs, time.Time{})
-			} else {
-				n, err = s.ep.Poll(evs)
-			}
+			n, err := unix.EpollWait(s.ep, evs, timeout)
 			if slept {
 				s.sleeping.Store(false)
 			}
-			if err != nil {
+			if err != nil && !errors.Is(err, unix.EINTR) {
 				// only a bug makes epoll_wait fail on our own set: say so, and
 				// do not spin on it
 				s.e.logf("session: engine shard %d: epoll_wait: %v", s.id, err)
@@ -277,7 +285,7 @@ func (s *shard) takePosted() bool {
 			if s.nextKey == shardWakeKey {
 				s.nextKey++
 			}
-			if err := s.ep.Add(w.bell, unix.EPOLLIN, int32(w.key)); err != nil {
+			if err := unix.EpollCtl(s.ep, unix.EPOLL_CTL_ADD, w.bell, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(w.key)}); err != nil {
 				s.failWorker(w, fmt.Sprintf("engine shard %d cannot watch its doorbell: %v", s.id, err))
 				continue
 			}
@@ -445,7 +453,7 @@ func (s *shard) release(w *worker) {
 	}
 	w.released = true
 	if w.registered {
-		_ = s.ep.Del(w.bell)
+		_ = unix.EpollCtl(s.ep, unix.EPOLL_CTL_DEL, w.bell, nil)
 		delete(s.byKey, w.key)
 		w.registered = false
 	}

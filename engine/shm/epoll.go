@@ -19,14 +19,15 @@ import (
 // earliest; on a 2-core node two sleeping loops hold both Ps, and every
 // goroutine the netpoller readies meanwhile (a transport's socket, another
 // loop's doorbell) waits for that. Measured on 64 B round trips through
-// the engine's userspace stack: 148 → 46 µs (AF_PACKET) and 196 → 42 µs
-// (AF_XDP) with the engine's loops parked here. A parked loop also holds
-// no thread.
+// the engine's userspace stack: 148 → 67 µs (AF_PACKET) and 196 → 41-57 µs
+// (AF_XDP) once its receive loops parked here (with the client's adaptive
+// poll, client.spinner). A parked loop also holds no thread.
 //
 // The cost: the netpoller is consulted only when a P runs out of work (or
 // every 10 ms), so goroutines that poll with runtime.Gosched delay a
-// parked loop's wake-up. The client's worker loop, whose app polls its
-// fifos that way, keeps sleeping in epoll_wait (client/worker.go).
+// parked loop's wake-up. The loops on the cut-through path, the client's
+// worker loop and the engine shards, keep sleeping in epoll_wait
+// (client/worker.go, engine/session/shard.go); the transports' loops park.
 type Epoll struct {
 	fd   int
 	file *os.File        // fd, registered with the netpoller
