@@ -415,7 +415,7 @@ func (t *Transport) dial(path string, dst netip.AddrPort, abort <-chan struct{})
 // ends: a plain socket on a poller, TLS with stream.Pump.
 func (t *Transport) pump(f *session.Flow, conn stream.Conn, raw *net.TCPConn, dst netip.AddrPort) {
 	if conn == stream.Conn(raw) {
-		if p := t.poller(f.Affinity()); p != nil {
+		if p := t.pollerForFlow(f.Affinity()); p != nil {
 			if fd, err := detach(raw); err == nil {
 				p.Add(f, fd, dst)
 				return
@@ -441,9 +441,23 @@ func (t *Transport) WatchBell(_ string, affinity uint64, fd int, ring func()) fu
 	return unwatch
 }
 
-// poller returns the poller (one of GOMAXPROCS) that serves the flows and
-// the doorbell of the app worker named by affinity; nil if none could be
-// made (sessions are then pumped by goroutines).
+// pollerForFlow places a session: on the poller that watches its app
+// worker's doorbell (a ring then reaches it without a hand-off) unless
+// another serves fewer sessions (so one worker's streams still spread over
+// the cores).
+func (t *Transport) pollerForFlow(affinity uint64) *stream.Poller {
+	best := t.poller(affinity)
+	for _, p := range t.pollers {
+		if best != nil && p.Load() < best.Load() {
+			best = p
+		}
+	}
+	return best
+}
+
+// poller returns the poller (one of GOMAXPROCS) that watches the doorbell
+// of the app worker named by affinity; nil if none could be made (sessions
+// are then pumped by goroutines).
 func (t *Transport) poller(affinity uint64) *stream.Poller {
 	t.pollOnce.Do(func() {
 		for range runtime.GOMAXPROCS(0) {

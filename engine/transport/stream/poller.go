@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -30,6 +31,8 @@ type Poller struct {
 
 	ep  *shm.Epoll // the sockets and efd
 	efd int        // eventfd: a flow was kicked or added
+
+	load atomic.Int32 // sessions served (Add to end), for placement (Load)
 
 	mu     sync.Mutex
 	queued []*pflow // to serve at the loop's next round (kicks, new flows)
@@ -107,6 +110,7 @@ func NewPoller(name string, closeTimeout time.Duration) (*Poller, error) {
 // owns from now on (it closes it when the session ends, then calls
 // f.Finish). Never blocks.
 func (p *Poller) Add(f *session.Flow, fd int, peer netip.AddrPort) {
+	p.load.Add(1)
 	pf := &pflow{p: p, f: f, fd: fd, peer: peer, trimmed: time.Now()}
 	f.Notify(pf.kick)
 	pf.kick() // registers it, and looks at the fifos (a kick may have come before Notify)
@@ -196,6 +200,9 @@ func (p *Poller) loop() {
 		}
 	}
 }
+
+// Load is the number of sessions the poller serves.
+func (p *Poller) Load() int { return int(p.load.Load()) }
 
 // WatchBell has the loop watch fd, a doorbell end (readable when rung),
 // drain it and call ring after each ring: the flows ring kicks are then
@@ -411,6 +418,7 @@ func (pf *pflow) fromApp() (stop bool, err error) {
 func (pf *pflow) end(abort bool, err error) {
 	pf.ended = true
 	p := pf.p
+	p.load.Add(-1)
 	if p.flows[int32(pf.fd)] == pf {
 		delete(p.flows, int32(pf.fd))
 		_ = p.ep.Del(pf.fd)
