@@ -27,6 +27,7 @@ import (
 
 	"github.com/hoststack/hoststack/client"
 	"github.com/hoststack/hoststack/engine/wire"
+	"github.com/hoststack/hoststack/internal/netnstest"
 )
 
 const childArg = "-bench-child"
@@ -49,6 +50,9 @@ func runChild(args []string) {
 	fifo := fs.Int("fifo", defaultFifo, "fifo size the apps ask for")
 	kernelPorts := fs.Int("kernel-ports", 0, "sessions: go through the engine's kernel transport to this many kernel TCP listeners on 127.0.0.1 (0: cut-through)")
 	budget := fs.Duration("budget", time.Minute, "sessions: stop opening after this long")
+	addr := fs.String("addr", "", "rr: the echo server to dial")
+	span := fs.Duration("d", time.Second, "rr: measuring time")
+	netnsPath := fs.String("netns", "", "rr without -socket: dial a plain kernel socket from this network namespace")
 	_ = fs.Parse(args)
 	var err error
 	switch *mode {
@@ -58,6 +62,8 @@ func runChild(args []string) {
 		err = childApps(*sock, *n)
 	case "sessions":
 		err = childSessions(*sock, *n, *fifo, *kernelPorts, *budget)
+	case "rr":
+		err = childRR(*sock, *netnsPath, *addr, *span)
 	default:
 		err = fmt.Errorf("unknown mode %q", *mode)
 	}
@@ -66,6 +72,39 @@ func runChild(args []string) {
 		os.Exit(1)
 	}
 	os.Exit(0)
+}
+
+// childRR is an app in a process of its own (as on a node) running 64 B
+// round trips to the echo server at addr for span, through the engine at
+// sock, or (no sock) over a plain kernel socket from the network namespace
+// at netnsPath: "ready <p50 ns> <round trips>".
+func childRR(sock, netnsPath, addr string, span time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), tGrace)
+	defer cancel()
+	var c net.Conn
+	var err error
+	if sock == "" {
+		c, err = netnstest.Dial(netnsPath, "tcp", addr)
+	} else {
+		var app *client.App
+		app, err = client.Attach(ctx, client.Options{Socket: sock, Name: "bench-rr", RxFifoSize: defaultFifo, TxFifoSize: defaultFifo})
+		if err != nil {
+			return fmt.Errorf("attach: %w", err)
+		}
+		defer app.Close()
+		c, err = app.Dial(ctx, "tcp", addr)
+	}
+	if err != nil {
+		return fmt.Errorf("dial: %w", err)
+	}
+	defer c.Close()
+	p50, n, err := roundTrips(c, span)
+	if err != nil {
+		return err
+	}
+	var mu sync.Mutex
+	childLine(os.Stdout, &mu, "ready %d %d", p50.Nanoseconds(), n)
+	return nil
 }
 
 // spin keeps one CPU busy until killed: one thread, never blocking.

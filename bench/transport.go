@@ -32,6 +32,7 @@ import (
 	"os/exec"
 	"runtime/pprof"
 	"sort"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -62,6 +63,7 @@ const (
 // tVariant is one sender in A. dialTLS is nil where TLS is not measured.
 type tVariant struct {
 	name    string
+	sock    string // an engine variant's attach socket (apps in child processes)
 	dial    func(ctx context.Context, addr string) (net.Conn, error)
 	dialTLS func(ctx context.Context, addr string) (net.Conn, error)
 }
@@ -287,6 +289,14 @@ func (tp *topo) measure(v tVariant, kern *tVariant) {
 		}
 		tp.record("rr-rate", v.name, rate, "trans/s")
 		tp.record("rr-p50", v.name, float64(p50.Nanoseconds())/1e3, "us")
+		if v.sock != "" || isKernel {
+			var p50 time.Duration
+			phase(v.name, "rr from an app process", func() { p50, err = tp.rrChild(v) })
+			if err != nil {
+				return fmt.Errorf("64 B request/response from an app process: %w", err)
+			}
+			tp.record("rr-p50-app-process", v.name, float64(p50.Nanoseconds())/1e3, "us")
+		}
 
 		if !isKernel {
 			var stalled, done int
@@ -516,6 +526,48 @@ func (tp *topo) rr(dial func(context.Context, string) (net.Conn, error)) (float6
 	}
 	defer c.Close()
 	span := time.Duration(tp.m.n) * tp.m.d
+	start := time.Now()
+	p50, n, err := roundTrips(c, span)
+	if err != nil {
+		return 0, 0, err
+	}
+	return float64(n) / time.Since(start).Seconds(), p50, nil
+}
+
+// rrChild is tp.rr from an app in a child process attached to sock (as on
+// a node: the app's polling and the engine's loops do not share a Go
+// scheduler), or for v the kernel variant from a child process with a
+// plain socket in A; it returns the p50.
+func (tp *topo) rrChild(v tVariant) (time.Duration, error) {
+	srv, err := tp.serve(nil, func(c net.Conn) { _, _ = io.Copy(c, c) })
+	if err != nil {
+		return 0, err
+	}
+	defer srv.close()
+	span := time.Duration(tp.m.n) * tp.m.d
+	args := []string{"-socket", v.sock, "-addr", srv.addr(), "-d", span.String()}
+	if v.sock == "" {
+		args = []string{"-netns", tp.pair.A.Path(), "-addr", srv.addr(), "-d", span.String()}
+	}
+	ch, err := startChild("rr", args...)
+	if err != nil {
+		return 0, err
+	}
+	defer ch.kill()
+	f, err := ch.expect("ready", 2, nil)
+	if err != nil {
+		return 0, err
+	}
+	ns, err := strconv.ParseInt(f[0], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("child said p50 %q: %w", f[0], err)
+	}
+	return time.Duration(ns), ch.end()
+}
+
+// roundTrips runs 64 B round trips on c for span (after 1,000 to warm
+// up) and returns their p50 and count.
+func roundTrips(c net.Conn, span time.Duration) (time.Duration, int, error) {
 	_ = c.SetDeadline(time.Now().Add(span + tGrace))
 	b := make([]byte, 64)
 	one := func() error {
@@ -541,9 +593,8 @@ func (tp *topo) rr(dial func(context.Context, string) (net.Conn, error)) (float6
 		lat = append(lat, now.Sub(t))
 		t = now
 	}
-	rate := float64(len(lat)) / time.Since(start).Seconds()
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	return rate, lat[len(lat)/2], nil
+	return lat[len(lat)/2], len(lat), nil
 }
 
 // stalls runs tStallRuns consecutive tStallBytes transfers, each of which
@@ -685,6 +736,7 @@ func (tp *topo) engineVariant(name string, tr session.Transport, closeTr func())
 	closers = append(closers, func() { app.Close() })
 	return tVariant{
 		name: name,
+		sock: sock,
 		dial: func(ctx context.Context, addr string) (net.Conn, error) { return app.Dial(ctx, "tcp", addr) },
 		dialTLS: func(ctx context.Context, addr string) (net.Conn, error) {
 			return app.DialTLS(ctx, "tcp", addr, client.TLSConfig{ServerName: tSinkName, Trust: tTrust})
