@@ -60,7 +60,9 @@ type Options struct {
 	// (lowest latency, burns a core per blocked call).
 	Spin bool
 	// SpinFor is how long a blocked Read/Write polls before sleeping in the
-	// default mode; default 20µs, negative disables polling.
+	// default mode; default 20µs, negative disables polling. A session's
+	// direction whose polls keep finding nothing polls less often (the
+	// next 1, 3, 7 ... 63 waits sleep at once) until a poll pays again.
 	SpinFor time.Duration
 	// Scope says where the app's listeners are reachable: by the other apps
 	// of its AppNamespace on the node (cut-through), by the outside world
