@@ -5,11 +5,13 @@
 // namespace's own addresses — not the kernel's.
 //
 // The engine's FIFOs are fed straight from and into the stack's endpoints:
-// one goroutine per session moves bytes with Endpoint.Read into the app's rx
-// fifo (the stack copies its segments into shared memory, nothing in
-// between) and Endpoint.Write from the app's tx fifo (the stack copies from
-// shared memory into its send buffer), woken by the endpoint's waiter queue
-// and the app's kicks. TCP and UDP, IPv4 and IPv6, listen, connect, accept,
+// a few loops (GOMAXPROCS, loop.go) move the bytes of every plain TCP
+// session with Endpoint.Read into the app's rx fifo (the stack copies its
+// segments into shared memory, nothing in between) and Endpoint.Write from
+// the app's tx fifo (the stack copies from shared memory into its send
+// buffer), woken by the endpoints' waiter queues (the session itself is the
+// waiter entry's listener) and the app's kicks: no goroutine per session.
+// TLS sessions keep stream.Pump's goroutines around crypto/tls. TCP and UDP, IPv4 and IPv6, listen, connect, accept,
 // half-close and reset; global-scope SessionRules are judged by the engine
 // before a connect starts and as a session is accepted, and per datagram for
 // UDP.
@@ -19,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"sync"
 	"time"
 
@@ -29,6 +32,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"gvisor.dev/gvisor/pkg/waiter"
 
 	"github.com/hoststack/hoststack/engine/session"
 )
@@ -78,7 +82,9 @@ type Transport struct {
 
 	mu     sync.Mutex
 	closed bool
-	flows  sync.WaitGroup
+	flows  sync.WaitGroup // session goroutines and the loops' sessions
+	loops  []*loop        // made with the first session (under mu)
+	next   int            // the loop for the next session (under mu)
 }
 
 var (
@@ -214,8 +220,37 @@ func (t *Transport) Close() error {
 	t.mu.Unlock()
 	t.s.Close()
 	t.flows.Wait()
+	t.mu.Lock()
+	loops := t.loops
+	t.loops = nil
+	t.mu.Unlock()
+	for _, l := range loops {
+		l.close()
+	}
 	t.s.Wait()
 	return nil
+}
+
+// serve hands a plain TCP session to one of the loops (GOMAXPROCS of
+// them, round robin) unless the transport is closed: false then, and the
+// caller aborts ep and finishes f.
+func (t *Transport) serve(f *session.Flow, ep tcpip.Endpoint, wq *waiter.Queue, peer netip.AddrPort) bool {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return false
+	}
+	if t.loops == nil {
+		for range runtime.GOMAXPROCS(0) {
+			t.loops = append(t.loops, newLoop(t))
+		}
+	}
+	l := t.loops[t.next%len(t.loops)]
+	t.next++
+	t.flows.Add(1)
+	t.mu.Unlock()
+	l.add(f, ep, wq, peer)
+	return true
 }
 
 // start runs fn as a session goroutine unless the transport is closed.

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -356,5 +357,67 @@ func TestTLS(t *testing.T) {
 	}
 	if err := echotest.RoundTrip(c, bytes.Repeat([]byte("out "), 50_000), 60*time.Second); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestNoGoroutinePerSession: sessions through the userspace stack are
+// served by the transport's loops: 100 open sessions, each of which moved
+// bytes both ways, add no goroutine each (a pump per session did), and
+// closing them lets the peer read the end of stream.
+func TestNoGoroutinePerSession(t *testing.T) {
+	p := pair(t)
+	n := newNode(t, "afpacket", p.A, "10.99.0.11/24")
+	app := n.attach(t, "web")
+	// The server keeps its connections without a goroutine each: it
+	// answers each with one byte, from the accepting goroutine.
+	ln := netnstest.Listen(t, p.B.Path(), "tcp", "10.99.0.2:0")
+	accepted := make(chan net.Conn, 128)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte{1})
+			accepted <- c
+		}
+	}()
+	open := func() net.Conn {
+		t.Helper()
+		c, err := dial(app, ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write([]byte{2}); err != nil {
+			t.Fatal(err)
+		}
+		var b [1]byte
+		_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.ReadFull(c, b[:]); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	first := open() // the loops start with the first session
+	defer first.Close()
+	<-accepted
+	before := runtime.NumGoroutine()
+	const sessions = 100
+	var conns, peers []net.Conn
+	for range sessions {
+		conns = append(conns, open())
+		peers = append(peers, <-accepted)
+	}
+	if grown := runtime.NumGoroutine() - before; grown > sessions/10 {
+		t.Fatalf("%d open sessions added %d goroutines", sessions, grown)
+	}
+	for i, c := range conns {
+		c.Close()
+		var b [2]byte
+		_ = peers[i].SetReadDeadline(time.Now().Add(30 * time.Second))
+		if n, err := io.ReadFull(peers[i], b[:]); n != 1 || b[0] != 2 || !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("session %d: the peer read %d bytes %v, %v; want the app's byte, then the end of stream", i, n, b[:n], err)
+		}
+		peers[i].Close()
 	}
 }

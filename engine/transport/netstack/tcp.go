@@ -2,7 +2,6 @@ package netstack
 
 import (
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -100,7 +99,10 @@ func (t *Transport) connect(f *session.Flow, ep tcpip.Endpoint, wq *waiter.Queue
 		f.Finish(wire.ErrReset, "app went away")
 		return
 	}
-	t.pump(f, ep, wq, dst)
+	if !t.serve(f, ep, wq, dst) {
+		ep.Abort()
+		f.Finish(wire.ErrShutdown, "the netstack transport is closed")
+	}
 }
 
 // Listen binds a listening endpoint for a global-scope listener and hands
@@ -180,7 +182,7 @@ func (t *Transport) acceptLoop(req session.ListenRequest, ep tcpip.Endpoint, wq 
 			}
 			continue
 		}
-		if !t.start(func() { t.pump(f, nep, nwq, remote) }) {
+		if !t.serve(f, nep, nwq, remote) {
 			nep.Abort()
 			f.Finish(wire.ErrShutdown, "the netstack transport is closed")
 			return
@@ -208,130 +210,6 @@ func (t *Transport) acceptTLS(req session.ListenRequest, ep tcpip.Endpoint, wq *
 		return
 	}
 	stream.Pump(f, tc, remote, stream.Options{CloseTimeout: t.opts.CloseTimeout, Name: "netstack", Abort: ep.Abort})
-}
-
-// pump moves bytes between the flow's fifos and the endpoint until both
-// directions ended, either side aborted, or the app released the session.
-func (t *Transport) pump(f *session.Flow, ep tcpip.Endpoint, wq *waiter.Queue, peer netip.AddrPort) {
-	entry, events := waiter.NewChannelEntry(waiter.ReadableEvents | waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
-	wq.EventRegister(&entry)
-	defer wq.EventUnregister(&entry)
-	rx, tx := f.Rx, f.Tx
-	w := &fifoWriter{f: rx}
-	r := &ringReader{}
-	appClosed := f.AppClosed()
-	var drain <-chan time.Time
-	rxDone, txDone := false, false // end of stream handed to the app; the app's end of stream sent
-	finish := func(code wire.Code, msg string) {
-		if code == wire.OK {
-			ep.Close()
-		} else {
-			ep.Abort()
-		}
-		f.Finish(code, msg)
-	}
-	for {
-		progress := false
-		// stack → app: the endpoint writes its segments straight into the
-		// rx fifo, as much as fits.
-		if !rxDone {
-			free, err := rx.Free()
-			switch {
-			case errors.Is(err, shm.ErrClosed) || rx.ReadClosed():
-				rxDone = true // the app reads no more
-			case err != nil:
-				finish(wire.ErrReset, "netstack: rx fifo: "+err.Error())
-				return
-			case free == 0:
-				rx.SetWriterWaiting()
-				if n, _ := rx.Free(); n > 0 {
-					progress = true
-				}
-			default:
-				res, terr := ep.Read(&tcpip.LimitedWriter{W: w, N: int64(free)}, tcpip.ReadOptions{})
-				if res.Count > 0 {
-					progress = true
-					if rx.TakeReaderWaiting() {
-						f.WakeApp()
-					}
-				}
-				switch terr.(type) {
-				case nil, *tcpip.ErrWouldBlock:
-				case *tcpip.ErrClosedForReceive:
-					rx.CloseWrite()
-					f.WakeApp()
-					rxDone = true
-				default:
-					finish(wire.ErrReset, resetMessage(terr, peer))
-					return
-				}
-			}
-		}
-		// app → stack: the endpoint copies from the tx fifo into its send
-		// buffer, as much as it takes.
-		if !txDone {
-			a, b, err := tx.Peek()
-			switch {
-			case len(a)+len(b) > 0:
-				r.reset(a, b)
-				n, terr := ep.Write(r, tcpip.WriteOptions{})
-				if n > 0 {
-					progress = true
-					if cerr := tx.Consume(int(n)); cerr != nil {
-						finish(wire.ErrReset, "netstack: tx fifo: "+cerr.Error())
-						return
-					}
-					if tx.TakeWriterWaiting() {
-						f.WakeApp()
-					}
-				}
-				switch terr.(type) {
-				case nil, *tcpip.ErrWouldBlock:
-				default:
-					finish(wire.ErrReset, resetMessage(terr, peer))
-					return
-				}
-			case err == io.EOF:
-				ep.Shutdown(tcpip.ShutdownWrite)
-				txDone = true
-				progress = true
-			case err != nil:
-				finish(wire.ErrReset, "netstack: tx fifo: "+err.Error())
-				return
-			default:
-				tx.SetReaderWaiting()
-				if n, _ := tx.Len(); n > 0 || tx.WriteClosed() {
-					progress = true
-				}
-			}
-		}
-		if txDone && (rxDone || appClosed == nil) {
-			finish(wire.OK, "")
-			return
-		}
-		if progress {
-			continue
-		}
-		select {
-		case <-events:
-		case <-f.Kick():
-		case <-appClosed:
-			appClosed = nil
-			if f.AppReset() {
-				ep.Abort() // the peer sees the app's reset
-				f.Finish(wire.OK, "")
-				return
-			}
-			// The app closed: it reads no more; what it wrote drains.
-			rxDone = true
-			timer := time.NewTimer(t.opts.CloseTimeout)
-			defer timer.Stop()
-			drain = timer.C
-		case <-drain:
-			finish(wire.ErrReset, "netstack: the app's last bytes did not leave in time")
-			return
-		}
-	}
 }
 
 func resetMessage(terr tcpip.Error, peer netip.AddrPort) string {
