@@ -12,6 +12,7 @@ import (
 
 	"github.com/hoststack/hoststack/engine/session"
 	"github.com/hoststack/hoststack/engine/shm"
+	"github.com/hoststack/hoststack/engine/transport/stream"
 	"github.com/hoststack/hoststack/engine/wire"
 )
 
@@ -31,7 +32,7 @@ type loop struct {
 	stop   bool
 
 	// loop-only
-	drains []*nflow // closed by their apps, draining until drainBy
+	drains stream.Drains // closed by their apps, draining
 	done   chan struct{}
 }
 
@@ -52,7 +53,6 @@ type nflow struct {
 	rxDone    bool // end of stream handed to the app, or it reads no more
 	txDone    bool // the app's end of stream sent
 	appClosed bool
-	drainBy   time.Time
 	ended     bool
 }
 
@@ -106,13 +106,7 @@ func (l *loop) run() {
 	timer.Stop()
 	var set time.Time // the timer's deadline: the first drain's end
 	for {
-		var deadline time.Time
-		for _, nf := range l.drains {
-			if deadline.IsZero() || nf.drainBy.Before(deadline) {
-				deadline = nf.drainBy
-			}
-		}
-		if !deadline.Equal(set) {
+		if deadline := l.drains.Next(); !deadline.Equal(set) {
 			timer.Stop()
 			if !deadline.IsZero() {
 				timer.Reset(time.Until(deadline))
@@ -138,20 +132,8 @@ func (l *loop) run() {
 			nf.serve()
 		}
 		clear(batch)
-		if len(l.drains) > 0 {
-			now := time.Now()
-			kept := l.drains[:0]
-			for _, nf := range l.drains {
-				switch {
-				case nf.ended:
-				case now.After(nf.drainBy):
-					nf.finish(wire.ErrReset, "netstack: the app's last bytes did not leave in time")
-				default:
-					kept = append(kept, nf)
-				}
-			}
-			clear(l.drains[len(kept):])
-			l.drains = kept
+		if l.drains.Len() > 0 {
+			l.drains.Expire(time.Now())
 		}
 	}
 }
@@ -187,8 +169,7 @@ func (nf *nflow) serve() {
 			}
 			// The app closed: it reads no more; what it wrote drains.
 			nf.rxDone = true
-			nf.drainBy = time.Now().Add(nf.l.t.opts.CloseTimeout)
-			nf.l.drains = append(nf.l.drains, nf)
+			nf.l.drains.Add(nf, time.Now().Add(nf.l.t.opts.CloseTimeout))
 		default:
 		}
 	}
@@ -287,6 +268,12 @@ func (nf *nflow) serve() {
 			return // the stack's events and the app's kicks resume it
 		}
 	}
+}
+
+// Ended and Expire make an nflow stream.Draining.
+func (nf *nflow) Ended() bool { return nf.ended }
+func (nf *nflow) Expire() {
+	nf.finish(wire.ErrReset, "netstack: the app's last bytes did not leave in time")
 }
 
 // finish closes the endpoint (aborts it on a failure) and ends the

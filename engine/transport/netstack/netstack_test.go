@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"strings"
 	"syscall"
@@ -73,11 +74,18 @@ type node struct {
 
 func newNode(t testing.TB, kind string, end netnstest.End, addrs ...string) *node {
 	t.Helper()
+	// No test but the one of the close timer may depend on it: an hour
+	// stands for never.
+	return newNodeClosing(t, kind, end, time.Hour, addrs...)
+}
+
+func newNodeClosing(t testing.TB, kind string, end netnstest.End, closeTimeout time.Duration, addrs ...string) *node {
+	t.Helper()
 	var ps []netip.Prefix
 	for _, a := range addrs {
 		ps = append(ps, netip.MustParsePrefix(a))
 	}
-	tr, err := netstack.New(netstack.Options{Link: newLink(t, kind, end, ps), Addrs: ps, CloseTimeout: time.Hour, Logf: t.Logf})
+	tr, err := netstack.New(netstack.Options{Link: newLink(t, kind, end, ps), Addrs: ps, CloseTimeout: closeTimeout, Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -419,5 +427,78 @@ func TestNoGoroutinePerSession(t *testing.T) {
 			t.Fatalf("session %d: the peer read %d bytes %v, %v; want the app's byte, then the end of stream", i, n, b[:n], err)
 		}
 		peers[i].Close()
+	}
+}
+
+// TestCloseResetsWhatCannotDrain: an app closes a session whose peer reads
+// nothing; what it wrote cannot leave, so once the close timeout passed
+// the loop resets the endpoint (the peer reads ECONNRESET, not a clean end
+// of stream) and releases the session's fifos.
+func TestCloseResetsWhatCannotDrain(t *testing.T) {
+	p := pair(t)
+	n := newNodeClosing(t, "afpacket", p.A, 300*time.Millisecond, "10.99.0.11/24")
+	app := n.attach(t, "web")
+	ln := netnstest.Listen(t, p.B.Path(), "tcp", "10.99.0.2:0")
+	// A small receive buffer (inherited by the accepted socket): a peer
+	// that does not read closes its window for good.
+	rc, err := ln.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) }); err != nil || serr != nil {
+		t.Fatal(err, serr)
+	}
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	c, err := dial(app, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := <-accepted
+	if srv == nil {
+		t.Fatal("accept failed")
+	}
+	defer srv.Close()
+	// Fill the fifo and the stack's send buffer: writes stop succeeding.
+	buf := make([]byte, 64<<10)
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+	written := 0
+	for {
+		n, err := c.Write(buf)
+		written += n
+		if err != nil {
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("write: %v", err)
+			}
+			break
+		}
+	}
+	key := session.NamespaceConfig{Namespace: "team", Name: "web"}.Key()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, _ := n.eng.NamespaceStats(key)
+		if st.FifoBytesInUse == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the session's fifos are still held 10s after the app closed it (close timeout 300ms, %d bytes written)", written)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = srv.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.Copy(io.Discard, srv)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("peer read %d of %d bytes then %v, want ECONNRESET (the undrainable session reset)", got, written, err)
 	}
 }

@@ -48,7 +48,7 @@ type Poller struct {
 
 	// loop-only
 	flows  map[int32]*pflow // by socket descriptor
-	drains []*pflow         // closed by their apps, draining until drainBy
+	drains Drains           // closed by their apps, draining
 }
 
 // pbell is a doorbell the loop watches: ring runs after each ring.
@@ -73,7 +73,6 @@ type pflow struct {
 	// of its sessions) skips the read system call
 	rxStalled bool
 	appClosed bool
-	drainBy   time.Time
 	ended     bool
 	trimmed   time.Time
 }
@@ -140,13 +139,7 @@ func (p *Poller) loop() {
 	events := make([]unix.EpollEvent, 128)
 	var batch []*pflow
 	for {
-		var deadline time.Time
-		for _, pf := range p.drains {
-			if deadline.IsZero() || pf.drainBy.Before(deadline) {
-				deadline = pf.drainBy
-			}
-		}
-		n, err := p.ep.Wait(events, deadline)
+		n, err := p.ep.Wait(events, p.drains.Next())
 		if err != nil && !errors.Is(err, shm.ErrDeadline) {
 			// only a programming error (a closed epoll descriptor) gets here
 			panic(fmt.Sprintf("%s: waiting for the epoll set: %v", p.name, err))
@@ -183,20 +176,8 @@ func (p *Poller) loop() {
 			}
 		}
 		clear(batch)
-		if len(p.drains) > 0 {
-			now := time.Now()
-			kept := p.drains[:0]
-			for _, pf := range p.drains {
-				switch {
-				case pf.ended:
-				case now.After(pf.drainBy):
-					pf.end(true, nil) // the app's last bytes did not leave in time
-				default:
-					kept = append(kept, pf)
-				}
-			}
-			clear(p.drains[len(kept):])
-			p.drains = kept
+		if p.drains.Len() > 0 {
+			p.drains.Expire(time.Now())
 		}
 	}
 }
@@ -274,8 +255,7 @@ func (pf *pflow) serve(sock bool) {
 			}
 			// it reads no more; what it wrote drains, within closeTimeout
 			pf.rxDone = true
-			pf.drainBy = time.Now().Add(pf.p.closeTimeout)
-			pf.p.drains = append(pf.p.drains, pf)
+			pf.p.drains.Add(pf, time.Now().Add(pf.p.closeTimeout))
 		default:
 		}
 	}
@@ -412,6 +392,11 @@ func (pf *pflow) fromApp() (stop bool, err error) {
 		}
 	}
 }
+
+// Ended and Expire make a pflow Draining: its app's last bytes did not
+// leave in time.
+func (pf *pflow) Ended() bool { return pf.ended }
+func (pf *pflow) Expire()     { pf.end(true, nil) }
 
 // end closes the socket (with a reset when abort) and finishes the flow:
 // err resets the app's session with what went wrong.
