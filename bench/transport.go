@@ -290,6 +290,18 @@ func (tp *topo) measure(v tVariant, kern *tVariant) {
 		tp.record("rr-rate", v.name, rate, "trans/s")
 		tp.record("rr-p50", v.name, float64(p50.Nanoseconds())/1e3, "us")
 		if v.sock != "" || isKernel {
+			// Cross-process wake-ups cost this kind of machine anything
+			// from 20 to 100 us from run to run: an engine variant's round
+			// trips from an app process are paired with the plain socket's
+			// from a process, taken right before (row ...-kernel-alongside).
+			if kern != nil {
+				var k time.Duration
+				phase("kernel", "rr from an app process", func() { k, err = tp.rrChild(*kern) })
+				if err != nil {
+					return fmt.Errorf("kernel 64 B request/response from an app process alongside: %w", err)
+				}
+				tp.record("rr-p50-app-process-kernel-alongside", v.name, float64(k.Nanoseconds())/1e3, "us")
+			}
 			var p50 time.Duration
 			phase(v.name, "rr from an app process", func() { p50, err = tp.rrChild(v) })
 			if err != nil {
