@@ -1,6 +1,7 @@
 // Package echotest is the echo server and client check the transport and
 // agent tests share: sessions echoed to their end of stream, messages
-// checked byte for byte.
+// checked byte for byte; and the transports' shared check of a session
+// that cannot drain (UndrainableClose).
 package echotest
 
 import (

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"runtime"
 	"strings"
 	"syscall"
@@ -439,66 +438,11 @@ func TestCloseResetsWhatCannotDrain(t *testing.T) {
 	n := newNodeClosing(t, "afpacket", p.A, 300*time.Millisecond, "10.99.0.11/24")
 	app := n.attach(t, "web")
 	ln := netnstest.Listen(t, p.B.Path(), "tcp", "10.99.0.2:0")
-	// A small receive buffer (inherited by the accepted socket): a peer
-	// that does not read closes its window for good.
-	rc, err := ln.(*net.TCPListener).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) }); err != nil || serr != nil {
-		t.Fatal(err, serr)
-	}
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			close(accepted)
-			return
-		}
-		accepted <- c
-	}()
-	c, err := dial(app, ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := <-accepted
-	if srv == nil {
-		t.Fatal("accept failed")
-	}
-	defer srv.Close()
-	// Fill the fifo and the stack's send buffer: writes stop succeeding.
-	buf := make([]byte, 64<<10)
-	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-	written := 0
-	for {
-		n, err := c.Write(buf)
-		written += n
-		if err != nil {
-			if !errors.Is(err, os.ErrDeadlineExceeded) {
-				t.Fatalf("write: %v", err)
-			}
-			break
-		}
-	}
 	key := session.NamespaceConfig{Namespace: "team", Name: "web"}.Key()
-	if err := c.Close(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	if err := echotest.UndrainableClose(ln, func(addr string) (net.Conn, error) { return dial(app, addr) }, func() bool {
 		st, _ := n.eng.NamespaceStats(key)
-		if st.FifoBytesInUse == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the session's fifos are still held 10s after the app closed it (close timeout 300ms, %d bytes written)", written)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	_ = srv.SetReadDeadline(time.Now().Add(10 * time.Second))
-	got, err := io.Copy(io.Discard, srv)
-	if !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("peer read %d of %d bytes then %v, want ECONNRESET (the undrainable session reset)", got, written, err)
+		return st.FifoBytesInUse == 0
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
