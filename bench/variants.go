@@ -118,17 +118,24 @@ func setupVariants() ([]variant, func(), error) {
 	return vs, r.close, nil
 }
 
+// memoryVariant is the memory group's variant named name (default mode
+// and FIFO size) with a listener of its own.
+func memoryVariant(name string) (variant, net.Listener, error) {
+	v, err := theRig.variant(name, false, defaultFifo)
+	if err != nil {
+		return v, nil, err
+	}
+	ln, err := v.listen()
+	return v, ln, err
+}
+
 // idleSessionMemory opens n idle sessions and reports what each costs: the
 // resident memory of this process (engine and both apps, heap and touched
 // shared memory) and the FIFO bytes the engine reserves in segments (mostly
 // untouched, so not resident until data flows).
 func idleSessionMemory() (resident, reserved float64, err error) {
 	const n = 1000
-	v, err := theRig.variant("memory", false, defaultFifo)
-	if err != nil {
-		return 0, 0, err
-	}
-	ln, err := v.listen()
+	v, ln, err := memoryVariant("memory")
 	if err != nil {
 		return 0, 0, err
 	}
@@ -160,11 +167,7 @@ func idleSessionMemory() (resident, reserved float64, err error) {
 // back), both from the engine's count of resident segment pages.
 func streamedSessionMemory() (streamed, quiet float64, err error) {
 	const n = 20 // streamed well within shm.TrimAfter: "right after" is before any page is given back
-	v, err := theRig.variant("memory-streamed", false, defaultFifo)
-	if err != nil {
-		return 0, 0, err
-	}
-	ln, err := v.listen()
+	v, ln, err := memoryVariant("memory-streamed")
 	if err != nil {
 		return 0, 0, err
 	}
