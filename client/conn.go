@@ -127,13 +127,11 @@ func (c *Conn) setDeadline(p *atomic.Pointer[deadline], slot **waiter, t time.Ti
 		if t.IsZero() {
 			return
 		}
-		if !p.CompareAndSwap(nil, new(deadline)) {
-			d = p.Load()
-			d.set(t)
-			return
-		}
+		made := p.CompareAndSwap(nil, new(deadline))
 		p.Load().set(t)
-		c.wake(slot)
+		if made {
+			c.wake(slot)
+		}
 		return
 	}
 	d.set(t)

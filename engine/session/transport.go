@@ -45,7 +45,6 @@ type Flow struct {
 	txOff     int
 	seg       *segment
 	wake      *wakeEnd // the app worker's wake-up end, shared with its other flows
-	affinity  uint64   // see Affinity
 
 	kick     chan struct{}
 	closed   chan struct{}
@@ -75,7 +74,7 @@ func (f *Flow) WakeApp() {
 // Affinity names the app worker the session belongs to: a BellWatcher
 // serves the flows of one worker in the loop that watches its doorbell
 // (WatchBell's affinity), so a ring kicks them without another hand-off.
-func (f *Flow) Affinity() uint64 { return f.affinity }
+func (f *Flow) Affinity() uint64 { return f.wake.w.affinity() }
 
 // Kick receives after the app signalled progress on one of its transport
 // fifos (possibly of another session of the same app: re-check).
@@ -419,7 +418,7 @@ func (ns *namespace) newFlowLocked(w *worker, ctx uint64, local, remote wire.Add
 	}
 	s := &session{handle: ns.handle(), w: w, pairOff: -1, s2cOff: -1}
 	f := &Flow{Rx: rx, Tx: tx, ns: ns, s: s, app: a.name, ctx: ctx, remote: remote, rxOff: off, txOff: off + fpRx, seg: seg,
-		wake: wake, affinity: w.affinity(), kick: make(chan struct{}, 1), closed: make(chan struct{})}
+		wake: wake, kick: make(chan struct{}, 1), closed: make(chan struct{})}
 	s.flow = f
 	seg.sessions++
 	ns.sessions[s.handle] = s

@@ -447,8 +447,11 @@ func (t *Transport) WatchBell(_ string, affinity uint64, fd int, ring func()) fu
 // the cores).
 func (t *Transport) pollerForFlow(affinity uint64) *stream.Poller {
 	best := t.poller(affinity)
+	if best == nil {
+		return nil
+	}
 	for _, p := range t.pollers {
-		if best != nil && p.Load() < best.Load() {
+		if p.Load() < best.Load() {
 			best = p
 		}
 	}

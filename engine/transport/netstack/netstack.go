@@ -11,10 +11,11 @@
 // the app's tx fifo (the stack copies from shared memory into its send
 // buffer), woken by the endpoints' waiter queues (the session itself is the
 // waiter entry's listener) and the app's kicks: no goroutine per session.
-// TLS sessions keep stream.Pump's goroutines around crypto/tls. TCP and UDP, IPv4 and IPv6, listen, connect, accept,
-// half-close and reset; global-scope SessionRules are judged by the engine
-// before a connect starts and as a session is accepted, and per datagram for
-// UDP.
+// TLS sessions keep stream.Pump's goroutines around crypto/tls.
+//
+// TCP and UDP, IPv4 and IPv6, listen, connect, accept, half-close and
+// reset; global-scope SessionRules are judged by the engine before a
+// connect starts and as a session is accepted, and per datagram for UDP.
 package netstack
 
 import (
