@@ -32,9 +32,11 @@ import (
 
 const childArg = "-bench-child"
 
-// Lines a child writes: "base <anon bytes>" once set up (then it waits for
-// a line on stdin), "progress <n>", "ready <n> <anon bytes> <retries> <error or ->"
-// when done (then it holds everything until stdin closes), "spinning".
+// Lines a child writes: "base <anon bytes> [<probe p50 ns>]" once set up
+// (then it waits for a line on stdin), "progress <n>", "ready <n> <anon
+// bytes> <retries> <error or ->" when done (then it holds everything until
+// stdin closes; the sessions mode first answers one more line with "probe
+// <p50 ns or -1> <error or ->"), "spinning".
 func childLine(w io.Writer, mu *sync.Mutex, format string, args ...any) {
 	mu.Lock()
 	defer mu.Unlock()
@@ -254,7 +256,20 @@ func childSessions(sock string, n, fifo, kernelPorts int, budget time.Duration) 
 			}
 		}()
 	}
-	childLine(os.Stdout, &mu, "base %d", anonNow())
+	// The probe: one more session of the same app and worker, to an echo
+	// server, whose 64 B round trip is timed before the idle sessions open
+	// and again while they are: what an active session pays for many idle
+	// ones beside it (their events, their wake-ups).
+	echo, err := probeServer(cli, kernelPorts > 0, opts("scale-echo"))
+	if err != nil {
+		return fmt.Errorf("probe server: %w", err)
+	}
+	defer echo.Close()
+	before, err := probeRR(cli, echo.Addr().String())
+	if err != nil {
+		return fmt.Errorf("probe before the idle sessions: %w", err)
+	}
+	childLine(os.Stdout, &mu, "base %d %d", anonNow(), before.Nanoseconds())
 	waitLine(in)
 
 	conns := make([]net.Conn, n)
@@ -301,6 +316,12 @@ wait:
 	}
 	childLine(os.Stdout, &mu, "ready %d %d %d %s", done.Load(), anonNow(), retries.Load(), errText(firstErr.Load()))
 	waitLine(in)
+	if after, err := probeRR(cli, echo.Addr().String()); err != nil {
+		childLine(os.Stdout, &mu, "probe -1 %s", err)
+	} else {
+		childLine(os.Stdout, &mu, "probe %d -", after.Nanoseconds())
+	}
+	waitLine(in)
 	for _, ln := range lns {
 		ln.Close()
 	}
@@ -315,6 +336,73 @@ wait:
 	}
 	accMu.Unlock()
 	return nil
+}
+
+// probeServer is an echo listener for the probe session: on the kernel
+// (reached through the engine's kernel transport) or, cut-through, in an
+// app of its own.
+func probeServer(cli *client.App, kernel bool, opts client.Options) (net.Listener, error) {
+	var ln net.Listener
+	if kernel {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ln = l
+	} else {
+		srv, err := client.Attach(context.Background(), opts)
+		if err != nil {
+			return nil, err
+		}
+		l, err := srv.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			srv.Close()
+			return nil, err
+		}
+		ln = appListener{l, srv}
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	return ln, nil
+}
+
+// appListener closes its app with the listener.
+type appListener struct {
+	net.Listener
+	app *client.App
+}
+
+func (l appListener) Close() error {
+	err := l.Listener.Close()
+	l.app.Close()
+	return err
+}
+
+// probeSpan is how long the probe's round trips are timed, each time.
+const probeSpan = time.Second
+
+// probeRR dials addr through cli and returns the p50 of its 64 B round
+// trips over probeSpan.
+func probeRR(cli *client.App, addr string) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), tGrace)
+	defer cancel()
+	c, err := cli.Dial(ctx, "tcp", addr)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	p50, _, err := roundTrips(c, probeSpan)
+	return p50, err
 }
 
 // dialRetry dials addr through app; a connect the engine refuses because

@@ -337,11 +337,12 @@ func (r *scaleRig) sessions(add func(cs, variant string, v float64, unit string)
 		return err
 	}
 	defer c.kill()
-	f, err := c.expect("base", 1, nil)
+	f, err := c.expect("base", 2, nil)
 	if err != nil {
 		return err
 	}
 	childBase, _ := strconv.ParseInt(f[0], 10, 64)
+	probeBefore, _ := strconv.ParseInt(f[1], 10, 64)
 	base, err := r.sample(r.sessKey)
 	if err != nil {
 		return err
@@ -388,6 +389,22 @@ func (r *scaleRig) sessions(add func(cs, variant string, v float64, unit string)
 	add("session-engine-goroutines", name, float64(after.gor-base.gor)/fn, "goroutines")
 	add("session-engine-fds", name, float64(after.fds-base.fds)/fn, "fds")
 	add("session-engine-threads", name, float64(after.st.Threads), "threads")
+	// The probe session's round trip, alone on its app and then beside the
+	// n idle sessions.
+	if err := c.proceed(); err != nil {
+		return err
+	}
+	if f, err = c.expect("probe", 2, nil); err != nil {
+		return err
+	}
+	if probe, _ := strconv.ParseInt(f[0], 10, 64); probe > 0 {
+		add("rr-p50-probe-alone", name, float64(probeBefore)/1e3, "us")
+		add("rr-p50-probe-beside-idle", name, float64(probe)/1e3, "us")
+		fmt.Fprintf(os.Stderr, "    64 B round trip of one more session: %.1f µs alone, %.1f µs beside the idle ones\n",
+			float64(probeBefore)/1e3, float64(probe)/1e3)
+	} else {
+		fmt.Fprintf(os.Stderr, "bench: scale: %s probe: %s\n", name, strings.Join(f[1:], " "))
+	}
 	fmt.Fprintf(os.Stderr, "    closing %d sessions\n", n)
 	if err := c.end(); err != nil {
 		return fmt.Errorf("sessions child: %w", err)

@@ -30,8 +30,8 @@ type Conn struct {
 	w    *worker
 	h    uint64
 	seg  *cseg
-	ring int // the doorbell end that wakes the peer (see newConn)
-	key  int // the descriptor whose ring wakes this session (worker.waiters)
+	ring int32 // the doorbell end that wakes the peer (see newConn)
+	key  int32 // the descriptor whose ring wakes this session (worker.waiters)
 	// The fifo handles, embedded (no allocations of their own): rx is used
 	// by the reading side, tx by the writing side; the pad keeps a reader's
 	// index updates off the writer's line.
@@ -70,11 +70,25 @@ type Conn struct {
 	// rspin, wspin: the Read's (under rmu) and the Write's (under wmu)
 	// poll before sleeping
 	rspin, wspin spinner
+	// ev: a transport session's bit in its worker's event bits (wire
+	// FifoPair.Event), set before ringing the transport doorbell
+	ev uint32
 	// cold, and last
 	local, remote wire.Addr
 }
 
 var _ net.Conn = (*Conn)(nil)
+
+// ringPeer wakes the other side after progress on a fifo whose waiting
+// flag was set: the peer app of a cut-through session, or the engine for a
+// transport session, which first gets the session's event bit (so the
+// engine serves this session, not every one of the worker).
+func (c *Conn) ringPeer() {
+	if c.seg.ring < 0 {
+		c.w.setEvent(c.ev)
+	}
+	_ = shm.Ring(int(c.ring))
+}
 
 func (c *Conn) opErr(op string, err error) error {
 	if c.udp != nil {
@@ -195,7 +209,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 		n, err := c.rx.Read(p)
 		if n > 0 {
 			if c.rx.TakeWriterWaiting() {
-				_ = shm.Ring(c.ring)
+				c.ringPeer()
 			}
 			return n, nil
 		}
@@ -308,7 +322,7 @@ func (c *Conn) wait(dl *atomic.Pointer[deadline], slot **waiter, sp *spinner, co
 		}
 	}
 	w := c.w
-	wt := &waiter{key: c.key, ready: cond, arm: set, ch: make(chan struct{})}
+	wt := &waiter{key: int(c.key), ready: cond, arm: set, ch: make(chan struct{})}
 	w.mu.Lock()
 	if w.dead != nil && !w.orphan.Load() {
 		w.mu.Unlock()
@@ -370,7 +384,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 		if n > 0 {
 			total += n
 			if c.tx.TakeReaderWaiting() {
-				_ = shm.Ring(c.ring)
+				c.ringPeer()
 			}
 			continue
 		}
@@ -414,7 +428,7 @@ func (c *Conn) WriteBuffers(bufs [][]byte) (int, error) {
 				}
 			}
 			if c.tx.TakeReaderWaiting() {
-				_ = shm.Ring(c.ring)
+				c.ringPeer()
 			}
 			continue
 		}
@@ -507,7 +521,7 @@ func (c *Conn) Consume(n int) error {
 		return c.opErr("read", err)
 	}
 	if c.rx.TakeWriterWaiting() {
-		_ = shm.Ring(c.ring)
+		c.ringPeer()
 	}
 	return nil
 }
@@ -584,7 +598,7 @@ func (c *Conn) CloseWrite() error {
 	if c.resetErr.Load() == nil {
 		c.tx.CloseWrite()
 		if c.tx.TakeReaderWaiting() {
-			_ = shm.Ring(c.ring)
+			c.ringPeer()
 		}
 	}
 	_ = c.w.request(&wire.Shutdown{Session: c.h})
@@ -625,13 +639,13 @@ func (c *Conn) Close() error {
 	if !reset && !c.abort.Load() {
 		c.tx.CloseWrite()
 		if c.tx.TakeReaderWaiting() {
-			_ = shm.Ring(c.ring)
+			c.ringPeer()
 		}
 		c.rx.CloseRead()
 		// a peer blocked writing into a full fifo learns of it too (with
 		// no engine to tell it, after a restart)
 		if c.rx.TakeWriterWaiting() {
-			_ = shm.Ring(c.ring)
+			c.ringPeer()
 		}
 	}
 	c.wmu.Unlock()

@@ -10,7 +10,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hoststack/hoststack/engine/shm"
 	"github.com/hoststack/hoststack/engine/wire"
 )
 
@@ -130,7 +129,7 @@ func (p *PacketConn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) 
 				return 0, netip.AddrPort{}, c.opErr("read", err)
 			}
 			if c.rx.TakeWriterWaiting() {
-				_ = shm.Ring(c.ring)
+				c.ringPeer()
 			}
 			return n, h.Remote, nil
 		}
@@ -197,7 +196,7 @@ func (p *PacketConn) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, err
 				return 0, c.opErr("write", err)
 			}
 			if c.tx.TakeReaderWaiting() {
-				_ = shm.Ring(c.ring)
+				c.ringPeer()
 			}
 			return len(b), nil
 		}

@@ -51,6 +51,13 @@ type worker struct {
 	// sleeping is this loop's flag in the worker's control line: set before
 	// sleeping so the engine rings the doorbell for new events
 	sleeping *atomic.Uint64
+	// ev are the worker's transport event bits in the queue segment (wire
+	// version 5; nil before): a transport session's Conn sets its bit
+	// before ringing tbell. evMu keeps release from unmapping them under a
+	// ringing Conn.
+	evMu   sync.RWMutex
+	ev     *shm.EventBits
+	evBits uint32 // their number, for good
 
 	reqMu  sync.Mutex // the request queue has one producer at a time
 	reqBuf [wire.QueueMsgMax]byte
@@ -142,7 +149,27 @@ func (a *App) newWorker(info wire.WorkerInfo, fds []int) (*worker, error) {
 		w.release()
 		return nil, err
 	}
+	if info.EvBits > 0 {
+		if info.EvOff > uint64(mq.Size()) {
+			w.release()
+			return nil, errors.New("event bits outside the queue segment")
+		}
+		if w.ev, err = shm.OpenEventBits(mq.Bytes(), int(info.EvOff), int(info.EvBits)); err != nil {
+			w.release()
+			return nil, fmt.Errorf("event bits: %w", err)
+		}
+		w.evBits = info.EvBits
+	}
 	return w, nil
+}
+
+// setEvent marks a transport session's event bit before its ring.
+func (w *worker) setEvent(bit uint32) {
+	w.evMu.RLock()
+	if w.ev != nil {
+		w.ev.Set(int(bit))
+	}
+	w.evMu.RUnlock()
 }
 
 func (w *worker) release() {
@@ -152,6 +179,9 @@ func (w *worker) release() {
 	}
 	w.trimList = nil
 	w.trimMu.Unlock()
+	w.evMu.Lock()
+	w.ev = nil
+	w.evMu.Unlock()
 	w.mq.Close()
 	for _, fd := range []int{w.bell, w.tbell, w.ep, w.intr} {
 		if fd >= 0 {
@@ -682,7 +712,7 @@ func (w *worker) dispatch(m wire.Msg) {
 			c.peerClosed.Store(true)
 			// its blocked calls see the end of stream now
 			w.mu.Lock()
-			w.checkSetLocked(c.key)
+			w.checkSetLocked(int(c.key))
 			w.mu.Unlock()
 		}
 	case *wire.ResetEvt:
@@ -727,7 +757,10 @@ func (w *worker) newConn(h uint64, f wire.FifoPair, local, remote wire.Addr) (*C
 	if key < 0 {
 		key = w.bell
 	}
-	c := &Conn{w: w, h: h, seg: seg, ring: ring, key: key, local: local, remote: remote}
+	c := &Conn{w: w, h: h, seg: seg, ring: int32(ring), key: int32(key), local: local, remote: remote}
+	if seg.ring < 0 && f.Event < w.evBits {
+		c.ev = f.Event
+	}
 	if err := c.rx.Open(seg.seg, int(min(f.RxOff, 1<<62)), int(f.RxCap)); err != nil {
 		w.app.unref(seg)
 		return nil, fmt.Errorf("rx fifo: %w", err)

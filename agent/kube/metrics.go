@@ -92,6 +92,8 @@ const (
 	MetricRuleLookups  = "hoststack_agent_rule_lookups_total"
 	MetricRuleDenies   = "hoststack_agent_rule_denies_total"
 	MetricRefused      = "hoststack_agent_connects_refused_total"
+	MetricRings        = "hoststack_agent_transport_rings_total"
+	MetricKicks        = "hoststack_agent_transport_kicks_total"
 	MetricServed       = "hoststack_agent_app_namespaces"
 )
 
@@ -105,7 +107,7 @@ type Collector struct {
 	Stats func() []session.NamespaceStats
 	Rules *CountingRules
 
-	apps, sessions, segBytes, resident, bytes, lookups, denies, refused, served *prometheus.Desc
+	apps, sessions, segBytes, resident, bytes, lookups, denies, refused, rings, kicks, served *prometheus.Desc
 }
 
 // NewCollector returns a Collector reading stats (engine.Stats) and rules.
@@ -121,13 +123,15 @@ func NewCollector(stats func() []session.NamespaceStats, rules *CountingRules) *
 		lookups:  prometheus.NewDesc(MetricRuleLookups, "SessionRule lookups made for the AppNamespace's sessions.", l, nil),
 		denies:   prometheus.NewDesc(MetricRuleDenies, "Sessions of the AppNamespace denied by a SessionRule.", l, nil),
 		refused:  prometheus.NewDesc(MetricRefused, "Connects of the AppNamespace's apps the engine refused.", l, nil),
+		rings:    prometheus.NewDesc(MetricRings, "Rings of the transport doorbells of the AppNamespace's apps (progress on sessions that leave the node).", l, nil),
+		kicks:    prometheus.NewDesc(MetricKicks, "Transport sessions the engine looked at after those rings: about one per ring, every transport session of the app per ring for apps older than wire version 5.", l, nil),
 		served:   prometheus.NewDesc(MetricServed, "AppNamespaces the engine serves on this node.", nil, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.apps, c.sessions, c.segBytes, c.resident, c.bytes, c.lookups, c.denies, c.refused, c.served} {
+	for _, d := range []*prometheus.Desc{c.apps, c.sessions, c.segBytes, c.resident, c.bytes, c.lookups, c.denies, c.refused, c.rings, c.kicks, c.served} {
 		ch <- d
 	}
 }
@@ -144,6 +148,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.resident, prometheus.GaugeValue, float64(s.SegmentResident), key)
 		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(s.Bytes), key)
 		ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(s.ConnectsRefused), key)
+		ch <- prometheus.MustNewConstMetric(c.rings, prometheus.CounterValue, float64(s.TransportRings), key)
+		ch <- prometheus.MustNewConstMetric(c.kicks, prometheus.CounterValue, float64(s.TransportKicks), key)
 		if c.Rules != nil {
 			l, d := c.Rules.Counts(s.Namespace)
 			ch <- prometheus.MustNewConstMetric(c.lookups, prometheus.CounterValue, float64(l), key)

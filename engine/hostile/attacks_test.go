@@ -50,6 +50,7 @@ var attacks = map[string]func(h *hostile) error{
 	"quotas":       (*hostile).quotas,
 	"names-ports":  (*hostile).namesAndPorts,
 	"sigkill":      (*hostile).killedMidTransfer,
+	"event-bits":   (*hostile).lieInEventBits,
 }
 
 const (
@@ -269,6 +270,41 @@ func (h *hostile) corruptHeaders() error {
 		}
 		time.Sleep(time.Millisecond)
 	}
+	return nil
+}
+
+// lieInEventBits writes every bit of its worker's transport event bits
+// (wire version 5), summary bits past the last word included, then random
+// and extreme words over the whole region, ringing the transport doorbell
+// after each round, for 400 ms: each ring may make the engine look at this
+// app's own transport sessions, at nothing else, and at no index past its
+// bits.
+func (h *hostile) lieInEventBits() error {
+	a := h.app
+	n := int(a.info.EvBits)
+	size := shm.EventBitsSize(n)
+	b := a.mq.Bytes()
+	off := int(a.info.EvOff)
+	if size < 0 || off < 0 || off > len(b)-size {
+		return fmt.Errorf("the engine gave event bits %d at %d in a %d-byte queue segment (wire version %d)", n, off, len(b), a.reply.EngineVersion)
+	}
+	rng := rand.New(rand.NewPCG(5, 16))
+	deadline := time.Now().Add(400 * time.Millisecond)
+	for round := 0; time.Now().Before(deadline); round++ {
+		for o := 0; o+8 <= size; o += 8 {
+			v := ^uint64(0)
+			if round%2 == 1 {
+				v = rng.Uint64()
+				if rng.IntN(2) == 0 {
+					v = extremes[rng.IntN(len(extremes))]
+				}
+			}
+			word(b, off+o).Store(v)
+		}
+		h.app.ringEngine()
+		time.Sleep(time.Millisecond)
+	}
+	h.out.printf("event bits %d", n)
 	return nil
 }
 

@@ -59,6 +59,7 @@ var attackCases = []attackCase{
 	{name: "quotas"},
 	{name: "names-ports"},
 	{name: "sigkill"},
+	{name: "event-bits"},
 }
 
 // TestHostileApp runs each attack family against its own engine process

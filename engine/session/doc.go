@@ -94,11 +94,16 @@ package session
 // included; announced with add-segment before any event refers to it and
 // dropped with del-segment once empty), so maxSessionsPerApp is the limit
 // that applies. The app rings its worker's transport doorbell after
-// progress on such a fifo whose waiting flag the transport set; the
-// worker's kicker goroutine (started with its first transport session,
-// reading the engine's end through the netpoller) kicks the app's flows
-// (on Flow.Kick, or through the function a transport gave Flow.Notify when
-// it serves its flows from event loops), and Flow.WakeApp rings the worker
+// progress on such a fifo whose waiting flag the transport set, having set
+// the session's bit in the worker's event bits first (wire version 5;
+// events.go): the ring kicks the flows whose bits are set, each once, so an
+// app with thousands of idle keep-alive sessions pays for the one that
+// moved (an older app's ring kicks all of its flows). The ring is taken by
+// the transport's loop that serves the worker's flows (BellWatcher), or by
+// the worker's kicker goroutine (started with its first transport session,
+// reading the engine's end through the netpoller); a kick reaches the flow
+// on Flow.Kick, or through the function a transport gave Flow.Notify when
+// it serves its flows from event loops. Flow.WakeApp rings the worker
 // doorbell from the engine's end. When a fifo pair is freed its pages are
 // punched out of the segment (segment.free). The
 // session is registered before Transport.Connect is called with a

@@ -187,6 +187,9 @@ type namespace struct {
 	sock      *AttachSocket
 
 	stats counters
+	// rings of the apps' transport doorbells, and the flows they kicked
+	// (events.go): without event bits every flow of the app, per ring
+	rings, kicks atomic.Uint64
 }
 
 type counters struct {
@@ -421,6 +424,12 @@ type NamespaceStats struct {
 	Resets          uint64
 	AppsAttached    uint64
 	AppsReaped      uint64
+	// TransportRings counts the apps' rings of their transport doorbells,
+	// TransportKicks the transport sessions they made the engine look at:
+	// about one per ring with event bits (wire version 5), every transport
+	// session of the app per ring without.
+	TransportRings uint64
+	TransportKicks uint64
 }
 
 // Stats returns a snapshot per app namespace.
@@ -466,6 +475,7 @@ func (ns *namespace) snapshotLocked() (NamespaceStats, []*shm.Segment) {
 		Segments: len(ns.segs), SessionsOpened: ns.stats.sessionsOpened, SessionsClosed: ns.stats.sessionsClosed,
 		ConnectsRefused: ns.stats.connectsRefused, Resets: ns.stats.resets,
 		AppsAttached: ns.stats.appsAttached, AppsReaped: ns.stats.appsReaped,
+		TransportRings: ns.rings.Load(), TransportKicks: ns.kicks.Load(),
 	}
 	for _, a := range ns.apps {
 		st.Workers += len(a.workers)

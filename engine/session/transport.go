@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -45,6 +44,7 @@ type Flow struct {
 	txOff     int
 	seg       *segment
 	wake      *wakeEnd // the app worker's wake-up end, shared with its other flows
+	ev        uint32   // its bit in the worker's event bits (events.go)
 
 	kick     chan struct{}
 	closed   chan struct{}
@@ -119,9 +119,7 @@ func (f *Flow) Connected(local netip.AddrPort) bool {
 	f.connected = true
 	s := f.s
 	la := wire.Addr{Proto: wire.TCP, IP: local.Addr().Unmap(), Port: local.Port()}
-	s.w.send(&wire.Connected{Ctx: f.ctx, Session: s.handle, Local: la, Remote: f.remote,
-		Fifos: wire.FifoPair{Segment: f.seg.handle, RxOff: uint64(f.rxOff), TxOff: uint64(f.txOff),
-			RxCap: uint32(f.Rx.Cap()), TxCap: uint32(f.Tx.Cap())}})
+	s.w.send(&wire.Connected{Ctx: f.ctx, Session: s.handle, Local: la, Remote: f.remote, Fifos: f.fifos()})
 	return true
 }
 
@@ -177,10 +175,14 @@ func (f *Flow) appDoneLocked(reset bool) {
 }
 
 func (f *Flow) freeLocked() {
-	a := f.s.w.app
-	a.flowMu.Lock()
-	delete(a.flows, f)
-	a.flowMu.Unlock()
+	if ev := f.s.w.ev; ev != nil {
+		ev.detach(f)
+	} else {
+		a := f.s.w.app
+		a.flowMu.Lock()
+		delete(a.flows, f)
+		a.flowMu.Unlock()
+	}
 	seg := f.seg
 	written := fifoBytes(seg, f.rxOff, f.txOff)
 	f.ns.stats.bytes += written
@@ -281,13 +283,13 @@ func (ns *namespace) transportWakeLocked(w *worker) error {
 	if bw, ok := ns.e.cfg.Transport.(BellWatcher); ok {
 		var unwatch func()
 		if err := w.tbellRaw.Control(func(fd uintptr) {
-			unwatch = bw.WatchBell(ns.key, w.affinity(), int(fd), w.app.pokeFlows)
+			unwatch = bw.WatchBell(ns.key, w.affinity(), int(fd), w.transportRung)
 		}); err == nil && unwatch != nil {
 			w.unwatch = unwatch
 			return nil
 		}
 	}
-	go w.app.kicker(w.tbell)
+	go w.kicker()
 	return nil
 }
 
@@ -299,27 +301,29 @@ func (w *worker) affinity() uint64 { return uint64(w.app.id)<<32 | uint64(w.id) 
 // It reads the engine's own end of the doorbell through Go's netpoller (the
 // description is the engine's alone and stays non-blocking); it ends when
 // the worker closes it.
-func (a *app) kicker(f *os.File) {
+func (w *worker) kicker() {
 	var b [64]byte
 	for {
-		if _, err := f.Read(b[:]); err != nil {
+		if _, err := w.tbell.Read(b[:]); err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) {
 				continue // an empty datagram, or an error the app set on the pair (consumed)
 			}
 			return // closed by the worker
 		}
-		a.pokeFlows()
+		w.transportRung()
 	}
 }
 
-// pokeFlows kicks the app's transport flows after a ring of one of its
-// transport doorbells. It never blocks.
-func (a *app) pokeFlows() {
+// pokeFlows kicks all of the app's transport flows after a ring of one of
+// its transport doorbells, for an app without event bits (older than wire
+// version 5), and says how many. It never blocks.
+func (a *app) pokeFlows() int {
 	a.flowMu.Lock()
+	defer a.flowMu.Unlock()
 	for fl := range a.flows {
 		fl.poke()
 	}
-	a.flowMu.Unlock()
+	return len(a.flows)
 }
 
 // flowState is kept per app for its transport sessions.
@@ -425,12 +429,16 @@ func (ns *namespace) newFlowLocked(w *worker, ctx uint64, local, remote wire.Add
 	w.sessions[s.handle] = s
 	a.nsessions++
 	ns.stats.sessionsOpened++
-	a.flowMu.Lock()
-	if a.flows == nil {
-		a.flows = map[*Flow]struct{}{}
+	if w.ev != nil {
+		w.ev.attach(f)
+	} else {
+		a.flowMu.Lock()
+		if a.flows == nil {
+			a.flows = map[*Flow]struct{}{}
+		}
+		a.flows[f] = struct{}{}
+		a.flowMu.Unlock()
 	}
-	a.flows[f] = struct{}{}
-	a.flowMu.Unlock()
 	return f, wire.OK, ""
 }
 
@@ -452,7 +460,7 @@ func (ns *namespace) dropFlowLocked(f *Flow) {
 
 func (f *Flow) fifos() wire.FifoPair {
 	return wire.FifoPair{Segment: f.seg.handle, RxOff: uint64(f.rxOff), TxOff: uint64(f.txOff),
-		RxCap: uint32(f.Rx.Cap()), TxCap: uint32(f.Tx.Cap())}
+		RxCap: uint32(f.Rx.Cap()), TxCap: uint32(f.Tx.Cap()), Event: f.ev}
 }
 
 // transportConnect hands a connect to the transport.

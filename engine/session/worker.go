@@ -33,6 +33,9 @@ type worker struct {
 	// unwatch stops the transport's BellWatcher watching tbell (nil: a
 	// kicker goroutine reads it); called before tbell is closed
 	unwatch func()
+	// ev: the transport event bits of a version-5 app's worker (events.go);
+	// nil for older apps
+	ev *events
 	// appFDs are the app's ends until they are passed (closed right after:
 	// the engine never keeps a description the app holds)
 	appFDs [2]int
@@ -74,7 +77,13 @@ func (ns *namespace) newWorker(a *app) (*worker, error) {
 	}
 	slots := ns.cfg.QueueSlots
 	qfp := shm.QueueFootprint(slots)
-	seg, err := shm.CreateSegment(fmt.Sprintf("hs-mq-%d-%d", a.id, a.nextWrk), 2*qfp+wire.CtlSize)
+	size := 2*qfp + wire.CtlSize
+	evOff, evBits := size, 0
+	if a.codec.V >= wire.VersionEvents {
+		evBits = eventBitsFor(ns.cfg.MaxSessionsPerApp)
+		size += shm.EventBitsSize(evBits)
+	}
+	seg, err := shm.CreateSegment(fmt.Sprintf("hs-mq-%d-%d", a.id, a.nextWrk), size)
 	if err != nil {
 		ns.e.releaseWorker()
 		return nil, err
@@ -115,6 +124,13 @@ func (ns *namespace) newWorker(a *app) (*worker, error) {
 		return fail(err)
 	}
 	w.sleeping.Store(0)
+	if evBits > 0 {
+		bits, err := shm.FormatEventBits(seg, evOff, evBits)
+		if err != nil {
+			return fail(err)
+		}
+		w.ev = &events{bits: bits}
+	}
 	a.nextWrk++
 	// the engine's own end: non-blocking for good, so Go's netpoller serves
 	// the kicker without a thread
@@ -126,6 +142,9 @@ func (ns *namespace) newWorker(a *app) (*worker, error) {
 	}
 	w.info = wire.WorkerInfo{ID: w.id, MQSize: uint64(seg.Size()), EvqOff: 0, EvqSlots: uint32(slots),
 		ReqOff: uint64(qfp), ReqSlots: uint32(slots), CtlOff: uint64(2 * qfp)}
+	if w.ev != nil {
+		w.info.EvOff, w.info.EvBits = uint64(evOff), uint32(evBits)
+	}
 	return w, nil
 }
 
@@ -167,6 +186,9 @@ func (w *worker) release() {
 	if w.unwatch != nil {
 		w.unwatch() // the watcher lets go of the descriptor before it closes
 		w.unwatch = nil
+	}
+	if w.ev != nil {
+		w.ev.release() // a ring still under way must not read the unmapped bits
 	}
 	w.tbell.Close()
 	w.closeV2()

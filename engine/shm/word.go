@@ -24,6 +24,18 @@ func wordAt(b []byte, off int) (*atomic.Uint64, error) {
 	return (*atomic.Uint64)(p), nil
 }
 
+// wordsAt returns the n shared words at b[off:off+8n], checked as wordAt.
+func wordsAt(b []byte, off, n int) ([]atomic.Uint64, error) {
+	if n <= 0 || off < 0 || n > (len(b)-off)/8 {
+		return nil, ErrInvalid
+	}
+	p := unsafe.Pointer(unsafe.SliceData(b[off : off+8*n : off+8*n]))
+	if uintptr(p)%8 != 0 {
+		return nil, ErrInvalid
+	}
+	return unsafe.Slice((*atomic.Uint64)(p), n), nil
+}
+
 // fifoHeader is the fifo header layout of fifo.go as a struct: one pointer
 // to it in a Fifo handle instead of one per word.
 type fifoHeader struct {

@@ -41,6 +41,13 @@ type WorkerInfo struct {
 	ReqOff   uint64 // app → engine requests
 	ReqSlots uint32
 	CtlOff   uint64 // the worker's control line (see CtlSize)
+	// EvOff and EvBits (version 5 on; appended at the end of the message
+	// that carries the WorkerInfo) locate the worker's transport event bits
+	// in the queue segment: engine/shm EventBits of EvBits bits at EvOff.
+	// Zero EvBits: none (an older engine); see the package doc, "Transport
+	// events".
+	EvOff  uint64
+	EvBits uint32
 }
 
 // WorkerFDs is the number of fds that come with a WorkerInfo.
@@ -196,6 +203,11 @@ type FifoPair struct {
 	TxOff   uint64
 	RxCap   uint32
 	TxCap   uint32
+	// Event (version 5 on; appended at the end of the message) is a
+	// transport session's bit in its worker's event bits; 0 is the bit
+	// shared by the sessions that have none of their own (cut-through
+	// sessions ignore it).
+	Event uint32
 }
 
 // Accepted tells a listening app about a new session.
@@ -336,8 +348,8 @@ func (d *dec) worker() WorkerInfo {
 }
 
 func (*AttachReply) Type() Type { return TAttachReply }
-func (*AttachReply) size(uint8) int {
-	return 2 + strSize(MaxMessageLen) + 1 + 4 + workerInfoSize + 8 + 8 + 4 + 4 + 4
+func (*AttachReply) size(v uint8) int {
+	return 2 + strSize(MaxMessageLen) + 1 + 4 + workerInfoSize + 8 + 8 + 4 + 4 + 4 + workerEventsSize(v)
 }
 func (m *AttachReply) encode(e *enc) {
 	e.u16(uint16(m.Code))
@@ -350,6 +362,7 @@ func (m *AttachReply) encode(e *enc) {
 	e.u32(m.RxFifoSize)
 	e.u32(m.TxFifoSize)
 	e.u32(m.MaxSessions)
+	e.workerEvents(m.Worker)
 }
 func (m *AttachReply) decode(d *dec) {
 	m.Code = d.code("attach reply")
@@ -362,25 +375,73 @@ func (m *AttachReply) decode(d *dec) {
 	m.RxFifoSize = d.u32()
 	m.TxFifoSize = d.u32()
 	m.MaxSessions = d.u32()
+	d.workerEvents(&m.Worker)
 }
 
-func (*WorkerAdd) Type() Type          { return TWorkerAdd }
-func (*WorkerAdd) size(uint8) int      { return 8 }
-func (m *WorkerAdd) encode(e *enc)     { e.u64(m.Ctx) }
-func (m *WorkerAdd) decode(d *dec)     { m.Ctx = d.u64() }
-func (*WorkerAddReply) Type() Type     { return TWorkerAddReply }
-func (*WorkerAddReply) size(uint8) int { return 8 + 2 + strSize(MaxMessageLen) + workerInfoSize }
+func (*WorkerAdd) Type() Type      { return TWorkerAdd }
+func (*WorkerAdd) size(uint8) int  { return 8 }
+func (m *WorkerAdd) encode(e *enc) { e.u64(m.Ctx) }
+func (m *WorkerAdd) decode(d *dec) { m.Ctx = d.u64() }
+func (*WorkerAddReply) Type() Type { return TWorkerAddReply }
+func (*WorkerAddReply) size(v uint8) int {
+	return 8 + 2 + strSize(MaxMessageLen) + workerInfoSize + workerEventsSize(v)
+}
 func (m *WorkerAddReply) encode(e *enc) {
 	e.u64(m.Ctx)
 	e.u16(uint16(m.Code))
 	e.str(m.Msg, MaxMessageLen, "message")
 	e.worker(m.Worker)
+	e.workerEvents(m.Worker)
 }
 func (m *WorkerAddReply) decode(d *dec) {
 	m.Ctx = d.u64()
 	m.Code = d.code("worker-add reply")
 	m.Msg = d.str(MaxMessageLen, "message")
 	m.Worker = d.worker()
+	d.workerEvents(&m.Worker)
+}
+
+// workerEventsSize is the size of a WorkerInfo's event bits fields, which
+// version 5 appends to the message carrying it.
+func workerEventsSize(v uint8) int {
+	if v >= VersionEvents {
+		return 8 + 4
+	}
+	return 0
+}
+func (e *enc) workerEvents(w WorkerInfo) {
+	if e.v >= VersionEvents {
+		e.u64(w.EvOff)
+		e.u32(w.EvBits)
+	}
+}
+func (d *dec) workerEvents(w *WorkerInfo) {
+	if d.v >= VersionEvents {
+		w.EvOff = d.u64()
+		w.EvBits = d.u32()
+		if w.EvBits%64 != 0 || w.EvOff%8 != 0 {
+			d.fail("event bits: %d bits at offset %d are not whole aligned words", w.EvBits, w.EvOff)
+		}
+	}
+}
+
+// fifoEventSize is the size of a FifoPair's Event, which version 5
+// appends to the message carrying it.
+func fifoEventSize(v uint8) int {
+	if v >= VersionEvents {
+		return 4
+	}
+	return 0
+}
+func (e *enc) fifoEvent(f FifoPair) {
+	if e.v >= VersionEvents {
+		e.u32(f.Event)
+	}
+}
+func (d *dec) fifoEvent(f *FifoPair) {
+	if d.v >= VersionEvents {
+		f.Event = d.u32()
+	}
 }
 
 func (*WorkerDel) Type() Type          { return TWorkerDel }
@@ -543,14 +604,15 @@ func (d *dec) fifos() FifoPair {
 	return f
 }
 
-func (*Accepted) Type() Type     { return TAccepted }
-func (*Accepted) size(uint8) int { return 16 + fifoPairSize + 2*addrSize }
+func (*Accepted) Type() Type       { return TAccepted }
+func (*Accepted) size(v uint8) int { return 16 + fifoPairSize + 2*addrSize + fifoEventSize(v) }
 func (m *Accepted) encode(e *enc) {
 	e.u64(m.Listener)
 	e.u64(m.Session)
 	e.fifos(m.Fifos)
 	e.addr(m.Local)
 	e.addr(m.Remote)
+	e.fifoEvent(m.Fifos)
 }
 func (m *Accepted) decode(d *dec) {
 	m.Listener = d.u64()
@@ -558,11 +620,12 @@ func (m *Accepted) decode(d *dec) {
 	m.Fifos = d.fifos()
 	m.Local = d.addr("local address", true)
 	m.Remote = d.addr("remote address", true)
+	d.fifoEvent(&m.Fifos)
 }
 
 func (*Connected) Type() Type { return TConnected }
-func (*Connected) size(uint8) int {
-	return 8 + 2 + strSize(MaxMessageLen) + 8 + fifoPairSize + 2*addrSize
+func (*Connected) size(v uint8) int {
+	return 8 + 2 + strSize(MaxMessageLen) + 8 + fifoPairSize + 2*addrSize + fifoEventSize(v)
 }
 func (m *Connected) encode(e *enc) {
 	e.u64(m.Ctx)
@@ -572,6 +635,7 @@ func (m *Connected) encode(e *enc) {
 	e.fifos(m.Fifos)
 	e.addr(m.Local)
 	e.addr(m.Remote)
+	e.fifoEvent(m.Fifos)
 }
 func (m *Connected) decode(d *dec) {
 	m.Ctx = d.u64()
@@ -585,11 +649,15 @@ func (m *Connected) decode(d *dec) {
 	}
 	m.Local = d.addr("local address", m.Code == OK)
 	m.Remote = d.addr("remote address", false)
+	d.fifoEvent(&m.Fifos)
+	if m.Code != OK && m.Fifos.Event != 0 {
+		d.fail("failed connect carries an event bit")
+	}
 }
 
 func (*Bound) Type() Type { return TBound }
-func (*Bound) size(uint8) int {
-	return 8 + 2 + strSize(MaxMessageLen) + 8 + addrSize + 8 + fifoPairSize
+func (*Bound) size(v uint8) int {
+	return 8 + 2 + strSize(MaxMessageLen) + 8 + addrSize + 8 + fifoPairSize + fifoEventSize(v)
 }
 func (m *Bound) encode(e *enc) {
 	e.u64(m.Ctx)
@@ -599,6 +667,7 @@ func (m *Bound) encode(e *enc) {
 	e.addr(m.Local)
 	e.u64(m.Session)
 	e.fifos(m.Fifos)
+	e.fifoEvent(m.Fifos)
 }
 func (m *Bound) decode(d *dec) {
 	m.Ctx = d.u64()
@@ -612,6 +681,7 @@ func (m *Bound) decode(d *dec) {
 	} else {
 		m.Fifos = d.fifosRaw()
 	}
+	d.fifoEvent(&m.Fifos)
 }
 
 func (*UnlistenReply) Type() Type     { return TUnlistenReply }

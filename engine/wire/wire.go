@@ -72,6 +72,12 @@
 // that worker), where older versions get every Accepted on the worker that
 // listened. Its client looks a listener up by handle across its workers.
 //
+// Version 5 adds transport event bits (below): WorkerInfo's EvOff and
+// EvBits, appended to AttachReply and WorkerAddReply, and FifoPair's Event,
+// appended to Accepted, Connected and Bound. An app of an older version
+// gets neither; its rings of a transport doorbell kick all of its
+// transport sessions, as before.
+//
 // Decode treats its input as hostile: a version other than the session's, unknown type, a body
 // length that does not match the type, out-of-range lengths, non-canonical
 // padding, invalid UTF-8, bad address families and unknown enum values are all
@@ -102,6 +108,20 @@
 //     A worker that is its own peer gets both ends (rings the first, waits
 //     on the second). The engine keeps no end: cut-through wake-ups do not
 //     involve it.
+//
+// # Transport events (version 5)
+//
+// A ring of the transport doorbell says that some transport session of
+// the worker moved; the event bits (engine/shm EventBits in the worker's
+// queue segment, at WorkerInfo.EvOff) say which, as VPP's per-session I/O
+// events do, so the engine serves exactly those sessions however many
+// others sit idle. Before ringing for a transport session the app sets the
+// session's bit (FifoPair.Event). Bit 0 is shared by the sessions that got
+// no bit of their own (a worker has EvBits-1 to give; maxSessionsPerApp
+// raised after it was made): its ring makes the engine look at all of them.
+// The bits are the app's to write and the engine trusts none of them: a
+// bit names at most a session of the worker that set it, and costs the
+// engine one look at it.
 package wire
 
 import (
@@ -116,11 +136,13 @@ import (
 // oldest. An engine and an app agree on one version at attach (see the
 // package doc, "Versions") and both use it for every later message.
 const (
-	Version    = 4
+	Version    = 5
 	MinVersion = 2
 	// VersionAcceptAnyWorker is the first version whose apps take a
 	// listener's accepted sessions on any of their workers.
 	VersionAcceptAnyWorker = 4
+	// VersionEvents is the first version with transport event bits.
+	VersionEvents = 5
 )
 
 const (

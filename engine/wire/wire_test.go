@@ -11,15 +11,15 @@ import (
 
 var v4 = Addr{Proto: TCP, IP: netip.MustParseAddr("10.1.2.3"), Port: 8080}
 var v6 = Addr{Proto: TCP, IP: netip.MustParseAddr("fd00::1"), Port: 443}
-var fp = FifoPair{Segment: 7, RxOff: 4096, TxOff: 8192, RxCap: 65536, TxCap: 1 << 20}
+var fp = FifoPair{Segment: 7, RxOff: 4096, TxOff: 8192, RxCap: 65536, TxCap: 1 << 20, Event: 5}
 
 func samples() []Msg {
 	return []Msg{
 		&Attach{Name: "web", Namespace: "team-a/default", Secret: "s3cret", Flags: FlagSpin, RxFifoSize: 1 << 16, MinVersion: MinVersion, MaxVersion: Version},
-		&AttachReply{Code: OK, EngineVersion: Version, AppID: 3, Worker: WorkerInfo{ID: 1, MQSize: 1 << 20, EvqOff: 64, EvqSlots: 128, ReqOff: 4096, ReqSlots: 64}, Segment: 9, SegmentSize: 1 << 24, RxFifoSize: 1 << 16, TxFifoSize: 1 << 16, MaxSessions: 100},
+		&AttachReply{Code: OK, EngineVersion: Version, AppID: 3, Worker: WorkerInfo{ID: 1, MQSize: 1 << 20, EvqOff: 64, EvqSlots: 128, ReqOff: 4096, ReqSlots: 64, EvOff: 8192, EvBits: 4096}, Segment: 9, SegmentSize: 1 << 24, RxFifoSize: 1 << 16, TxFifoSize: 1 << 16, MaxSessions: 100},
 		&AttachReply{Code: ErrAuth, Msg: "wrong secret for app namespace team-a/default"},
 		&WorkerAdd{Ctx: 1},
-		&WorkerAddReply{Ctx: 1, Worker: WorkerInfo{ID: 2}},
+		&WorkerAddReply{Ctx: 1, Worker: WorkerInfo{ID: 2, EvOff: 64, EvBits: 128}},
 		&WorkerDel{Ctx: 2, Worker: 2},
 		&WorkerDelReply{Ctx: 2, Code: ErrNoWorker, Msg: "no worker 2"},
 		&Detach{},
@@ -182,6 +182,57 @@ func FuzzWireDecode(f *testing.F) {
 // TestAttachVersions: an Attach is written in each version's own layout,
 // an unset range means this side's, and DecodeAttach reads every version
 // from the oldest spoken on, a newer one by its known prefix.
+// TestEventFields: version 5's appended fields travel in version 5 and
+// are absent (zero) in version 4, the rest of each message unchanged.
+func TestEventFields(t *testing.T) {
+	for _, m := range []Msg{samples()[1], samples()[4], &Accepted{Listener: 1, Session: 2, Fifos: fp, Local: v4, Remote: v4},
+		&Connected{Ctx: 8, Session: 2, Fifos: fp, Local: v6, Remote: v6}, &Bound{Ctx: 9, Local: Addr{Proto: UDP, IP: v4.IP, Port: 53}, Session: 4, Fifos: fp}} {
+		for _, v := range []uint8{VersionEvents - 1, VersionEvents} {
+			c := Codec{V: v}
+			b, err := c.Append(nil, m)
+			if err != nil {
+				t.Fatalf("%v v%d: %v", m.Type(), v, err)
+			}
+			got, err := c.Decode(b)
+			if err != nil {
+				t.Fatalf("%v v%d: decode: %v", m.Type(), v, err)
+			}
+			want := reflect.ValueOf(m).Elem()
+			if v < VersionEvents {
+				w := reflect.New(want.Type())
+				w.Elem().Set(want)
+				for _, f := range []string{"Fifos", "Worker"} {
+					if fv := w.Elem().FieldByName(f); fv.IsValid() {
+						for _, g := range []string{"Event", "EvOff", "EvBits"} {
+							if x := fv.FieldByName(g); x.IsValid() {
+								x.SetZero()
+							}
+						}
+					}
+				}
+				want = w.Elem()
+			}
+			if !reflect.DeepEqual(reflect.ValueOf(got).Elem().Interface(), want.Interface()) {
+				t.Errorf("%v v%d: got %+v, want %+v", m.Type(), v, got, want.Interface())
+			}
+		}
+	}
+	// a failed connect names no event bit; event bits are whole words
+	for _, m := range []Msg{
+		&Connected{Ctx: 8, Code: ErrRefused, Remote: v4, Fifos: FifoPair{Event: 3}},
+		&WorkerAddReply{Ctx: 1, Worker: WorkerInfo{EvOff: 64, EvBits: 100}},
+		&WorkerAddReply{Ctx: 1, Worker: WorkerInfo{EvOff: 65, EvBits: 128}},
+	} {
+		b, err := Current.Append(nil, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := Current.Decode(b); err == nil {
+			t.Errorf("decoded %+v", got)
+		}
+	}
+}
+
 func TestAttachVersions(t *testing.T) {
 	at := &Attach{Name: "a", Flags: FlagScopeLocal}
 	v2, err := Codec{V: 2}.Append(nil, at)

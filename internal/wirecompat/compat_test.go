@@ -6,9 +6,11 @@
 // Package wirecompat_test proves that today's engine serves apps built
 // against the client of the previous wire version (frozen in v2/ by
 // hack/wire-compat.sh), and that such an app and an app of today's client
-// talk cut-through to each other; and that an app of wire version 3
-// (frozen in v3/) with several workers gets its listener's sessions on the
-// worker that listened, as its client expects.
+// talk cut-through to each other; that an app of wire version 3 (frozen in
+// v3/) with several workers gets its listener's sessions on the worker that
+// listened, as its client expects; and that an app of wire version 4
+// (frozen in v4/), which has no transport event bits, gets its transport
+// sessions served.
 package wirecompat_test
 
 import (
@@ -58,6 +60,14 @@ func (l *engineLog) has(sub string) bool {
 
 func startEngine(t *testing.T) (string, *engineLog) {
 	t.Helper()
+	sock, lg, _ := startEngineStats(t)
+	return sock, lg
+}
+
+// startEngineStats is startEngine that also returns the engine, for its
+// statistics.
+func startEngineStats(t *testing.T) (string, *engineLog, *session.Engine) {
+	t.Helper()
 	lg := &engineLog{}
 	e, err := session.New(session.Config{RunDir: t.TempDir(), Logf: lg.logf, Transport: kernel.New(kernel.Options{})})
 	if err != nil {
@@ -68,7 +78,7 @@ func startEngine(t *testing.T) (string, *engineLog) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return sock, lg
+	return sock, lg, e
 }
 
 func buildV2App(t *testing.T) string {
@@ -292,4 +302,49 @@ func TestVersion3ListenerWithWorkers(t *testing.T) {
 		t.Fatalf("served %s", got)
 	}
 	waitExit(t, cmd)
+}
+
+// TestVersion4TransportSessions: an app of wire version 4 has no transport
+// event bits; its rings name no session, and today's engine serves its
+// transport sessions by looking at every one of them on each ring (the
+// counters show it: more sessions kicked than rings), where an app of
+// today's client gets exactly the session that moved
+// (engine/transport/kernel TestRingKicksOnlyTheSessionThatMoved).
+func TestVersion4TransportSessions(t *testing.T) {
+	sock, lg, eng := startEngineStats(t)
+	bin := filepath.Join(t.TempDir(), "v4app")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/hoststack/hoststack/internal/wirecompat/v4app").CombinedOutput(); err != nil {
+		t.Fatalf("build the wire-version-4 app: %v\n%s", err, out)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	const sessions, rounds = 8, 50
+	cmd, sc := run(t, bin, "echo", sock, ln.Addr().String(), fmt.Sprint(sessions), fmt.Sprint(rounds))
+	if got := line(t, sc, "done"); got != fmt.Sprintf("%d %d", sessions, rounds) {
+		t.Fatalf("done %s", got)
+	}
+	waitExit(t, cmd)
+	if !lg.has("app v4app-echo") || !lg.has("wire version 4") {
+		t.Fatalf("engine log does not show the app on wire version 4: %q", lg.lines)
+	}
+	st, _ := eng.NamespaceStats("compat/default")
+	t.Logf("%d rings, %d sessions kicked", st.TransportRings, st.TransportKicks)
+	if st.TransportRings == 0 || st.TransportKicks <= st.TransportRings {
+		t.Fatalf("%d rings kicked %d sessions: the version-4 app's rings did not reach all of its sessions", st.TransportRings, st.TransportKicks)
+	}
 }

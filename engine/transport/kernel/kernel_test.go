@@ -54,6 +54,11 @@ func newEnv(t *testing.T, tp *netnstest.Pair) *env {
 
 func newEnvClosing(t *testing.T, tp *netnstest.Pair, closeTimeout time.Duration) *env {
 	t.Helper()
+	return newEnvNS(t, tp, closeTimeout, session.NamespaceConfig{Namespace: "team", Name: "web", SegmentSize: 4 << 20})
+}
+
+func newEnvNS(t *testing.T, tp *netnstest.Pair, closeTimeout time.Duration, nscfg session.NamespaceConfig) *env {
+	t.Helper()
 	ev := &env{resolves: new(atomic.Int32), table: new(rules.Table)}
 	tr := kernel.New(kernel.Options{CloseTimeout: closeTimeout, Netns: func(host string) (string, error) {
 		ev.resolves.Add(1)
@@ -69,7 +74,7 @@ func newEnvClosing(t *testing.T, tp *netnstest.Pair, closeTimeout time.Duration)
 	}
 	t.Cleanup(func() { eng.Close() })
 	ev.eng = eng
-	sock, err := eng.AddNamespace(session.NamespaceConfig{Namespace: "team", Name: "web", SegmentSize: 4 << 20})
+	sock, err := eng.AddNamespace(nscfg)
 	if err != nil {
 		t.Fatal(err)
 	}
