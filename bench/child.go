@@ -32,11 +32,11 @@ import (
 
 const childArg = "-bench-child"
 
-// Lines a child writes: "base <anon bytes> [<probe p50 ns>]" once set up
+// Lines a child writes: "base <anon bytes> [<probe p50 ns> <mean ns>]" once set up
 // (then it waits for a line on stdin), "progress <n>", "ready <n> <anon
 // bytes> <retries> <error or ->" when done (then it holds everything until
 // stdin closes; the sessions mode first answers one more line with "probe
-// <p50 ns or -1> <error or ->"), "spinning".
+// <p50 ns or -1> <mean ns or -1> <error or ->"), "spinning".
 func childLine(w io.Writer, mu *sync.Mutex, format string, args ...any) {
 	mu.Lock()
 	defer mu.Unlock()
@@ -46,11 +46,13 @@ func childLine(w io.Writer, mu *sync.Mutex, format string, args ...any) {
 // runChild is the child's main; it never returns.
 func runChild(args []string) {
 	fs := flag.NewFlagSet("bench child", flag.ExitOnError)
-	mode := fs.String("mode", "", "spin, apps, sessions")
+	mode := fs.String("mode", "", "spin, apps, sessions, listen, rr")
 	sock := fs.String("socket", "", "attach socket")
 	n := fs.Int("n", 0, "apps or sessions")
 	fifo := fs.Int("fifo", defaultFifo, "fifo size the apps ask for")
-	kernelPorts := fs.Int("kernel-ports", 0, "sessions: go through the engine's kernel transport to this many kernel TCP listeners on 127.0.0.1 (0: cut-through)")
+	kernelPorts := fs.Int("kernel-ports", 8, "listen: kernel TCP listeners to open on 127.0.0.1")
+	addrs := fs.String("addrs", "", "sessions: go through the engine's kernel transport to these comma-separated kernel listeners (empty: cut-through)")
+	probe := fs.String("probe", "", "sessions with -addrs: the echo server for the probe session")
 	budget := fs.Duration("budget", time.Minute, "sessions: stop opening after this long")
 	addr := fs.String("addr", "", "rr: the echo server to dial")
 	span := fs.Duration("d", time.Second, "rr: measuring time")
@@ -63,7 +65,13 @@ func runChild(args []string) {
 	case "apps":
 		err = childApps(*sock, *n)
 	case "sessions":
-		err = childSessions(*sock, *n, *fifo, *kernelPorts, *budget)
+		var as []string
+		if *addrs != "" {
+			as = strings.Split(*addrs, ",")
+		}
+		err = childSessions(*sock, *n, *fifo, as, *probe, *budget)
+	case "listen":
+		err = childListen(*n, *kernelPorts)
 	case "rr":
 		err = childRR(*sock, *netnsPath, *addr, *span)
 	default:
@@ -188,15 +196,107 @@ func errText(v any) string {
 	return "-"
 }
 
-// childSessions opens n idle sessions between a client app and either a
-// server app (cut-through) or kernel TCP listeners of this process reached
-// through the engine's kernel transport, and holds them until stdin closes.
-func childSessions(sock string, n, fifo, kernelPorts int, budget time.Duration) error {
+// holder accepts sessions on its listeners and holds them, counting them
+// up to n.
+type holder struct {
+	mu       sync.Mutex
+	accepted []net.Conn
+	lns      []net.Listener
+	got      chan struct{} // one per accepted session, up to n
+}
+
+func newHolder(n int) *holder { return &holder{got: make(chan struct{}, n)} }
+
+func (h *holder) serve(ln net.Listener) {
+	h.lns = append(h.lns, ln)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			h.mu.Lock()
+			h.accepted = append(h.accepted, c)
+			h.mu.Unlock()
+			select {
+			case h.got <- struct{}{}:
+			default: // more than n: not counted
+			}
+		}
+	}()
+}
+
+// wait waits for n accepted sessions, for at most d; it returns how many
+// were missing.
+func (h *holder) wait(n int64, d time.Duration) int64 {
+	timeout := time.After(d)
+	for a := range n {
+		select {
+		case <-h.got:
+		case <-timeout:
+			return n - a
+		}
+	}
+	return 0
+}
+
+func (h *holder) close() {
+	for _, ln := range h.lns {
+		ln.Close()
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, c := range h.accepted {
+		c.Close()
+	}
+}
+
+// childListen is the far end of the kernel-transport sessions: plain TCP
+// listeners on kernelPorts loopback ports (one destination takes ~28k
+// ephemeral ports) and an echo listener for the probe, in a process of
+// their own so that the sessions' memory figures count hoststack's ends
+// only. It prints "listening <anon bytes> <probe addr> <addr>...", then
+// answers each line on stdin with "accepted <n missing> <anon bytes>" once
+// n sessions were accepted (or 30 s passed), until stdin closes.
+func childListen(n, kernelPorts int) error {
 	if err := raiseFDLimit(uint64(n) + 4096); err != nil {
-		// Cut-through sessions take no fd; the parent sizes kernel
-		// transport runs to the limit it has.
 		fmt.Fprintln(os.Stderr, "bench child: cannot raise the fd limit:", err)
 	}
+	h := newHolder(n)
+	defer h.close()
+	probe, err := echoListener(nil, false, client.Options{})
+	if err != nil {
+		return err
+	}
+	defer probe.Close()
+	addrs := []string{probe.Addr().String()}
+	for range kernelPorts {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		h.serve(ln)
+		addrs = append(addrs, ln.Addr().String())
+	}
+	var mu sync.Mutex
+	childLine(os.Stdout, &mu, "listening %d %s", anonNow(), strings.Join(addrs, " "))
+	in := bufio.NewReader(os.Stdin)
+	for {
+		if _, err := in.ReadString('\n'); err != nil {
+			return nil
+		}
+		missing := h.wait(int64(n), 30*time.Second)
+		n = 0 // counted once
+		childLine(os.Stdout, &mu, "accepted %d %d", missing, anonNow())
+	}
+}
+
+// childSessions opens n idle sessions from a client app, either with a
+// server app of this process (cut-through; addrs empty) or through the
+// engine's kernel transport to the kernel listeners at addrs (childListen,
+// whose echo listener for the probe is at probeAddr), and holds them until
+// stdin closes.
+func childSessions(sock string, n, fifo int, addrs []string, probeAddr string, budget time.Duration) error {
 	in := bufio.NewReader(os.Stdin)
 	var mu sync.Mutex
 	opts := func(name string) client.Options {
@@ -208,15 +308,10 @@ func childSessions(sock string, n, fifo, kernelPorts int, budget time.Duration) 
 	}
 	defer cli.Close()
 
-	// accepted collects the server ends; the listeners' accept loops feed it.
-	var (
-		accMu    sync.Mutex
-		accepted []net.Conn
-		got      = make(chan struct{}, n) // one per accepted session
-		lns      []net.Listener
-		addrs    []string
-	)
-	if kernelPorts == 0 {
+	cutThrough := len(addrs) == 0
+	h := newHolder(n)
+	defer h.close()
+	if cutThrough {
 		srv, err := client.Attach(context.Background(), opts("scale-server"))
 		if err != nil {
 			return err
@@ -226,50 +321,24 @@ func childSessions(sock string, n, fifo, kernelPorts int, budget time.Duration) 
 		if err != nil {
 			return err
 		}
-		lns = append(lns, ln)
-	} else {
-		// One loopback destination takes ~28k ephemeral ports: spread the
-		// sessions over several listening ports.
-		for range kernelPorts {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				return err
-			}
-			lns = append(lns, ln)
-		}
-	}
-	for _, ln := range lns {
+		h.serve(ln)
 		addrs = append(addrs, ln.Addr().String())
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				accMu.Lock()
-				accepted = append(accepted, c)
-				accMu.Unlock()
-				select {
-				case got <- struct{}{}:
-				default: // more than n: not counted
-				}
-			}
-		}()
+		echo, err := echoListener(cli, true, opts("scale-echo"))
+		if err != nil {
+			return fmt.Errorf("probe server: %w", err)
+		}
+		defer echo.Close()
+		probeAddr = echo.Addr().String()
 	}
 	// The probe: one more session of the same app and worker, to an echo
 	// server, whose 64 B round trip is timed before the idle sessions open
 	// and again while they are: what an active session pays for many idle
 	// ones beside it (their events, their wake-ups).
-	echo, err := probeServer(cli, kernelPorts > 0, opts("scale-echo"))
-	if err != nil {
-		return fmt.Errorf("probe server: %w", err)
-	}
-	defer echo.Close()
-	before, err := probeRR(cli, echo.Addr().String())
+	before, beforeMean, err := probeRR(cli, probeAddr)
 	if err != nil {
 		return fmt.Errorf("probe before the idle sessions: %w", err)
 	}
-	childLine(os.Stdout, &mu, "base %d %d", anonNow(), before.Nanoseconds())
+	childLine(os.Stdout, &mu, "base %d %d %d", anonNow(), before.Nanoseconds(), beforeMean.Nanoseconds())
 	waitLine(in)
 
 	conns := make([]net.Conn, n)
@@ -301,49 +370,34 @@ func childSessions(sock string, n, fifo, kernelPorts int, budget time.Duration) 
 		})
 	}
 	wg.Wait()
-	// Every dialled session must have reached Accept before the count.
-	timeout := time.After(30 * time.Second)
-wait:
-	for a := range done.Load() {
-		select {
-		case <-got:
-		case <-timeout:
-			if firstErr.Load() == nil {
-				firstErr.Store(fmt.Errorf("%d dialled sessions never reached Accept", done.Load()-a))
-			}
-			break wait
+	// Every dialled session must have reached Accept before the count (the
+	// kernel listeners' process is asked by the parent).
+	if cutThrough {
+		if missing := h.wait(done.Load(), 30*time.Second); missing > 0 && firstErr.Load() == nil {
+			firstErr.Store(fmt.Errorf("%d dialled sessions never reached Accept", missing))
 		}
 	}
 	childLine(os.Stdout, &mu, "ready %d %d %d %s", done.Load(), anonNow(), retries.Load(), errText(firstErr.Load()))
 	waitLine(in)
-	if after, err := probeRR(cli, echo.Addr().String()); err != nil {
-		childLine(os.Stdout, &mu, "probe -1 %s", err)
+	if p50, mean, err := probeRR(cli, probeAddr); err != nil {
+		childLine(os.Stdout, &mu, "probe -1 -1 %s", err)
 	} else {
-		childLine(os.Stdout, &mu, "probe %d -", after.Nanoseconds())
+		childLine(os.Stdout, &mu, "probe %d %d -", p50.Nanoseconds(), mean.Nanoseconds())
 	}
 	waitLine(in)
-	for _, ln := range lns {
-		ln.Close()
-	}
 	for _, c := range conns {
 		if c != nil {
 			c.Close()
 		}
 	}
-	accMu.Lock()
-	for _, c := range accepted {
-		c.Close()
-	}
-	accMu.Unlock()
 	return nil
 }
 
-// probeServer is an echo listener for the probe session: on the kernel
-// (reached through the engine's kernel transport) or, cut-through, in an
-// app of its own.
-func probeServer(cli *client.App, kernel bool, opts client.Options) (net.Listener, error) {
+// echoListener is an echo server: on the kernel, or (onApp) in an app of
+// its own attached with opts.
+func echoListener(cli *client.App, onApp bool, opts client.Options) (net.Listener, error) {
 	var ln net.Listener
-	if kernel {
+	if !onApp {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, err
@@ -391,18 +445,24 @@ func (l appListener) Close() error {
 // probeSpan is how long the probe's round trips are timed, each time.
 const probeSpan = time.Second
 
-// probeRR dials addr through cli and returns the p50 of its 64 B round
-// trips over probeSpan.
-func probeRR(cli *client.App, addr string) (time.Duration, error) {
+// probeRR dials addr through cli and returns the p50 and the mean of its
+// 64 B round trips over probeSpan (the mean shows the few slow ones that
+// the p50 hides).
+func probeRR(cli *client.App, addr string) (p50, mean time.Duration, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), tGrace)
 	defer cancel()
 	c, err := cli.Dial(ctx, "tcp", addr)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer c.Close()
-	p50, _, err := roundTrips(c, probeSpan)
-	return p50, err
+	start := time.Now()
+	p50, n, err := roundTrips(c, probeSpan)
+	if err != nil {
+		return 0, 0, err
+	}
+	// roundTrips makes 1,000 untimed round trips first, then n timed ones
+	return p50, time.Since(start) / time.Duration(n+1000), nil
 }
 
 // dialRetry dials addr through app; a connect the engine refuses because

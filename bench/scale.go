@@ -4,10 +4,13 @@ package main
 // many idle sessions, and how cut-through throughput holds with many
 // concurrent pairs. The engine runs in this process, on an engine of its
 // own; the apps run in a child process (child.go), so /proc tells the
-// engine's threads, CPU and memory apart from the apps'.
+// engine's threads, CPU and memory apart from the apps', and the plain
+// kernel listeners at the far end of the kernel-transport sessions in
+// another (their memory is reported apart, as session-far-end-private).
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -197,9 +200,9 @@ func runScale(rep *Report, m measurer, variants []variant) {
 		n := scaleSessions
 		if v.ports > 0 {
 			// A kernel transport session holds an fd in the engine (its
-			// socket) and one in the child (the accepted socket): stay
-			// under the fd limit rather than meet it in the middle of the
-			// engine's work.
+			// socket) and one in the listen child (the accepted socket):
+			// stay under the fd limit rather than meet it in the middle of
+			// the engine's work.
 			if fit := fdRoom() / kernelFDsPerSession; fit < n {
 				fmt.Fprintf(os.Stderr, "    the fd limit (%d) fits %d sessions, not %d: measuring %d\n", fdLimit(), fit, n, fit)
 				n = fit
@@ -331,18 +334,36 @@ func (r *scaleRig) apps(add func(cs, variant string, v float64, unit string)) er
 // cut-through (kernelPorts 0) or through the kernel transport, and
 // measures what each costs the engine and the apps.
 func (r *scaleRig) sessions(add func(cs, variant string, v float64, unit string), name string, kernelPorts, total int) error {
-	c, err := startChild("sessions", "-socket", r.sessSock, "-n", strconv.Itoa(total),
-		"-fifo", strconv.Itoa(defaultFifo), "-kernel-ports", strconv.Itoa(kernelPorts), "-budget", scaleBudget.String())
+	args := []string{"-socket", r.sessSock, "-n", strconv.Itoa(total), "-fifo", strconv.Itoa(defaultFifo), "-budget", scaleBudget.String()}
+	// The kernel-transport sessions' far end: plain listeners in a process
+	// of their own, whose memory is theirs, not the sessions'.
+	var peer *child
+	var peerBase int64
+	if kernelPorts > 0 {
+		var err error
+		if peer, err = startChild("listen", "-n", strconv.Itoa(total), "-kernel-ports", strconv.Itoa(kernelPorts)); err != nil {
+			return err
+		}
+		defer peer.kill()
+		f, err := peer.expect("listening", 2+kernelPorts, nil)
+		if err != nil {
+			return err
+		}
+		peerBase, _ = strconv.ParseInt(f[0], 10, 64)
+		args = append(args, "-probe", f[1], "-addrs", strings.Join(f[2:], ","))
+	}
+	c, err := startChild("sessions", args...)
 	if err != nil {
 		return err
 	}
 	defer c.kill()
-	f, err := c.expect("base", 2, nil)
+	f, err := c.expect("base", 3, nil)
 	if err != nil {
 		return err
 	}
 	childBase, _ := strconv.ParseInt(f[0], 10, 64)
 	probeBefore, _ := strconv.ParseInt(f[1], 10, 64)
+	probeBeforeMean, _ := strconv.ParseInt(f[2], 10, 64)
 	base, err := r.sample(r.sessKey)
 	if err != nil {
 		return err
@@ -365,6 +386,21 @@ func (r *scaleRig) sessions(add func(cs, variant string, v float64, unit string)
 	add("sessions", name, float64(n), "sessions")
 	if n == 0 {
 		return fmt.Errorf("no session opened")
+	}
+	if peer != nil {
+		// every dialled session must have reached the far end's Accept
+		if _, err := io.WriteString(peer.in, "count\n"); err != nil {
+			return err
+		}
+		pf, err := peer.expect("accepted", 2, nil)
+		if err != nil {
+			return err
+		}
+		if pf[0] != "0" {
+			fmt.Fprintf(os.Stderr, "    %s of the sessions never reached the kernel listeners' Accept\n", pf[0])
+		}
+		peerAnon, _ := strconv.ParseInt(pf[1], 10, 64)
+		add("session-far-end-private", name, float64(peerAnon-peerBase)/float64(n), "bytes")
 	}
 	add("sessions-open-rate", name, float64(n)/took.Seconds(), "sessions/s")
 	// Connects refused because the listener's event queue was full (and
@@ -390,24 +426,36 @@ func (r *scaleRig) sessions(add func(cs, variant string, v float64, unit string)
 	add("session-engine-fds", name, float64(after.fds-base.fds)/fn, "fds")
 	add("session-engine-threads", name, float64(after.st.Threads), "threads")
 	// The probe session's round trip, alone on its app and then beside the
-	// n idle sessions.
+	// n idle sessions, and what the engine spent meanwhile (this process is
+	// the engine's, otherwise idle).
+	cpu0, t0 := selfCPU(), time.Now()
 	if err := c.proceed(); err != nil {
 		return err
 	}
-	if f, err = c.expect("probe", 2, nil); err != nil {
+	if f, err = c.expect("probe", 3, nil); err != nil {
 		return err
 	}
+	engCPU := float64(selfCPU()-cpu0) / float64(time.Since(t0))
 	if probe, _ := strconv.ParseInt(f[0], 10, 64); probe > 0 {
+		mean, _ := strconv.ParseInt(f[1], 10, 64)
 		add("rr-p50-probe-alone", name, float64(probeBefore)/1e3, "us")
 		add("rr-p50-probe-beside-idle", name, float64(probe)/1e3, "us")
-		fmt.Fprintf(os.Stderr, "    64 B round trip of one more session: %.1f µs alone, %.1f µs beside the idle ones\n",
-			float64(probeBefore)/1e3, float64(probe)/1e3)
+		add("rr-mean-probe-alone", name, float64(probeBeforeMean)/1e3, "us")
+		add("rr-mean-probe-beside-idle", name, float64(mean)/1e3, "us")
+		add("probe-engine-cpu-beside-idle", name, 100*engCPU, "% of a core")
+		fmt.Fprintf(os.Stderr, "    64 B round trip of one more session: p50 %.1f µs alone, %.1f µs beside the idle ones (mean %.1f and %.1f µs; engine %.0f %% of a core)\n",
+			float64(probeBefore)/1e3, float64(probe)/1e3, float64(probeBeforeMean)/1e3, float64(mean)/1e3, 100*engCPU)
 	} else {
-		fmt.Fprintf(os.Stderr, "bench: scale: %s probe: %s\n", name, strings.Join(f[1:], " "))
+		fmt.Fprintf(os.Stderr, "bench: scale: %s probe: %s\n", name, strings.Join(f[2:], " "))
 	}
 	fmt.Fprintf(os.Stderr, "    closing %d sessions\n", n)
 	if err := c.end(); err != nil {
 		return fmt.Errorf("sessions child: %w", err)
+	}
+	if peer != nil {
+		if err := peer.end(); err != nil {
+			return fmt.Errorf("listen child: %w", err)
+		}
 	}
 	return r.idle(r.sessKey)
 }

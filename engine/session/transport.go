@@ -46,7 +46,10 @@ type Flow struct {
 	wake      *wakeEnd // the app worker's wake-up end, shared with its other flows
 	ev        uint32   // its bit in the worker's event bits (events.go)
 
-	kick     chan struct{}
+	// kick is made by the first Kick: a transport that serves its flows
+	// from event loops (Notify) never asks, and its sessions carry no
+	// channel
+	kick     atomic.Pointer[chan struct{}]
 	closed   chan struct{}
 	appReset atomic.Bool
 	// notify, when set (Notify), replaces kick and also reports AppClosed:
@@ -77,8 +80,20 @@ func (f *Flow) WakeApp() {
 func (f *Flow) Affinity() uint64 { return f.wake.w.affinity() }
 
 // Kick receives after the app signalled progress on one of its transport
-// fifos (possibly of another session of the same app: re-check).
-func (f *Flow) Kick() <-chan struct{} { return f.kick }
+// fifos (possibly of another session of the same app: re-check). Its first
+// receive comes at once: kicks that came before the first call are not
+// kept, so the caller looks at the fifos once more.
+func (f *Flow) Kick() <-chan struct{} {
+	if c := f.kick.Load(); c != nil {
+		return *c
+	}
+	c := make(chan struct{}, 1)
+	c <- struct{}{}
+	if !f.kick.CompareAndSwap(nil, &c) {
+		return *f.kick.Load()
+	}
+	return c
+}
 
 // Notify makes the engine call fn instead of sending on Kick, and also once
 // the app released the session (AppClosed is closed then). fn must not
@@ -92,9 +107,11 @@ func (f *Flow) poke() {
 		(*fn)()
 		return
 	}
-	select {
-	case f.kick <- struct{}{}:
-	default:
+	if c := f.kick.Load(); c != nil {
+		select {
+		case *c <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -422,7 +439,7 @@ func (ns *namespace) newFlowLocked(w *worker, ctx uint64, local, remote wire.Add
 	}
 	s := &session{handle: ns.handle(), w: w, pairOff: -1, s2cOff: -1}
 	f := &Flow{Rx: rx, Tx: tx, ns: ns, s: s, app: a.name, ctx: ctx, remote: remote, rxOff: off, txOff: off + fpRx, seg: seg,
-		wake: wake, kick: make(chan struct{}, 1), closed: make(chan struct{})}
+		wake: wake, closed: make(chan struct{})}
 	s.flow = f
 	seg.sessions++
 	ns.sessions[s.handle] = s

@@ -1,7 +1,8 @@
 // Package echotest is the echo server and client check the transport and
 // agent tests share: sessions echoed to their end of stream, messages
-// checked byte for byte; and the transports' shared check of a session
-// that cannot drain (UndrainableClose).
+// checked byte for byte; and the transports' shared checks of a session
+// that cannot drain (UndrainableClose) and of a quiet session's pages
+// (QuietGivesPagesBack).
 package echotest
 
 import (

@@ -673,3 +673,19 @@ func countFDs(t *testing.T) int {
 	}
 	return len(ents)
 }
+
+// TestQuietSessionGivesPagesBack: the pages of an rx fifo that a burst
+// walked over are given back once the session was quiet for a while and
+// moves again.
+func TestQuietSessionGivesPagesBack(t *testing.T) {
+	tp := newTopo(t)
+	ln := listenIn(t, tp.B.Path(), "10.99.0.2:0")
+	ev := newEnvNS(t, tp, time.Hour, session.NamespaceConfig{Namespace: "team", Name: "web", SegmentSize: 64 << 20,
+		RxFifoSize: 4 << 20, TxFifoSize: 4 << 20})
+	if err := echotest.QuietGivesPagesBack(ln, func(addr string) (net.Conn, error) { return dial(t, ev.app, addr) }, 8<<20, func() int64 {
+		st, _ := ev.eng.NamespaceStats("team/web")
+		return st.SegmentResident
+	}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -54,6 +54,7 @@ type nflow struct {
 	txDone    bool // the app's end of stream sent
 	appClosed bool
 	ended     bool
+	trimmed   time.Time // when the rx fifo's walked-past pages were last given back
 }
 
 // serveBudget bounds the rounds one serve makes, so a session whose peer
@@ -70,7 +71,7 @@ func newLoop(t *Transport) *loop {
 // add serves f over ep from now on; the loop finishes f (and closes or
 // aborts ep) when the session ends.
 func (l *loop) add(f *session.Flow, ep tcpip.Endpoint, wq *waiter.Queue, peer netip.AddrPort) {
-	nf := &nflow{l: l, f: f, ep: ep, wq: wq, peer: peer}
+	nf := &nflow{l: l, f: f, ep: ep, wq: wq, peer: peer, trimmed: time.Now()}
 	nf.w.f = f.Rx
 	nf.entry.Init(nf, waiter.ReadableEvents|waiter.WritableEvents|waiter.EventHUp|waiter.EventErr)
 	wq.EventRegister(&nf.entry)
@@ -174,6 +175,12 @@ func (nf *nflow) serve() {
 		}
 	}
 	rx, tx := f.Rx, f.Tx
+	if !nf.rxDone {
+		if err := stream.TrimIfDue(rx, &nf.trimmed); err != nil {
+			nf.finish(wire.ErrReset, "netstack: rx fifo: "+err.Error())
+			return
+		}
+	}
 	for round := 0; ; round++ {
 		if round == serveBudget {
 			nf.kick() // more later, after the loop's other sessions

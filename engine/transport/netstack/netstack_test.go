@@ -446,3 +446,20 @@ func TestCloseResetsWhatCannotDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestQuietSessionGivesPagesBack: the pages of an rx fifo that a burst
+// walked over are given back once the session was quiet for a while and
+// moves again (the loops trim as the kernel transport's pollers do).
+func TestQuietSessionGivesPagesBack(t *testing.T) {
+	p := pair(t)
+	n := newNode(t, "afpacket", p.A, "10.99.0.11/24")
+	app := n.attach(t, "web")
+	ln := netnstest.Listen(t, p.B.Path(), "tcp", "10.99.0.2:0")
+	key := session.NamespaceConfig{Namespace: "team", Name: "web"}.Key()
+	if err := echotest.QuietGivesPagesBack(ln, func(addr string) (net.Conn, error) { return dial(app, addr) }, 8<<20, func() int64 {
+		st, _ := n.eng.NamespaceStats(key)
+		return st.SegmentResident
+	}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -283,7 +283,7 @@ func (pf *pflow) serve(sock bool) {
 func (pf *pflow) toApp() error {
 	f, rx := pf.f, pf.f.Rx
 	pf.rxStalled = false
-	if err := trimIfDue(rx, &pf.trimmed); err != nil {
+	if err := TrimIfDue(rx, &pf.trimmed); err != nil {
 		return err
 	}
 	for i := 0; ; i++ {

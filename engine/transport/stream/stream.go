@@ -130,7 +130,7 @@ func toApp(f *session.Flow, c Conn, kick, stop <-chan struct{}) error {
 		if rx.ReadClosed() {
 			return nil
 		}
-		if err := trimIfDue(rx, &trimmed); err != nil {
+		if err := TrimIfDue(rx, &trimmed); err != nil {
 			return err
 		}
 		space, _, err := rx.Reserve()
@@ -181,12 +181,13 @@ func toApp(f *session.Flow, c Conn, kick, stop <-chan struct{}) error {
 	}
 }
 
-// trimIfDue gives back the pages the rx ring walked past (shm.Fifo.Trim)
+// TrimIfDue gives back the pages the rx ring walked past (shm.Fifo.Trim)
 // once shm.TrimAfter passed since the last time (*last): only from the
-// fifo's producer, Pump's toApp or a Poller's. A session that went quiet
+// fifo's producer (Pump's toApp, a Poller's, a userspace stack's loop that
+// writes the rx fifo). A session that went quiet
 // keeps what its last burst touched until it moves again or closes (then
 // the engine punches its extent).
-func trimIfDue(rx *shm.Fifo, last *time.Time) error {
+func TrimIfDue(rx *shm.Fifo, last *time.Time) error {
 	if !rx.Written() || time.Since(*last) < shm.TrimAfter {
 		return nil
 	}
