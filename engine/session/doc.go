@@ -133,3 +133,25 @@ package session
 // workers stopped, its own segment dropped; a cut-through segment is dropped
 // (del-segment to the surviving app) once it holds no session. Stats report
 // apps, workers, listeners, sessions, segments and their bytes per namespace.
+//
+// # Where things live
+//
+// One file per part, each with the state it owns and the requests that
+// change it:
+//
+//   - engine.go: the Engine and its namespaces (add, update, remove,
+//     statistics); config.go: their configuration, rules' types;
+//     limits.go: node-wide caps
+//   - attachsock.go: the attach sockets and who may attach through which;
+//     app.go: an attachment (attach, attach-socket requests, reaping);
+//     legacy.go: what wire version 2 apps get
+//   - worker.go: a worker's queues and doorbells; shard.go: the shards
+//     that serve the request queues
+//   - sessions.go: request dispatch, connect, close and release;
+//     listeners.go: the local listener table and ports; accept.go: which
+//     worker takes an accepted session; peerpolicy.go: NetworkPolicy on
+//     cut-through; tls.go: TLS contexts
+//   - cutthrough.go: fifo segments and cut-through pairs
+//   - flow.go: Flow, a session a transport carries; transport.go:
+//     transport segments, connects, listeners and doorbell watching;
+//     events.go: the transport event bits
