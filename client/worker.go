@@ -51,13 +51,17 @@ type worker struct {
 	// sleeping is this loop's flag in the worker's control line: set before
 	// sleeping so the engine rings the doorbell for new events
 	sleeping *atomic.Uint64
-	// ev are the worker's transport event bits in the queue segment (wire
-	// version 5; nil before): a transport session's Conn sets its bit
-	// before ringing tbell. evMu keeps release from unmapping them under a
-	// ringing Conn.
-	evMu   sync.RWMutex
-	ev     *shm.EventBits
-	evBits uint32 // their number, for good
+	// ev and rxev are the worker's two sets of transport event bits in the
+	// queue segment (wire version 5; nil before): a transport session's
+	// Conn sets its bit in ev before ringing tbell; the engine sets it in
+	// rxev before ringing bell, and the loop re-checks the calls blocked
+	// on the sessions named there (evConns, by bit; under mu). evMu keeps
+	// release from unmapping ev under a ringing Conn.
+	evMu    sync.RWMutex
+	ev      *shm.EventBits
+	rxev    *shm.EventBits // the loop's alone
+	evBits  uint32         // their number, for good
+	evConns []*Conn
 
 	reqMu  sync.Mutex // the request queue has one producer at a time
 	reqBuf [wire.QueueMsgMax]byte
@@ -158,6 +162,10 @@ func (a *App) newWorker(info wire.WorkerInfo, fds []int) (*worker, error) {
 			w.release()
 			return nil, fmt.Errorf("event bits: %w", err)
 		}
+		if w.rxev, err = shm.OpenEventBits(mq.Bytes(), int(info.EvOff)+shm.EventBitsSize(int(info.EvBits)), int(info.EvBits)); err != nil {
+			w.release()
+			return nil, fmt.Errorf("event bits: %w", err)
+		}
 		w.evBits = info.EvBits
 	}
 	return w, nil
@@ -182,6 +190,9 @@ func (w *worker) release() {
 	w.evMu.Lock()
 	w.ev = nil
 	w.evMu.Unlock()
+	w.mu.Lock()
+	w.rxev = nil // the loop has stopped
+	w.mu.Unlock()
 	w.mq.Close()
 	for _, fd := range []int{w.bell, w.tbell, w.ep, w.intr} {
 		if fd >= 0 {
@@ -344,6 +355,10 @@ func (w *worker) checkWaiters(rung []int) bool {
 		}
 	}
 	for _, fd := range rung {
+		if fd == w.bell && w.rxev != nil {
+			woke = w.checkEventsLocked() || woke
+			continue
+		}
 		woke = w.checkSetLocked(fd) || woke
 	}
 	return woke
@@ -354,23 +369,65 @@ func (w *worker) checkSetLocked(key int) bool {
 	set := w.waiters[key]
 	woke := false
 	for wt := range set {
-		w.checked++
-		if !wt.ready() {
-			// The wake-up may have been for progress the waiter had already
-			// seen (the peer's flag check-and-clear can lag behind its
-			// index update), and it consumed the flag: set it again and
-			// re-check, or the next progress would not signal.
-			wt.arm()
-			if !wt.ready() {
-				continue
-			}
-		}
-		delete(set, wt)
-		close(wt.ch)
-		woke = true
+		woke = w.checkOneLocked(set, wt) || woke
 	}
 	if len(set) == 0 {
 		delete(w.waiters, key)
+	}
+	return woke
+}
+
+// checkOneLocked wakes wt, one of set, if its call can go on.
+func (w *worker) checkOneLocked(set map[*waiter]struct{}, wt *waiter) bool {
+	w.checked++
+	if !wt.ready() {
+		// The wake-up may have been for progress the waiter had already
+		// seen (the peer's flag check-and-clear can lag behind its index
+		// update), and it consumed the flag: set it again and re-check, or
+		// the next progress would not signal.
+		wt.arm()
+		if !wt.ready() {
+			return false
+		}
+	}
+	delete(set, wt)
+	close(wt.ch)
+	return true
+}
+
+// checkConnLocked wakes the ready calls blocked on c.
+func (w *worker) checkConnLocked(c *Conn) bool {
+	key := int(c.key)
+	set := w.waiters[key]
+	woke := false
+	for _, wt := range [2]*waiter{c.rwait, c.wwait} {
+		if _, ok := set[wt]; ok && wt != nil {
+			woke = w.checkOneLocked(set, wt) || woke
+		}
+	}
+	if len(set) == 0 {
+		delete(w.waiters, key)
+	}
+	return woke
+}
+
+// checkEventsLocked wakes the ready calls blocked on the transport
+// sessions the engine named in rxev before ringing bell; bit 0 names every
+// session without a bit of its own.
+func (w *worker) checkEventsLocked() bool {
+	woke, all := false, false
+	w.rxev.Drain(func(i int) {
+		switch {
+		case i == 0:
+			all = true
+		case i < len(w.evConns):
+			if c := w.evConns[i]; c != nil {
+				woke = w.checkConnLocked(c) || woke
+			}
+		}
+	})
+	if all {
+		woke = w.checkSetLocked(w.bell) || woke
 	}
 	return woke
 }
@@ -710,9 +767,10 @@ func (w *worker) dispatch(m wire.Msg) {
 	case *wire.Disconnected:
 		if c := w.conn(m.Session); c != nil {
 			c.peerClosed.Store(true)
-			// its blocked calls see the end of stream now
+			// its blocked calls see the end of stream now (its own: not
+			// every call blocked on the same descriptor)
 			w.mu.Lock()
-			w.checkSetLocked(int(c.key))
+			w.checkConnLocked(c)
 			w.mu.Unlock()
 		}
 	case *wire.ResetEvt:
@@ -723,6 +781,9 @@ func (w *worker) dispatch(m wire.Msg) {
 		w.mu.Lock()
 		c := w.sessions[m.Session]
 		delete(w.sessions, m.Session)
+		if c != nil && c.ev > 0 && int(c.ev) < len(w.evConns) && w.evConns[c.ev] == c {
+			w.evConns[c.ev] = nil
+		}
 		w.mu.Unlock()
 		if c != nil {
 			c.cleanup()
@@ -771,6 +832,14 @@ func (w *worker) newConn(h uint64, f wire.FifoPair, local, remote wire.Addr) (*C
 	}
 	w.mu.Lock()
 	w.sessions[h] = c
+	if c.ev > 0 {
+		// the engine names it by this bit from now on (bit 0 names the
+		// sessions without one: all calls blocked on bell)
+		if int(c.ev) >= len(w.evConns) {
+			w.evConns = append(w.evConns, make([]*Conn, int(c.ev)+1-len(w.evConns))...)
+		}
+		w.evConns[c.ev] = c
+	}
 	w.mu.Unlock()
 	return c, nil
 }

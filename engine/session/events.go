@@ -8,16 +8,20 @@ import (
 )
 
 // Transport events (wire version 5, see the wire package doc): a worker's
-// transport sessions each get a bit in the worker's event bits, which the
-// app sets before ringing the transport doorbell, so a ring kicks the
-// sessions that moved and not every session of the app. An app of an older
-// version has no bits: its rings kick all of its transport flows
-// (app.pokeFlows).
+// transport sessions each get a bit in the worker's two sets of event
+// bits. The app sets it in the first before ringing the transport
+// doorbell, so a ring kicks the sessions that moved and not every session
+// of the app; the engine sets it in the second before ringing the worker
+// doorbell (Flow.WakeApp), so the app's worker re-checks the calls blocked
+// on those sessions only. An app of an older version has no bits: its rings
+// kick all of its transport flows (app.pokeFlows), and the engine's wake
+// all of its blocked calls.
 
 // events is a worker's side of its transport event bits.
 type events struct {
 	mu   sync.Mutex
-	bits *shm.EventBits // in the worker's queue segment; nil once released
+	bits *shm.EventBits // the app's, in the worker's queue segment; nil once released
+	rx   *shm.EventBits // the engine's (the app drains them); nil once released
 	// flows by bit; grown as bits are handed out (bit 0 is shared: never
 	// in flows)
 	flows []*Flow
@@ -103,7 +107,17 @@ func (ev *events) ring(kicks *atomic.Uint64) {
 // ring that comes later finds nothing.
 func (ev *events) release() {
 	ev.mu.Lock()
-	ev.bits = nil
+	ev.bits, ev.rx = nil, nil
+	ev.mu.Unlock()
+}
+
+// wake marks bit in the app's set before the engine rings the worker
+// doorbell for a session's progress.
+func (ev *events) wake(bit uint32) {
+	ev.mu.Lock()
+	if ev.rx != nil {
+		ev.rx.Set(int(bit))
+	}
 	ev.mu.Unlock()
 }
 

@@ -63,9 +63,13 @@ type Flow struct {
 }
 
 // WakeApp rings the doorbell of the app worker that owns the session (its
-// event loop then re-checks the waiting Read and Write calls). It never
-// blocks: the engine rings its own end of the doorbell.
+// event loop then re-checks the Read and Write calls waiting on this
+// session: its event bit names it). It never blocks: the engine rings its
+// own end of the doorbell.
 func (f *Flow) WakeApp() {
+	if ev := f.wake.w.ev; ev != nil {
+		ev.wake(f.ev)
+	}
 	if f.wake.pipe {
 		_ = writeWake(f.wake.fd)
 		return

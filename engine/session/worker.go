@@ -81,7 +81,7 @@ func (ns *namespace) newWorker(a *app) (*worker, error) {
 	evOff, evBits := size, 0
 	if a.codec.V >= wire.VersionEvents {
 		evBits = eventBitsFor(ns.cfg.MaxSessionsPerApp)
-		size += shm.EventBitsSize(evBits)
+		size += 2 * shm.EventBitsSize(evBits) // the app's set, then the engine's
 	}
 	seg, err := shm.CreateSegment(fmt.Sprintf("hs-mq-%d-%d", a.id, a.nextWrk), size)
 	if err != nil {
@@ -129,7 +129,11 @@ func (ns *namespace) newWorker(a *app) (*worker, error) {
 		if err != nil {
 			return fail(err)
 		}
-		w.ev = &events{bits: bits}
+		rx, err := shm.FormatEventBits(seg, evOff+shm.EventBitsSize(evBits), evBits)
+		if err != nil {
+			return fail(err)
+		}
+		w.ev = &events{bits: bits, rx: rx}
 	}
 	a.nextWrk++
 	// the engine's own end: non-blocking for good, so Go's netpoller serves

@@ -43,9 +43,9 @@ type WorkerInfo struct {
 	CtlOff   uint64 // the worker's control line (see CtlSize)
 	// EvOff and EvBits (version 5 on; appended at the end of the message
 	// that carries the WorkerInfo) locate the worker's transport event bits
-	// in the queue segment: engine/shm EventBits of EvBits bits at EvOff.
-	// Zero EvBits: none (an older engine); see the package doc, "Transport
-	// events".
+	// in the queue segment: two engine/shm EventBits of EvBits bits each,
+	// the app's at EvOff and the engine's right after it. Zero EvBits: none
+	// (an older engine); see the package doc, "Transport events".
 	EvOff  uint64
 	EvBits uint32
 }
@@ -204,9 +204,9 @@ type FifoPair struct {
 	RxCap   uint32
 	TxCap   uint32
 	// Event (version 5 on; appended at the end of the message) is a
-	// transport session's bit in its worker's event bits; 0 is the bit
-	// shared by the sessions that have none of their own (cut-through
-	// sessions ignore it).
+	// transport session's bit in its worker's two sets of event bits; 0 is
+	// the bit shared by the sessions that have none of their own
+	// (cut-through sessions ignore it).
 	Event uint32
 }
 

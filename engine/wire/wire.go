@@ -113,15 +113,19 @@
 //
 // A ring of the transport doorbell says that some transport session of
 // the worker moved; the event bits (engine/shm EventBits in the worker's
-// queue segment, at WorkerInfo.EvOff) say which, as VPP's per-session I/O
-// events do, so the engine serves exactly those sessions however many
-// others sit idle. Before ringing for a transport session the app sets the
-// session's bit (FifoPair.Event). Bit 0 is shared by the sessions that got
-// no bit of their own (a worker has EvBits-1 to give; maxSessionsPerApp
-// raised after it was made): its ring makes the engine look at all of them.
-// The bits are the app's to write and the engine trusts none of them: a
-// bit names at most a session of the worker that set it, and costs the
-// engine one look at it.
+// queue segment) say which, as VPP's per-session I/O events do, so each
+// side serves exactly those sessions however many others sit idle. A
+// worker has two sets of WorkerInfo.EvBits bits: the app's at
+// WorkerInfo.EvOff, which it sets before ringing the transport doorbell for
+// a transport session (the session's bit is FifoPair.Event), and the
+// engine's right after it, which the engine sets before ringing the worker
+// doorbell for a transport session's progress (the app's worker then
+// re-checks the calls blocked on the sessions named, not all of them). Bit
+// 0 is shared by the sessions that got no bit of their own (a worker has
+// EvBits-1 to give; maxSessionsPerApp raised after it was made): it names
+// all of them. The bits are written by both sides and the engine trusts
+// none of them: a bit names at most a session of the worker that set it,
+// and costs the engine one look at it.
 package wire
 
 import (
