@@ -289,6 +289,9 @@ func addTargets(r *Report) {
 		r.target("scale: private memory per idle session <= 2 KiB, "+v, sc("session-private", v), sc("ref-2KiB", "hoststack"), 0, 1)
 	}
 	r.target("scale: connect rate >= 5x TCP loopback", sc("connect-rate", "hoststack"), sc("connect-rate", "tcp-loopback"), 5, 0)
+	// per-session events: idle sessions beside it cost an active one
+	// little (the mean shows the rare slow round trip a p50 hides)
+	r.target("scale: a session's mean RR beside the idle kernel-transport sessions <= 1.5x alone", sc("rr-mean-probe-beside-idle", "kernel-transport"), sc("rr-mean-probe-alone", "kernel-transport"), 0, 1.5)
 	rl := func(cs string) [3]string { return [3]string{"rules", cs, "hoststack"} }
 	r.Results = append(r.Results, Result{"rules", "ref-100ns", "hoststack", 100, "ns/op"}, Result{"rules", "ref-1s", "hoststack", 1000, "ms"})
 	r.target("rule lookup at 100k <= 3x lookup at 10", rl("lookup-100000"), rl("lookup-10"), 0, 3)
