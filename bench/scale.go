@@ -425,6 +425,11 @@ func (r *scaleRig) sessions(add func(cs, variant string, v float64, unit string)
 	add("session-engine-goroutines", name, float64(after.gor-base.gor)/fn, "goroutines")
 	add("session-engine-fds", name, float64(after.fds-base.fds)/fn, "fds")
 	add("session-engine-threads", name, float64(after.st.Threads), "threads")
+	// What a metrics scrape costs: the namespace's statistics, taken under
+	// its lock (requests of the namespace wait meanwhile).
+	t0 := time.Now()
+	r.eng.NamespaceStats(r.sessKey)
+	add("stats-snapshot", name, float64(time.Since(t0).Microseconds())/1e3, "ms")
 	// The probe session's round trip, alone on its app and then beside the
 	// n idle sessions, and what the engine spent meanwhile (this process is
 	// the engine's, otherwise idle).
