@@ -27,6 +27,10 @@ type segment struct {
 	sessions int      // fifo pairs allocated in it
 	orphan   bool     // a worker of the pair is gone: drop it once empty
 	relays   []uint64 // rings relayed to a version-2 worker (legacy.go)
+	// pins: statistics snapshots reading it outside ns.mu; a segment
+	// dropped meanwhile (dropped) is unmapped by the last unpin
+	pins    int
+	dropped bool
 }
 
 func (ns *namespace) newSegment(name string, size int) (*segment, error) {
@@ -54,7 +58,19 @@ func (s *segment) free(off int, written uint64) {
 func (ns *namespace) dropSegment(s *segment) {
 	ns.dropRelays(s)
 	delete(ns.segs, s.handle)
+	if s.pins > 0 {
+		s.dropped = true
+		return
+	}
 	s.seg.Close()
+}
+
+// unpinLocked ends a snapshot's read of s (under ns.mu).
+func (s *segment) unpinLocked() {
+	s.pins--
+	if s.pins == 0 && s.dropped {
+		s.seg.Close()
+	}
 }
 
 // dropCT removes an empty cut-through segment: the workers that are still
