@@ -27,6 +27,7 @@ import (
 
 	"github.com/hoststack/hoststack/client"
 	"github.com/hoststack/hoststack/engine/wire"
+	"github.com/hoststack/hoststack/internal/echotest"
 	"github.com/hoststack/hoststack/internal/netnstest"
 )
 
@@ -415,18 +416,7 @@ func echoListener(cli *client.App, onApp bool, opts client.Options) (net.Listene
 		}
 		ln = appListener{l, srv}
 	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
+	echotest.Serve(ln)
 	return ln, nil
 }
 

@@ -4,13 +4,10 @@ import (
 	"context"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/hoststack/hoststack/client"
-	"github.com/hoststack/hoststack/engine/session"
 	"github.com/hoststack/hoststack/engine/transport/kernel"
 )
 
@@ -19,20 +16,7 @@ import (
 // kernel sockets through the kernel transport), each Conn bound to the
 // worker that owns it and carrying data both ways.
 func TestAcceptsOnEveryWorker(t *testing.T) {
-	dir, err := os.MkdirTemp("", "hs")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	e, err := session.New(session.Config{RunDir: filepath.Join(dir, "run"), Logf: t.Logf, Transport: kernel.New(kernel.Options{})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
-	sock, err := e.AddNamespace(testNS)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, sock := startEngineWith(t, testNS, kernel.New(kernel.Options{}))
 	const workers = 4
 	srv := attach(t, sock, "srv", func(o *client.Options) { o.Workers = workers })
 	cli := attach(t, sock, "cli")

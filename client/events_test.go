@@ -2,16 +2,13 @@ package client_test
 
 import (
 	"context"
-	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/hoststack/hoststack/client"
-	"github.com/hoststack/hoststack/engine/session"
 	"github.com/hoststack/hoststack/engine/transport/kernel"
+	"github.com/hoststack/hoststack/internal/echotest"
 )
 
 // TestEngineRingsRecheckOnlyTheirSessions: an app with many transport
@@ -20,21 +17,9 @@ import (
 // session's event bit before each ring of the worker doorbell, so the ring
 // re-checks its calls only (without the bits it re-checked all 200).
 func TestEngineRingsRecheckOnlyTheirSessions(t *testing.T) {
-	dir, err := os.MkdirTemp("", "hs")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	e, err := session.New(session.Config{RunDir: filepath.Join(dir, "run"), Logf: t.Logf, Transport: kernel.New(kernel.Options{})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
-	sock, err := e.AddNamespace(session.NamespaceConfig{Namespace: "team", Name: "web", SegmentSize: 16 << 20,
-		RxFifoSize: 16 << 10, TxFifoSize: 16 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := testNS
+	cfg.SegmentSize, cfg.RxFifoSize, cfg.TxFifoSize = 16<<20, 16<<10, 16<<10
+	_, sock := startEngineWith(t, cfg, kernel.New(kernel.Options{}))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	app, err := client.Attach(ctx, client.Options{Socket: sock, Name: "app", SpinFor: -1}) // every wait sleeps
@@ -47,18 +32,7 @@ func TestEngineRingsRecheckOnlyTheirSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
+	echotest.Serve(ln)
 	const idleConns = 200
 	for i := range idleConns {
 		c, err := app.Dial(ctx, "tcp", ln.Addr().String())

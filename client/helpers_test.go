@@ -19,12 +19,19 @@ var testNS = session.NamespaceConfig{Namespace: "team", Name: "default",
 // attach socket path. Unix socket paths are short: use a short temp dir.
 func startEngine(t testing.TB, cfg session.NamespaceConfig) (*session.Engine, string) {
 	t.Helper()
+	return startEngineWith(t, cfg, nil)
+}
+
+// startEngineWith is startEngine with a transport for the sessions that
+// leave the node.
+func startEngineWith(t testing.TB, cfg session.NamespaceConfig, tr session.Transport) (*session.Engine, string) {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "hs")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	e, err := session.New(session.Config{RunDir: filepath.Join(dir, "run"), Logf: t.Logf})
+	e, err := session.New(session.Config{RunDir: filepath.Join(dir, "run"), Logf: t.Logf, Transport: tr})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,9 +28,33 @@ type segment struct {
 	orphan   bool     // a worker of the pair is gone: drop it once empty
 	relays   []uint64 // rings relayed to a version-2 worker (legacy.go)
 	// pins: statistics snapshots reading it outside ns.mu; a segment
-	// dropped meanwhile (dropped) is unmapped by the last unpin
-	pins    int
-	dropped bool
+	// dropped meanwhile (gone) is unmapped by the last unpin
+	pins int
+	gone bool
+}
+
+// openPair is a cut-through fifo pair not freed yet, and its client end
+// (whose pairIdx is its place in ns.openPairs).
+type openPair struct {
+	pairRead
+	client *session
+}
+
+// dropOpenPair takes s's pair out of ns.openPairs (either end).
+func (ns *namespace) dropOpenPair(s *session) {
+	c := s
+	if !c.client {
+		c = s.peer
+	}
+	i, last := c.pairIdx, int32(len(ns.openPairs)-1)
+	if i < 0 || i > last || ns.openPairs[i].client != c {
+		return
+	}
+	ns.openPairs[i] = ns.openPairs[last]
+	ns.openPairs[i].client.pairIdx = i
+	ns.openPairs[last] = openPair{}
+	ns.openPairs = ns.openPairs[:last]
+	c.pairIdx = -1
 }
 
 func (ns *namespace) newSegment(name string, size int) (*segment, error) {
@@ -58,8 +82,8 @@ func (s *segment) free(off int, written uint64) {
 func (ns *namespace) dropSegment(s *segment) {
 	ns.dropRelays(s)
 	delete(ns.segs, s.handle)
+	s.gone = true
 	if s.pins > 0 {
-		s.dropped = true
 		return
 	}
 	s.seg.Close()
@@ -68,7 +92,7 @@ func (ns *namespace) dropSegment(s *segment) {
 // unpinLocked ends a snapshot's read of s (under ns.mu).
 func (s *segment) unpinLocked() {
 	s.pins--
-	if s.pins == 0 && s.dropped {
+	if s.pins == 0 && s.gone {
 		s.seg.Close()
 	}
 }
@@ -152,6 +176,8 @@ func (ns *namespace) connectLocal(w *worker, m *wire.Connect, l *listener, local
 		s.w.app.nsessions++
 		ns.stats.sessionsOpened++
 	}
+	cs.pairIdx = int32(len(ns.openPairs))
+	ns.openPairs = append(ns.openPairs, openPair{pairRead{seg, off, off + fp1}, cs})
 	w.send(&wire.Connected{Ctx: m.Ctx, Session: cs.handle, Local: la, Remote: ra,
 		Fifos: wire.FifoPair{Segment: seg.handle, RxOff: uint64(off + fp1), TxOff: uint64(off), RxCap: uint32(s2c), TxCap: uint32(c2s)}})
 }

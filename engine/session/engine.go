@@ -183,6 +183,9 @@ type namespace struct {
 	// reportedBytes is the last NamespaceStats.Bytes reported (a counter:
 	// never less than before)
 	reportedBytes uint64
+	// openPairs are the cut-through fifo pairs not freed yet, for the
+	// snapshots (cutthrough.go)
+	openPairs []openPair
 	// rings of the apps' transport doorbells, and the flows they kicked
 	// (events.go): without event bits every flow of the app, per ring
 	rings, kicks atomic.Uint64
@@ -507,10 +510,12 @@ func (ns *namespace) snapshotLocked() (NamespaceStats, []*segment, []pairRead) {
 		}
 	}
 	st.Bytes = ns.stats.bytes
-	var pairs []pairRead
-	for _, s := range ns.sessions {
-		if s.seg != nil && (s.client || s.peer == nil || s.peer.done) {
-			pairs = append(pairs, pairRead{s.seg, s.pairOff, s.s2cOff})
+	// a copy of the open pairs (the segments are few and hot: no session
+	// is visited), without those of segments gone already
+	pairs := make([]pairRead, 0, len(ns.openPairs))
+	for _, p := range ns.openPairs {
+		if !p.seg.gone {
+			pairs = append(pairs, p.pairRead)
 		}
 	}
 	segs := make([]*segment, 0, len(ns.segs))

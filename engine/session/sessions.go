@@ -19,6 +19,8 @@ type session struct {
 	client  bool
 	pending bool // accepted, waiting for the app's accept-reply
 	done    bool
+	// pairIdx: a cut-through client end's place in ns.openPairs
+	pairIdx int32
 	flow    *Flow // carried by a transport (no peer, fifos in the app's own segment)
 }
 
@@ -114,6 +116,7 @@ func (ns *namespace) releaseLocked(s *session, reset bool, reason string) {
 		return
 	}
 	if s.seg != nil {
+		ns.dropOpenPair(s)
 		written := pairBytes(s)
 		ns.stats.bytes += written
 		s.seg.free(s.pairOff, written)

@@ -33,6 +33,7 @@ import (
 	"github.com/hoststack/hoststack/engine/session"
 	"github.com/hoststack/hoststack/engine/transport/kernel"
 	"github.com/hoststack/hoststack/engine/wire"
+	"github.com/hoststack/hoststack/internal/echotest"
 )
 
 // engineLog collects the engine's log lines.
@@ -321,18 +322,7 @@ func TestVersion4TransportSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
+	echotest.Serve(ln)
 	const sessions, rounds = 8, 50
 	cmd, sc := run(t, bin, "echo", sock, ln.Addr().String(), fmt.Sprint(sessions), fmt.Sprint(rounds))
 	if got := line(t, sc, "done"); got != fmt.Sprintf("%d %d", sessions, rounds) {
