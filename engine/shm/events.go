@@ -5,19 +5,19 @@ import (
 	"sync/atomic"
 )
 
-// EventBits is a set of per-session event bits in shared memory: an app
+// EventBits is a set of per-session event bits in shared memory: one side
 // marks the sessions it made progress on (Set) before ringing a doorbell,
 // and the side woken takes exactly those (Drain) instead of looking at
 // every session it serves. Two levels: one bit per session, and a summary
-// bit per word of 64 session bits, so a drain reads len/4096 summary words
+// bit per word of 64 session bits, so a drain reads n/4096 summary words
 // plus the words with something set.
 //
 // Layout at the region's offset (8-byte aligned): the summary words
-// (EventBitsSummary(n) of them), then n/64 session words; bit i of the set
-// is bit i%64 of session word i/64, whose summary bit is bit (i/64)%64 of
-// summary word i/4096.
+// (n/4096, rounded up), then n/64 session words; bit i of the set is bit
+// i%64 of session word i/64, whose summary bit is bit (i/64)%64 of summary
+// word i/4096.
 //
-// Any number of setters (all goroutines of the app) and one drainer. A
+// Any number of setters (say, all goroutines of an app) and one drainer. A
 // setter sets the session bit, then the summary bit; the drainer swaps the
 // summary word, then each word it names: a bit set while a drain runs is
 // taken by it or by the next one (its summary bit stays set), so nothing
