@@ -304,6 +304,8 @@ spec:
 		gomega.ContainSubstring(series),
 		gomega.ContainSubstring(`hoststack_agent_rule_denies_total{app_namespace="`+ns+`/web"} 0`),
 		gomega.ContainSubstring(`hoststack_agent_segment_bytes{app_namespace="`+ns+`/web"}`),
+		gomega.ContainSubstring(`hoststack_agent_transport_rings_total{app_namespace="`+ns+`/web"} 0`),
+		gomega.ContainSubstring(`hoststack_agent_transport_kicks_total{app_namespace="`+ns+`/web"} 0`),
 		gomega.Not(gomega.ContainSubstring(`/elsewhere"`)),
 	))
 
