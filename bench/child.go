@@ -265,7 +265,7 @@ func childListen(n, kernelPorts int) error {
 	}
 	h := newHolder(n)
 	defer h.close()
-	probe, err := echoListener(nil, false, client.Options{})
+	probe, err := echoListener(nil)
 	if err != nil {
 		return err
 	}
@@ -324,7 +324,8 @@ func childSessions(sock string, n, fifo int, addrs []string, probeAddr string, b
 		}
 		h.serve(ln)
 		addrs = append(addrs, ln.Addr().String())
-		echo, err := echoListener(cli, true, opts("scale-echo"))
+		o := opts("scale-echo")
+		echo, err := echoListener(&o)
 		if err != nil {
 			return fmt.Errorf("probe server: %w", err)
 		}
@@ -394,18 +395,18 @@ func childSessions(sock string, n, fifo int, addrs []string, probeAddr string, b
 	return nil
 }
 
-// echoListener is an echo server: on the kernel, or (onApp) in an app of
-// its own attached with opts.
-func echoListener(cli *client.App, onApp bool, opts client.Options) (net.Listener, error) {
+// echoListener is an echo server: on the kernel (app nil), or in an app of
+// its own attached with app.
+func echoListener(app *client.Options) (net.Listener, error) {
 	var ln net.Listener
-	if !onApp {
+	if app == nil {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, err
 		}
 		ln = l
 	} else {
-		srv, err := client.Attach(context.Background(), opts)
+		srv, err := client.Attach(context.Background(), *app)
 		if err != nil {
 			return nil, err
 		}

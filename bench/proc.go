@@ -132,6 +132,21 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// cpuWindow is a window of this process's CPU time.
+type cpuWindow struct {
+	cpu   time.Duration
+	start time.Time
+}
+
+func startCPU() cpuWindow { return cpuWindow{selfCPU(), time.Now()} }
+
+// share is the CPU this process used since the window opened, as a share
+// of one core, and how long the window has been open.
+func (w cpuWindow) share() (float64, time.Duration) {
+	el := time.Since(w.start)
+	return float64(selfCPU()-w.cpu) / float64(el), el
+}
+
 // parseStatCPU returns utime+stime (fields 14 and 15, in clock ticks) of a
 // /proc/<pid>/stat line; the command name (field 2) may hold spaces and
 // parentheses, so fields are counted after its closing parenthesis.

@@ -266,9 +266,9 @@ func (r *scaleRig) apps(add func(cs, variant string, v float64, unit string)) er
 	if err != nil {
 		return err
 	}
-	cpu0, t0 := selfCPU(), time.Now()
+	win := startCPU()
 	time.Sleep(scaleIdle) // the measuring window itself, not a synchronisation
-	baseCPU := float64(selfCPU()-cpu0) / float64(time.Since(t0))
+	baseCPU, _ := win.share()
 	c, err := startChild("apps", "-socket", r.appsSock, "-n", strconv.Itoa(scaleApps))
 	if err != nil {
 		return err
@@ -304,11 +304,10 @@ func (r *scaleRig) apps(add func(cs, variant string, v float64, unit string)) er
 	if err != nil {
 		return err
 	}
-	cpu0, t0 = selfCPU(), time.Now()
+	win = startCPU()
 	ccpu0, _ := procCPU(c.Pid)
 	time.Sleep(scaleIdle) // the measuring window
-	el := time.Since(t0)
-	engCPU := float64(selfCPU()-cpu0) / float64(el)
+	engCPU, el := win.share()
 	ccpu1, _ := procCPU(c.Pid)
 	appCPU := float64(ccpu1-ccpu0) / float64(el)
 
@@ -433,14 +432,14 @@ func (r *scaleRig) sessions(add func(cs, variant string, v float64, unit string)
 	// The probe session's round trip, alone on its app and then beside the
 	// n idle sessions, and what the engine spent meanwhile (this process is
 	// the engine's, otherwise idle).
-	cpu0, t0 := selfCPU(), time.Now()
+	win := startCPU()
 	if err := c.proceed(); err != nil {
 		return err
 	}
 	if f, err = c.expect("probe", 3, nil); err != nil {
 		return err
 	}
-	engCPU := float64(selfCPU()-cpu0) / float64(time.Since(t0))
+	engCPU, _ := win.share()
 	if probe, _ := strconv.ParseInt(f[0], 10, 64); probe > 0 {
 		mean, _ := strconv.ParseInt(f[1], 10, 64)
 		add("rr-p50-probe-alone", name, float64(probeBefore)/1e3, "us")

@@ -42,12 +42,7 @@ func TestEngineRingsRecheckOnlyTheirSessions(t *testing.T) {
 		defer c.Close()
 		go func() { _, _ = c.Read(make([]byte, 1)) }() // blocked until the end
 	}
-	for deadline := time.Now().Add(10 * time.Second); client.BlockedCalls(app) < idleConns; {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d idle reads blocked after 10s", client.BlockedCalls(app), idleConns)
-		}
-		time.Sleep(time.Millisecond) // polling a count, not synchronising
-	}
+	waitBlocked(t, app, idleConns)
 	c, err := app.Dial(ctx, "tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)

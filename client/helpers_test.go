@@ -43,6 +43,18 @@ func startEngineWith(t testing.TB, cfg session.NamespaceConfig, tr session.Trans
 	return e, path
 }
 
+// waitBlocked waits up to 10 s for n Read/Write calls blocked on a's first
+// worker.
+func waitBlocked(t testing.TB, a *client.App, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); client.BlockedCalls(a) < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d calls blocked after 10s", client.BlockedCalls(a), n)
+		}
+		time.Sleep(time.Millisecond) // polling a count, not synchronising
+	}
+}
+
 func attach(t testing.TB, sock, name string, mod ...func(*client.Options)) *client.App {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

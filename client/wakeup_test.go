@@ -50,16 +50,7 @@ func TestRingsRecheckOnlyTheirSessions(t *testing.T) {
 		defer c.Close()
 	}
 	// All idle conns accepted and their echo goroutines blocked in Read.
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		n := client.BlockedCalls(srv)
-		if n >= idleConns {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d idle reads blocked after 10s", n, idleConns)
-		}
-		time.Sleep(time.Millisecond) // polling a count, not synchronising
-	}
+	waitBlocked(t, srv, idleConns)
 	c, err := busy.Dial(ctx, "tcp", "127.0.0.1:7000")
 	if err != nil {
 		t.Fatal(err)

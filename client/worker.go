@@ -401,7 +401,7 @@ func (w *worker) checkConnLocked(c *Conn) bool {
 	set := w.waiters[key]
 	woke := false
 	for _, wt := range [2]*waiter{c.rwait, c.wwait} {
-		if _, ok := set[wt]; ok && wt != nil {
+		if _, ok := set[wt]; ok {
 			woke = w.checkOneLocked(set, wt) || woke
 		}
 	}

@@ -456,7 +456,7 @@ func (e *Engine) NamespaceStats(key string) (NamespaceStats, bool) {
 }
 
 func (ns *namespace) snapshot() NamespaceStats {
-	st, segs, pairs := ns.snapshotLocked()
+	st, segs, pairs := ns.snapshotCounts()
 	// Outside the lock, the segments pinned: two shared words per open
 	// cut-through session (a cache and TLB miss each: 58 ms under the lock
 	// at 100,000 sessions, every scrape) and a system call per segment.
@@ -491,9 +491,9 @@ type pairRead struct {
 	a, b int
 }
 
-// snapshotLocked takes the counts under the lock, and pins the segments
-// whose memory the snapshot then reads without it.
-func (ns *namespace) snapshotLocked() (NamespaceStats, []*segment, []pairRead) {
+// snapshotCounts takes the counts under ns.mu, and pins the segments whose
+// memory the snapshot then reads without it.
+func (ns *namespace) snapshotCounts() (NamespaceStats, []*segment, []pairRead) {
 	ns.mu.Lock()
 	defer ns.mu.Unlock()
 	st := NamespaceStats{

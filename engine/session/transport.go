@@ -83,7 +83,8 @@ func (ns *namespace) announceTransportSegLocked(w *worker, seg *segment) error {
 
 // transportWakeLocked starts watching the worker's transport doorbell with
 // its first transport session: the app rings its end after progress on a
-// transport fifo whose waiting flag is set, and the app's flows are kicked.
+// transport fifo whose waiting flag is set, and the flows the ring names
+// are kicked (transportRung).
 // A transport that serves flows from event loops (BellWatcher) watches it
 // in the loop that serves the worker's flows; else the worker's kicker
 // goroutine does. (Until then rings just wait in the socket.)

@@ -26,7 +26,9 @@ type worker struct {
 	bell int
 	// tbell is the engine's end of the worker's transport doorbell: the app
 	// rings its end after progress on a transport fifo whose waiting flag is
-	// set; kicker (started with the first transport session) kicks the flows.
+	// set; the transport's loop (BellWatcher) or the kicker goroutine, from
+	// the first transport session on, kicks the flows it names
+	// (transportRung).
 	tbell    *os.File
 	tbellRaw syscall.RawConn // its descriptor, without File.Fd's switch to blocking
 	kicked   bool

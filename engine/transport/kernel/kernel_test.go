@@ -615,17 +615,7 @@ func TestSessionsShareTheWakeEnd(t *testing.T) {
 	ln := listenIn(t, tp.B.Path(), "10.99.0.2:0")
 	ev := newEnv(t, tp)
 	echotest.Serve(ln)
-	echo := func(i int, c net.Conn) {
-		t.Helper()
-		msg := fmt.Sprintf("session %d", i)
-		if _, err := c.Write([]byte(msg)); err != nil {
-			t.Fatalf("session %d: write: %v", i, err)
-		}
-		b := make([]byte, len(msg))
-		if _, err := io.ReadFull(c, b); err != nil || string(b) != msg {
-			t.Fatalf("session %d: read %q, %v", i, b, err)
-		}
-	}
+	echo := func(i int, c net.Conn) { t.Helper(); echoOnce(t, c, fmt.Sprintf("session %d", i)) }
 	// One session first: the worker's segment and doorbells exist from here.
 	first, err := dial(t, ev.app, ln.Addr().String())
 	if err != nil {
